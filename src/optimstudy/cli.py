@@ -1,0 +1,254 @@
+"""The command line: argparse lives here only; everything inward takes a RunConfig or a Spec.
+
+    optimstudy run --problem mnist_mlp --optimizer adam --lr 1e-3 --epochs 3
+    optimstudy sweep experiments/quickstart.toml --workers 2
+    optimstudy report
+    optimstudy ui
+"""
+import argparse
+import json
+import os
+import sys
+
+from optimstudy.errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_tracking_flags(parser, *, allow_no_track=True):
+    group = parser.add_argument_group("tracking")
+    group.add_argument("--tracking-uri", help="MLflow URI (sqlite:///…, postgresql://…, http://…); "
+                       "default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db")
+    if allow_no_track:
+        group.add_argument("--experiment", default=None, help="MLflow experiment name (default: optimstudy)")
+        group.add_argument("--no-track", action="store_true", help="run without MLflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from optimstudy import __version__
+
+    parser = argparse.ArgumentParser(prog="optimstudy", description=(
+        "How optimizers and learning rates shape training, measured: runs, Optuna sweeps, "
+        "MLflow tracking and a report."))
+    parser.add_argument("--version", action="version", version=f"optimstudy {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="train one model and record every step",
+                              description="Train one model: measure (loss) -> diagnose (backward) -> update (step).")
+    run.add_argument("--problem", default="mnist_mlp", help="see `optimstudy list problems` (default: mnist_mlp)")
+    run.add_argument("--optimizer", default="sgd",
+                     help="see `optimstudy list optimizers`, or package.module:Class (default: sgd)")
+    run.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
+    run.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra optimizer argument, repeatable (e.g. --opt betas=0.9,0.99)")
+    budget = run.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, help="passes over the training split (default: 3)")
+    budget.add_argument("--steps", type=int, help="optimizer updates")
+    run.add_argument("--batch-size", type=int, default=64, help="examples per micro-batch (default: 64)")
+    run.add_argument("--seed", type=int, default=0, help="initialisation and data order (default: 0)")
+    run.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: cores - 1, at least 1; recorded)")
+    run.add_argument("--loss", help="see `optimstudy list losses` (default: the problem's)")
+    run.add_argument("--no-zero-grad", action="store_true",
+                     help="never call optimizer.zero_grad(): the lesson's bug (gradients pile up)")
+    run.add_argument("--accumulate", type=int, default=1, metavar="K",
+                     help="gradient accumulation: one step per K micro-batches (default: 1)")
+    run.add_argument("--eval-every", type=int, help="steps between validation passes (default: each epoch)")
+    run.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
+    run.add_argument("--schedule", default="constant", help="constant or cosine (default: constant)")
+    run.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR, else ~/.cache/optimstudy/data)")
+    run.add_argument("--save-model", action="store_true", help="store the final state_dict as an artifact")
+    run.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_tracking_flags(run)
+
+    listing = commands.add_parser("list", help="list problems, optimizers or losses")
+    listing.add_argument("what", choices=["problems", "optimizers", "losses"])
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on the tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    add_tracking_flags(ui, allow_no_track=False)
+
+    sweep = commands.add_parser("sweep", help="run an experiment spec as an Optuna study",
+                                description="Run experiments/NAME.toml as one Optuna study and one MLflow parent run.")
+    sweep.add_argument("spec", help="path to an experiment spec (TOML)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
+    sweep.add_argument("--storage", help="Optuna storage URL (default: a journal file under mlruns/)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
+    sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_tracking_flags(sweep, allow_no_track=False)
+
+    dashboard = commands.add_parser("dashboard", help="open optuna-dashboard on a sweep's study")
+    dashboard.add_argument("spec", nargs="?", help="experiment spec whose study to show")
+    dashboard.add_argument("--storage", help="Optuna storage URL (default: the sweep default)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--host", default="127.0.0.1")
+
+    report = commands.add_parser("report", help="regenerate the figures and the report page")
+    report.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
+                        help="experiments to draw from, repeatable (default: all)")
+    report.add_argument("--out", default="analysis", help="output folder (default: analysis/)")
+    add_tracking_flags(report, allow_no_track=False)
+
+    check = commands.add_parser("check", help="check that a sweep's study and tracking store agree; repair")
+    check.add_argument("spec", nargs="?", help="experiment spec of the sweep")
+    check.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
+    check.add_argument("--storage", help="Optuna storage URL (default: the sweep default)")
+    check.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    add_tracking_flags(check, allow_no_track=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        if args.debug:
+            raise
+        print(f"optimstudy {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        hint = {"sweep": "run the same `optimstudy sweep` command again to resume"}.get(
+            args.command, "nothing was lost: finished work is in the store")
+        print(f"\noptimstudy {args.command}: interrupted; {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def cmd_run(args) -> int:
+    from optimstudy.config import RunConfig
+    from optimstudy.optimizers import parse_opt
+
+    for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    config = RunConfig(
+        problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
+        accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
+        schedule=args.schedule,
+    ).resolved()
+    from optimstudy.runner import Tracking, execute, load_data
+
+    data = load_data(config, args.data_dir)
+    tracking = None
+    if not args.no_track:
+        from optimstudy.tracking import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri, start_writer
+
+        tracking = Tracking(resolve_tracking_uri(args.tracking_uri), args.experiment or DEFAULT_EXPERIMENT)
+        ensure_store(tracking.tracking_uri)
+        start_writer(tracking.tracking_uri)
+    with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
+        history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
+                                  tags={"optimstudy.kind": "run"})
+    print_run_summary(history, run_id, tracking)
+    if args.json:
+        print(json.dumps({"run_id": run_id, **history.summary()}))
+    return 0
+
+
+def print_run_summary(history, run_id, tracking) -> None:
+    final = history.final
+    parts = [f"{history.steps[-1] if history.steps else 0} steps in {history.wall_s:.2f} s "
+             f"({history.samples_per_s:,.0f} samples/s)"]
+    if history.diverged:
+        parts.append(f"DIVERGED at step {history.diverged_at_step}")
+    for key in ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "excess_loss"):
+        if final.get(key) is not None:
+            value = final[key]
+            parts.append(f"{key} {value:.2%}" if key.endswith("accuracy") else f"{key} {value:.4g}")
+    print("; ".join(parts), file=sys.stderr)
+    if run_id:
+        print(f"tracked as run {run_id} in experiment '{tracking.experiment}' ({tracking.tracking_uri}); "
+              "see it with `optimstudy ui`", file=sys.stderr)
+
+
+class progress_bar:
+    """A tqdm bar on a terminal, nothing otherwise; yields a progress(done, total) callable."""
+
+    def __init__(self, description: str, unit: str):
+        self.description, self.unit, self.bar = description, unit, None
+
+    def __enter__(self):
+        if not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        def progress(done, total):
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.description, unit=self.unit, leave=False,
+                                mininterval=0.2, file=sys.stderr)
+            self.bar.update(done - self.bar.n)
+
+        return progress
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+def cmd_list(args) -> int:
+    if args.what == "problems":
+        from optimstudy.problems import PROBLEMS
+
+        for name, problem in PROBLEMS.items():
+            print(f"{name:16} {problem.task:15} loss={problem.default_loss:14} {problem.description}")
+    elif args.what == "optimizers":
+        from optimstudy.optimizers import OPTIMIZERS
+
+        for name, spec in OPTIMIZERS.items():
+            defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "torch defaults"
+            low, high, _ = spec.space["lr"]
+            print(f"{name:10} {spec.cls.__module__}.{spec.cls.__name__:9} {defaults:28} "
+                  f"lr search {low:g}..{high:g} (log)  {spec.description}")
+    else:
+        from optimstudy.losses import LOSSES
+
+        for name, (function, task) in LOSSES.items():
+            print(f"{name:14} {task:15} {(function.__doc__ or '').strip()}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from optimstudy.ui import serve_ui
+
+    return serve_ui(args.tracking_uri, args.host, args.port)
+
+
+def cmd_sweep(args) -> int:
+    from optimstudy.sweep import sweep_command
+
+    return sweep_command(args)
+
+
+def cmd_dashboard(args) -> int:
+    from optimstudy.sweep import dashboard_command
+
+    return dashboard_command(args)
+
+
+def cmd_report(args) -> int:
+    from optimstudy.report import report_command
+
+    return report_command(args)
+
+
+def cmd_check(args) -> int:
+    from optimstudy.check import check_command
+
+    return check_command(args)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "sweep": cmd_sweep, "dashboard": cmd_dashboard,
+            "report": cmd_report, "check": cmd_check}
+
+if __name__ == "__main__":
+    sys.exit(main())

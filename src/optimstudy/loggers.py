@@ -1,0 +1,40 @@
+"""The small interface the training loop logs through. MLflow sits behind it in tracking.py.
+
+The loop only calls `log(step, metrics)`; what happens to the numbers (nothing, a buffer,
+a writer process) is the logger's business, so library users and tests need no MLflow.
+"""
+from typing import Mapping, Protocol
+
+
+class Logger(Protocol):
+    run_id: str | None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullLogger:
+    run_id = None
+
+    def log(self, step, metrics):
+        pass
+
+    def close(self, status="FINISHED"):
+        pass
+
+
+class MemoryLogger:
+    """Keeps every logged point: for tests and for callers that want the raw stream."""
+
+    run_id = None
+
+    def __init__(self):
+        self.points: list[tuple[int, str, float]] = []
+        self.status = None
+
+    def log(self, step, metrics):
+        self.points.extend((step, name, value) for name, value in metrics.items())
+
+    def close(self, status="FINISHED"):
+        self.status = status

@@ -1,0 +1,66 @@
+"""One run, tracked or not: load data, open the run, train, close it with the right status.
+
+`optimstudy run` and every sweep trial go through `execute`, so both record runs the same way.
+"""
+import os
+import tempfile
+from dataclasses import dataclass
+
+from optimstudy.config import RunConfig
+from optimstudy.data import Data, load_problem_data
+from optimstudy.problems import PROBLEMS
+from optimstudy.train import History, train
+
+
+@dataclass(frozen=True)
+class Tracking:
+    tracking_uri: str
+    experiment: str
+
+
+def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
+    problem = PROBLEMS[config.problem]
+    return load_problem_data(problem.dataset, split_seed=config.split_seed, val_fraction=config.val_fraction,
+                             device=config.device, data_dir=data_dir)
+
+
+def run_name(config: RunConfig) -> str:
+    extras = "" if config.zero_grad else " no-zero-grad"
+    extras += f" acc{config.accumulate}" if config.accumulate > 1 else ""
+    return f"{config.problem} {config.optimizer} lr={config.lr:g} seed={config.seed}{extras}"
+
+
+def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None = None, data_dir=None,
+            parent_run_id=None, tags=None, on_eval=None, progress=None, save_model=False,
+            on_start=None) -> tuple[History, str | None]:
+    """Train `config` (resolved first); returns the history and the MLflow run id (None untracked).
+
+    `on_start(run_id)` is called once the run exists, before training starts.
+    """
+    config = config.resolved()
+    data = data or load_data(config, data_dir)
+    if tracking is None:
+        return train(config, data=data, on_eval=on_eval, progress=progress), None
+
+    from optimstudy.tracking import MlflowLogger, environment_tags, tracked_run
+
+    run_tags = {**environment_tags(config.device), "dataset": data.name,
+                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
+    logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
+                          run_name=run_name(config), parent_run_id=parent_run_id)
+    with tracked_run(logger):
+        if on_start is not None:
+            on_start(logger.run_id)
+        history = train(config, logger, data=data, on_eval=on_eval, progress=progress)
+        if save_model:
+            _save_state_dict(logger, history.model)
+    return history, logger.run_id
+
+
+def _save_state_dict(logger, model) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "state_dict.pt")
+        torch.save(model.state_dict(), path)
+        logger.log_artifact(path)

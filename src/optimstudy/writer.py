@@ -1,0 +1,54 @@
+"""The MLflow writer process: `python -m optimstudy.writer TRACKING_URI FD`.
+
+Receives ("metrics", run_id, points), ("end", run_id, status, error) and ("stop", None)
+over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
+process dies, the socket closes and the runs it left open are ended as KILLED.
+"""
+import contextlib
+import logging
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+
+def serve(tracking_uri: str, conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
+    os.nice(10)  # yield the cores to training threads; we only need the gaps between their steps
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    conn.send(("ready", None, None))
+    open_runs: set[str] = set()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            for run_id in open_runs:  # the training process is gone without closing its runs
+                with contextlib.suppress(Exception):
+                    client.set_tag(run_id, "optimstudy.error", "the training process died mid-run")
+                    client.set_terminated(run_id, "KILLED")
+            return
+        kind, run_id = message[0], message[1]
+        try:
+            if kind == "metrics":
+                open_runs.add(run_id)
+                client.log_batch(run_id, metrics=[Metric(*point) for point in message[2]])
+            elif kind == "end":
+                _, _, status, error = message
+                if error:
+                    client.set_tag(run_id, "optimstudy.error", error[:5000])
+                client.set_terminated(run_id, status)
+                open_runs.discard(run_id)
+                conn.send(("ok", run_id, None))
+            elif kind == "stop":
+                conn.send(("ok", None, None))
+                return
+        except Exception as error:  # reported back to the training process at the run's end
+            conn.send(("error", run_id, f"{type(error).__name__}: {error}"))
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], Connection(int(sys.argv[2])))

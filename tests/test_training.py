@@ -1,0 +1,134 @@
+"""The loop, problems, optimizers and data: fast, on CPU."""
+import json
+
+import pytest
+import torch
+
+from optimstudy import RunConfig, UsageError, train
+from optimstudy.data import load_problem_data
+from optimstudy.optimizers import OPTIMIZERS, optimizer_arguments, parse_opt
+from optimstudy.problems import PROBLEMS
+
+GENERATED = [name for name, p in PROBLEMS.items() if p.dataset in ("linreg", "nonlinear", "valley")]
+IMAGES = [name for name, p in PROBLEMS.items() if p.dataset == "mnist"]
+
+
+def test_same_seed_gives_the_identical_curve():
+    config = RunConfig(problem="regression_mlp", optimizer="adam", lr=0.01, steps=60, seed=3)
+    first, second = train(config), train(config)
+    assert first.step_metrics["train_loss"] == second.step_metrics["train_loss"]
+    other = train(RunConfig(problem="regression_mlp", optimizer="adam", lr=0.01, steps=60, seed=4))
+    assert other.step_metrics["train_loss"] != first.step_metrics["train_loss"]
+
+
+def test_huge_lr_diverges_without_a_crash():
+    history = train(RunConfig(problem="linreg", optimizer="sgd", lr=1000.0, steps=500))
+    assert history.diverged and 1 <= history.diverged_at_step < 500
+    assert history.steps[-1] == history.diverged_at_step
+    assert history.final["excess_loss"] is None  # not finite: reported as null, never NaN in JSON
+
+
+def test_linreg_reaches_the_least_squares_optimum():
+    history = train(RunConfig(problem="linreg", optimizer="sgd", lr=0.1, steps=2000, batch_size=64))
+    assert not history.diverged
+    assert 0 <= history.final["excess_loss"] < 1e-3
+
+
+def test_training_with_mean_error_fails_while_mse_succeeds():
+    broken = train(RunConfig(problem="linreg", optimizer="sgd", lr=0.1, steps=800, loss="mean_error"))
+    good = train(RunConfig(problem="linreg", optimizer="sgd", lr=0.1, steps=800, loss="mse"))
+    assert good.final["excess_loss"] < 1e-3
+    # the signed error keeps "improving" (falls below zero) while the real error explodes
+    assert broken.step_metrics["train_loss"][-1] < 0
+    assert broken.final["excess_loss"] > 100
+
+
+@pytest.mark.parametrize("problem", GENERATED)
+def test_every_generated_problem_lowers_its_loss(problem):
+    history = train(RunConfig(problem=problem, optimizer="adam", lr=0.01, steps=80, batch_size=32))
+    losses = history.step_metrics["train_loss"]
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+@pytest.mark.parametrize("problem", IMAGES)
+def test_every_mnist_problem_lowers_its_loss(problem, mnist_dir):
+    history = train(RunConfig(problem=problem, optimizer="adam", lr=1e-3, steps=40, batch_size=32),
+                    data_dir=mnist_dir)
+    losses = history.step_metrics["train_loss"]
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_mnist_loads_through_torchvision_from_the_fixture(mnist_dir):
+    data = load_problem_data("mnist", split_seed=0, val_fraction=0.0625, device="cpu", data_dir=mnist_dir)
+    assert data.sizes() == {"train": 7500, "val": 500, "test": 2000}
+    assert data.train.x.shape[1:] == (1, 28, 28) and data.train.x.dtype == torch.float32
+    assert abs(float(data.train.x.mean())) < 0.1 and 0.9 < float(data.train.x.std()) < 1.1  # normalized
+    assert set(data.test.y.unique().tolist()) == set(range(10))
+    train_images = {row.numpy().tobytes() for row in data.train.x.flatten(1)}
+    assert not any(row.numpy().tobytes() in train_images for row in data.val.x.flatten(1))  # disjoint
+
+
+def test_validation_split_is_fixed_by_split_seed_not_seed():
+    a = load_problem_data("linreg", split_seed=0, val_fraction=0.1, device="cpu")
+    b = load_problem_data("linreg", split_seed=0, val_fraction=0.1, device="cpu")
+    c = load_problem_data("linreg", split_seed=1, val_fraction=0.1, device="cpu")
+    assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
+
+
+def test_every_registered_optimizer_trains():
+    for name in OPTIMIZERS:
+        history = train(RunConfig(problem="linreg", optimizer=name, lr=0.01, steps=30))
+        assert len(history.step_metrics["train_loss"]) == 30, name
+
+
+def test_optimizer_by_import_path_and_typed_opt_values():
+    config = RunConfig(problem="linreg", optimizer="torch.optim:Adam", lr=0.01, steps=5,
+                       opt=parse_opt(["betas=0.8,0.9", "amsgrad=true", "eps=1e-6"]))
+    assert config.opt == {"betas": (0.8, 0.9), "amsgrad": True, "eps": 1e-6}
+    assert train(config).steps[-1] == 5
+
+
+@pytest.mark.parametrize("bad", [
+    dict(problem="mnist_mlpp"), dict(optimizer="adamm"), dict(loss="cross_entropy", problem="linreg"),
+    dict(lr=0.0), dict(lr=-1.0), dict(batch_size=0), dict(steps=-5), dict(epochs=-1.0),
+    dict(optimizer="adam", opt={"momentum": 0.9}), dict(schedule="linear"), dict(seed=1.5),
+])
+def test_bad_config_is_a_usage_error_naming_the_value(bad):
+    with pytest.raises(UsageError) as error:
+        RunConfig(**bad)
+    assert any(str(value) in str(error.value) for value in bad.values())
+
+
+def test_missing_device_is_a_usage_error_naming_what_is_available():
+    with pytest.raises(UsageError, match="available: cpu"):
+        RunConfig(problem="linreg", device="cuda:7").resolved()
+
+
+def test_optimizer_defaults_are_the_registry_entry():
+    assert optimizer_arguments("nesterov", {}) == {"momentum": 0.9, "nesterov": True}
+    assert optimizer_arguments("momentum", {"momentum": 0.5}) == {"momentum": 0.5}
+
+
+def test_no_zero_grad_makes_the_gradient_norm_grow(mnist_dir):
+    bug = train(RunConfig(problem="mnist_mlp", optimizer="sgd", lr=0.01, steps=60, zero_grad=False),
+                data_dir=mnist_dir)
+    norms = bug.step_metrics["grad_norm"]
+    assert norms[-1] > 5 * norms[0]  # the stale gradients pile up
+    assert sum(norms[-10:]) > 2 * sum(norms[:10])
+
+
+def test_run_json_and_summary(cli, tmp_path):
+    result = cli("run", "--problem", "linreg", "--lr", "0.1", "--steps", "300", "--no-track", "--json",
+                 cwd=tmp_path, check_exit=0)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["run_id"] is None and summary["steps"] == 300 and summary["diverged"] is False
+    assert set(summary["final"]) == {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                                     "excess_loss"}
+    assert summary["final"]["val_accuracy"] is None and summary["final"]["excess_loss"] < 0.01
+    assert "300 steps" in result.stderr
+    assert not (tmp_path / "mlruns").exists()  # --no-track writes no store
+
+
+def test_list_commands(cli):
+    for what, expected in (("problems", "mnist_mlp"), ("optimizers", "nesterov"), ("losses", "mean_error")):
+        assert expected in cli("list", what, check_exit=0).stdout
