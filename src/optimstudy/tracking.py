@@ -32,7 +32,13 @@ DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
 RUN_KINDS = ("run", "trial", "sweep")
 
-logging.getLogger("alembic").setLevel(logging.WARNING)
+def quiet_store_logs() -> None:
+    """MLflow and alembic log every table creation and migration at INFO: noise for a user."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+quiet_store_logs()
 
 
 # ---- where the store is ------------------------------------------------------------------

@@ -5,7 +5,6 @@ over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the tra
 process dies, the socket closes and the runs it left open are ended as KILLED.
 """
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -15,8 +14,11 @@ from multiprocessing.connection import Connection
 def serve(tracking_uri: str, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
     os.nice(10)  # yield the cores to training threads; we only need the gaps between their steps
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow import MlflowClient
+
+    from optimstudy.tracking import quiet_store_logs
+
+    quiet_store_logs()
     from mlflow.entities import Metric
 
     client = MlflowClient(tracking_uri)

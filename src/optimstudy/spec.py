@@ -1,0 +1,415 @@
+"""Experiment specs: `experiments/*.toml`, read and validated here and nowhere else.
+
+    name = "mnist-optimizers"     # the MLflow experiment and the Optuna study
+    problem = "mnist_mlp"         # or problems = [...]
+    epochs = 3                    # or steps = N: the same budget for every trial
+    batch_size = 128              # a list makes it a grid axis (also loss, zero_grad, accumulate)
+    seeds = [0, 1, 2]
+    devices = ["cpu"]             # "cuda", "mps", "auto"; absent devices are skipped
+
+    [optimizers.sgd]
+    lr = [0.01, 0.03, 0.1, 0.3]   # an explicit grid
+    [optimizers.adam]
+    lr = { log = [1e-4, 1e-1], points = 7 }   # a log-spaced grid
+    betas = [0.9, 0.999]                      # fixed optimizer arguments
+
+    [search]                      # instead of the grid: an Optuna search per optimizer
+    sampler = "tpe"               # tpe, random, gp or grid
+    trials = 20                   # per optimizer (and problem, device, setting)
+    pruner = "median"             # none, median or hyperband
+    metric = "val_loss"           # the objective, at each evaluation and at the end
+    direction = "minimize"
+    [optimizers.adam.search]
+    lr = { low = 1e-5, high = 1e-1, log = true }
+
+    [confirm]                     # tune, then rerun each optimizer's best with more seeds
+    seeds = 3
+
+    [[runs]]                      # single runs beside the grid, e.g. the zero_grad bug
+    optimizer = "sgd"
+    lr = 0.1
+    zero_grad = false
+
+Every error names the file, the key, the line where TOML gives one, and what was valid.
+"""
+import difflib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optimstudy.config import SCHEDULES, RunConfig
+from optimstudy.devices import DEVICE_CHOICES
+from optimstudy.errors import UsageError
+from optimstudy.losses import LOSSES
+from optimstudy.optimizers import OPTIMIZERS, optimizer_arguments
+from optimstudy.problems import PROBLEMS
+
+SAMPLERS = ("tpe", "random", "gp", "grid")
+PRUNERS = ("none", "median", "hyperband")
+METRICS = ("val_loss", "val_accuracy")
+DIRECTIONS = ("minimize", "maximize")
+GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate")  # a list here is a grid axis
+SCALAR_SETTINGS = ("eval_every", "schedule", "clip_grad_norm", "threads")
+TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
+            "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
+SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
+RUN_KEYS = ("problem", "optimizer", "lr", "opt", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    label: str  # the table's key: a registry name, or any label with optimizer = "pkg.mod:Class"
+    optimizer: str
+    lrs: tuple  # the grid (empty in search mode when a search space is given)
+    fixed: dict = field(default_factory=dict)
+    space: dict = field(default_factory=dict)  # argument -> (low, high, log), for [search]
+
+
+@dataclass(frozen=True)
+class Search:
+    sampler: str = "tpe"
+    trials: int = 20
+    pruner: str = "none"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    name: str
+    problems: tuple
+    budget: dict  # {"epochs": x} or {"steps": n}
+    seeds: tuple
+    devices: tuple
+    settings: dict  # GRID_SETTINGS -> tuple of values; SCALAR_SETTINGS -> value
+    optimizers: tuple  # OptimizerPlan, ...
+    metric: str = "val_loss"
+    direction: str = "minimize"
+    search: Search | None = None
+    confirm_seeds: int = 0
+    runs: tuple = ()  # extra single configurations (dicts)
+    description: str = ""
+    text: str = ""  # the file as read, logged with the sweep
+
+    def grid_settings(self):
+        """Every combination of the list-valued settings, as dicts."""
+        keys = [k for k in GRID_SETTINGS if k in self.settings]
+        for values in itertools.product(*(self.settings[k] for k in keys)):
+            yield dict(zip(keys, values))
+
+    def scalar_settings(self) -> dict:
+        return {k: v for k, v in self.settings.items() if k in SCALAR_SETTINGS}
+
+    def base_config(self, problem: str, optimizer: OptimizerPlan, lr: float, seed: int, device: str,
+                    **settings) -> RunConfig:
+        return RunConfig(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
+                         seed=seed, device=device, **self.budget, **self.scalar_settings(), **settings)
+
+
+class SpecError(UsageError):
+    pass
+
+
+def load_spec(path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        near_files = sorted(p.name for p in path.parent.glob("*.toml")) if path.parent.is_dir() else []
+        hint = f"; specs in {path.parent}/: {', '.join(near_files)}" if near_files else ""
+        raise SpecError(f"spec file '{path}' not found{hint}")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: malformed TOML: {error}") from None
+    return parse_spec(raw, str(path), text)
+
+
+def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
+    where = _Where(source, text)
+    where.keys(raw, TOP_KEYS, "")
+    name = where.string(raw, "name", required=True)
+    if not name.strip() or any(c in name for c in "/\\"):
+        where.fail("name", name, "a non-empty name without slashes")
+
+    if ("problem" in raw) == ("problems" in raw):
+        where.fail("problem", raw.get("problem", raw.get("problems")), "exactly one of problem = \"…\" or problems = [...]")
+    problems = where.list_of(raw, "problems", str) if "problems" in raw else (where.string(raw, "problem"),)
+    for problem in problems:
+        where.choice("problem" if "problem" in raw else "problems", problem, PROBLEMS)
+
+    if ("epochs" in raw) == ("steps" in raw):
+        where.fail("epochs", raw.get("epochs", raw.get("steps")), "exactly one budget: epochs = N or steps = N")
+    budget = ({"epochs": where.positive(raw, "epochs", float)} if "epochs" in raw
+              else {"steps": where.positive(raw, "steps", int)})
+
+    seeds = where.list_of(raw, "seeds", int, default=(0,))
+    devices = where.list_of(raw, "devices", str, default=("cpu",))
+    for device in devices:
+        if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+            where.fail("devices", device, f"one of {', '.join(DEVICE_CHOICES)}")
+
+    settings = {}
+    for key in GRID_SETTINGS:
+        if key in raw:
+            values = raw[key] if isinstance(raw[key], list) else [raw[key]]
+            if not values:
+                where.fail(key, raw[key], "a value or a non-empty list")
+            settings[key] = tuple(where.setting(key, value) for value in values)
+    for key in SCALAR_SETTINGS:
+        if key in raw:
+            settings[key] = where.setting(key, raw[key])
+
+    search = None
+    metric = where.string(raw, "metric", default="val_loss")
+    direction = raw.get("direction")
+    if "search" in raw:
+        table = where.table(raw, "search")
+        where.keys(table, SEARCH_KEYS, "search")
+        search = Search(
+            sampler=where.choice("search.sampler", table.get("sampler", "tpe"), SAMPLERS),
+            trials=where.positive(table, "trials", int, prefix="search.") if "trials" in table else 20,
+            pruner=where.choice("search.pruner", table.get("pruner", "none"), PRUNERS),
+            seed=where.integer(table, "seed", prefix="search.", default=0),
+        )
+        metric = table.get("metric", metric)
+        direction = table.get("direction", direction)
+        if search.sampler == "grid":
+            search = None  # the grid sampler over the spec's own grid is the grid mode
+    where.choice("metric", metric, METRICS)
+    direction = direction or ("maximize" if metric.endswith("accuracy") else "minimize")
+    where.choice("direction", direction, DIRECTIONS)
+
+    optimizers_table = where.table(raw, "optimizers", required=True)
+    if not optimizers_table:
+        where.fail("optimizers", {}, "at least one [optimizers.NAME] table")
+    optimizers = tuple(where.optimizer(label, entry, search is not None)
+                       for label, entry in optimizers_table.items())
+
+    confirm_seeds = 0
+    if "confirm" in raw:
+        table = where.table(raw, "confirm")
+        where.keys(table, ("seeds",), "confirm")
+        confirm_seeds = where.positive(table, "seeds", int, prefix="confirm.")
+
+    runs = []
+    for index, entry in enumerate(raw.get("runs", [])):
+        key = f"runs[{index}]"
+        if not isinstance(entry, dict):
+            where.fail(key, entry, "a [[runs]] table")
+        where.keys(entry, RUN_KEYS, key)
+        run = {"problem": where.choice(f"{key}.problem", entry.get("problem", problems[0]), PROBLEMS)}
+        run["optimizer"] = where.string(entry, "optimizer", required=True, prefix=f"{key}.")
+        run["lr"] = where.positive(entry, "lr", float, prefix=f"{key}.")
+        opt = entry.get("opt", {})
+        if not isinstance(opt, dict):
+            where.fail(f"{key}.opt", opt, "a table of optimizer arguments, e.g. opt = { momentum = 0.9 }")
+        run["opt"] = {k: tuple(v) if isinstance(v, list) else v for k, v in opt.items()}
+        where.check_optimizer(f"{key}.optimizer", run["optimizer"], run["opt"])
+        for setting in (*GRID_SETTINGS, *SCALAR_SETTINGS):
+            if setting in entry:
+                run[setting] = where.setting(f"{key}.{setting}", entry[setting])
+        if "label" in entry:
+            run["label"] = str(entry["label"])
+        runs.append(run)
+
+    spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
+                devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
+                direction=direction, search=search, confirm_seeds=confirm_seeds, runs=tuple(runs),
+                description=str(raw.get("description", "")), text=text)
+    for config in _every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
+        try:
+            RunConfig(**config)
+        except UsageError as error:
+            raise SpecError(f"{source}: {error}") from None
+    return spec
+
+
+def _every_config(spec: Spec):
+    for problem, optimizer, settings in itertools.product(spec.problems, spec.optimizers, spec.grid_settings()):
+        lr = optimizer.lrs[0] if optimizer.lrs else optimizer.space.get("lr", (1e-3,))[0]
+        yield dict(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
+                   **spec.budget, **spec.scalar_settings(), **settings)
+    for run in spec.runs:
+        yield {**{k: v for k, v in run.items() if k != "label"}, **spec.budget}
+
+
+class _Where:
+    """Builds errors that name the file, the key, its line and what is valid."""
+
+    def __init__(self, source: str, text: str):
+        self.source, self.lines = source, text.splitlines()
+
+    def line_of(self, key: str) -> str:
+        leaf = key.split(".")[-1].split("[")[0]
+        header = key.split(".")[0].split("[")[0]
+        in_table = None
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                in_table = stripped.strip("[]").strip()
+            if stripped.split("=")[0].strip() == leaf and "=" in stripped:
+                if "." not in key or (in_table or "").startswith(header) or in_table is None:
+                    return f" (line {number})"
+        return ""
+
+    def fail(self, key, value, expected):
+        raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: got {value!r}; expected {expected}")
+
+    def keys(self, table: dict, valid, prefix: str):
+        for key in table:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                full = f"{prefix}.{key}" if prefix else key
+                raise SpecError(f"{self.source}: unknown key '{full}'{self.line_of(full)}{hint} "
+                                f"(valid: {', '.join(valid)})")
+
+    def string(self, table, key, required=False, default=None, prefix=""):
+        if key not in table:
+            if required:
+                raise SpecError(f"{self.source}: missing required key '{prefix}{key}'")
+            return default
+        if not isinstance(table[key], str):
+            self.fail(prefix + key, table[key], "a string")
+        return table[key]
+
+    def table(self, raw, key, required=False):
+        if key not in raw:
+            if required:
+                raise SpecError(f"{self.source}: missing required key '{key}' (add [{key}.NAME] tables)")
+            return {}
+        if not isinstance(raw[key], dict):
+            self.fail(key, raw[key], f"a table ([{key}])")
+        return raw[key]
+
+    def choice(self, key, value, valid):
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            self.fail(key, value, f"one of {', '.join(valid)}{hint}")
+        return value
+
+    def integer(self, table, key, prefix="", default=None):
+        value = table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(prefix + key, value, "an integer")
+        return value
+
+    def positive(self, table, key, kind, prefix=""):
+        value = table.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if kind is int:
+            ok = ok and isinstance(value, int)
+        if not ok:
+            self.fail(prefix + key, value, "a positive integer" if kind is int else "a positive number")
+        return value
+
+    def list_of(self, table, key, kind, default=()):
+        if key not in table:
+            return tuple(default)
+        values = table[key]
+        if not isinstance(values, list):
+            self.fail(key, values, f"a list of {kind.__name__}s, e.g. {key} = [...]")
+        if not values:
+            self.fail(key, values, f"a non-empty list of {kind.__name__}s")
+        for value in values:
+            if not isinstance(value, kind) or isinstance(value, bool):
+                self.fail(key, value, f"{kind.__name__} values only")
+        if len(set(values)) != len(values):
+            self.fail(key, values, "no repeated values")
+        return tuple(values)
+
+    def setting(self, key, value):
+        leaf = key.split(".")[-1]
+        if leaf == "loss":
+            return self.choice(key, value, LOSSES)
+        if leaf == "schedule":
+            return self.choice(key, value, SCHEDULES)
+        if leaf == "zero_grad":
+            if not isinstance(value, bool):
+                self.fail(key, value, "true or false")
+            return value
+        if leaf == "clip_grad_norm":
+            return self.positive({leaf: value}, leaf, float, prefix=key[: -len(leaf)])
+        return self.positive({leaf: value}, leaf, int, prefix=key[: -len(leaf)])
+
+    def check_optimizer(self, key, name, fixed):
+        try:
+            optimizer_arguments(name, fixed)
+        except UsageError as error:
+            raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error}") from None
+
+    def lr_grid(self, key, value) -> tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [value]
+        elif isinstance(value, list):
+            if not value:
+                self.fail(key, value, "a non-empty list of learning rates")
+            values = value
+        elif isinstance(value, dict) and set(value) == {"log", "points"}:
+            bounds, points = value["log"], value["points"]
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in bounds)
+                    and bounds[0] < bounds[1]):
+                self.fail(key, value, "log = [low, high] with 0 < low < high")
+            if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+                self.fail(key, value, "points = a positive integer")
+            if points == 1:
+                return (float(bounds[0]),)
+            ratio = math.log(bounds[1] / bounds[0]) / (points - 1)
+            return tuple(float(f"{bounds[0] * math.exp(ratio * i):.6g}") for i in range(points))
+        else:
+            self.fail(key, value, "a list [0.01, 0.1], one number, or { log = [1e-4, 1e-1], points = 7 }")
+        for lr in values:
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+                self.fail(key, lr, "learning rates > 0")
+        if len(set(values)) != len(values):
+            self.fail(key, values, "no repeated learning rates")
+        return tuple(float(lr) for lr in values)
+
+    def optimizer(self, label, entry, searching: bool) -> OptimizerPlan:
+        key = f"optimizers.{label}"
+        if not isinstance(entry, dict):
+            self.fail(key, entry, f"a table [optimizers.{label}] with lr = ...")
+        name = entry.get("optimizer", label)
+        if not isinstance(name, str):
+            self.fail(f"{key}.optimizer", name, "a registry name or 'package.module:Class'")
+        if name not in OPTIMIZERS and ":" not in name:
+            close = difflib.get_close_matches(name, list(OPTIMIZERS), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SpecError(f"{self.source}: unknown optimizer '{name}' in [{key}]{self.line_of(label)}{hint}; "
+                            f"valid: {', '.join(OPTIMIZERS)}, or optimizer = \"package.module:Class\"")
+        space = {}
+        if "search" in entry:
+            table = entry["search"]
+            if not isinstance(table, dict):
+                self.fail(f"{key}.search", table, "a table of argument = { low, high, log }")
+            for argument, bounds in table.items():
+                if not (isinstance(bounds, dict) and {"low", "high"} <= set(bounds) <= {"low", "high", "log"}
+                        and all(isinstance(bounds[b], (int, float)) and not isinstance(bounds[b], bool)
+                                for b in ("low", "high")) and 0 < bounds["low"] < bounds["high"]):
+                    self.fail(f"{key}.search.{argument}", bounds, "{ low = a, high = b, log = true } with 0 < a < b")
+                space[argument] = (float(bounds["low"]), float(bounds["high"]), bool(bounds.get("log", False)))
+        elif searching:
+            space = dict(OPTIMIZERS[name].space) if name in OPTIMIZERS else {}
+            if not space:
+                raise SpecError(f"{self.source}: [{key}] needs a search space: [{key}.search] lr = "
+                                "{ low = 1e-4, high = 1e-1, log = true }")
+        if "lr" in entry and searching:
+            raise SpecError(f"{self.source}: key '{key}.lr'{self.line_of(key + '.lr')}: a [search] spec searches lr; "
+                            f"give its range as [{key}.search] lr = {{ low = 1e-4, high = 1e-1, log = true }}")
+        if "lr" not in entry and not searching:
+            raise SpecError(f"{self.source}: missing required key '{key}.lr' (a grid, e.g. lr = [0.01, 0.1])")
+        lrs = self.lr_grid(f"{key}.lr", entry["lr"]) if "lr" in entry else ()
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()
+                 if k not in ("lr", "optimizer", "search")}
+        self.check_optimizer(key, name, {**fixed, **{a: space[a][0] for a in space if a != "lr"}})
+        return OptimizerPlan(label, name, lrs, fixed, space)
+
+
+def config_key(config: RunConfig) -> str:
+    """A stable identity for a configuration: what "completed exactly once" is counted by."""
+    return json.dumps(config.params(), sort_keys=True, default=str)
