@@ -112,6 +112,9 @@ def main(argv=None) -> int:
             raise
         print(f"optimstudy {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `optimstudy … | head` closed our stdout: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if args.debug:
             raise

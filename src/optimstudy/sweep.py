@@ -193,10 +193,10 @@ def recover_dead_trials(study, tracking_uri: str | None) -> list[str]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_is_dead(trial):
             try:
+                study._storage.set_trial_user_attr(trial._trial_id, ERROR, "its worker died mid-trial")
                 study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            study._storage.set_trial_user_attr(trial._trial_id, ERROR, "its worker died mid-trial")
+                continue  # another process recovered it first
             changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
     if tracking_uri:
         from optimstudy.tracking import end_orphaned_runs
@@ -539,7 +539,7 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str) -> str:
                             run_name=f"sweep {spec.name}")
     params = {"spec": spec.path, "mode": "search" if spec.search else "grid", "problems": ",".join(spec.problems),
               "optimizers": ",".join(o.label for o in spec.optimizers), "seeds": ",".join(map(str, spec.seeds)),
-              "devices": ",".join(spec.devices), "metric": spec.metric, "direction": spec.direction,
+              "devices": ",".join(spec.devices), "objective_metric": spec.metric, "objective_direction": spec.direction,
               "confirm_seeds": spec.confirm_seeds, **spec.budget}
     if spec.search:
         params.update(sampler=spec.search.sampler, trials_per_optimizer=spec.search.trials, pruner=spec.search.pruner)
