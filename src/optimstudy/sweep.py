@@ -403,11 +403,12 @@ def worker_main(argv: list[str]) -> int:
 def counts(study) -> dict:
     from optuna.trial import TrialState
 
-    result = {"complete": 0, "pruned": 0, "failed": 0, "waiting": 0, "running": 0}
+    result = {"complete": 0, "pruned": 0, "failed": 0, "waiting": 0, "running": 0, "duplicates": 0}
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
              TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}
     for trial in study.get_trials(deepcopy=False):
-        result[names[trial.state]] += 1
+        duplicate = trial.state == TrialState.FAIL and str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
+        result["duplicates" if duplicate else names[trial.state]] += 1
     return result
 
 

@@ -30,6 +30,7 @@ DEFAULT_STORE_DIR = "mlruns"
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
 DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
+TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
 RUN_KINDS = ("run", "trial", "sweep")
 
 def quiet_store_logs() -> None:
@@ -177,8 +178,8 @@ class _Writer:
     def send(self, message) -> None:
         self.conn.send(message)
 
-    def end_run(self, run_id: str, status: str, error: str | None) -> None:
-        self.conn.send(("end", run_id, status, error))
+    def end_run(self, run_id: str, status: str, tags: dict) -> None:
+        self.conn.send(("end", run_id, status, tags))
         problems = []
         while True:
             kind, acked_run, detail = self._recv()
@@ -225,6 +226,7 @@ class MlflowLogger:
         self._buffer: list[tuple] = []
         self.closed = False
         self.writer.wait_ready()
+        self.writer.send(("open", self.run_id))  # from now on the writer ends it if we die
 
     def log(self, step, metrics):
         timestamp = int(time.time() * 1000)
@@ -245,12 +247,13 @@ class MlflowLogger:
     def log_artifact(self, path: str) -> None:
         _client(self.tracking_uri).log_artifact(self.run_id, path)
 
-    def close(self, status="FINISHED", error: str | None = None):
+    def close(self, status="FINISHED", tags: dict | None = None):
+        """Ship what is buffered, then end the run with `status`, setting `tags` (why it ended)."""
         if self.closed:
             return
         self.closed = True
         self._ship()
-        self.writer.end_run(self.run_id, status, error)
+        self.writer.end_run(self.run_id, status, tags or {})
 
 
 def _param_text(value) -> str:
@@ -264,15 +267,15 @@ def tracked_run(logger: MlflowLogger):
     try:
         yield logger
     except KeyboardInterrupt:
-        logger.close("KILLED", "interrupted (Ctrl-C)")
+        logger.close("KILLED", {TAG_ERROR: "interrupted (Ctrl-C)"})
         raise
     except BaseException as error:
         from optimstudy.train import Stop
 
         if isinstance(error, Stop):
-            logger.close("KILLED", f"pruned: {error}")
+            logger.close("KILLED", {TAG_PRUNED: str(error)})
         else:
-            logger.close("FAILED", f"{type(error).__name__}: {error}")
+            logger.close("FAILED", {TAG_ERROR: f"{type(error).__name__}: {error}"})
         raise
     else:
         logger.close("FINISHED")

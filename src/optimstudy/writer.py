@@ -1,6 +1,6 @@
 """The MLflow writer process: `python -m optimstudy.writer TRACKING_URI FD`.
 
-Receives ("metrics", run_id, points), ("end", run_id, status, error) and ("stop", None)
+Receives ("open", run_id), ("metrics", run_id, points), ("end", run_id, status, tags) and ("stop", None)
 over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
 process dies, the socket closes and the runs it left open are ended as KILLED.
 """
@@ -35,13 +35,15 @@ def serve(tracking_uri: str, conn: Connection) -> None:
             return
         kind, run_id = message[0], message[1]
         try:
-            if kind == "metrics":
+            if kind == "open":
+                open_runs.add(run_id)
+            elif kind == "metrics":
                 open_runs.add(run_id)
                 client.log_batch(run_id, metrics=[Metric(*point) for point in message[2]])
             elif kind == "end":
-                _, _, status, error = message
-                if error:
-                    client.set_tag(run_id, "optimstudy.error", error[:5000])
+                _, _, status, tags = message
+                for key, value in tags.items():
+                    client.set_tag(run_id, key, str(value)[:5000])
                 client.set_terminated(run_id, status)
                 open_runs.discard(run_id)
                 conn.send(("ok", run_id, None))

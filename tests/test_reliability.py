@@ -1,0 +1,259 @@
+"""Bad input gets exit code 2 and one clear message; interrupted or killed work loses nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from optimstudy.cli import main
+from optimstudy.tidy import load_runs
+
+TESTS = Path(__file__).parent
+
+GOOD = """\
+name = "bad"
+problem = "linreg"
+steps = 20
+seeds = [0]
+
+[optimizers.sgd]
+lr = [0.1]
+"""
+
+
+def run_main(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('name = "bad"\nproblem = "linreg\nsteps = 5\n', ["malformed TOML", "line 2"]),
+    (GOOD.replace("seeds", "sedes"), ["unknown key 'sedes'", "line 4", "did you mean 'seeds'"]),
+    (GOOD.replace('name = "bad"\n', ""), ["missing required key 'name'"]),
+    (GOOD.replace("steps = 20", 'steps = "twenty"'), ["'steps'", "'twenty'", "positive integer"]),
+    (GOOD.replace("lr = [0.1]", "lr = [0.1, 0.0]"), ["optimizers.sgd.lr", "0.0", "learning rates > 0"]),
+    (GOOD.replace("lr = [0.1]", "lr = [-1]"), ["optimizers.sgd.lr", "-1", "> 0"]),
+    (GOOD.replace("steps = 20", "steps = 20\nbatch_size = 0"), ["batch_size", "0", "positive integer"]),
+    (GOOD.replace("steps = 20", "steps = -3"), ["'steps'", "-3", "positive"]),
+    (GOOD.replace("steps = 20", "epochs = -1.5"), ["'epochs'", "-1.5", "positive"]),
+    (GOOD.replace("lr = [0.1]", "lr = []"), ["optimizers.sgd.lr", "[]", "non-empty"]),
+    (GOOD.replace("seeds = [0]", "seeds = [0, 1.5]"), ["'seeds'", "1.5", "int"]),
+    (GOOD.replace('"linreg"', '"linregg"'), ["linregg", "did you mean 'linreg'", "mnist_mlp"]),
+    (GOOD.replace("optimizers.sgd", "optimizers.sgdd"), ["sgdd", "did you mean 'sgd'", "adam"]),
+    (GOOD.replace("steps = 20", 'steps = 20\nloss = "mse2"'), ["'loss'", "mse2", "mean_error"]),
+    (GOOD.replace("steps = 20", 'steps = 20\ndevices = ["tpu"]'), ["'devices'", "tpu", "cuda"]),
+    (GOOD.replace("lr = [0.1]", "lr = [0.1]\nmomentom = 0.9"), ["momentom", "did you mean 'momentum'"]),
+])
+def test_bad_spec_exits_2_naming_the_key_and_writes_nothing(text, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    code, err = run_main(capsys, "sweep", spec)
+    assert code == 2
+    assert "bad.toml" in err
+    for fragment in expected:
+        assert fragment in err, (fragment, err)
+    assert "Traceback" not in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--problem", "mnist_mpl"], ["mnist_mpl", "did you mean 'mnist_mlp'"]),
+    (["run", "--optimizer", "adan"], ["adan", "adam", "package.module:Class"]),
+    (["run", "--problem", "linreg", "--loss", "cross_entropy"], ["cross_entropy", "mse"]),
+    (["run", "--device", "cuda:3"], ["cuda:3", "available: cpu"]),
+    (["run", "--device", "gpu"], ["gpu", "auto, cpu, cuda"]),
+    (["run", "--lr", "0"], ["lr", "0"]),
+    (["run", "--batch-size", "0"], ["--batch-size", "0"]),
+    (["run", "--steps", "-1"], ["steps", "-1"]),
+    (["run", "--opt", "momentum"], ["--opt 'momentum'", "KEY=VALUE"]),
+    (["run", "--optimizer", "adam", "--opt", "momentum=0.9"], ["momentum", "betas"]),
+    (["sweep", "no/such/spec.toml"], ["no/such/spec.toml", "not found"]),
+    (["sweep", "experiments/quickstartt.toml"], ["not found", "quickstart.toml"]),
+])
+def test_bad_flags_exit_2_naming_the_value(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(TESTS.parent if "experiments" in " ".join(argv) else tmp_path)
+    code, err = run_main(capsys, *argv, *(["--no-track"] if argv[0] == "run" else []))
+    assert code == 2
+    for fragment in expected:
+        assert fragment in err, (fragment, err)
+    assert "Traceback" not in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_offline_data_folder_without_the_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    code, err = run_main(capsys, "run", "--problem", "mnist_mlp", "--data-dir", empty)
+    assert code == 2
+    assert "MNIST" in err and str(empty) in err and "OPTIMSTUDY_DATA_DIR" in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_unwritable_store_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(capsys, "run", "--problem", "linreg", "--steps", "5",
+                         "--tracking-uri", "sqlite:////proc/optimstudy/mlflow.db")
+    assert code == 2 and "/proc/optimstudy" in err and "--no-track" in err
+
+
+def test_a_real_process_prints_no_traceback_and_debug_shows_one(cli, tmp_path):
+    result = cli("run", "--problem", "nope", "--no-track", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "unknown problem 'nope'" in result.stderr
+    debug = cli("--debug", "run", "--problem", "nope", "--no-track", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def spec_file(folder, name, body):
+    path = folder / f"{name}.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def study(folder, name):
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "mlruns" / "optuna" / f"{name}.journal"))))
+
+
+def test_diverging_and_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tmp_path):
+    spec = spec_file(tmp_path, "faults", """
+        name = "faults"
+        problem = "linreg"
+        steps = 50
+        seeds = [0]
+        [optimizers.sgd]
+        lr = [0.1, 1000.0]
+        [optimizers.boom]
+        optimizer = "exploding_optimizer:ExplodingSGD"
+        lr = [0.1]
+    """)
+    result = cli("sweep", spec, "--json", cwd=tmp_path, env={"PYTHONPATH": str(TESTS)}, check_exit=0)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["trials"]["complete"] == 2 and summary["trials"]["failed"] == 1
+    trials = {(t.user_attrs["optimizer"], t.user_attrs["optimstudy.config"]["lr"]): t for t in study(tmp_path, "faults").trials}
+    diverged = trials[("sgd", 1000.0)]
+    assert diverged.state == TrialState.COMPLETE and diverged.user_attrs["diverged"] is True
+    assert diverged.value == float("inf")  # the worst objective for a minimized val_loss
+    failed = trials[("boom", 0.1)]
+    assert failed.state == TrialState.FAIL and "out of memory" in failed.user_attrs["optimstudy.error"]
+    run = MlflowClient(summary["tracking_uri"]).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "out of memory" in run.data.tags["optimstudy.error"]
+    history = MlflowClient(summary["tracking_uri"]).get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # the steps before the fault are kept
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+LONG = """
+    name = "{name}"
+    problem = "linreg"
+    steps = 2500
+    seeds = [0, 1]
+    [optimizers.sgd]
+    lr = [0.01, 0.1]
+"""
+
+
+def start(argv, cwd):
+    return subprocess.Popen([sys.executable, "-m", "optimstudy", *map(str, argv)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def first_running_trial_with_steps(folder, name):
+    """True once a trial is RUNNING and its MLflow run already holds logged steps."""
+    journal = folder / "mlruns" / "optuna" / f"{name}.journal"
+    if not journal.exists():
+        return False
+    for trial in study(folder, name).trials:
+        if trial.state == TrialState.RUNNING and "mlflow_run_id" in trial.user_attrs:
+            uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+            if MlflowClient(uri).get_metric_history(trial.user_attrs["mlflow_run_id"], "train_loss"):
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    process = start(["run", "--problem", "linreg", "--steps", "200000", "--json"], tmp_path)
+
+    def has_steps():
+        try:
+            runs = load_runs(uri, with_metrics=False)
+            return len(runs) == 1 and bool(MlflowClient(uri).get_metric_history(runs["run_id"][0], "train_loss"))
+        except Exception:
+            return False
+
+    assert wait_for(has_steps)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    run = MlflowClient(uri).get_run(load_runs(uri, with_metrics=False)["run_id"][0])
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 1000  # every step up to the stop
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_sweep_then_resume_completes_everything_once(cli, tmp_path):
+    spec = spec_file(tmp_path, "interrupt", LONG.format(name="interrupt"))
+    process = start(["sweep", spec], tmp_path)
+    assert wait_for(lambda: first_running_trial_with_steps(tmp_path, "interrupt"))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "run the same `optimstudy sweep` command again to resume" in err
+    states = [t.state for t in study(tmp_path, "interrupt").trials]
+    assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    runs = load_runs(uri, with_metrics=False)
+    assert "RUNNING" not in set(runs["status"]) and "KILLED" in set(runs["status"])
+
+    cli("sweep", spec, cwd=tmp_path, check_exit=0)
+    complete = [t for t in study(tmp_path, "interrupt").trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["optimstudy.key"] for t in complete) == sorted(
+        {t.user_attrs["optimstudy.key"] for t in complete}) and len(complete) == 4
+    assert cli("check", spec, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.slow
+def test_sweep_killed_with_sigkill_resumes_and_check_confirms(cli, tmp_path):
+    spec = spec_file(tmp_path, "killed", LONG.format(name="killed"))
+    process = start(["sweep", spec], tmp_path)
+    assert wait_for(lambda: first_running_trial_with_steps(tmp_path, "killed"))
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    # the killed process's writer notices and ends its open trial run; the sweep's parent run stays RUNNING
+    assert wait_for(lambda: set(load_runs(uri, with_metrics=False).query("kind == 'trial'")["status"]) == {"KILLED"}, 20)
+    dry = cli("check", spec, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 1 and "RUNNING but its worker is gone" in dry.stdout
+
+    result = cli("sweep", spec, cwd=tmp_path, check_exit=0)
+    assert "recovered: trial 0" in result.stderr
+    trials = study(tmp_path, "killed").trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["optimstudy.key"] for t in complete]
+    assert len(keys) == len(set(keys)) == 4  # every configuration exactly once
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1  # the killed attempt
+    assert "RUNNING" not in set(load_runs(uri, with_metrics=False)["status"])
+    checked = cli("check", spec, cwd=tmp_path)
+    assert checked.returncode == 0 and "ok:" in checked.stdout
