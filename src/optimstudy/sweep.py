@@ -678,15 +678,10 @@ def dashboard_command(args) -> int:
     dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
     if dashboard is None:
         raise UsageError("optuna-dashboard is not installed (pip install optuna-dashboard)")
-    command = [dashboard, url, "--host", args.host, "--port", str(args.port)]
-    print(f"optuna-dashboard on {url}\n  open http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    process = subprocess.Popen(command, start_new_session=True)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=10)
-        return 0
+    from optimstudy.serve import run_server
+
+    return run_server([dashboard, url, "--host", args.host, "--port", str(args.port)],
+                      f"optuna-dashboard on {url}\n  open http://{args.host}:{args.port}  (Ctrl-C stops it)")
 
 
 if __name__ == "__main__":
