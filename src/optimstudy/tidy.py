@@ -25,6 +25,7 @@ RUN_TAGS = {"mlflow.parentRunId": "parent_run_id", "mlflow.runName": "run_name",
             TAG_TRIAL: "trial", TAG_KIND: "kind", "device.name": "device_name", "dataset": "dataset",
             "optimstudy.error": "error", "host": "host"}
 RUN_COLUMNS = ["run_id", "experiment", "status", "start_time", "end_time", *RUN_TAGS.values()]
+FLOAT_MAX = np.finfo(np.float64).max
 
 
 def load_runs(tracking_uri: str | None = None, *, experiments=None, parent_run_id: str | None = None,
@@ -39,6 +40,9 @@ def load_runs(tracking_uri: str | None = None, *, experiments=None, parent_run_i
     if not with_metrics:
         return runs
     points = _metric_points(tracking_uri, list(runs["run_id"]))
+    # MLflow stores +-inf as +-float max (SQL has no infinity): a diverged loss is inf again here
+    points["value"] = points["value"].replace({FLOAT_MAX: np.inf, -FLOAT_MAX: -np.inf})
+    runs = runs.rename(columns={c: f"param.{c}" for c in ("step", "metric", "value") if c in runs})
     return points.merge(runs, on="run_id", how="inner").sort_values(["run_id", "metric", "step"],
                                                                      ignore_index=True)
 
@@ -95,8 +99,9 @@ def _metric_points(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:
                 chunk = run_ids[start:start + 500]
                 query = sa.text("SELECT run_uuid, step, key, value, is_nan FROM metrics "
                                 "WHERE run_uuid IN :ids").bindparams(sa.bindparam("ids", expanding=True))
-                parts.append(pd.DataFrame(connection.execute(query, {"ids": chunk}).all(),
-                                          columns=["run_id", "step", "metric", "value", "is_nan"]))
+                # plain tuples: pandas builds a frame from SQLAlchemy Row objects ~3x slower
+                rows = [tuple(row) for row in connection.execute(query, {"ids": chunk})]
+                parts.append(pd.DataFrame(rows, columns=["run_id", "step", "metric", "value", "is_nan"]))
     finally:
         engine.dispose()
     points = pd.concat(parts, ignore_index=True)
