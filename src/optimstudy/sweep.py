@@ -381,6 +381,9 @@ def work(spec: Spec, storage_url_: str, tracking_uri: str | None, parent_run_id:
     while os.getppid() == parent_pid:
         study, trial = claim(spec, storage)
         if trial is None:
+            # another machine's worker may have died meanwhile: queue its trials again, or stop
+            if recover_dead_trials(study, tracking_uri) and enqueue_missing(study, plan(spec)[0]):
+                continue
             return
         state = run_trial(spec, study, trial, tracking, parent_run_id, data_dir, threads)
         if on_trial_done is not None:
@@ -478,12 +481,12 @@ def best_configurations(spec: Spec, study, phases=("grid", "search")) -> list[di
         if trial.user_attrs.get(PHASE) not in phases:
             continue
         config = _config_from_json(trial.user_attrs[CONFIG])
+        label = trial.user_attrs.get("optimizer")
+        group_key = (label, config_key(replace(config, lr=1.0, seed=0)))  # before sampled arguments
         if trial.user_attrs.get(SPACE):
-            label = trial.user_attrs.get("optimizer")
             sampled = {k.split(".", 1)[1]: v for k, v in trial.params.items()}
             config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
-        group_key = config_key(replace(config, lr=1.0, seed=0, opt={}))
-        candidates = groups.setdefault(group_key, {"optimizer": trial.user_attrs.get("optimizer"), "configs": {}})
+        candidates = groups.setdefault(group_key, {"optimizer": label, "configs": {}})
         candidates["configs"].setdefault(config_key(replace(config, seed=0)), (config, []))[1].append(trial.value)
     better = min if spec.direction == "minimize" else max
     result = []
