@@ -14,6 +14,7 @@ from optimstudy.errors import UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
 
 
 def add_tracking_flags(parser, *, allow_no_track=True):
@@ -122,6 +123,12 @@ def main(argv=None) -> int:
             args.command, "nothing was lost: finished work is in the store")
         print(f"\noptimstudy {args.command}: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:  # not the user's input: say what broke, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"optimstudy {args.command}: failed: {type(error).__name__}: {error}\n"
+              f"(run again with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def cmd_run(args) -> int:

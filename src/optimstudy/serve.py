@@ -1,30 +1,61 @@
-"""Run a server program (MLflow UI, optuna-dashboard) in the foreground until Ctrl-C or SIGTERM.
+"""Run a server program (MLflow UI, optuna-dashboard) in the foreground until Ctrl-C, SIGTERM
+or SIGHUP, and never let it outlive the command that started it.
 
-The server gets its own session so that a terminal's Ctrl-C reaches only us; we then stop it
-ourselves, so it never outlives the command that started it.
+A server is a process tree (`mlflow server` is the CLI and uvicorn, plus a job runner when job
+execution is on). It starts in a session of its own, so a terminal's Ctrl-C reaches only us;
+we then stop its whole group. Signalling the top process alone leaves the rest running for
+seconds, and a SIGKILL to it alone would orphan uvicorn with the port still taken.
 """
+import contextlib
+import os
 import signal
 import subprocess
+import time
 
 
-def run_server(command: list[str], banner: str) -> int:
-    process = subprocess.Popen(command, start_new_session=True)
-    print(banner, flush=True)
-
-    def on_terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_terminate)
+def run_server(command: list[str], banner: str, env: dict | None = None) -> int:
+    # `kill`, a closed terminal or a CI timeout must stop the server too, not only Ctrl-C
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    process = subprocess.Popen(command, start_new_session=True, env=env)
     try:
+        print(banner, flush=True)
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
         print("stopped.", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop_server(process)  # a no-op once the group is gone
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_server(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the server's process group; SIGKILL what outlives grace_s or a second Ctrl-C."""
+    group = process.pid  # start_new_session made the server its group's leader
+    if not _group_alive(group, process):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    try:
+        while _group_alive(group, process) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: stop waiting
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    process.wait()
+
+
+def _group_alive(group: int, process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader: a zombie still counts as a member of its group
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

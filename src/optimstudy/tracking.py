@@ -12,6 +12,7 @@ sees the pipe close and ends that process's open runs as KILLED, so no run stays
     frame = load_runs(experiments=["demo"])     # one tidy row per (run, step, metric)
 """
 import contextlib
+import functools
 import getpass
 import logging
 import os
@@ -120,10 +121,9 @@ def environment_tags(device: str) -> dict:
         "python.version": platform.python_version(),
         "mlflow.user": getpass.getuser(),
     }
-    commit = git_commit()
+    commit, dirty = git_state()
     if commit:
-        tags["git.commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
+        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": dirty})
     return tags
 
 
@@ -133,18 +133,26 @@ def _mlflow_version() -> str:
     return version("mlflow")
 
 
-def git_commit() -> str | None:
-    """The project's commit when running from a checkout; None for an installed package."""
-    source = Path(__file__).resolve().parent
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool]:
+    """(commit, uncommitted changes?) of the project's checkout; (None, False) when installed."""
+    source = str(Path(__file__).resolve().parent)
     try:
-        result = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
+        head = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None, False
+        status = subprocess.run(["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+        return None, False
+    return head.stdout.strip() or None, bool(status.stdout.strip())
 
 
 # ---- the writer process (its main loop is optimstudy/writer.py) ------------------------
+
+class WriterDied(RuntimeError):
+    """The writer process is gone (killed, out of memory): points it had not stored are lost."""
+
 
 class _Writer:
     """One per training process, started on first use and shared by its runs.
@@ -173,13 +181,21 @@ class _Writer:
         try:
             return self.conn.recv()
         except (EOFError, OSError):
-            raise RuntimeError(f"the MLflow writer process exited (code {self.process.poll()})") from None
+            raise self._died() from None
 
     def send(self, message) -> None:
-        self.conn.send(message)
+        try:
+            self.conn.send(message)
+        except OSError:  # BrokenPipeError: the writer is gone
+            raise self._died() from None
+
+    def _died(self) -> WriterDied:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        return WriterDied(f"the MLflow writer process exited (code {self.process.poll()})")
 
     def end_run(self, run_id: str, status: str, tags: dict) -> None:
-        self.conn.send(("end", run_id, status, tags))
+        self.send(("end", run_id, status, tags))
         problems = []
         while True:
             kind, acked_run, detail = self._recv()
@@ -216,6 +232,7 @@ class MlflowLogger:
 
         self.tracking_uri = tracking_uri
         self.writer = start_writer(tracking_uri)
+        self.writer.wait_ready()  # before the run exists: a writer that cannot start leaves no RUNNING run
         client = _client(tracking_uri)
         run_tags = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
@@ -225,7 +242,6 @@ class MlflowLogger:
         client.log_batch(self.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
         self._buffer: list[tuple] = []
         self.closed = False
-        self.writer.wait_ready()
         self.writer.send(("open", self.run_id))  # from now on the writer ends it if we die
 
     def log(self, step, metrics):
@@ -252,8 +268,20 @@ class MlflowLogger:
         if self.closed:
             return
         self.closed = True
-        self._ship()
-        self.writer.end_run(self.run_id, status, tags or {})
+        tags = dict(tags or {})
+        try:
+            self._ship()
+            self.writer.end_run(self.run_id, status, tags)
+        except WriterDied as died:  # nobody else will end the run now: end it here, or it stays RUNNING
+            why = tags.get(TAG_ERROR, "")
+            if str(died) not in why:
+                why = f"{why}; {died}" if why else str(died)
+            tags[TAG_ERROR] = f"{why} (points after its last stored batch are lost)"
+            client = _client(self.tracking_uri)
+            for key, value in tags.items():
+                client.set_tag(self.run_id, key, str(value)[:5000])
+            client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
+            raise
 
 
 def _param_text(value) -> str:

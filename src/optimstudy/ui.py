@@ -1,11 +1,11 @@
 """`optimstudy ui`: the MLflow UI over the same store a run would use."""
+import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from optimstudy.errors import UsageError
+from optimstudy.serve import run_server
 from optimstudy.tracking import artifact_root, ensure_store, resolve_tracking_uri
 
 
@@ -29,15 +29,8 @@ def serve_ui(tracking_uri: str | None, host: str, port: int) -> int:
     if not 0 < port < 65536:
         raise UsageError(f"--port must be 1-65535, got {port}")
     ensure_store(tracking_uri)
-    process = subprocess.Popen(ui_command(tracking_uri, host, port), start_new_session=True)
-    print(f"MLflow UI for {tracking_uri}\n  open http://{host}:{port}  (Ctrl-C stops it)", flush=True)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print("MLflow UI stopped.")
-        return 0
+    # MLflow's job runner (8 processes, for GenAI jobs such as LLM judges) is of no use to training
+    # runs: without it the UI is up in ~6 s instead of 10-16 s on 2 cores. The variable overrides.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    return run_server(ui_command(tracking_uri, host, port),
+                      f"MLflow UI for {tracking_uri}\n  open http://{host}:{port}  (Ctrl-C stops it)", env=env)

@@ -2,7 +2,8 @@
 
 Receives ("open", run_id), ("metrics", run_id, points), ("end", run_id, status, tags) and ("stop", None)
 over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
-process dies, the socket closes and the runs it left open are ended as KILLED.
+process dies, the socket closes and the runs it left open are ended as KILLED. A run that
+lost a batch of points is ended FAILED, never FINISHED.
 """
 import contextlib
 import os
@@ -24,6 +25,7 @@ def serve(tracking_uri: str, conn: Connection) -> None:
     client = MlflowClient(tracking_uri)
     conn.send(("ready", None, None))
     open_runs: set[str] = set()
+    lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
     while True:
         try:
             message = conn.recv()
@@ -42,6 +44,11 @@ def serve(tracking_uri: str, conn: Connection) -> None:
                 client.log_batch(run_id, metrics=[Metric(*point) for point in message[2]])
             elif kind == "end":
                 _, _, status, tags = message
+                if run_id in lost:
+                    status = "FAILED" if status == "FINISHED" else status
+                    why = tags.get("optimstudy.error")
+                    tags = {**tags, "optimstudy.error": "; ".join(
+                        filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
                 for key, value in tags.items():
                     client.set_tag(run_id, key, str(value)[:5000])
                 client.set_terminated(run_id, status)
@@ -51,7 +58,14 @@ def serve(tracking_uri: str, conn: Connection) -> None:
                 conn.send(("ok", None, None))
                 return
         except Exception as error:  # reported back to the training process at the run's end
-            conn.send(("error", run_id, f"{type(error).__name__}: {error}"))
+            detail = f"{type(error).__name__}: {str(error)[:1000]}"
+            if kind == "metrics":
+                if run_id in lost:
+                    continue  # one report per run: unread reports would fill the socket and block us both
+                lost[run_id] = detail
+            conn.send(("error", run_id, detail))
+            if kind == "end":  # the training process waits for this answer (a deleted run ends here)
+                conn.send(("ok", run_id, None))
 
 
 if __name__ == "__main__":
