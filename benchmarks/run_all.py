@@ -1,0 +1,128 @@
+"""Run every benchmark, each in a fresh process, and print one table: comparison, measured, target, met?
+
+    python benchmarks/run_all.py            # the full set: under 10 minutes on 2 cores
+    python benchmarks/run_all.py --quick    # a smoke run of a minute or two (results/quick/)
+    python benchmarks/run_all.py --only tracking workers
+
+Writes results/<name>.json per benchmark, results/latest.json (all of them) and
+results/README-table.md (the table, with the date and the machine, for the README).
+A target that is not met is a result, not a failure: the exit status is non-zero only
+when a benchmark could not run.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import BENCH_DIR, QUICK_RESULTS_DIR, RESULTS_DIR, load_average, machine
+
+BENCHMARKS = ("pipeline", "floor", "tracking", "workers", "gpu", "memory", "scale")  # bench_<name>.py
+TIMEOUT_S = 600
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="benchmarks/run_all.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps and repeats (results/quick/)")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
+                        help=f"run only these: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--threads", type=int, help="torch threads on both sides (default: optimstudy's)")
+    parser.add_argument("--data-dir", help="MNIST root (default: $OPTIMSTUDY_DATA_DIR)")
+    parser.add_argument("--note", help="a line for the table's caption, e.g. 'quiet machine, nothing else running'")
+    return parser.parse_args(argv)
+
+
+def run_one(name: str, args) -> tuple[dict | None, float, str | None]:
+    """(result, seconds, error) of benchmarks/bench_<name>.py in a fresh process."""
+    command = [sys.executable, str(BENCH_DIR / f"bench_{name}.py")]
+    command += ["--quick"] if args.quick else []
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--data-dir", args.data_dir] if args.data_dir else []
+    print(f"\n=== {name} ===", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - started, f"timed out after {TIMEOUT_S} s"
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        return None, seconds, f"exited with status {done.returncode}"
+    path = (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR) / f"{name}.json"
+    return json.loads(path.read_text()), seconds, None
+
+
+def table_rows(results: dict, errors: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name in results | errors:
+        if name in errors:
+            rows.append((f"{name}: could not run", errors[name], "", "error"))
+            continue
+        for row in results[name]["comparisons"]:
+            met = {True: "yes", False: "**no**", None: "–"}[row["met"]]
+            rows.append((row["name"], row["measured_text"], row["target_text"], met))
+    return rows
+
+
+def markdown(rows, info: dict, total_s: float, args) -> str:
+    cores = f"{info['cores']} core{'s' if info['cores'] != 1 else ''}"
+    gpus = ", ".join(info["gpus"]) or "no GPU"
+    load = info["load_average_1_5_15"]
+    caption = (f"Measured {info['date'][:10]} on {info['cpu']} ({cores}, {info['memory_gb']} GB, {gpus}), "
+               f"Python {info['python']}, torch {info['torch']}, MLflow {info['mlflow']}, Optuna {info['optuna']}, "
+               f"optimstudy {info['optimstudy']} ({info['git']}). "
+               f"{'Quick smoke run' if args.quick else 'Full run'}: `python benchmarks/run_all.py"
+               f"{' --quick' if args.quick else ''}` took {total_s / 60:.1f} min; "
+               f"load average at the start {load[0] if load else '?'}.")
+    lines = ["<!-- written by benchmarks/run_all.py; regenerate it rather than edit it -->", "", caption]
+    if args.note:
+        lines += ["", args.note]
+    lines += ["", "| comparison | measured | target | met? |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows) -> None:
+    widths = [max(len(row[i]) for row in rows + [("comparison", "measured", "target", "met?")]) for i in range(4)]
+    widths[0] = min(widths[0], 90)
+    header = ("comparison", "measured", "target", "met?")
+    for row in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(cell[:widths[i]].ljust(widths[i]) if i == 0 else cell.ljust(widths[i])
+                        for i, cell in enumerate(row)).rstrip())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    info = machine()
+    results, errors, seconds = {}, {}, {}
+    for name in args.only or BENCHMARKS:
+        result, seconds[name], error = run_one(name, args)
+        if error:
+            errors[name] = error
+        else:
+            results[name] = result
+    total_s = time.perf_counter() - started
+
+    rows = table_rows(results, errors)
+    folder = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = {"updated": info["date"], "mode": "quick" if args.quick else "full", "machine": info,
+              "load_average_after": load_average(), "total_s": round(total_s, 1),
+              "seconds_per_benchmark": {k: round(v, 1) for k, v in seconds.items()},
+              "errors": errors, "benchmarks": results}
+    if args.only:  # keep the other benchmarks' last results
+        previous = folder / "latest.json"
+        if previous.exists():
+            latest["benchmarks"] = {**json.loads(previous.read_text()).get("benchmarks", {}), **results}
+    (folder / "latest.json").write_text(json.dumps(latest, indent=2, ensure_ascii=False) + "\n")
+    (folder / "README-table.md").write_text(markdown(rows, info, total_s, args))
+
+    print(f"\n=== all benchmarks ({latest['mode']}, {total_s / 60:.1f} min; "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ") ===")
+    print_table(rows)
+    print(f"\nwrote {folder / 'latest.json'} and {folder / 'README-table.md'}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
