@@ -132,3 +132,15 @@ def test_run_json_and_summary(cli, tmp_path):
 def test_list_commands(cli):
     for what, expected in (("problems", "mnist_mlp"), ("optimizers", "nesterov"), ("losses", "mean_error")):
         assert expected in cli("list", what, check_exit=0).stdout
+
+
+def test_fashion_mnist_loads_from_debians_package(tmp_path):
+    from conftest import missing
+    from optimstudy.data import DEBIAN_FASHION_MNIST
+
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        missing("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    data = load_problem_data("fashion_mnist", split_seed=0, val_fraction=0.0625, device="cpu", data_dir=tmp_path)
+    assert data.sizes() == {"train": 56250, "val": 3750, "test": 10000}  # the full official set
+    assert sorted(p.name for p in (tmp_path / "FashionMNIST" / "raw").iterdir()) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]

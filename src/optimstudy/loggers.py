@@ -1,15 +1,20 @@
 """The small interface the training loop logs through. MLflow sits behind it in tracking.py.
 
-The loop only calls `log(step, metrics)`; what happens to the numbers (nothing, a buffer,
-a writer process) is the logger's business, so library users and tests need no MLflow.
+The loop calls `log(step, metrics)` for evaluations and `log_steps(steps, columns)` for the
+per-step metrics, which it copies off the device in blocks. What happens to the numbers
+(nothing, a buffer, a writer process) is the logger's business, so library users and tests
+need no MLflow.
 """
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 
 class Logger(Protocol):
     run_id: str | None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def log_steps(self, steps: Sequence[int], columns: Mapping[str, Sequence[float]]) -> None:
+        """One value per step for each metric: columns[name][i] belongs to steps[i]."""
 
     def close(self, status: str = "FINISHED") -> None: ...
 
@@ -18,6 +23,9 @@ class NullLogger:
     run_id = None
 
     def log(self, step, metrics):
+        pass
+
+    def log_steps(self, steps, columns):
         pass
 
     def close(self, status="FINISHED"):
@@ -35,6 +43,10 @@ class MemoryLogger:
 
     def log(self, step, metrics):
         self.points.extend((step, name, value) for name, value in metrics.items())
+
+    def log_steps(self, steps, columns):
+        for name, values in columns.items():
+            self.points.extend((step, name, value) for step, value in zip(steps, values))
 
     def close(self, status="FINISHED"):
         self.status = status

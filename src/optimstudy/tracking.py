@@ -14,7 +14,7 @@ sees the pipe close and ends that process's open runs as KILLED, so no run stays
 import contextlib
 import functools
 import getpass
-import logging
+import itertools
 import os
 import platform
 import socket
@@ -26,19 +26,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
+from optimstudy.writer import BATCH_POINTS, quiet_store_logs
 
 DEFAULT_STORE_DIR = "mlruns"
-BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
+# Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
+# so it writes while training runs and little is left to wait for when the run ends.
+SHIP_POINTS = 200
 DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
 TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
-RUN_KINDS = ("run", "trial", "sweep")
-
-def quiet_store_logs() -> None:
-    """MLflow and alembic log every table creation and migration at INFO: noise for a user."""
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
 
 quiet_store_logs()
 
@@ -164,7 +160,7 @@ class _Writer:
     def __init__(self, tracking_uri: str):
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "optimstudy.writer", tracking_uri, str(theirs.fileno())],
+            [sys.executable, "-P", str(Path(__file__).with_name("writer.py")), tracking_uri, str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -247,7 +243,14 @@ class MlflowLogger:
     def log(self, step, metrics):
         timestamp = int(time.time() * 1000)
         self._buffer.extend((name, float(value), timestamp, step) for name, value in metrics.items())
-        if len(self._buffer) >= BATCH_POINTS:
+        if len(self._buffer) >= SHIP_POINTS:
+            self._ship()
+
+    def log_steps(self, steps, columns):
+        timestamp = int(time.time() * 1000)
+        for name, values in columns.items():
+            self._buffer.extend(zip(itertools.repeat(name), map(float, values), itertools.repeat(timestamp), steps))
+        if len(self._buffer) >= SHIP_POINTS:
             self._ship()
 
     def _ship(self):
