@@ -204,13 +204,14 @@ def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path):
             return False
 
     assert wait_for(has_steps)
+    seen = len(MlflowClient(uri).get_metric_history(load_runs(uri, with_metrics=False)["run_id"][0], "train_loss"))
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
     run = MlflowClient(uri).get_run(load_runs(uri, with_metrics=False)["run_id"][0])
     assert run.info.status == "KILLED"
     steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 1000  # every step up to the stop
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= seen  # every step up to the stop
 
 
 @pytest.mark.slow
