@@ -61,23 +61,30 @@ def extras_microbenchmark(data, calls: int) -> dict:
     from optimstudy.data import Batches
     from optimstudy.losses import cross_entropy
     from optimstudy.problems import mlp
-    from optimstudy.train import evaluate
+    from optimstudy.train import evaluate, global_norm
 
     torch.manual_seed(SEED)
     model = mlp()
     params = list(model.parameters())
     F.cross_entropy(model(data.train.x[:BATCH]), data.train.y[:BATCH]).backward()
     grads = [p.grad for p in params]
-    before = torch.nn.utils.parameters_to_vector(params)
+    saved = [p.detach().clone() for p in params]
     batches = Batches(data.train, BATCH, torch.Generator().manual_seed(SEED))
     pending = []
+
+    def save_and_subtract():
+        with torch.no_grad():
+            for kept, p in zip(saved, params):
+                kept.copy_(p)
+            for kept, p in zip(saved, params):
+                kept.sub_(p)
+
     return {
         "next(Batches) (index gather)": per_call_us(lambda: next(batches), calls),
-        "get_total_norm(grads)": per_call_us(lambda: torch.nn.utils.get_total_norm(grads), calls),
-        "parameters_to_vector(params) (twice a step)": per_call_us(
-            lambda: torch.nn.utils.parameters_to_vector(params), calls),
-        "vector_norm(after - before)": per_call_us(lambda: torch.linalg.vector_norm(before - before), calls),
-        "loss.detach() + list appends": per_call_us(lambda: pending.append(before.sum().detach()), calls),
+        "global_norm(grads)": per_call_us(lambda: global_norm(grads), calls),
+        "copy_ then sub_ of every weight (the update)": per_call_us(save_and_subtract, calls),
+        "global_norm(update)": per_call_us(lambda: global_norm(saved), calls),
+        "loss.detach() + list appends": per_call_us(lambda: pending.append(saved[0].sum().detach()), calls),
         "evaluate(val split) (once per eval)": per_call_us(
             lambda: evaluate(model, data.val, cross_entropy, True), max(5, calls // 100)),
     }

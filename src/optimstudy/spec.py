@@ -395,9 +395,9 @@ class _Where:
                 space[argument] = (float(bounds["low"]), float(bounds["high"]), bool(bounds.get("log", False)))
         elif searching:
             space = dict(OPTIMIZERS[name].space) if name in OPTIMIZERS else {}
-            if not space:
-                raise SpecError(f"{self.source}: [{key}] needs a search space: [{key}.search] lr = "
-                                "{ low = 1e-4, high = 1e-1, log = true }")
+        if searching and "lr" not in space:
+            raise SpecError(f"{self.source}: [{key}] needs a search range for lr: [{key}.search] lr = "
+                            "{ low = 1e-4, high = 1e-1, log = true }")
         if "lr" in entry and searching:
             raise SpecError(f"{self.source}: key '{key}.lr'{self.line_of(key + '.lr')}: a [search] spec searches lr; "
                             f"give its range as [{key}.search] lr = {{ low = 1e-4, high = 1e-1, log = true }}")

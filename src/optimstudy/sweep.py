@@ -52,49 +52,46 @@ class Planned:
 
 # ---- planning -------------------------------------------------------------------------------
 
-def plan(spec: Spec) -> tuple[list[Planned], list[str]]:
-    """Every trial of the first phase, and a line per configuration skipped for an absent device."""
-    planned, skipped = [], []
+def plan(spec: Spec) -> tuple[list[Planned], dict[str, int]]:
+    """Every trial of the first phase, and how many trials each absent device would have had."""
+    planned, absent = [], []
     devices = []
     for device in spec.devices:
         if device_is_present(device):
             devices.append(resolve_device(device))
         else:
-            skipped.append(device)
+            absent.append(device)
+    devices = list(dict.fromkeys(devices))  # "auto" and "cpu" can name the same device
     for problem in spec.problems:
         for settings in spec.grid_settings():
             for optimizer in spec.optimizers:
-                for device in dict.fromkeys(devices):
+                for device in devices:
                     if spec.search is None:
                         for lr in optimizer.lrs:
                             for seed in spec.seeds:
                                 config = spec.base_config(problem, optimizer, lr, seed, device, **settings)
                                 planned.append(Planned(config_key(config), "grid", config, optimizer.label))
-                    else:
-                        lr = optimizer.space.get("lr", (optimizer.lrs or (1e-3,))[0:1])[0]
-                        config = spec.base_config(problem, optimizer, lr, spec.seeds[0], device, **settings)
+                    else:  # lr here is a placeholder: each trial's sampler chooses it
+                        config = spec.base_config(problem, optimizer, optimizer.space["lr"][0], spec.seeds[0],
+                                                  device, **settings)
                         slot = config_key(replace(config, lr=1.0))
                         for index in range(spec.search.trials):
                             planned.append(Planned(f"search {index} {slot}", "search", config, optimizer.label,
                                                    optimizer.space, slot))
     for run in spec.runs:
-        for device in dict.fromkeys(devices):
+        for device in devices:
             for seed in spec.seeds:
                 fields = {k: v for k, v in run.items() if k != "label"}
                 config = RunConfig(**fields, seed=seed, device=device, **spec.budget,
                                    **{k: v for k, v in spec.scalar_settings().items() if k not in fields})
                 planned.append(Planned(config_key(config), "run", config, run.get("label", run["optimizer"])))
-    per_device = len(planned) // max(1, len(set(devices)))
-    notes = [f"skipped {per_device} trials on device '{device}': not available on this machine "
-             f"(available: {', '.join(available_devices())})" for device in skipped]
-    return planned, notes
+    per_device = len(planned) // len(devices) if devices else 0
+    return planned, {device: per_device for device in absent}
 
 
-def skipped_count(spec: Spec) -> int:
-    planned, _ = plan(spec)
-    present = len({resolve_device(d) for d in spec.devices if device_is_present(d)})
-    absent = sum(1 for d in spec.devices if not device_is_present(d))
-    return len(planned) // max(1, present) * absent if present else 0
+def skip_notes(skipped: dict[str, int]) -> list[str]:
+    return [f"skipped {count} trials on device '{device}': not available on this machine "
+            f"(available: {', '.join(available_devices())})" for device, count in skipped.items()]
 
 
 # ---- storages -------------------------------------------------------------------------------
@@ -583,12 +580,13 @@ def sweep_command(args) -> int:
     spec = load_spec(args.spec)
     if args.workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {args.workers}")
-    planned, skip_notes = plan(spec)
+    planned, skipped = plan(spec)
     if args.dry_run:
-        print_dry_run(spec, planned, skip_notes)
+        print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
-        raise UsageError(f"{spec.path}: no trial can run on this machine; " + "; ".join(skip_notes))
+        raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
+                         f"(available: {', '.join(available_devices())})")
 
     from optimstudy.runner import load_data
     from optimstudy.tracking import ensure_store, resolve_tracking_uri, start_writer, stop_writers
@@ -603,7 +601,7 @@ def sweep_command(args) -> int:
     storage = open_storage(url)
     study = open_study(spec, storage, create=True)
     parent_run_id = ensure_parent_run(spec, study, tracking_uri)
-    for line in skip_notes:
+    for line in skip_notes(skipped):
         print(f"note: {line}", file=sys.stderr)
     for line in recover_dead_trials(study, tracking_uri):
         print(f"recovered: {line}", file=sys.stderr)
@@ -649,14 +647,14 @@ def sweep_command(args) -> int:
         print(json.dumps({"study": spec.name, "storage": url, "tracking_uri": tracking_uri,
                           "parent_run_id": parent_run_id, "new_trials": new,
                           "trials": {"complete": final["complete"], "pruned": final["pruned"],
-                                     "failed": final["failed"], "skipped": skipped_count(spec)},
+                                     "failed": final["failed"], "skipped": sum(skipped.values())},
                           "best": [{"problem": g["config"].problem, "optimizer": g["optimizer"], "lr": g["config"].lr,
                                     "mean": g["mean"], "std": g["std"], "seeds": g["seeds"]} for g in best],
                           "edge_warnings": warnings}))
     return 0
 
 
-def print_dry_run(spec: Spec, planned: list[Planned], skip_notes: list[str]) -> None:
+def print_dry_run(spec: Spec, planned: list[Planned], skipped: dict[str, int]) -> None:
     print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
           f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")
     for number, item in enumerate(planned):
@@ -667,7 +665,7 @@ def print_dry_run(spec: Spec, planned: list[Planned], skip_notes: list[str]) -> 
         print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
     if spec.confirm_seeds:
         print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
-    for line in skip_notes:
+    for line in skip_notes(skipped):
         print(f"note: {line}")
 
 
