@@ -253,9 +253,17 @@ def panel_sources(main: pd.DataFrame, need_lrs: int = 1) -> dict:
 
 # ---- time to target ------------------------------------------------------------------------
 
-def target_for(problem: str):
-    """(metric, value) of the problem's validation target, or None when none is set."""
-    return TARGETS.get(problem)
+def target_for(problem: str, loss=None):
+    """(metric, value) of the problem's validation target, or None when none is set.
+
+    A val_loss target is stated in the problem's own loss: a run trained on another loss
+    (mean_error, say) reports its val_loss in that loss, so it has no target.
+    """
+    target = TARGETS.get(problem)
+    default = PROBLEMS[problem].default_loss if problem in PROBLEMS else None
+    if target and target[0] == "val_loss" and isinstance(loss, str) and default and loss != default:
+        return None
+    return target
 
 
 def time_to_target(frame: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -264,8 +272,9 @@ def time_to_target(frame: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.
     runs = run_table(frame) if runs is None else runs
     rows = []
     by_metric = {}
-    for problem, members in runs.groupby("problem"):
-        target = target_for(problem)
+    losses = runs["loss"] if "loss" in runs else pd.Series(None, index=runs.index, dtype=object)
+    for (problem, loss), members in runs.assign(loss=losses.fillna("")).groupby(["problem", "loss"]):
+        target = target_for(problem, loss or None)
         if target:
             by_metric.setdefault(target, []).extend(members["run_id"])
     for (metric, value), run_ids in by_metric.items():
@@ -309,7 +318,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     settings = _varying_settings(best)
     rows = []
     for _, row in best.iterrows():
-        target = target_for(row["problem"])
+        target = target_for(row["problem"], row.get("loss"))
         at_best = reach.reindex(row["run_ids"])
         reached = int(at_best["steps_to_target"].notna().sum())
         args = {c[4:]: row[c] for c in options if c in row and pd.notna(row[c]) and str(row[c]) != "None"}
