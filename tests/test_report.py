@@ -386,3 +386,11 @@ def test_report_on_real_mnist_runs(mnist_dir, tracking_uri, tmp_path):
     assert_real_png(tmp_path / "figures" / "optimizer_curves.png")
     summary = summary_table(frame).set_index("optimizer")
     assert summary.loc["sgd", "metric"] == "val_accuracy" and 0.5 < summary.loc["sgd", "mean"] <= 1
+
+
+def test_a_val_loss_target_applies_only_to_runs_trained_on_the_problems_own_loss():
+    from optimstudy.report import TARGETS, target_for
+
+    assert target_for("linreg", "mse") == TARGETS["linreg"]
+    assert target_for("linreg", "mean_error") is None  # its val_loss is a mean error: can be negative
+    assert target_for("mnist_mlp", "cross_entropy") == TARGETS["mnist_mlp"]  # accuracy needs no loss
