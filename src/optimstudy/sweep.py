@@ -413,7 +413,11 @@ def counts(study) -> dict:
 
 
 def run_phase(spec, study, storage_url_, tracking_uri, parent_run_id, data_dir, workers, threads, label) -> None:
-    """Run the queue to empty with `workers` processes (in this process when 1), with a progress bar."""
+    """Run the queue to empty with `workers` workers, with a progress bar.
+
+    This process is one of the workers (it has imported torch and loaded the data already);
+    the others are fresh processes, started first so that their start-up overlaps our work.
+    """
     from optimstudy.cli import progress_bar
 
     total = counts(study)
@@ -423,37 +427,35 @@ def run_phase(spec, study, storage_url_, tracking_uri, parent_run_id, data_dir, 
     print(f"{label}: {todo} trials to run with {workers} worker{'s' if workers > 1 else ''} "
           f"({threads} torch thread{'s' if threads > 1 else ''} each)", file=sys.stderr, flush=True)
     done_before = total["complete"] + total["pruned"] + total["failed"]
+    options = {"spec": spec.path, "storage": storage_url_, "tracking_uri": tracking_uri,
+               "parent_run_id": parent_run_id, "data_dir": data_dir, "threads": threads}
+    others = [subprocess.Popen([sys.executable, "-m", "optimstudy.sweep", json.dumps(options)],
+                               start_new_session=True) for _ in range(workers - 1)]
     with progress_bar(label, unit="trial") as progress:
         def report(*_):
             if progress is not None:
                 now = counts(study)
                 progress(now["complete"] + now["pruned"] + now["failed"] - done_before, todo)
 
-        if workers == 1:
-            work(spec, storage_url_, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report)
-            return
-        options = {"spec": spec.path, "storage": storage_url_, "tracking_uri": tracking_uri,
-                   "parent_run_id": parent_run_id, "data_dir": data_dir, "threads": threads}
-        processes = [subprocess.Popen([sys.executable, "-m", "optimstudy.sweep", json.dumps(options)],
-                                      start_new_session=True) for _ in range(workers)]
         try:
-            while any(p.poll() is None for p in processes):
+            work(spec, storage_url_, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report)
+            while any(p.poll() is None for p in others):
                 report()
                 time.sleep(0.5)
             report()
         except KeyboardInterrupt:
-            for process in processes:  # their own sessions: the terminal's Ctrl-C reached only us
+            for process in others:  # their own sessions: the terminal's Ctrl-C reached only us
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
-            for process in processes:
+            for process in others:
                 try:
                     process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     process.kill()
             raise
-        bad = [p.returncode for p in processes if p.returncode not in (0, 130)]
-        if bad:
-            raise RuntimeError(f"{len(bad)} sweep worker(s) exited with codes {bad}")
+    bad = [p.returncode for p in others if p.returncode not in (0, 130)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} sweep worker(s) exited with codes {bad}")
 
 
 def confirm_plan(spec: Spec, study) -> list[Planned]:
@@ -595,8 +597,7 @@ def sweep_command(args) -> int:
         load_data(next(item.config for item in planned if item.config.problem == problem), args.data_dir)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     ensure_store(tracking_uri)  # created once, here, before any worker starts
-    if args.workers == 1:
-        start_writer(tracking_uri)  # its ~1.5 s start-up overlaps opening the study
+    start_writer(tracking_uri)  # this process is a worker too; the writer's start-up overlaps opening the study
     url = storage_url(args.storage, spec.name)
     storage = open_storage(url)
     study = open_study(spec, storage, create=True)
