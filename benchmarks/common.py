@@ -127,17 +127,6 @@ def print_comparisons(rows: list[dict]) -> None:
 
 # ---- the machine -----------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -164,11 +153,11 @@ def machine() -> dict:
     from importlib.metadata import version
 
     from optimstudy import __version__
-    from optimstudy.devices import cpu_count
+    from optimstudy.devices import cpu_count, device_label
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
-        "cpu": cpu_model(), "cores": cpu_count(), "memory_gb": _memory_gb(), "gpus": gpus,
+        "cpu": device_label("cpu"), "cores": cpu_count(), "memory_gb": _memory_gb(), "gpus": gpus,
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": version("torchvision"),
         "mlflow": version("mlflow"), "optuna": version("optuna"), "optimstudy": __version__,
         "git": git_commit(), "os": platform.platform(),
