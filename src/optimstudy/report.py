@@ -510,6 +510,7 @@ def write_report(frame: pd.DataFrame, out, *, tracking_uri: str = "", sweep_warn
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em; color: #222; }
 img { max-width: 100%; border: 1px solid #ddd; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; }
@@ -616,4 +617,4 @@ def _html_table(table: pd.DataFrame, text_columns=()) -> str:
             css = " class='text'" if column in text_columns else ""
             cells.append(f"<td{css}>{e(text)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(body)}</table></div>"
