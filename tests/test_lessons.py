@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, train
-from optimstudy.data import load_problem_data
 from optimstudy.losses import LOSSES, lesson_numbers
 from optimstudy.problems import mlp
 

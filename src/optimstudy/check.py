@@ -12,7 +12,8 @@ from optimstudy.errors import UsageError
 
 def check_command(args) -> int:
     from optimstudy.spec import load_spec
-    from optimstudy.sweep import KEY, RUN_ID, open_storage, pid_alive, recover_dead_trials, storage_url, trial_is_dead
+    from optimstudy.sweep import (KEY, RUN_ID, open_existing_storage, pid_alive, recover_dead_trials, storage_url,
+                                  trial_is_dead)
     from optimstudy.tidy import load_runs
     from optimstudy.tracking import end_orphaned_runs, resolve_tracking_uri
 
@@ -26,9 +27,7 @@ def check_command(args) -> int:
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if "://" not in url and not __import__("pathlib").Path(url).exists():
-        raise UsageError(f"no study storage at '{url}': run `optimstudy sweep` for '{name}' first, or pass --storage")
-    storage = open_storage(url)
+    storage = open_existing_storage(url, f"run `optimstudy sweep` for '{name}' first, or pass --storage")
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -99,8 +98,8 @@ def check_command(args) -> int:
     for line in problems:
         print(f"  problem: {line}")
     if not problems:
-        print(f"  ok: every complete trial has exactly one finished run with its full step history; "
-              f"no configuration completed twice; nothing RUNNING without a live process")
+        print("  ok: every complete trial has exactly one finished run with its full step history; "
+              "no configuration completed twice; nothing RUNNING without a live process")
         return 0
     print(f"  {len(problems)} problem(s) found", file=sys.stderr)
     return 1

@@ -31,22 +31,3 @@ class NullLogger:
     def close(self, status="FINISHED"):
         pass
 
-
-class MemoryLogger:
-    """Keeps every logged point: for tests and for callers that want the raw stream."""
-
-    run_id = None
-
-    def __init__(self):
-        self.points: list[tuple[int, str, float]] = []
-        self.status = None
-
-    def log(self, step, metrics):
-        self.points.extend((step, name, value) for name, value in metrics.items())
-
-    def log_steps(self, steps, columns):
-        for name, values in columns.items():
-            self.points.extend((step, name, value) for step, value in zip(steps, values))
-
-    def close(self, status="FINISHED"):
-        self.status = status

@@ -8,9 +8,22 @@ seconds, and a SIGKILL to it alone would orphan uvicorn with the port still take
 """
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+from optimstudy.errors import UsageError
+
+
+def installed_program(name: str) -> str:
+    """The path of a command installed with this Python (the venv's bin/ first), or a UsageError."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise UsageError(f"the {name} command is not installed in this environment (pip install {name})")
+    return found
 
 
 def run_server(command: list[str], banner: str, env: dict | None = None) -> int:

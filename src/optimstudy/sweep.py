@@ -104,6 +104,13 @@ def storage_url(url: str | None, spec_name: str) -> str:
     return url or str(default_storage_path(spec_name))
 
 
+def open_existing_storage(url: str, hint: str):
+    """open_storage for commands that read a study: a journal file must already exist."""
+    if "://" not in url and not Path(url).exists():
+        raise UsageError(f"no study storage at '{url}': {hint}")
+    return open_storage(url)
+
+
 def open_storage(url: str):
     """An RDB URL (postgresql://, sqlite:///, mysql://) or a journal file path."""
     import optuna
@@ -304,7 +311,6 @@ class Heartbeat:
 
 def run_trial(spec: Spec, study, trial, tracking, parent_run_id: str | None, data_dir, threads) -> str:
     """Run one claimed trial to a final state; returns that state's name."""
-    import optuna
     from optuna.trial import TrialState
 
     from optimstudy.runner import execute
@@ -671,18 +677,14 @@ def print_dry_run(spec: Spec, planned: list[Planned], skipped: dict[str, int]) -
 
 
 def dashboard_command(args) -> int:
-    import shutil
-
     if args.spec is None and args.storage is None:
         raise UsageError("give an experiment spec or --storage URL")
     name = load_spec(args.spec).name if args.spec else None
     url = storage_url(args.storage, name) if name else args.storage
-    if "://" not in url and not Path(url).exists():
-        raise UsageError(f"no study storage at '{url}': run `optimstudy sweep {args.spec}` first")
-    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
-    if dashboard is None:
-        raise UsageError("optuna-dashboard is not installed (pip install optuna-dashboard)")
-    from optimstudy.serve import run_server
+    open_existing_storage(url, f"run `optimstudy sweep {args.spec}` first")
+    from optimstudy.serve import installed_program, run_server
+
+    dashboard = installed_program("optuna-dashboard")
 
     return run_server([dashboard, url, "--host", args.host, "--port", str(args.port)],
                       f"optuna-dashboard on {url}\n  open http://{args.host}:{args.port}  (Ctrl-C stops it)")

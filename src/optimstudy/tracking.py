@@ -258,11 +258,6 @@ class MlflowLogger:
             chunk, self._buffer = self._buffer[:BATCH_POINTS], self._buffer[BATCH_POINTS:]
             self.writer.send(("metrics", self.run_id, chunk))
 
-    def set_tags(self, tags: dict) -> None:
-        client = _client(self.tracking_uri)
-        for key, value in tags.items():
-            client.set_tag(self.run_id, key, str(value))
-
     def log_artifact(self, path: str) -> None:
         _client(self.tracking_uri).log_artifact(self.run_id, path)
 

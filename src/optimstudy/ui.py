@@ -1,19 +1,13 @@
 """`optimstudy ui`: the MLflow UI over the same store a run would use."""
 import os
-import shutil
-import sys
-from pathlib import Path
 
 from optimstudy.errors import UsageError
-from optimstudy.serve import run_server
+from optimstudy.serve import installed_program, run_server
 from optimstudy.tracking import artifact_root, ensure_store, resolve_tracking_uri
 
 
 def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if mlflow is None:
-        raise UsageError("the mlflow command is not installed in this environment (pip install mlflow)")
-    command = [mlflow, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port),
+    command = [installed_program("mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port),
                "--workers", "1"]
     root = artifact_root(tracking_uri)
     if root:
