@@ -1,15 +1,21 @@
-"""GPU throughput and host syncs: samples/s per CUDA device for mnist_mlp and mnist_cnn.
+"""GPU loop: optimstudy's instrumented loop, eager and captured, against the eager bare loop.
 
-Skipped, with the reason written into the JSON, when torch.cuda.is_available() is false.
-On each device, for each problem:
-  - optimstudy's loop (optimstudy.train, untracked) timed with CUDA events recorded from its
-    progress hook: from the end of step WARMUP to the end of the last step, then synchronize;
-  - the bare loop on one fixed batch (the floor), timed the same way, for the ratio;
-  - host syncs counted with torch.cuda.set_sync_debug_mode("warn") around two runs of N and
-    2N steps: the N extra steps may sync only for the every-SYNC_EVERY-steps metric copy
-    (3 copies each time) and a new permutation each epoch, never once per step.
+Where no CUDA device is lent, the JSON says so ("no device lent") and every row is skipped.
+On each device, for mnist_mlp and mnist_cnn at batch 64, SGD, interleaved repeats:
+  - bare: zero_grad -> forward -> loss -> backward -> step on optimstudy's index-gathered
+    batches (same seed, same minibatches), timed with CUDA events from the end of step WARMUP
+    to the end of the last step, then synchronize;
+  - optimstudy eager: optimstudy.train() (loss, grad norm, update norm, lr every step, copied
+    to the host every 50 steps), the same window by CUDA events from its progress hook;
+  - optimstudy captured: the same with RunConfig(compile=True) (torch.compile,
+    mode="reduce-overhead": CUDA graphs), compiled in an untimed run first;
+  - host syncs: torch.cuda.set_sync_debug_mode("warn") around runs of N and 2N steps: the N
+    extra steps may sync only for the metric copy every SYNC_EVERY steps and a new
+    permutation each epoch, never once per step.
+Targets (issue 13): eager within 1.10x of the bare loop; captured faster than the bare loop.
+Workers per GPU are measured by bench_workers.py.
 
-    python benchmarks/bench_gpu.py [--quick]
+    python benchmarks/bench_gpu.py [--quick] [--device cpu]   # cpu: a dry run of this code, wall clock
 """
 import time
 import warnings
@@ -17,51 +23,69 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from common import comparison, machine, median, options, say, write_result
+from common import comparison, interleave, machine, median, options, say, spread, write_result
 
 NAME = "gpu"
 PROBLEMS = ("mnist_mlp", "mnist_cnn")
 BATCH, SEED, LR = 64, 0, 0.05
-WARMUP = 100  # steps before the timed window (CUDA context, kernels, cuDNN choices)
+WARMUP = 100  # steps before the timed window (CUDA context, kernels, cuDNN choices, graph capture)
+EAGER_TARGET = 1.10  # optimstudy eager / bare eager
+CAPTURED_TARGET = 1.0  # optimstudy captured / bare eager: faster than the bare loop
 MAX_SYNCS_PER_STEP = 0.25  # "no host sync per step": the extra steps sync far less than once each
+NO_DEVICE = "no device lent: torch.cuda.is_available() is False on this machine"
 
 
-def optimstudy_samples_per_s(config, data, steps: int) -> tuple[float, float]:
-    """(samples/s by CUDA events over steps WARMUP+1..steps, History.samples_per_s)."""
-    from optimstudy import train
+class Window:
+    """Seconds from the end of step WARMUP to the end of the last step: CUDA events, or the wall clock on a CPU."""
 
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.start = self.end = None
 
-    def progress(step, total):
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def __call__(self, step, total):  # also a train() progress hook
         if step == WARMUP:
-            start.record()
+            self.start = self.mark()
         elif step == total:
-            end.record()
+            self.end = self.mark()
 
-    history = train(config, data=data, progress=progress)
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000
-    return (steps - WARMUP) * BATCH / seconds, history.samples_per_s
+    def seconds(self) -> float:
+        if not self.cuda:
+            return self.end - self.start
+        torch.cuda.synchronize()
+        return self.start.elapsed_time(self.end) / 1000
 
 
-def floor_samples_per_s(problem_name: str, data, device: str, steps: int) -> float:
-    """The bare loop on one fixed batch, same model, optimizer and batch, by CUDA events."""
-    from optimstudy.problems import PROBLEMS
+def bare_loop(problem_name: str, data, device: str, steps: int) -> dict:
+    from optimstudy.data import Batches
+    from optimstudy.problems import resolve_problem
 
     torch.manual_seed(SEED)
-    model = PROBLEMS[problem_name].make_model().to(device)
+    model = resolve_problem(problem_name).build_model(data.info).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    x, y = data.train.x[:BATCH], data.train.y[:BATCH]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    batches = Batches(data.train, BATCH, torch.Generator().manual_seed(SEED))
+    window = Window(device)
     for step in range(1, steps + 1):
-        if step == WARMUP + 1:
-            start.record()
+        x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    end.record()
-    torch.cuda.synchronize()
-    return (steps - WARMUP) * BATCH / (start.elapsed_time(end) / 1000)
+        window(step, steps)
+    return {"seconds": window.seconds()}
+
+
+def optimstudy_loop(config, data) -> dict:
+    from optimstudy import train
+
+    window = Window(config.device)
+    history = train(config, data=data, progress=window)
+    return {"seconds": window.seconds(), "steps": history.steps[-1]}
 
 
 def count_syncs(config, data) -> int:
@@ -78,65 +102,86 @@ def count_syncs(config, data) -> int:
     return sum(1 for warning in caught if "synchroniz" in str(warning.message).lower())
 
 
+def skipped_rows(reason: str) -> list[dict]:
+    rows = []
+    for problem in PROBLEMS:
+        rows += [
+            comparison(f"GPU loop: optimstudy eager / bare eager loop ({problem}, batch 64)", None, EAGER_TARGET,
+                       at_least=False, skipped=reason),
+            comparison(f"GPU loop: optimstudy captured (torch.compile) / bare eager loop ({problem})", None,
+                       CAPTURED_TARGET, at_least=False, skipped=reason),
+            comparison(f"GPU loop: host syncs per step ({problem})", None, MAX_SYNCS_PER_STEP, at_least=False,
+                       unit="syncs/step", skipped=reason),
+        ]
+    return rows
+
+
 def main(argv=None) -> dict:
-    args = options(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    parser = options(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of this benchmark's code")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     info = machine()
-    settings = {"problems": list(PROBLEMS), "batch_size": BATCH, "optimizer": "SGD", "lr": LR, "seed": SEED}
-    if not torch.cuda.is_available():
-        reason = "no CUDA device (torch.cuda.is_available() is False)"
-        say(f"{NAME}: skipped: {reason}")
-        rows = [comparison(f"GPU: {problem} samples/s per device; host syncs per step", None, MAX_SYNCS_PER_STEP,
-                           at_least=False, unit="syncs/step", skipped=reason) for problem in PROBLEMS]
-        return write_result(NAME, args, rows, {**settings, "skipped": reason}, {"skipped": reason}, started, info)
+    settings = {"problems": list(PROBLEMS), "batch_size": BATCH, "optimizer": "SGD", "lr": LR, "seed": SEED,
+                "targets": {"eager / bare": EAGER_TARGET, "captured / bare": CAPTURED_TARGET,
+                            "host syncs per step": MAX_SYNCS_PER_STEP}}
+    dry_run = args.device == "cpu"
+    if not dry_run and not torch.cuda.is_available():
+        say(f"{NAME}: skipped: {NO_DEVICE}")
+        return write_result(NAME, args, skipped_rows(NO_DEVICE), {**settings, "skipped": NO_DEVICE},
+                            {"skipped": NO_DEVICE, "device_lent": False,
+                             "cpu_only_numbers": "every other benchmark in this run: measured on the CPU"},
+                            started, info)
 
     from optimstudy import RunConfig
     from optimstudy.data import steps_per_epoch
     from optimstudy.runner import load_data
     from optimstudy.train import SYNC_EVERY
 
-    steps, repeats = (500, 1) if args.quick else (2000, 3)
-    sync_steps = 200 if args.quick else 400
-    rows, measurements = [], {"steps": steps, "warmup_steps": WARMUP, "repeats": repeats, "devices": {}}
-    for index in range(torch.cuda.device_count()):
-        device = f"cuda:{index}"
-        torch.cuda.set_device(index)
-        name = torch.cuda.get_device_name(index)
+    steps, repeats = (300, 2) if args.quick or dry_run else (2000, 5)
+    sync_steps = 200 if args.quick or dry_run else 400
+    devices = ["cpu"] if dry_run else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    rows, measurements = [], {"steps": steps, "warmup_steps": WARMUP, "repeats": repeats, "device_lent": not dry_run,
+                              "devices": {}}
+    for device in devices:
+        name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU (dry run)"
         per_device = measurements["devices"][device] = {"name": name}
         for problem in PROBLEMS:
-            base = RunConfig(problem=problem, optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, device=device)
-            data = load_data(base.resolved(), args.data_dir)
-            # one evaluation at the start and one at the end, so the timed window is the steps themselves
-            config = RunConfig(problem=problem, optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, device=device,
-                               steps=steps, eval_every=steps)
-            say(f"{NAME}: {problem} on {device} ({name}): {steps} steps x {repeats}")
-            ours, reported, floor = [], [], []
-            for _ in range(repeats):  # interleaved: optimstudy, floor, optimstudy, floor, ...
-                by_events, by_history = optimstudy_samples_per_s(config, data, steps)
-                ours.append(by_events)
-                reported.append(by_history)
-                floor.append(floor_samples_per_s(problem, data, device, steps))
-            short = RunConfig(problem=problem, optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, device=device,
-                              steps=sync_steps, eval_every=sync_steps)
-            long = RunConfig(problem=problem, optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, device=device,
-                             steps=2 * sync_steps, eval_every=2 * sync_steps)
-            syncs_short, syncs_long = count_syncs(short, data), count_syncs(long, data)
-            syncs_per_step = (syncs_long - syncs_short) / sync_steps
-            expected = 3 / SYNC_EVERY + 1 / steps_per_epoch(len(data.train), BATCH, 1)
-            per_device[problem] = {
-                "samples_per_s_cuda_events": round(median(ours), 1),
-                "samples_per_s_history": round(median(reported), 1),
-                "floor_samples_per_s": round(median(floor), 1),
-                "floor_over_optimstudy": round(median(floor) / median(ours), 3),
-                "syncs": {f"{sync_steps}_steps": syncs_short, f"{2 * sync_steps}_steps": syncs_long,
-                          "per_extra_step": round(syncs_per_step, 4), "expected_per_step": round(expected, 4)},
+            base = dict(problem=problem, optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, device=device)
+            data = load_data(RunConfig(**base).resolved(), args.data_dir)
+            eager = RunConfig(**base, steps=steps, eval_every=steps)  # evaluations at steps 0 and `steps` only
+            captured = RunConfig(**base, steps=steps, eval_every=steps, compile=True)
+            say(f"{NAME}: {problem} on {device} ({name}): {steps} steps x {repeats} per side (captured compiles first)")
+            times = interleave({"bare": lambda: bare_loop(problem, data, device, steps),
+                                "eager": lambda: optimstudy_loop(eager, data),
+                                "captured": lambda: optimstudy_loop(captured, data)}, repeats)
+            seconds = {side: median(values["seconds"]) for side, values in times.items()}
+            per_sample = (steps - WARMUP) * BATCH
+            record = per_device[problem] = {
+                "samples_per_s": {side: round(per_sample / s, 1) for side, s in seconds.items()},
+                "seconds": {side: spread(values["seconds"]) for side, values in times.items()},
+                "eager_over_bare": round(seconds["eager"] / seconds["bare"], 4),
+                "captured_over_bare": round(seconds["captured"] / seconds["bare"], 4),
             }
-            rows.append(comparison(
-                f"GPU {name} ({device}): {problem} host syncs per step (metric copy every {SYNC_EVERY} excepted)",
-                syncs_per_step, MAX_SYNCS_PER_STEP, at_least=False, unit="syncs/step", digits=3,
-                context=f"{median(ours):,.0f} samples/s; floor {median(floor):,.0f}, "
-                        f"{median(floor) / median(ours):.2f}× optimstudy",
-            ))
+            context = f"{per_sample / seconds['eager']:,.0f} vs {per_sample / seconds['bare']:,.0f} samples/s; {name}"
+            rows += [
+                comparison(f"GPU loop: optimstudy eager / bare eager loop ({problem}, batch 64)",
+                           seconds["eager"] / seconds["bare"], EAGER_TARGET, at_least=False, digits=3, context=context),
+                comparison(f"GPU loop: optimstudy captured (torch.compile) / bare eager loop ({problem})",
+                           seconds["captured"] / seconds["bare"], CAPTURED_TARGET, at_least=False, digits=3,
+                           context=f"{per_sample / seconds['captured']:,.0f} samples/s; {name}"),
+            ]
+            if device.startswith("cuda"):
+                short = RunConfig(**base, steps=sync_steps, eval_every=sync_steps)
+                long = RunConfig(**base, steps=2 * sync_steps, eval_every=2 * sync_steps)
+                syncs_short, syncs_long = count_syncs(short, data), count_syncs(long, data)
+                per_step = (syncs_long - syncs_short) / sync_steps
+                record["syncs"] = {f"{sync_steps}_steps": syncs_short, f"{2 * sync_steps}_steps": syncs_long,
+                                   "per_extra_step": round(per_step, 4),
+                                   "expected_per_step": round(1 / SYNC_EVERY + 1 / steps_per_epoch(
+                                       len(data.train), BATCH, 1), 4)}
+                rows.append(comparison(f"GPU loop: host syncs per step ({problem})", per_step, MAX_SYNCS_PER_STEP,
+                                       at_least=False, unit="syncs/step", digits=3, context=name))
     settings.update({"timing": "CUDA events from the end of step WARMUP to the end of the last step",
                      "sync_check": "torch.cuda.set_sync_debug_mode('warn'), N vs 2N steps"})
     return write_result(NAME, args, rows, settings, measurements, started, info)

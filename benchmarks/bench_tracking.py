@@ -7,9 +7,13 @@ as a whole: run creation, params and tags, training, the final flush and ending 
 The store and the writer process are created once, before the timed repetitions, as
 `optimstudy run` and sweeps do (their one-time costs are reported apart). Afterwards the
 last tracked run is read back to check that every step's train_loss reached the store.
+A third side records MLflow's system metrics as well (sampled by the writer process every
+SYSTEM_METRICS_S seconds, 10x the default rate, so that each run holds samples); the other
+sides run with them off, as every benchmark does.
 
     python benchmarks/bench_tracking.py [--quick]
 """
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ NAME = "tracking"
 TARGET = 1.05  # tracked at most 5% slower than untracked
 BATCH, LR, SEED = 64, 0.05, 0
 EXPERIMENT = "bench-tracking"
+SYSTEM_METRICS_S = "1"
 
 
 def main(argv=None) -> dict:
@@ -30,7 +35,7 @@ def main(argv=None) -> dict:
     info = machine()
     from optimstudy import RunConfig
     from optimstudy.runner import Tracking, execute, load_data
-    from optimstudy.tracking import ensure_store, start_writer, stop_writers
+    from optimstudy.tracking import SYSTEM_METRICS_ENV, ensure_store, start_writer, stop_writers
     from optimstudy.train import total_steps
 
     torch_threads = threads(args)
@@ -48,21 +53,32 @@ def main(argv=None) -> dict:
         tracking = Tracking(uri, EXPERIMENT)
         store_s, _ = timed(ensure_store, uri)
         writer_s, _ = timed(lambda: start_writer(uri).wait_ready())
-        run_ids = []
+        run_ids, system_run_ids = [], []
 
         def tracked():
             cpu_s, (end_to_end, (history, run_id)) = cpu_timed(timed, execute, config, tracking, data=data)
             run_ids.append(run_id)
             return {"wall_s": history.wall_s, "end_to_end_s": end_to_end, "cpu_s": cpu_s}
 
+        def tracked_with_system_metrics():
+            os.environ[SYSTEM_METRICS_ENV] = SYSTEM_METRICS_S
+            try:
+                return tracked()
+            finally:
+                os.environ[SYSTEM_METRICS_ENV] = "0"
+                system_run_ids.append(run_ids.pop())
+
         def untracked():
             cpu_s, (end_to_end, (history, _)) = cpu_timed(timed, execute, config, None, data=data)
             return {"wall_s": history.wall_s, "end_to_end_s": end_to_end, "cpu_s": cpu_s}
 
-        times = interleave({"untracked": untracked, "tracked": tracked}, repeats)
+        os.environ[SYSTEM_METRICS_ENV] = "0"
+        times = interleave({"untracked": untracked, "tracked": tracked,
+                            "tracked + system metrics": tracked_with_system_metrics}, repeats)
         logged = stored_points(uri, run_ids[-1])
         fixed = fixed_costs(config, data, uri, repeats=3)
-        stop_writers()
+        stop_writers()  # after the writer's last message: the last run's final system sample is stored
+        system_points = stored_points(uri, system_run_ids[-1], ("system/cpu_utilization_percentage",))
 
     wall = {side: median(values["wall_s"]) for side, values in times.items()}
     end_to_end = {side: median(values["end_to_end_s"]) for side, values in times.items()}
@@ -75,6 +91,11 @@ def main(argv=None) -> dict:
                    end_to_end["tracked"] / end_to_end["untracked"], TARGET, at_least=False, digits=3,
                    context=f"{end_to_end['tracked']:.2f} s vs {end_to_end['untracked']:.2f} s; "
                            f"training process CPU time {cpu['tracked'] / cpu['untracked']:.3f}×"),
+        comparison(f"tracking: system metrics on ({SYSTEM_METRICS_S} s samples) / off, training loop time",
+                   wall["tracked + system metrics"] / wall["tracked"], None, at_least=False, digits=3,
+                   context=f"end to end {end_to_end['tracked + system metrics'] / end_to_end['tracked']:.3f}×; "
+                           f"training process CPU time {cpu['tracked + system metrics'] / cpu['tracked']:.3f}×: "
+                           f"sampled in the writer process"),
     ]
     if logged["train_loss"] != steps:
         raise SystemExit(f"{NAME}: the tracked run stored {logged['train_loss']} train_loss points, expected {steps}")
@@ -88,6 +109,7 @@ def main(argv=None) -> dict:
         "fixed_cost_per_tracked_run_s (median of 3, each alone)": fixed,
         "one_time_s": {"create_fresh_store": round(store_s, 3), "start_writer_process": round(writer_s, 3)},
         "last_tracked_run_points": logged,
+        "system_metric_samples_in_a_run": system_points,
     }
     settings = {"problem": "mnist_mlp", "optimizer": "SGD", "lr": LR, "batch_size": BATCH, "seed": SEED,
                 "epochs": epochs, "device": "cpu", "torch_threads": torch_threads,
@@ -113,12 +135,12 @@ def fixed_costs(config, data, uri: str, repeats: int) -> dict:
     return {name: round(median(values), 4) for name, values in parts.items()}
 
 
-def stored_points(uri: str, run_id: str) -> dict:
-    """How many points of each per-step metric the store holds for `run_id`."""
+def stored_points(uri: str, run_id: str, names=("train_loss", "grad_norm", "update_norm", "lr")) -> dict:
+    """How many points of each metric the store holds for `run_id`."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    return {name: len(client.get_metric_history(run_id, name)) for name in ("train_loss", "grad_norm", "update_norm", "lr")}
+    return {name: len(client.get_metric_history(run_id, name)) for name in names}
 
 
 if __name__ == "__main__":

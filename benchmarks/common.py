@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+# MLflow's system metrics are off in benchmarks unless one turns them on (bench_tracking times both)
+os.environ.setdefault("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -4,8 +4,10 @@
     python benchmarks/run_all.py --quick    # a smoke run of a minute or two (results/quick/)
     python benchmarks/run_all.py --only tracking workers
 
-Writes results/<name>.json per benchmark, results/latest.json (all of them) and
-results/README-table.md (the table, with the date and the machine, for the README).
+Every benchmarks/bench_<name>.py is run (the known ones first, in ORDER; one a helper adds
+joins at the end), each writing results/<name>.json with rows {name, measured, target, met}.
+Writes results/latest.json (all of them) and results/README-table.md (the table, with the
+date, the machine and a closing note saying which numbers are CPU-only, for the README).
 A target that is not met is a result, not a failure: the exit status is non-zero only
 when a benchmark could not run.
 """
@@ -17,7 +19,9 @@ import time
 
 from common import BENCH_DIR, QUICK_RESULTS_DIR, RESULTS_DIR, load_average, machine
 
-BENCHMARKS = ("pipeline", "floor", "tracking", "workers", "gpu", "memory", "scale")  # bench_<name>.py
+ORDER = ("pipeline", "floor", "tracking", "workers", "gpu", "memory", "scale")  # the rest follow, by name
+BENCHMARKS = tuple(sorted((p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py")),
+                          key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name)))
 TIMEOUT_S = 600
 
 
@@ -63,7 +67,7 @@ def table_rows(results: dict, errors: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def markdown(rows, info: dict, total_s: float, args) -> str:
+def markdown(rows, info: dict, total_s: float, args, results: dict, earlier: dict) -> str:
     cores = f"{info['cores']} core{'s' if info['cores'] != 1 else ''}"
     gpus = ", ".join(info["gpus"]) or "no GPU"
     load = info["load_average_1_5_15"]
@@ -71,14 +75,34 @@ def markdown(rows, info: dict, total_s: float, args) -> str:
                f"Python {info['python']}, torch {info['torch']}, MLflow {info['mlflow']}, Optuna {info['optuna']}, "
                f"optimstudy {info['optimstudy']} ({info['git']}). "
                f"{'Quick smoke run' if args.quick else 'Full run'}: `python benchmarks/run_all.py"
-               f"{' --quick' if args.quick else ''}` took {total_s / 60:.1f} min; "
+               f"{' --quick' if args.quick else ''}{' --only ' + ' '.join(args.only) if args.only else ''}` "
+               f"took {total_s / 60:.1f} min; "
                f"load average at the start {load[0] if load else '?'}.")
     lines = ["<!-- written by benchmarks/run_all.py; regenerate it rather than edit it -->", "", caption]
     if args.note:
         lines += ["", args.note]
     lines += ["", "| comparison | measured | target | met? |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in rows]
+    if earlier:
+        lines += ["", "Rows from earlier runs (`--only` left them as they were): " + ", ".join(
+            f"{name} ({result['machine']['date'][:16].replace('T', ' ')}, {result['mode']}, {result['machine']['cpu']})"
+            for name, result in earlier.items()) + "."]
+    lines += ["", closing_note(results, info)]
     return "\n".join(lines) + "\n"
+
+
+def closing_note(results: dict, info: dict) -> str:
+    """Which numbers are CPU-only, and how loaded the machine was (ratios are medians of interleaved runs)."""
+    gpu = results.get("gpu", {}).get("measurements", {})
+    if gpu.get("device_lent") is False or not info["gpus"]:
+        where = (f"No GPU was lent to this run ({gpu.get('skipped', 'no CUDA device')}): the GPU rows are skipped "
+                 "and every number above was measured on the CPU.")
+    else:
+        where = f"GPU rows on {', '.join(info['gpus'])}; every other row on the CPU."
+    after = load_average()
+    return (f"{where} Each ratio is the ratio of medians of interleaved repeats, measured side by side in one "
+            f"process; load average {info['load_average_1_5_15'][0] if info['load_average_1_5_15'] else '?'} "
+            f"at the start and {after[0] if after else '?'} at the end (on {info['cores']} cores).")
 
 
 def print_table(rows) -> None:
@@ -115,11 +139,17 @@ def main(argv=None) -> int:
         if previous.exists():
             latest["benchmarks"] = {**json.loads(previous.read_text()).get("benchmarks", {}), **results}
     (folder / "latest.json").write_text(json.dumps(latest, indent=2, ensure_ascii=False) + "\n")
-    (folder / "README-table.md").write_text(markdown(rows, info, total_s, args))
+    # the README's table holds every benchmark: with --only, the others' rows from their last run, dated
+    earlier = {name: result for name, result in latest["benchmarks"].items() if name not in results | errors}
+    ordered = sorted(latest["benchmarks"],
+                     key=lambda name: BENCHMARKS.index(name) if name in BENCHMARKS else len(BENCHMARKS))
+    table = table_rows({name: latest["benchmarks"][name] for name in ordered}, errors)
+    (folder / "README-table.md").write_text(markdown(table, info, total_s, args, latest["benchmarks"], earlier))
 
     print(f"\n=== all benchmarks ({latest['mode']}, {total_s / 60:.1f} min; "
           + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ") ===")
     print_table(rows)
+    print("\n" + closing_note(latest["benchmarks"], info))
     print(f"\nwrote {folder / 'latest.json'} and {folder / 'README-table.md'}")
     return 1 if errors else 0
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optimstudy.cli import main
-from optimstudy.tidy import load_runs
+from optimstudy.store import load_runs
 
 TESTS = Path(__file__).parent
 
@@ -54,6 +54,11 @@ def run_main(capsys, *argv):
     (GOOD.replace("steps = 20", 'steps = 20\nloss = "mse2"'), ["'loss'", "mse2", "mean_error"]),
     (GOOD.replace("steps = 20", 'steps = 20\ndevices = ["tpu"]'), ["'devices'", "tpu", "cuda"]),
     (GOOD.replace("lr = [0.1]", "lr = [0.1]\nmomentom = 0.9"), ["momentom", "did you mean 'momentum'"]),
+    (GOOD.replace('"bad"', '"' + "x" * 101 + '"'), ["'name'", "1-100 characters"]),
+    (GOOD.replace('"bad"', '".."'), ["'name'", "'..'", "letters, digits"]),
+    (GOOD.replace('"bad"', '"."'), ["'name'", "letters, digits"]),
+    (GOOD.replace('"bad"', '"../outside"'), ["'name'", "../outside"]),
+    (GOOD.replace('"bad"', '"a\\\\b"'), ["'name'", "letters, digits"]),
 ])
 def test_bad_spec_exits_2_naming_the_key_and_writes_nothing(text, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -139,9 +144,13 @@ def test_diverging_and_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tm
         optimizer = "exploding_optimizer:ExplodingSGD"
         lr = [0.1]
     """)
-    result = cli("sweep", spec, "--json", cwd=tmp_path, env={"PYTHONPATH": str(TESTS)}, check_exit=0)
+    result = cli("sweep", spec, "--json", cwd=tmp_path, env={"PYTHONPATH": str(TESTS)}, check_exit=1)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["trials"]["complete"] == 2 and summary["trials"]["failed"] == 1
+    # a failure is loud: its reason, and what to do, not only a count
+    assert "failed: 1 trial(s) (trial 2): " in result.stderr and "out of memory" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert list(summary["failures"].values()) == [1]
     trials = {(t.user_attrs["optimizer"], t.user_attrs["optimstudy.config"]["lr"]): t for t in study(tmp_path, "faults").trials}
     diverged = trials[("sgd", 1000.0)]
     assert diverged.state == TrialState.COMPLETE and diverged.user_attrs["diverged"] is True
@@ -180,10 +189,11 @@ def start(argv, cwd):
 
 def first_running_trial_with_steps(folder, name):
     """True once a trial is RUNNING and its MLflow run already holds logged steps."""
-    journal = folder / "mlruns" / "optuna" / f"{name}.journal"
-    if not journal.exists():
+    try:
+        trials = study(folder, name).trials
+    except (FileNotFoundError, KeyError):  # the sweep has not created the study yet
         return False
-    for trial in study(folder, name).trials:
+    for trial in trials:
         if trial.state == TrialState.RUNNING and "mlflow_run_id" in trial.user_attrs:
             uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
             if MlflowClient(uri).get_metric_history(trial.user_attrs["mlflow_run_id"], "train_loss"):
@@ -258,3 +268,120 @@ def test_sweep_killed_with_sigkill_resumes_and_check_confirms(cli, tmp_path):
     assert "RUNNING" not in set(load_runs(uri, with_metrics=False)["status"])
     checked = cli("check", spec, cwd=tmp_path)
     assert checked.returncode == 0 and "ok:" in checked.stdout
+
+
+SHORT = """
+    name = "{name}"
+    problem = "linreg"
+    steps = {steps}
+    seeds = [0, 1, 2]
+    [optimizers.sgd]
+    lr = [0.01, 0.1]
+"""
+
+
+def all_complete(folder, name, count):
+    trials = study(folder, name).trials
+    keys = {t.user_attrs["optimstudy.key"] for t in trials if t.state == TrialState.COMPLETE}
+    return len(keys) == count
+
+
+@pytest.mark.slow
+def test_a_sweep_outlives_the_shell_that_started_it(cli, tmp_path):
+    spec = spec_file(tmp_path, "detached", SHORT.format(name="detached", steps=1500))
+    # the shell starts the sweep in the background and exits at once: the sweep's parent pid changes
+    shell = subprocess.run(["bash", "-c", f"{sys.executable} -m optimstudy sweep {spec} --json >out.txt 2>err.txt & "
+                            "echo $!"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    pid = int(shell.stdout.strip())
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                    timeout=300)
+    summary = json.loads((tmp_path / "out.txt").read_text().strip().splitlines()[-1])
+    assert summary["trials"]["complete"] == 6, (tmp_path / "err.txt").read_text()[-2000:]
+    assert all_complete(tmp_path, "detached", 6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c(cli, tmp_path, sig):
+    name = f"signal-{sig.name.lower()}"
+    spec = spec_file(tmp_path, name, LONG.format(name=name))
+    process = start(["sweep", spec, "--workers", "2"], tmp_path)
+    assert wait_for(lambda: first_running_trial_with_steps(tmp_path, name))
+    workers = {t.user_attrs["pid"] for t in study(tmp_path, name).trials if "pid" in t.user_attrs}
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 130 and "run the same `optimstudy sweep` command again to resume" in err
+    assert "Traceback" not in err
+    assert wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 30)  # workers stopped too
+    states = [t.state for t in study(tmp_path, name).trials]
+    assert TrialState.RUNNING not in states
+    runs = load_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", with_metrics=False)
+    assert "RUNNING" not in set(runs["status"]) and set(runs.query("kind == 'sweep'")["status"]) == {"KILLED"}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_quietly_and_its_trial_runs_again(cli, tmp_path):
+    spec = spec_file(tmp_path, "workerkill", LONG.format(name="workerkill"))
+    process = start(["sweep", spec, "--workers", "2", "--json"], tmp_path)
+
+    def other_worker_running():
+        try:
+            trials = study(tmp_path, "workerkill").trials
+        except (FileNotFoundError, KeyError):  # not created yet
+            return None
+        return next((t.user_attrs["pid"] for t in trials if t.state == TrialState.RUNNING
+                     and t.user_attrs.get("pid") not in (None, process.pid) and "mlflow_run_id" in t.user_attrs), None)
+
+    assert wait_for(other_worker_running, 120)
+    os.kill(other_worker_running(), signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+    assert "was killed by signal 9; its trial was failed and queued again" in err
+    assert all_complete(tmp_path, "workerkill", 4)
+    assert cli("check", spec, cwd=tmp_path).returncode == 0
+
+
+def test_workers_are_bounded_by_the_queue(cli, tmp_path):
+    spec = spec_file(tmp_path, "one", GOOD.replace('"bad"', '"one"'))
+    result = cli("sweep", spec, "--workers", "8", cwd=tmp_path, check_exit=0)
+    assert "1 trials to run with 1 worker " in result.stderr
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("sqlite:///mlruns/mlflow.db", "is the MLflow tracking database"),
+    ("mlruns/mlflow.db", "is the MLflow tracking database"),
+    ("/proc/optimstudy/study.journal", "cannot be written"),
+    ("postgresql+psycopg://nobody:pw@127.0.0.1:1/optuna", "cannot be opened"),
+    ("ftp://host/x", "unknown scheme"),
+])
+def test_a_bad_storage_is_refused_before_any_store_is_created(storage, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path, "bad", GOOD)
+    code, err = run_main(capsys, "sweep", spec, "--storage", storage)
+    assert code == 2 and expected in err and storage in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_sqlite_file_given_as_a_journal_is_refused(tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.commit()
+    code, err = run_main(capsys, "sweep", spec_file(tmp_path, "bad", GOOD), "--storage", tmp_path / "other.db")
+    assert code == 2 and "is an SQLite database" in err and "sqlite:///" in err
+
+
+@pytest.mark.parametrize("command", [["ui"], ["dashboard", "--storage", "study.journal"]], ids=["ui", "dashboard"])
+def test_a_server_on_a_busy_port_exits_2_saying_so(command, tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run_main(capsys, *command, "--port", port)
+    assert code == 2 and f"port {port}" in err and "already in use" in err
+    assert not (tmp_path / "mlruns").exists()

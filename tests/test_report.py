@@ -1,27 +1,34 @@
-"""The report: known synthetic runs in a real MLflow store -> the numbers, every figure, the page.
+"""The report: known synthetic runs in a real MLflow store -> the results, every analysis script, the page.
 
 Synthetic runs are written the way the training loop writes them (MlflowClient: create_run with
 the sweep's tags, log_batch of RunConfig.params() and of metric points, set_terminated), with
 values chosen so that the means, stds, best lrs, times to target and edge warnings are known.
+The statistics (verdicts, intervals) are checked on real runs of the training loop, and the
+README's spec examples are swept and reported for real.
 """
 import html
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from optimstudy import comparison
 from optimstudy.config import RunConfig
-from optimstudy.figures import FIGURES
 from optimstudy.problems import PROBLEMS, VALLEY_START
-from optimstudy.report import best_configs, edge_warnings, run_table, summary_table, time_to_target, write_report
-from optimstudy.tidy import load_runs
+from optimstudy.report import PACKAGE_ANALYSIS, load_scripts, write_report
+from optimstudy.results import (Study, best_configurations, edge_warnings, objective_value, run_table, target_for,
+                                time_to_target, verdicts)
+from optimstudy.store import load_runs
 from optimstudy.tracking import experiment_id
 
-SWEEP_WARNING = "linreg/adam: best lr 1 is the largest tried (0.01..1); widen the grid past it"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (REPO / "analysis").glob("*.py"))
 
 
 # ---- writing synthetic runs -------------------------------------------------------------------
@@ -36,7 +43,8 @@ def new_sweep(client, uri, experiment: str, warnings=()) -> str:
 
 
 def log_run(client, uri, experiment, *, parent=None, status="FINISHED", steps=20, eval_every=5, val=None,
-            accuracy=None, final=None, diverge_at=None, extra=None, device_name="test CPU", trial=0, **config):
+            accuracy=None, final=None, diverge_at=None, extra=None, device_name="test CPU", trial=0, run_tags=None,
+            **config):
     """One run as train() logs it. `val`: val_loss at steps 0, eval_every, ...; `final`: the final_* and
     other last-step metrics (defaults derived from `val`); `extra`: more per-step series {name: values}."""
     problem = config["problem"]
@@ -45,6 +53,7 @@ def log_run(client, uri, experiment, *, parent=None, status="FINISHED", steps=20
     tags = {"optimstudy.kind": "trial" if parent else "run", "device.name": device_name, "dataset": problem}
     if parent:
         tags.update({"mlflow.parentRunId": parent, "optimstudy.study": experiment, "optimstudy.trial": str(trial)})
+    tags.update({k: str(v) for k, v in (run_tags or {}).items()})
     run_id = client.create_run(experiment_id(uri, experiment), tags=tags).info.run_id
     from mlflow.entities import Metric, Param
 
@@ -88,7 +97,7 @@ def grid_runs(client, uri) -> str:
     (0.02) must not win. adam: best lr 1 (0.04 + 0.01 * seed), the largest tried: an edge warning.
     adam lr 1 reaches the target val_loss <= 0.02 at step 15 (seed 0), 10 (seed 1), never (seed 2).
     """
-    parent = new_sweep(client, uri, "grid", [SWEEP_WARNING])
+    parent = new_sweep(client, uri, "grid")
     finals = {("sgd", 0.01): 0.5, ("sgd", 0.1): 0.05, ("sgd", 1.0): 0.02,
               ("adam", 0.01): 0.9, ("adam", 0.1): 0.3, ("adam", 1.0): 0.04}
     adam_curves = {0: [1.0, 0.5, 0.1, 0.015], 1: [1.0, 0.5, 0.018, 0.03], 2: [1.0, 0.5, 0.2, 0.1]}
@@ -106,87 +115,52 @@ def grid_runs(client, uri) -> str:
     return parent
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One store for the module (writing runs is most of the cost): every figure's runs, the grid among them."""
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    every_figure_store(MlflowClient(uri), uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
-def grid_frame(store):
-    return load_runs(store, experiments=["grid"])
-
-
-# ---- the numbers ----------------------------------------------------------------------------
-
-def test_run_table_has_one_row_per_training_run(grid_frame):
-    runs = run_table(grid_frame)
-    assert len(runs) == 18  # the sweep's parent run is not a training run
-    assert runs["diverged"].sum() == 1
-    diverged = runs[runs["diverged"]].iloc[0]
-    assert (diverged["optimizer"], diverged["lr"], diverged["seed"]) == ("sgd", 1.0, 0)
-    assert diverged["last_step"] == 8 and diverged["badness"] == math.inf
-    assert set(runs["score_metric"]) == {"val_loss"}
-
-
-def test_best_lr_mean_and_std_over_seeds(grid_frame):
-    best = best_configs(run_table(grid_frame)).set_index("optimizer")
-    sgd, adam = best.loc["sgd"], best.loc["adam"]
-    assert sgd["lr"] == 0.1  # lr 1 has a better mean over its finished seeds, but one seed diverged
-    assert sgd["mean"] == pytest.approx(0.06) and sgd["std"] == pytest.approx(0.01)
-    assert (sgd["seeds"], sgd["trials"], list(sgd["lrs"])) == (3, 9, [0.01, 0.1, 1.0])
-    assert adam["lr"] == 1.0 and adam["mean"] == pytest.approx(0.05) and adam["std"] == pytest.approx(0.01)
-    assert sgd["edge"] == ""
-    assert "largest" in adam["edge"] and "1" in adam["edge"]
-
-
-def test_edge_warning_only_for_the_optimizer_at_the_grid_edge(grid_frame):
-    warnings = edge_warnings(grid_frame)
-    assert len(warnings) == 1 and warnings[0].startswith("linreg/adam")
-
-
-def test_time_to_target_counts_a_missed_target_as_not_reached(grid_frame):
-    runs = run_table(grid_frame)
-    reach = time_to_target(grid_frame, runs).merge(runs[["run_id", "optimizer", "lr", "seed"]], on="run_id")
-    adam = reach[(reach["optimizer"] == "adam") & (reach["lr"] == 1.0)].set_index("seed")
-    assert adam.loc[0, "steps_to_target"] == 15 and adam.loc[1, "steps_to_target"] == 10
-    assert math.isnan(adam.loc[2, "steps_to_target"])
-    assert adam.loc[0, "seconds_to_target"] == pytest.approx(2.0 * 15 / 20)  # prorated from wall_s = 2 s
-    summary = summary_table(grid_frame).set_index("optimizer")
-    assert summary.loc["adam", "steps_to_target"] == 15  # median of 15, 10 and never
-    assert summary.loc["adam", "seconds_to_target"] == pytest.approx(1.5)
-    assert summary.loc["adam", "target_reached"] == "2/3 seeds"
-    assert math.isnan(summary.loc["sgd", "steps_to_target"])  # no seed at lr 0.1 reaches 0.02
-    assert summary.loc["sgd", "target_reached"] == "0/3 seeds"
-    assert summary.loc["adam", "target"] == "val_loss <= 0.02"
-
 
 def classifier_runs(client, uri) -> None:
-    """mnist_mlp with sgd: lr 0.1 has the higher accuracy (0.95, 0.97) but the higher val loss."""
-    for lr, accuracies in ((0.01, (0.90, 0.92)), (0.1, (0.95, 0.97))):
-        for seed, final in enumerate(accuracies):
-            log_run(client, uri, "mnist", problem="mnist_mlp", optimizer="sgd", lr=lr, seed=seed,
-                    val=[2.3, 0.4, 0.3, 0.2, 0.2 + lr], accuracy=[0.1, 0.8, 0.96, 0.9, final])
+    """mnist_mlp with sgd: lr 0.1 has the higher accuracy (0.95, 0.97) but the higher val loss. In
+    "mnist" the runs carry no objective tags (val_loss, minimize); in "mnist_acc" the sweep's tags
+    say val_accuracy, maximize."""
+    for experiment, tags in (("mnist", {}), ("mnist_acc", {"optimstudy.objective_metric": "val_accuracy",
+                                                           "optimstudy.objective_direction": "maximize"})):
+        for lr, accuracies in ((0.01, (0.90, 0.92)), (0.1, (0.95, 0.97))):
+            for seed, final in enumerate(accuracies):
+                log_run(client, uri, experiment, problem="mnist_mlp", optimizer="sgd", lr=lr, seed=seed,
+                        val=[2.3, 0.4, 0.3, 0.2, 0.2 + lr], accuracy=[0.1, 0.8, 0.96, 0.9, final], run_tags=tags)
 
 
-def test_classification_picks_the_highest_accuracy(store):
-    summary = summary_table(load_runs(store, experiments=["mnist"])).iloc[0]
-    assert summary["best_lr"] == 0.1 and summary["metric"] == "val_accuracy"
-    assert summary["mean"] == pytest.approx(0.96) and summary["std"] == pytest.approx(0.02 / math.sqrt(2))
-    assert summary["steps_to_target"] == 10  # val_accuracy >= 0.95 first at step 10 for both seeds
-    assert "smallest" not in summary["edge_warning"] and "largest" in summary["edge_warning"]
+def labelled_runs(client, uri) -> None:
+    """The README's spec shape: adam with betas beside plain sgd (opt.betas missing for sgd), adam also
+    under a label; a search with an lr range; confirmation runs on new seeds that must not compete."""
+    parent = new_sweep(client, uri, "readme")
+    for label, optimizer, lr, opt, value in (("sgd", "sgd", 0.1, {}, 0.3), ("sgd", "sgd", 0.01, {}, 0.5),
+                                             ("adam", "adam", 1e-3, {"betas": (0.9, 0.999)}, 0.2),
+                                             ("adam", "adam", 1e-2, {"betas": (0.9, 0.999)}, 0.25),
+                                             ("lion", "adam", 1e-3, {"betas": (0.9, 0.99)}, 0.22),
+                                             ("lion", "adam", 1e-4, {"betas": (0.9, 0.99)}, 0.4)):
+        for seed in (0, 1):
+            log_run(client, uri, "readme", parent=parent, problem="linreg", optimizer=optimizer, lr=lr, opt=opt,
+                    seed=seed, val=[1.0, 0.8, 0.6, 0.4, value + 0.01 * seed],
+                    run_tags={"optimstudy.optimizer_label": label, "optimstudy.phase": "grid"})
+    for seed in (5, 6):  # confirmation of adam lr 1e-3: far better values that must not make lr 1e-2 lose
+        log_run(client, uri, "readme", parent=parent, problem="linreg", optimizer="adam", lr=1e-3,
+                opt={"betas": (0.9, 0.999)}, seed=seed, val=[1.0, 0.8, 0.6, 0.4, 0.1 + 0.02 * seed],
+                run_tags={"optimstudy.optimizer_label": "adam", "optimstudy.phase": "confirm"})
+    log_run(client, uri, "readme", parent=parent, problem="linreg", optimizer="adam", lr=0.5, seed=0,
+            opt={"betas": (0.9, 0.999)}, val=[1.0, 0.8, 0.6, 0.4, 0.0001],
+            run_tags={"optimstudy.optimizer_label": "adam", "optimstudy.phase": "confirm"})
+    parent = new_sweep(client, uri, "search")
+    for trial, (lr, value) in enumerate(((1e-4, 0.5), (3e-3, 0.3), (0.09, 0.1))):
+        log_run(client, uri, "search", parent=parent, problem="linreg", optimizer="sgd", lr=lr, seed=0, trial=trial,
+                val=[1.0, 0.8, 0.6, 0.4, value],
+                run_tags={"optimstudy.phase": "search", "optimstudy.lr_space": json.dumps([1e-5, 0.1, True])})
 
 
-# ---- the figures and the page -------------------------------------------------------------------
 
 def every_figure_store(client, uri) -> None:
     """Runs for every figure, each a little odd: a NaN loss, inf values, a pruned and a failed trial."""
     grid_runs(client, uri)
     classifier_runs(client, uri)
+    labelled_runs(client, uri)
     log_run(client, uri, "single", problem="linreg", optimizer="sgd", lr=0.1, seed=0)
     parent = new_sweep(client, uri, "zero_grad")
     steps = np.arange(1, 21)
@@ -231,10 +205,212 @@ def every_figure_store(client, uri) -> None:
 
 
 @pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for the module (writing runs is most of the cost): every figure's runs, the grid among them."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    every_figure_store(MlflowClient(uri), uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def grid_frame(store):
+    return load_runs(store, experiments=["grid"])
+
+
+def best_of(store, experiment) -> pd.DataFrame:
+    return best_configurations(run_table(load_runs(store, experiments=[experiment]))).set_index("optimizer")
+
+
+# ---- the numbers ----------------------------------------------------------------------------
+
+def test_run_table_has_one_row_per_training_run(grid_frame):
+    runs = run_table(grid_frame)
+    assert len(runs) == 18  # the sweep's parent run is not a training run
+    assert runs["diverged"].sum() == 1
+    diverged = runs[runs["diverged"]].iloc[0]
+    assert (diverged["label"], diverged["lr"], diverged["seed"]) == ("sgd", 1.0, 0)
+    assert diverged["last_step"] == 8 and diverged["objective"] == math.inf
+    assert set(runs["objective_metric"]) == {"val_loss"} and set(runs["objective_direction"]) == {"minimize"}
+
+
+def test_objective_value_is_the_rule_the_sweep_uses():
+    assert objective_value(0.3, False, "minimize") == 0.3
+    assert objective_value(0.3, True, "minimize") == math.inf
+    assert objective_value(None, False, "maximize") == -math.inf
+    assert objective_value(math.nan, False, "minimize") == math.inf
+
+
+def test_best_lr_mean_and_std_over_seeds(grid_frame):
+    best = best_configurations(run_table(grid_frame)).set_index("optimizer")
+    sgd, adam = best.loc["sgd"], best.loc["adam"]
+    assert sgd["lr"] == 0.1  # lr 1 has a better mean over its finished seeds, but one seed diverged
+    assert sgd["mean"] == pytest.approx(0.06) and sgd["std"] == pytest.approx(0.01)
+    assert (sgd["seeds"], sgd["trials"], list(sgd["lrs"])) == (3, 9, [0.01, 0.1, 1.0])
+    assert adam["lr"] == 1.0 and adam["mean"] == pytest.approx(0.05) and adam["std"] == pytest.approx(0.01)
+    assert sgd["edge_warning"] == ""
+    assert adam["edge_warning"] == ("linreg/adam (grid): best lr 1 is the largest tried (0.01..1, 3 values); "
+                                    "extend the grid above it")
+
+
+def test_edge_warning_only_for_the_optimizer_at_the_grid_edge(grid_frame):
+    warnings = edge_warnings(best_configurations(run_table(grid_frame)))
+    assert len(warnings) == 1 and warnings[0].startswith("linreg/adam")
+
+
+def test_a_search_is_at_the_edge_of_its_lr_range_not_of_the_lrs_it_sampled(store):
+    best = best_of(store, "search").loc["sgd"]
+    assert best["lr"] == 0.09 and best["trials"] == 3
+    # 0.09 is the largest lr sampled, but inside the range 1e-5..0.1 only 1% of its log width from the end
+    assert best["edge_warning"] == ("linreg/sgd (search): best lr 0.09 is near the largest of the search range "
+                                    "(1e-05..0.1); extend the range above it")
+
+
+def test_the_readme_spec_shape_reports_without_a_nan_key(store):
+    """[optimizers.adam] betas = [0.9, 0.999] beside a plain [optimizers.sgd]: was `KeyError: nan`."""
+    best = best_of(store, "readme")
+    assert set(best.index) == {"sgd", "adam", "lion"}  # the label, not the class: lion is an adam
+    assert best.loc["sgd", "lr"] == 0.1 and best.loc["sgd", "args"] == ""
+    assert best.loc["adam", "args"] == "betas=(0.9, 0.999)" and best.loc["lion", "args"] == "betas=(0.9, 0.99)"
+    assert best.loc["lion", "optimizer_class"] == "adam"
+
+
+def test_confirmation_runs_never_compete_and_are_reported_beside_the_best(store):
+    adam = best_of(store, "readme").loc["adam"]
+    assert adam["lr"] == 1e-3 and adam["seeds"] == 2 and adam["trials"] == 4  # the lr 0.5 confirm run is not a trial
+    assert adam["confirm_seeds"] == 2 and adam["confirm_mean"] == pytest.approx(0.1 + 0.02 * 5.5)
+
+
+def test_the_ranking_follows_the_objective_each_run_carries(store):
+    untagged = best_of(store, "mnist").loc["sgd"]  # default: val_loss, minimize
+    assert (untagged["lr"], untagged["metric"], untagged["direction"]) == (0.01, "val_loss", "minimize")
+    tagged = best_of(store, "mnist_acc").loc["sgd"]
+    assert (tagged["lr"], tagged["metric"], tagged["direction"]) == (0.1, "val_accuracy", "maximize")
+    assert tagged["mean"] == pytest.approx(0.96) and tagged["std"] == pytest.approx(0.02 / math.sqrt(2))
+
+
+def test_time_to_target_counts_a_missed_target_as_not_reached(grid_frame):
+    study = Study(grid_frame)
+    runs = study.runs
+    reach = time_to_target(study).merge(runs[["run_id", "label", "lr", "seed"]], on="run_id")
+    adam = reach[(reach["label"] == "adam") & (reach["lr"] == 1.0)].set_index("seed")
+    assert adam.loc[0, "steps_to_target"] == 15 and adam.loc[1, "steps_to_target"] == 10
+    assert math.isnan(adam.loc[2, "steps_to_target"])
+    assert adam.loc[0, "seconds_to_target"] == pytest.approx(2.0 * 15 / 20)  # prorated from wall_s = 2 s
+    summary = study.summary.set_index("optimizer")
+    assert summary.loc["adam", "steps_to_target"] == 15  # median of 15, 10 and never
+    assert summary.loc["adam", "seconds_to_target"] == pytest.approx(1.5)
+    assert summary.loc["adam", "target_reached"] == "2/3 seeds"
+    assert math.isnan(summary.loc["sgd", "steps_to_target"])  # no seed at lr 0.1 reaches 0.02
+    assert summary.loc["sgd", "target_reached"] == "0/3 seeds"
+    assert summary.loc["adam", "target"] == "val_loss <= 0.02"
+
+
+def test_a_val_loss_target_applies_only_to_runs_trained_on_the_problems_own_loss():
+    assert target_for("linreg", "mse") == PROBLEMS["linreg"].target
+    assert target_for("linreg", "mean_error") is None  # its val_loss is a mean error: can be negative
+    assert target_for("mnist_mlp", "cross_entropy") == PROBLEMS["mnist_mlp"].target  # accuracy needs no loss
+    assert target_for("nowhere.module:problem") is None  # a problem that does not import here has none
+
+
+def test_the_summary_shows_the_median_its_interval_and_the_robust_lr_range(grid_frame):
+    summary = Study(grid_frame).summary.set_index("optimizer")
+    sgd = summary.loc["sgd"]
+    assert sgd["median"] == pytest.approx(0.06)
+    assert sgd["ci_low"] == pytest.approx(0.05) and sgd["ci_high"] == pytest.approx(0.07)
+    assert sgd["robust_lr_range"] == "0.1..0.1" and sgd["robust_decades"] == 0  # lr 0.01 is 8x worse
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+def test_bootstrap_interval_agrees_with_scipy():
+    from scipy.stats import bootstrap
+
+    values = np.array([0.912, 0.925, 0.918, 0.931, 0.909, 0.927, 0.915])
+    low, high = comparison.bootstrap_interval(values, resamples=20000)
+    reference = bootstrap((values,), np.median, confidence_level=0.95, n_resamples=20000, method="percentile",
+                          random_state=np.random.default_rng(1)).confidence_interval
+    assert low == pytest.approx(reference.low, abs=0.0025) and high == pytest.approx(reference.high, abs=0.0025)
+    assert all(math.isnan(v) for v in comparison.bootstrap_interval([0.5]))  # one seed: no interval
+
+
+def test_paired_difference_interval_agrees_with_a_numpy_reference():
+    a = {seed: 0.30 + 0.01 * seed for seed in range(5)}
+    b = {seed: 0.20 + 0.012 * seed for seed in range(5)}
+    found = comparison.compare(a, b, "minimize", ("sgd", "adam"))
+    differences = np.array([a[s] - b[s] for s in range(5)])
+    rng = np.random.default_rng(123)
+    means = differences[rng.integers(0, 5, size=(50000, 5))].mean(axis=1)
+    assert found["ci_low"] == pytest.approx(np.percentile(means, 2.5), abs=0.002)
+    assert found["ci_high"] == pytest.approx(np.percentile(means, 97.5), abs=0.002)
+    assert found["verdict"] == "adam better" and found["test"] == "seed-paired bootstrap"
+    assert found["difference"] == pytest.approx(differences.mean())
+
+
+def test_unmatched_seeds_use_a_rank_test_and_few_seeds_decide_nothing():
+    found = comparison.compare({0: 0.9, 1: 0.91, 2: 0.92, 3: 0.93}, {5: 0.5, 6: 0.52, 7: 0.51, 8: 0.53}, "maximize",
+                               ("a", "b"))
+    assert found["test"] == "Mann-Whitney" and found["verdict"] == "a better" and found["p_value"] < 0.05
+    two = comparison.compare({0: 0.9, 1: 0.91}, {0: 0.5, 1: 0.52}, "maximize", ("a", "b"))
+    assert two["verdict"] == "not distinguishable with 2 seeds" and two["seeds_needed"] == comparison.MIN_SEEDS
+
+
+def test_performance_profiles_count_a_problem_never_solved_as_a_failure():
+    best = pd.DataFrame({"experiment": "e", "problem": ["p1", "p1", "p2", "p2"], "optimizer": ["a", "b", "a", "b"],
+                         "run_ids": [["a1"], ["b1"], ["a2"], ["b2"]]})
+    reach = pd.DataFrame({"run_id": ["a1", "b1", "a2", "b2"], "target": 0.9,
+                          "steps_to_target": [10, 20, 30, np.nan], "seconds_to_target": [1.0, 1.5, 3.0, np.nan]})
+    profiles = comparison.performance_profiles(best, reach, taus=[1, 1.5, 2, 64])
+    steps = profiles[profiles["unit"] == "steps"].pivot_table(index="optimizer", columns="tau", values="solved")
+    assert steps.loc["a"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert steps.loc["b"].tolist() == [0.0, 0.0, 0.5, 0.5]  # 2x slower on p1, never on p2
+    seconds = profiles[profiles["unit"] == "seconds"].pivot_table(index="optimizer", columns="tau", values="solved")
+    assert seconds.loc["b"].tolist() == [0.0, 0.5, 0.5, 0.5]
+
+
+def test_tuning_curves_end_at_the_best_configuration(grid_frame):
+    study = Study(grid_frame)
+    curves = comparison.tuning_curves(study.runs, study.best).set_index(["optimizer", "configurations"])
+    assert curves.loc[("sgd", 3), "median"] == pytest.approx(0.06)  # all 3 lrs tried: the best one's mean
+    assert curves.loc[("sgd", 1), "low"] <= curves.loc[("sgd", 1), "median"] <= curves.loc[("sgd", 1), "high"]
+    assert curves.loc[("adam", 1), "high"] > curves.loc[("adam", 3), "median"]  # one lr at random is worse
+
+
+def real_runs(tracking_uri, experiment, runs) -> None:
+    """Real tiny linreg runs through the training loop and the MLflow writer: (label, optimizer, lr, seed)."""
+    from optimstudy.runner import Tracking, execute
+    from optimstudy.tracking import ensure_store, stop_writers
+
+    ensure_store(tracking_uri)
+    for label, optimizer, lr, seed in runs:
+        execute(RunConfig(problem="linreg", optimizer=optimizer, lr=lr, seed=seed, steps=50, eval_every=25,
+                          threads=1), Tracking(tracking_uri, experiment),
+                tags={"optimstudy.kind": "trial", "optimstudy.optimizer_label": label, "optimstudy.phase": "grid"})
+    stop_writers()
+
+
+@pytest.mark.slow
+def test_verdicts_on_real_runs(tracking_uri):
+    """The same optimizer under two labels is not distinguishable; one with far too small an lr loses."""
+    seeds = range(4)
+    real_runs(tracking_uri, "twins", [(label, "sgd", 0.05, seed) for label in ("sgd_a", "sgd_b") for seed in seeds])
+    real_runs(tracking_uri, "broken", [("sgd", "sgd", 0.05, s) for s in seeds] + [("slow", "sgd", 1e-5, s) for s in seeds])
+    twins = verdicts(run_table(load_runs(tracking_uri, experiments=["twins"]))).iloc[0]
+    assert (twins["a"], twins["b"]) == ("sgd_a", "sgd_b")
+    assert twins["verdict"] == "not distinguishable with 4 seeds" and twins["difference"] == 0
+    broken = verdicts(run_table(load_runs(tracking_uri, experiments=["broken"]))).iloc[0]
+    assert broken["verdict"] == "sgd better" and broken["test"] == "seed-paired bootstrap"
+    assert broken["ci_high"] < 0  # sgd's val_loss minus the broken one's: clearly below zero
+
+
+# ---- the analysis scripts and the page --------------------------------------------------------
+
+@pytest.fixture(scope="module")
 def full_report(store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis")
-    frame = load_runs(store)
-    sections = write_report(frame, folder, tracking_uri=store, sweep_warnings=[SWEEP_WARNING])
+    frame = load_runs(store, compact=True)
+    sections = write_report(frame, folder, analysis=REPO / "analysis", tracking_uri=store)
     return folder, sections, frame
 
 
@@ -245,9 +421,11 @@ def assert_real_png(path: Path) -> None:
     assert pixels[..., :3].std() > 0.05, f"{path.name} is (nearly) blank"
 
 
-def test_every_figure_is_drawn_as_a_real_png(full_report):
+def test_every_script_in_analysis_draws_a_real_png(full_report):
     out, sections, _ = full_report
-    assert [s.name for s in sections] == list(FIGURES)
+    assert sorted(s.name for s in sections) == SCRIPTS
+    assert {"optimizer_curves", "lr_sensitivity", "lr_matters", "gradient_norms", "zero_grad", "loss_functions",
+            "valley", "devices", "performance_profiles", "tuning_budget"} <= set(SCRIPTS)
     for section in sections:
         assert not section.error, (section.name, section.error)
         assert section.caption, section.name
@@ -255,28 +433,29 @@ def test_every_figure_is_drawn_as_a_real_png(full_report):
         assert (out / "figures" / f"{section.name}.svg").stat().st_size > 1000
 
 
-def test_the_page_references_every_figure_the_table_and_its_sources(full_report):
+def test_the_page_shows_every_figure_the_tables_and_each_warning_once(full_report):
     out, sections, _ = full_report
     page = (out / "report.html").read_text()
     for section in sections:
         assert f"<img src='figures/{section.name}.png'" in page
         assert html.escape(section.caption) in page
-    assert "experiment &#x27;grid&#x27;" in page and "experiment &#x27;landscape&#x27; (3 runs)" in page
-    assert "linreg/adam (grid): best lr 1 is the largest tried" in page
-    assert "recorded by the sweep" in page and "summary.csv" in page
+    assert "experiment &#x27;grid&#x27;" in page and "experiment &#x27;landscape&#x27; (4 runs)" in page
+    warning = "linreg/adam (grid): best lr 1 is the largest tried"
+    assert page.count(f"<li class='warn'>{warning}") == 1
+    assert "summary.csv" in page and "median [95% interval]" in page and "lion" in page
+    assert "Verdicts" in page and "not distinguishable with" in page
+    assert "τ = 2" in page  # the performance-profile table under its figure
     assert "<script" not in page and all(src.startswith("figures/") for src in re.findall(r"src='([^']+)'", page))
 
 
 def test_summary_csv_is_written_with_a_row_per_group(full_report):
-    import pandas as pd
-
     out, _, _ = full_report
     summary = pd.read_csv(out / "summary.csv")
     grid = summary[(summary["experiment"] == "grid") & (summary["optimizer"] == "sgd")].iloc[0]
-    assert grid["best_lr"] == 0.1 and grid["trials"] == 9
+    assert grid["best_lr"] == 0.1 and grid["trials"] == 9 and grid["ci_low"] <= grid["median"] <= grid["ci_high"]
     odd = summary[summary["experiment"] == "odd"].set_index("optimizer")
     assert odd.loc["sgd", "best_lr"] == 0.1  # the run with a NaN loss still counts
-    assert odd.loc["adam", "trials"] == 1 and np.isnan(odd.loc["adam", "best_lr"])  # pruned: no outcome
+    assert odd.loc["adam", "trials"] == 1 and np.isnan(odd.loc["adam", "best_lr"])  # killed: no outcome
     zero = summary[summary["experiment"] == "zero_grad"]
     assert set(zero["setting"]) == {"batch_size=64 accumulate=1 zero_grad=True",
                                     "batch_size=64 accumulate=1 zero_grad=False",
@@ -288,15 +467,13 @@ def test_figures_tolerate_nan_values_and_diverged_runs(full_report):
     runs = run_table(frame)
     assert runs["diverged"].sum() == 2  # sgd lr 1 seed 0, and a mean_error run
     assert frame["value"].isna().any()  # the NaN loss and NaN gradient norms arrived
-    assert (frame["value"].abs() > 1e300).any()  # MLflow's infinity
+    assert np.isinf(frame["value"]).any()  # MLflow's infinity, as inf again
     assert "KILLED" in set(runs["status"])
-    for section in sections:
-        assert not section.error, section.error
 
 
 def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp_path):
     frame = load_runs(store, experiments=["single"])  # one linreg run
-    sections = {s.name: s for s in write_report(frame, tmp_path, tracking_uri=store, svg=False)}
+    sections = {s.name: s for s in write_report(frame, tmp_path, analysis=REPO / "analysis", svg=False)}
     assert sections["lr_sensitivity"].note == (
         "no runs for it yet: run `optimstudy sweep experiments/lr_sensitivity.toml`")
     assert not (tmp_path / "figures" / "lr_sensitivity.png").exists()
@@ -308,13 +485,67 @@ def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp
     assert "experiments/lr_sensitivity.toml" in page and "experiments/loss_functions.toml" in page
 
 
+USER_SCRIPT = '''
+from optimstudy import plotting
+
+TITLE = "Runs per optimizer (a user's own figure)"
+SPEC = "experiments/quickstart.toml"
+
+
+def figure(study):
+    counts = study.runs["label"].value_counts().sort_index()
+    fig = plotting.new_figure(6, 3.5)
+    ax = fig.subplots()
+    ax.bar(counts.index, counts.to_numpy())
+    ax.set_ylabel("runs")
+    return plotting.Drawn(fig, "How many runs each optimizer label has.", list(study.runs["run_id"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(plotting.main(figure))
+'''
+
+
+def test_a_script_dropped_into_analysis_appears_on_the_page(store, tmp_path):
+    folder = tmp_path / "analysis"
+    shutil.copytree(REPO / "analysis", folder, ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
+    (folder / "runs_per_optimizer.py").write_text(USER_SCRIPT)
+    (folder / "broken.py").write_text("import no_such_module\n")
+    sections = {s.name: s for s in write_report(load_runs(store, experiments=["grid"]), tmp_path / "out",
+                                                analysis=folder, svg=False)}
+    assert sections["runs_per_optimizer"].caption == "How many runs each optimizer label has."
+    assert_real_png(tmp_path / "out" / "figures" / "runs_per_optimizer.png")
+    assert "No module named 'no_such_module'" in sections["broken"].error  # its own section, not the page
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Runs per optimizer (a user&#x27;s own figure)" in page and "figures/runs_per_optimizer.png" in page
+    order = [s.name for s, _ in load_scripts(folder)]
+    assert order.index("optimizer_curves") < order.index("devices") < order.index("runs_per_optimizer")
+
+
+def run_script(*args, check_exit):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == check_exit, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    return result
+
+
+@pytest.mark.slow
+def test_an_analysis_script_runs_alone(store, tmp_path):
+    script = REPO / "analysis" / "lr_sensitivity.py"
+    result = run_script(script, "--tracking-uri", store, "--experiment", "grid", "--out", tmp_path, check_exit=0)
+    assert "lr_sensitivity.png" in result.stdout
+    assert_real_png(tmp_path / "lr_sensitivity.png")
+    missing = run_script(script, "--tracking-uri", store, "--experiment", "gird", "--out", tmp_path, check_exit=2)
+    assert "did you mean 'grid'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_package_finds_the_checkouts_scripts():
+    assert PACKAGE_ANALYSIS == REPO / "analysis"
+
+
 # ---- the command ----------------------------------------------------------------------------
-
-def report_args(tracking_uri, out, experiments=None):
-    from argparse import Namespace
-
-    return Namespace(experiments=experiments, tracking_uri=tracking_uri, out=str(out), debug=False)
-
 
 def test_report_on_an_empty_store_exits_2_naming_the_quickstart(cli, tracking_uri, tmp_path):
     from optimstudy.errors import UsageError
@@ -327,7 +558,7 @@ def test_report_on_an_empty_store_exits_2_naming_the_quickstart(cli, tracking_ur
     assert not Path(tracking_uri[len("sqlite:///"):]).exists()  # reporting never creates a store
     ensure_store(tracking_uri)
     with pytest.raises(UsageError, match="no runs in the tracking store .*`optimstudy sweep experiments/quickstart"):
-        report_command(report_args(tracking_uri, tmp_path / "out"))
+        report_command(tracking_uri, None, tmp_path / "out")
 
 
 def test_report_of_an_unknown_experiment_names_the_known_ones(store, tmp_path):
@@ -336,7 +567,12 @@ def test_report_of_an_unknown_experiment_names_the_known_ones(store, tmp_path):
 
     known = "experiments with runs: devices, grid, landscape"
     with pytest.raises(UsageError, match=f"'gird' \\(did you mean 'grid'\\?\\).*{known}"):
-        report_command(report_args(store, tmp_path, ["gird"]))
+        report_command(store, ["gird"], tmp_path)
+
+
+def test_report_with_an_analysis_folder_without_scripts_exits_2(cli, store, tmp_path):
+    result = cli("report", "--tracking-uri", store, "--out", tmp_path / "out", "--analysis", tmp_path, check_exit=2)
+    assert "holds no analysis scripts" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
@@ -358,7 +594,7 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
                 tags={"optimstudy.kind": "trial", "optimstudy.study": "tiny", "optimstudy.trial": trial})
         trial += 1
     stop_writers()
-    result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "analysis", check_exit=0)
+    result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "analysis", check_exit=0, cwd=REPO)
     assert "report.html" in result.stdout
     for name in ("optimizer_curves", "lr_sensitivity", "lr_matters", "gradient_norms", "valley"):
         assert_real_png(tmp_path / "analysis" / "figures" / f"{name}.png")
@@ -369,28 +605,42 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
     assert "valley" in summary and "linreg" in summary
 
 
+def readme_specs() -> list[str]:
+    """The README's complete TOML spec examples (those with a name), as written."""
+    text = (REPO / "README.md").read_text()
+    return [block for block in re.findall(r"```toml\n(.*?)```", text, re.S) if re.search(r"^name\s*=", block, re.M)]
+
+
+def shrink(spec: str) -> str:
+    """The same spec at test size: 20 steps, 2 seeds, 2 lrs per grid, 1 confirmation seed."""
+    spec = re.sub(r"^(epochs|steps)\s*=.*$", "steps = 20", spec, flags=re.M)
+    spec = re.sub(r"^seeds\s*=\s*\[.*\]", "seeds = [0, 1]", spec, flags=re.M)
+    spec = re.sub(r"^seeds\s*=\s*\d+", "seeds = 1", spec, flags=re.M)  # [confirm]
+    spec = re.sub(r"points\s*=\s*\d+", "points = 2", spec)
+    spec = re.sub(r"^lr\s*=\s*\[([^,\]]+),\s*([^,\]]+)[^\]]*\]", r"lr = [\1, \2]", spec, flags=re.M)
+    spec = re.sub(r"^batch_size\s*=.*$", "batch_size = 64", spec, flags=re.M)
+    return spec
+
+
 @pytest.mark.slow
-def test_report_on_real_mnist_runs(mnist_dir, tracking_uri, tmp_path):
-    """A few real MNIST steps per optimizer: classifiers are ranked by accuracy, curves drawn."""
-    from optimstudy.runner import Tracking, execute
-    from optimstudy.tracking import ensure_store, stop_writers
-
-    ensure_store(tracking_uri)
-    for optimizer, lr in (("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3)):
-        execute(RunConfig(problem="mnist_logreg", optimizer=optimizer, lr=lr, steps=30, eval_every=10, threads=1),
-                Tracking(tracking_uri, "mnist"), data_dir=mnist_dir, tags={"optimstudy.kind": "run"})
-    stop_writers()
-    frame = load_runs(tracking_uri)
-    sections = {s.name: s for s in write_report(frame, tmp_path, tracking_uri=tracking_uri, svg=False)}
-    assert not any(s.error for s in sections.values())
-    assert_real_png(tmp_path / "figures" / "optimizer_curves.png")
-    summary = summary_table(frame).set_index("optimizer")
-    assert summary.loc["sgd", "metric"] == "val_accuracy" and 0.5 < summary.loc["sgd", "mean"] <= 1
-
-
-def test_a_val_loss_target_applies_only_to_runs_trained_on_the_problems_own_loss():
-    from optimstudy.report import TARGETS, target_for
-
-    assert target_for("linreg", "mse") == TARGETS["linreg"]
-    assert target_for("linreg", "mean_error") is None  # its val_loss is a mean error: can be negative
-    assert target_for("mnist_mlp", "cross_entropy") == TARGETS["mnist_mlp"]  # accuracy needs no loss
+@pytest.mark.parametrize("index", range(len(readme_specs())))
+def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_path):
+    spec = tmp_path / "readme.toml"
+    spec.write_text(shrink(readme_specs()[index]))
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {"OPTIMSTUDY_DATA_DIR": mnist_dir}
+    swept = cli("sweep", spec, "--tracking-uri", uri, "--json", check_exit=0, cwd=tmp_path, env=env, timeout=600)
+    result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out", "--analysis", REPO / "analysis",
+                 check_exit=0, cwd=tmp_path, env=env)
+    assert "failed" not in result.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["best_lr"].notna().all()
+    # the sweep and the report agree: the same best lr per problem x optimizer, the same warnings, each once
+    sweep = json.loads(swept.stdout.strip().splitlines()[-1])
+    from_sweep = sorted((b["problem"], b["optimizer"], b["lr"]) for b in sweep["best"])
+    from_report = sorted(zip(summary["problem"], summary["optimizer"], summary["best_lr"]))
+    assert from_sweep == from_report
+    warnings = list(summary["edge_warning"].dropna())
+    assert sorted(sweep["edge_warnings"]) == sorted(warnings) and len(set(warnings)) == len(warnings)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(page.count(html.escape(w)) == 1 for w in warnings)

@@ -13,8 +13,8 @@ import torch
 
 from optimstudy.cli import main
 from optimstudy.spec import load_spec
-from optimstudy.sweep import plan
-from optimstudy.tidy import load_runs
+from optimstudy.planning import plan
+from optimstudy.store import load_runs
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
 LESSON_SPECS = {"quickstart", "mnist_optimizers", "lr_sensitivity", "zero_grad", "loss_functions", "regression",

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from optimstudy.tidy import load_runs
+from optimstudy.store import load_runs
 from optimstudy.tracking import ensure_store
 
 GRID = """
@@ -79,7 +79,7 @@ def test_best_lr_table_edge_warning_and_confirmation(cli, tmp_path):
         (o, s) for o in ("sgd", "adam") for s in (2, 3)}
     assert all(t.user_attrs["optimstudy.config"]["lr"] == best[t.user_attrs["optimizer"]] for t in confirm)
     # every best lr here sits on an edge of its 2-point grid, so each must be warned about
-    assert len(summary["edge_warnings"]) == 2 and "widen" in result.stderr
+    assert len(summary["edge_warnings"]) == 2 and "extend the grid" in result.stderr
     parent = MlflowClient(summary["tracking_uri"]).get_run(summary["parent_run_id"])
     assert json.loads(parent.data.tags["optimstudy.edge_warnings"]) == summary["edge_warnings"]
     assert "best lr" in result.stdout
@@ -145,29 +145,109 @@ def test_four_workers_on_the_default_store_run_each_configuration_once(cli, tmp_
     assert cli("check", spec, cwd=tmp_path).returncode == 0
 
 
+SAMPLED = """
+name = "{name}"
+problem = "linreg"
+steps = 20
+seeds = [0]
+
+[search]
+sampler = "{sampler}"
+trials = 6
+
+[optimizers.sgd.search]
+lr = {{ low = 1e-3, high = 1.0, log = true }}
+
+[optimizers.adam.search]
+lr = {{ low = 1e-4, high = 0.1, log = true }}
+"""
+
+
+@pytest.mark.parametrize("sampler", ["random", "gp", "tpe"])
+def test_a_search_samples_different_values_trial_to_trial(cli, tmp_path, sampler):
+    spec = tmp_path / f"{sampler}.toml"
+    spec.write_text(SAMPLED.format(name=sampler, sampler=sampler))
+    sweep(cli, spec, tmp_path)
+    sampled = {}
+    for trial in study_of(tmp_path, sampler).trials:
+        sampled.setdefault(trial.user_attrs["optimizer"], []).append(next(iter(trial.params.values())))
+    for optimizer, values in sampled.items():  # one seed for every trial made all 6 the same value
+        assert len(values) == 6 and len(set(values)) >= 5, (optimizer, values)
+    assert cli("check", spec, cwd=tmp_path).returncode == 0
+
+
+def test_confirmation_trials_are_never_pruned(cli, tmp_path):
+    body = SEARCH.replace('sampler = "tpe"', 'sampler = "random"').replace("trials = 10", "trials = 6")
+    spec = write_spec(tmp_path, "confirm-pruning", body + "\n[confirm]\nseeds = 3\n")
+    summary, _ = sweep(cli, spec, tmp_path)
+    trials = study_of(tmp_path, "confirm-pruning").trials
+    confirm = [t for t in trials if t.user_attrs["optimstudy.phase"] == "confirm"]
+    assert len(confirm) == 2 * 3 and all(t.state == TrialState.COMPLETE for t in confirm)
+    assert all(t.intermediate_values == {} for t in confirm)  # never reported, so never compared
+    assert all(row["seeds"] >= 1 for row in summary["best"])
+
+
 @pytest.mark.slow
-@pytest.mark.postgres
-def test_two_machines_share_one_study_on_postgresql(tmp_path, postgres_database):
-    optuna_url, mlflow_url = postgres_database(), postgres_database()  # each needs its own database
-    body = GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
-    spec = write_spec(tmp_path, "shared", body)
-    ensure_store(mlflow_url)  # the tracking server's database, as it would exist before the sweep
-    optuna.storages.RDBStorage(optuna_url)
-    machines = []
-    for index in range(2):  # two "machines": separate folders, same storage and tracking store
-        folder = tmp_path / f"machine{index}"
-        folder.mkdir()
-        machines.append(subprocess.Popen(
-            [sys.executable, "-m", "optimstudy", "sweep", str(spec), "--storage", optuna_url,
-             "--tracking-uri", mlflow_url, "--json"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    outputs = [m.communicate(timeout=300) for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], [err[-2000:] for _, err in outputs]
-    study = optuna.load_study(study_name="shared", storage=optuna_url)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    keys = [t.user_attrs["optimstudy.key"] for t in complete]
-    assert len(keys) == len(set(keys)) == 12
-    hosts_pids = {t.user_attrs["pid"] for t in complete}
-    assert len(hosts_pids) == 2  # both machines did part of the work
-    runs = load_runs(mlflow_url, experiments=["shared"], with_metrics=False)
-    assert (runs[runs["kind"] == "trial"]["status"] == "FINISHED").sum() == 12
+def test_a_spec_name_is_its_study_identity(cli, tmp_path):
+    body = GRID.replace("seeds = [0, 1]", "seeds = [0]").replace("[0.001, 0.01]", "[0.01]")
+    spec = write_spec(tmp_path, "identity", body)
+    first, _ = sweep(cli, spec, tmp_path)
+    assert first["trials"]["complete"] == 3
+
+    # an extension (a new lr, a new seed) is queued, recorded on the parent run and reported
+    spec.write_text(spec.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace("[0.01]", "[0.01, 0.03]"))
+    extended, result = sweep(cli, spec, tmp_path)
+    assert extended["parent_run_id"] == first["parent_run_id"]
+    assert extended["new_trials"] == 8 - 3 and extended["trials"]["complete"] == 8
+    assert "added" in result.stderr and "optimizers.adam.lr 0.03" in result.stderr and "seeds 1" in result.stderr
+    parent = MlflowClient(first["tracking_uri"]).get_run(first["parent_run_id"])
+    assert "optimizers.adam.lr 0.03" in parent.data.tags["optimstudy.extensions"]
+    artifact = MlflowClient(first["tracking_uri"]).download_artifacts(parent.info.run_id, "spec.toml", str(tmp_path))
+    assert "0.03" in open(artifact).read()
+
+    # any other change (the budget, the direction) under the same name is refused, naming the keys
+    changed = spec.read_text().replace("steps = 40", "steps = 50")
+    spec.write_text(changed.replace('problem = "linreg"', 'problem = "linreg"\ndirection = "maximize"'))
+    result = cli("sweep", spec, cwd=tmp_path, check_exit=2)
+    assert "budget" in result.stderr and "direction" in result.stderr and "--restart" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(study_of(tmp_path, "identity").trials) == 8  # nothing queued
+
+    restarted, result = sweep(cli, spec, tmp_path, "--restart")
+    assert restarted["trials"]["complete"] == 8 and restarted["new_trials"] == 8
+    assert restarted["parent_run_id"] != first["parent_run_id"]
+    assert "identity.replaced-" in result.stderr
+    runs = load_runs(first["tracking_uri"], experiments=["identity"], with_metrics=False)
+    assert len(runs) == 9 and set(runs["parent_run_id"].dropna()) == {restarted["parent_run_id"]}
+
+
+def test_check_finds_double_queueing_a_split_parent_run_and_repeated_samples(cli, tmp_path):
+    spec = tmp_path / "broken.toml"
+    spec.write_text(SAMPLED.format(name="broken", sampler="random").replace("trials = 6", "trials = 2"))
+    summary, _ = sweep(cli, spec, tmp_path)
+    assert cli("check", spec, cwd=tmp_path).returncode == 0
+    study = study_of(tmp_path, "broken")
+    first = study.trials[0]
+    # what two planners at once and a seed-per-claim sampler used to leave behind:
+    study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                              value=first.value, user_attrs=first.user_attrs))
+    client = MlflowClient(summary["tracking_uri"])
+    experiment = client.get_experiment_by_name("broken").experiment_id
+    client.set_terminated(client.create_run(experiment, tags={"optimstudy.kind": "sweep",
+                                                              "optimstudy.study": "broken"}).info.run_id)
+    result = cli("check", spec, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "queued 2 times" in result.stdout
+    assert "2 parent runs for one study" in result.stdout
+    assert "sampled identical values" in result.stdout
+
+
+@pytest.mark.slow
+def test_report_can_leave_the_store_untouched(cli, tmp_path):
+    spec = write_spec(tmp_path, "readonly", GRID.replace("seeds = [0, 1]", "seeds = [0]"))
+    summary, _ = sweep(cli, spec, tmp_path)
+    cli("report", "--experiment", "readonly", "--no-log-to-store", "--out", tmp_path / "page", cwd=tmp_path,
+        check_exit=0)
+    artifacts = [a.path for a in MlflowClient(summary["tracking_uri"]).list_artifacts(summary["parent_run_id"])]
+    assert artifacts == ["spec.toml"]  # the page was written to --out only
+    assert (tmp_path / "page" / "report.html").exists()

@@ -1,6 +1,6 @@
 """MLflow tracking against real SQLite stores: what a run writes is what trained, however it ends.
 
-Every test reads back with MlflowClient or tidy.load_runs; nothing is mocked. The writer
+Every test reads back with MlflowClient or store.load_runs; nothing is mocked. The writer
 process, the UI server and killed training processes are real processes.
 """
 import json
@@ -26,7 +26,7 @@ import optimstudy
 from optimstudy import RunConfig
 from optimstudy.devices import device_label
 from optimstudy.runner import Tracking, execute
-from optimstudy.tidy import load_runs
+from optimstudy.store import load_runs
 from optimstudy.tracking import MlflowLogger, WriterDied, _writers, ensure_store, stop_writers
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
@@ -43,8 +43,9 @@ def shared_store(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tracking_uri):
-    """A fresh store, for tests that read all of it."""
+def store(tracking_uri, monkeypatch):
+    """A fresh store, for tests that read all of it (every point counted: no system metrics)."""
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
     ensure_store(tracking_uri)
     yield tracking_uri
     stop_writers()
@@ -187,6 +188,36 @@ def test_a_sigkilled_training_process_leaves_a_killed_run_not_a_running_one(shar
     stored = steps_of(client, run_id, "train_loss")
     assert stored == list(range(1, len(stored) + 1))  # what was shipped is kept, in order, without gaps
     assert (len(stored) >= 500) == (when == "mid-run")
+
+
+def test_a_tracked_run_records_mlflows_system_metrics_unless_switched_off(shared_store, monkeypatch):
+    from optimstudy.errors import UsageError
+
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0.2")  # sampled by the writer process
+    slow = RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=60, eval_every=1)
+    _, run_id = execute(slow, Tracking(shared_store, "system-metrics"), on_eval=lambda step, m: time.sleep(0.02))
+    client = MlflowClient(shared_store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    cpu_key = "system/cpu_utilization_percentage"
+    assert wait_for(lambda: len(points(client, run_id, cpu_key)) >= 2, 10)  # the last one is stored after the end
+    cpu = points(client, run_id, cpu_key)
+    assert len(cpu) >= 2 and all(0 <= value <= 100 for _, value in cpu)  # sampled mid-run, and once at the end
+    assert [step for step, _ in cpu] == list(range(len(cpu)))
+    assert client.get_run(run_id).data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert len(points(client, run_id, "train_loss")) == 60  # the training metrics are untouched
+
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
+    _, quiet = execute(RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=20),
+                       Tracking(shared_store, "system-metrics"))
+    assert not [key for key in client.get_run(quiet).data.metrics if key.startswith("system/")]
+
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "often")
+    before = len(client.search_runs([run.info.experiment_id]))
+    with pytest.raises(UsageError, match="OPTIMSTUDY_SYSTEM_METRICS_S must be a number of seconds"):
+        execute(RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=20),
+                Tracking(shared_store, "system-metrics"))
+    assert len(client.search_runs([run.info.experiment_id])) == before  # nothing written
 
 
 def test_a_killed_writer_ends_the_run_failed_and_says_why(shared_store):

@@ -10,7 +10,7 @@ from optimstudy.optimizers import OPTIMIZERS, optimizer_arguments, parse_opt
 from optimstudy.problems import PROBLEMS
 
 GENERATED = [name for name, p in PROBLEMS.items() if p.dataset in ("linreg", "nonlinear", "valley")]
-IMAGES = [name for name, p in PROBLEMS.items() if p.dataset == "mnist"]
+IMAGES = [name for name, p in PROBLEMS.items() if p.dataset == "MNIST"]
 
 
 def test_same_seed_gives_the_identical_curve():
@@ -122,7 +122,7 @@ def test_run_json_and_summary(cli, tmp_path):
                  cwd=tmp_path, check_exit=0)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["run_id"] is None and summary["steps"] == 300 and summary["diverged"] is False
-    assert set(summary["final"]) == {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+    assert set(summary["final"]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
                                      "excess_loss"}
     assert summary["final"]["val_accuracy"] is None and summary["final"]["excess_loss"] < 0.01
     assert "300 steps" in result.stderr
@@ -130,7 +130,8 @@ def test_run_json_and_summary(cli, tmp_path):
 
 
 def test_list_commands(cli):
-    for what, expected in (("problems", "mnist_mlp"), ("optimizers", "nesterov"), ("losses", "mean_error")):
+    for what, expected in (("problems", "target=val_accuracy 0.95"), ("optimizers", "nesterov"), ("losses", "hinge"),
+                           ("schedules", "warmup_cosine")):
         assert expected in cli("list", what, check_exit=0).stdout
 
 

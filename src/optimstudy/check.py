@@ -1,89 +1,67 @@
 """`optimstudy check`: do a sweep's Optuna study and its MLflow runs agree? Repair what is safe.
 
-Checks that every complete trial has exactly one FINISHED run holding every step, that no
-trial or run is RUNNING without a live worker (those are ended: trials FAIL, runs KILLED),
-and that no configuration completed twice. Exit 0 when all agree (after repairs), 1 if not.
+    optimstudy check experiments/quickstart.toml            # exit 0 when all agree, 1 if not
+
+Checks that every complete trial has exactly one FINISHED run holding every step; that each
+configuration was queued once (several commands planning at once would queue it twice); that
+the study has one parent run holding all its trial runs; that a search's trials sampled
+different values; and that no trial or run is RUNNING without a live worker (those are ended:
+trials FAIL, runs KILLED; --dry-run only reports them).
 """
+import json
 import socket
 import sys
 
 from optimstudy.errors import UsageError
 
 
-def check_command(args) -> int:
-    from optimstudy.spec import load_spec
-    from optimstudy.sweep import (KEY, RUN_ID, open_existing_storage, pid_alive, recover_dead_trials, storage_url,
-                                  trial_is_dead)
-    from optimstudy.tidy import load_runs
-    from optimstudy.tracking import end_orphaned_runs, resolve_tracking_uri
-
-    if args.spec is None and args.experiment is None:
-        raise UsageError("give an experiment spec or --experiment NAME")
-    name = load_spec(args.spec).name if args.spec else args.experiment
-    experiment = args.experiment or name
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    url = storage_url(args.storage, name)
-    import optuna
+def check(spec_path=None, *, experiment: str | None = None, storage: str | None = None,
+          tracking_uri: str | None = None, dry_run: bool = False) -> int:
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_existing_storage(url, f"run `optimstudy sweep` for '{name}' first, or pass --storage")
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise UsageError(f"no study named '{name}' in '{url}'") from None
+    from optimstudy import study as studies
+    from optimstudy.spec import load_spec
+    from optimstudy.store import load_runs
+    from optimstudy.tracking import end_orphaned_runs, resolve_tracking_uri
+
+    if spec_path is None and experiment is None:
+        raise UsageError("give an experiment spec or --experiment NAME")
+    name = load_spec(spec_path).name if spec_path else experiment
+    experiment = experiment or name
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    url = studies.storage_url(storage, name)
+    storage_ = studies.open_existing_storage(url, f"run `optimstudy sweep` for '{name}' first, or pass --storage")
+    if not studies.study_exists(storage_, name):
+        raise UsageError(f"no study named '{name}' in '{url}'")
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage_)
 
     repairs, problems = [], []
-    if args.dry_run:
+    if dry_run:
         problems += [f"trial {t.number} is RUNNING but its worker is gone" for t in
-                     study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trial_is_dead(t)]
+                     study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if studies.trial_is_dead(t)]
     else:
-        repairs += recover_dead_trials(study, tracking_uri)
+        repairs += studies.recover_dead_trials(study, storage_, tracking_uri)
     trials = study.get_trials(deepcopy=False)
-    frame = load_runs(tracking_uri, experiments=[experiment])
+    frame = load_runs(tracking_uri, experiments=[experiment], metrics=["train_loss", "wall_s"])
     runs = load_runs(tracking_uri, experiments=[experiment], with_metrics=False)
-    status = dict(zip(runs["run_id"], runs["status"])) if len(runs) else {}
-    train_steps = (frame[frame["metric"] == "train_loss"].groupby("run_id")["step"].agg(["count", "min", "max"])
-                   if len(frame) else None)
-    finals = set(frame.loc[frame["metric"] == "wall_s", "run_id"]) if len(frame) else set()
+    problems += _runs_of_complete_trials(trials, frame, runs)
+    problems += _queued_more_than_once(trials)
+    problems += _split_parent_runs(study, trials, runs, name)
+    problems += _repeated_samples(trials)
 
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for trial in complete:
-        run_id = trial.user_attrs.get(RUN_ID)
-        finished_runs = [r for r, t, s in zip(runs.get("run_id", []), runs.get("trial", []), runs.get("status", []))
-                         if t == trial.number and s == "FINISHED"] if len(runs) else []
-        if run_id is None or run_id not in status:
-            problems.append(f"trial {trial.number} is complete but its MLflow run is missing")
-        elif status[run_id] != "FINISHED":
-            problems.append(f"trial {trial.number} is complete but run {run_id} is {status[run_id]}")
-        elif len(finished_runs) != 1:
-            problems.append(f"trial {trial.number} has {len(finished_runs)} finished runs, expected 1")
-        elif train_steps is None or run_id not in train_steps.index:
-            problems.append(f"trial {trial.number}: run {run_id} has no step history")
-        else:
-            count, first, last = train_steps.loc[run_id]
-            if not (first == 1 and count == last) or run_id not in finals:
-                problems.append(f"trial {trial.number}: run {run_id} holds {count} of {last} steps"
-                                + ("" if run_id in finals else " and no final metrics"))
-
-    keys = {}
-    for trial in complete:
-        keys.setdefault(trial.user_attrs.get(KEY), []).append(trial.number)
-    for key, numbers in keys.items():
-        if key is not None and len(numbers) > 1:
-            problems.append(f"configuration completed {len(numbers)} times (trials {numbers})")
-
-    running_trials = {t.user_attrs.get(RUN_ID) for t in trials if t.state == TrialState.RUNNING}
+    running_trials = {t.user_attrs.get(studies.RUN_ID) for t in trials if t.state == TrialState.RUNNING}
     orphans = []
     for row in runs.itertuples() if len(runs) else []:
         if row.status != "RUNNING" or row.run_id in running_trials:
             continue
         if row.kind == "sweep":
-            pid = _tag(tracking_uri, row.run_id, "optimstudy.pid")
-            if row.host == socket.gethostname() and pid and pid_alive(int(pid)):
+            pid = getattr(row, "pid", None)
+            if row.host == socket.gethostname() and pid and str(pid).isdigit() and studies.pid_alive(int(pid)):
                 continue  # a sweep in progress
         orphans.append(row.run_id)
-    if orphans and args.dry_run:
+    if orphans and dry_run:
         problems += [f"run {r} is RUNNING with no live process" for r in orphans]
     elif orphans:
         for run_id in end_orphaned_runs(tracking_uri, orphans, "found RUNNING with no live process by optimstudy check"):
@@ -98,14 +76,95 @@ def check_command(args) -> int:
     for line in problems:
         print(f"  problem: {line}")
     if not problems:
-        print("  ok: every complete trial has exactly one finished run with its full step history; "
-              "no configuration completed twice; nothing RUNNING without a live process")
+        print("  ok: every complete trial has exactly one finished run with its full step history; every "
+              "configuration queued once; one parent run; no repeated samples; nothing RUNNING without a live process")
         return 0
     print(f"  {len(problems)} problem(s) found", file=sys.stderr)
     return 1
 
 
-def _tag(tracking_uri: str, run_id: str, key: str):
-    from mlflow import MlflowClient
+def _runs_of_complete_trials(trials, frame, runs) -> list[str]:
+    from optuna.trial import TrialState
 
-    return MlflowClient(tracking_uri).get_run(run_id).data.tags.get(key)
+    from optimstudy.study import RUN_ID
+
+    status = dict(zip(runs["run_id"], runs["status"])) if len(runs) else {}
+    train_steps = (frame[frame["metric"] == "train_loss"].groupby("run_id", observed=True)["step"]
+                   .agg(["count", "min", "max"]) if len(frame) else None)
+    finals = set(frame.loc[frame["metric"] == "wall_s", "run_id"]) if len(frame) else set()
+    finished = {}
+    for run_id, trial, state in zip(runs.get("run_id", []), runs.get("trial", []), runs.get("status", [])):
+        if state == "FINISHED":
+            finished[trial] = finished.get(trial, 0) + 1
+    problems = []
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
+        run_id = trial.user_attrs.get(RUN_ID)
+        if run_id is None or run_id not in status:
+            problems.append(f"trial {trial.number} is complete but its MLflow run is missing")
+        elif status[run_id] != "FINISHED":
+            problems.append(f"trial {trial.number} is complete but run {run_id} is {status[run_id]}")
+        elif finished.get(trial.number, 0) != 1:
+            problems.append(f"trial {trial.number} has {finished.get(trial.number, 0)} finished runs, expected 1")
+        elif train_steps is None or run_id not in train_steps.index:
+            problems.append(f"trial {trial.number}: run {run_id} has no step history")
+        else:
+            count, first, last = train_steps.loc[run_id]
+            if not (first == 1 and count == last) or run_id not in finals:
+                problems.append(f"trial {trial.number}: run {run_id} holds {count} of {last} steps"
+                                + ("" if run_id in finals else " and no final metrics"))
+    return problems
+
+
+def _queued_more_than_once(trials) -> list[str]:
+    """A configuration with two live trials, or a trial failed as a duplicate, was queued twice."""
+    from optimstudy.study import ERROR, KEY, LIVE
+
+    queued: dict = {}
+    for trial in trials:
+        duplicate = str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
+        if trial.state in LIVE or duplicate:
+            queued.setdefault(trial.user_attrs.get(KEY), []).append(trial)
+    return [f"configuration queued {len(same)} times (trials {[t.number for t in same]}): {_describe(same[0])}"
+            for key, same in queued.items() if key is not None and len(same) > 1]
+
+
+def _describe(trial) -> str:
+    from optimstudy.study import CONFIG
+
+    config = trial.user_attrs.get(CONFIG, {})
+    return (f"{config.get('problem')} {trial.user_attrs.get('optimizer')} lr={config.get('lr')} "
+            f"seed={config.get('seed')} {trial.user_attrs.get('optimstudy.phase', '')}").strip()
+
+
+def _split_parent_runs(study, trials, runs, name: str) -> list[str]:
+    """One study, one parent run: every trial run under the study's own parent."""
+    from optimstudy.study import PARENT_RUN, RUN_ID
+
+    if not len(runs):
+        return []
+    parent = study.user_attrs.get(PARENT_RUN)
+    own = runs[runs["study"] == name]
+    parents = sorted(own.loc[own["kind"] == "sweep", "run_id"])
+    problems = []
+    if len(parents) > 1:
+        problems.append(f"{len(parents)} parent runs for one study ({', '.join(parents)}); expected 1")
+    trial_runs = {t.user_attrs.get(RUN_ID) for t in trials} - {None}
+    children = own[own["run_id"].isin(trial_runs)]
+    elsewhere = children[children["parent_run_id"] != parent]
+    if parent and len(elsewhere):
+        problems.append(f"{len(elsewhere)} trial runs are not under the study's parent run {parent} "
+                        f"(under {', '.join(sorted(set(elsewhere['parent_run_id'].dropna())))})")
+    return problems
+
+
+def _repeated_samples(trials) -> list[str]:
+    """A search whose trials sampled the same values is not searching."""
+    from optimstudy.study import SLOT, SPACE
+
+    seen: dict = {}
+    for trial in trials:
+        if trial.user_attrs.get(SPACE) and trial.params:
+            values = json.dumps(trial.params, sort_keys=True)
+            seen.setdefault((trial.user_attrs.get(SLOT), values), []).append(trial.number)
+    return [f"search trials {numbers} sampled identical values {values}"
+            for (_, values), numbers in seen.items() if len(numbers) > 1]

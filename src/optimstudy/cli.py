@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train one model and record every step",
                               description="Train one model: measure (loss) -> diagnose (backward) -> update (step).")
-    run.add_argument("--problem", default="mnist_mlp", help="see `optimstudy list problems` (default: mnist_mlp)")
+    run.add_argument("--problem", default="mnist_mlp",
+                     help="see `optimstudy list problems`, or package.module:problem (default: mnist_mlp)")
     run.add_argument("--optimizer", default="sgd",
                      help="see `optimstudy list optimizers`, or package.module:Class (default: sgd)")
     run.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
@@ -58,14 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gradient accumulation: one step per K micro-batches (default: 1)")
     run.add_argument("--eval-every", type=int, help="steps between validation passes (default: each epoch)")
     run.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
-    run.add_argument("--schedule", default="constant", help="constant or cosine (default: constant)")
+    run.add_argument("--schedule", default="constant", help="see `optimstudy list schedules`, a "
+                     "torch.optim.lr_scheduler class, or package.module:name (default: constant)")
+    run.add_argument("--schedule-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="schedule argument, repeatable (e.g. --schedule step --schedule-arg gamma=0.7)")
+    run.add_argument("--schedule-every", choices=["step", "epoch"],
+                     help="step the schedule per optimizer step or per epoch (default: the schedule's usual)")
+    run.add_argument("--no-shuffle", action="store_true", help="take the training rows in order every epoch")
+    run.add_argument("--compile", action="store_true", help="captured mode: torch.compile(mode='reduce-overhead') "
+                     "over the step, CUDA graphs on a GPU (the first steps compile for seconds; recorded)")
+    run.add_argument("--val-fraction", type=float, default=0.0625,
+                     help="share of the training data held out for validation; 0: none (default: 0.0625)")
+    run.add_argument("--split-seed", type=int, default=0, help="which rows are held out (default: 0)")
     run.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR, else ~/.cache/optimstudy/data)")
     run.add_argument("--save-model", action="store_true", help="store the final state_dict as an artifact")
     run.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_tracking_flags(run)
 
-    listing = commands.add_parser("list", help="list problems, optimizers or losses")
-    listing.add_argument("what", choices=["problems", "optimizers", "losses"])
+    listing = commands.add_parser("list", help="list problems, optimizers, losses or schedules")
+    listing.add_argument("what", choices=["problems", "optimizers", "losses", "schedules"])
 
     ui = commands.add_parser("ui", help="open the MLflow UI on the tracking store")
     ui.add_argument("--port", type=int, default=5000)
@@ -80,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sweep.add_argument("--restart", action="store_true",
+                       help="the spec changed beyond new lrs/seeds/optimizers: keep the old study under a new "
+                            "name and start this one afresh")
     add_tracking_flags(sweep, allow_no_track=False)
 
     dashboard = commands.add_parser("dashboard", help="open optuna-dashboard on a sweep's study")
@@ -92,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
                         help="experiments to draw from, repeatable (default: all)")
     report.add_argument("--out", default="analysis", help="output folder (default: analysis/)")
+    report.add_argument("--no-log-to-store", action="store_true",
+                        help="only read the store: do not attach the page and figures to each sweep's parent run "
+                             "(by default they are logged there as artifacts under 'report/')")
+    report.add_argument("--analysis", metavar="DIR",
+                        help="folder of analysis scripts, one figure each (default: ./analysis if it holds "
+                             "scripts, else the optimstudy checkout's analysis/)")
     add_tracking_flags(report, allow_no_track=False)
 
     check = commands.add_parser("check", help="check that a sweep's study and tracking store agree; repair")
@@ -111,6 +132,8 @@ def main(argv=None) -> int:
     except UsageError as error:
         if args.debug:
             raise
+        if args.command == "run" and hasattr(error, "for_source"):  # an optimizer argument: name it as --opt
+            error = error.for_source("--opt")
         print(f"optimstudy {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `optimstudy … | head` closed our stdout: not an error
@@ -133,7 +156,7 @@ def main(argv=None) -> int:
 
 def cmd_run(args) -> int:
     from optimstudy.config import RunConfig
-    from optimstudy.optimizers import parse_opt
+    from optimstudy.optimizers import parse_opt, parse_opt_value
 
     for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate)):
         if value is not None and value <= 0:
@@ -143,7 +166,9 @@ def cmd_run(args) -> int:
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
         accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
-        schedule=args.schedule,
+        schedule=args.schedule, schedule_args=_schedule_args(args.schedule_arg, parse_opt_value),
+        schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
+        split_seed=args.split_seed, compile=args.compile,
     ).resolved()
     from optimstudy.runner import Tracking, execute, load_data
 
@@ -155,6 +180,8 @@ def cmd_run(args) -> int:
         tracking = Tracking(resolve_tracking_uri(args.tracking_uri), args.experiment or DEFAULT_EXPERIMENT)
         ensure_store(tracking.tracking_uri)
         start_writer(tracking.tracking_uri)
+    from optimstudy.progress import progress_bar
+
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
                                   tags={"optimstudy.kind": "run"})
@@ -162,6 +189,17 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
     return 0
+
+
+def _schedule_args(items, parse_value) -> dict:
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--schedule-arg '{item}' is not KEY=VALUE (e.g. --schedule-arg gamma=0.7, "
+                             "--schedule-arg milestones=2,4)")
+        parsed[key.strip()] = parse_value(value)
+    return parsed
 
 
 def print_run_summary(history, run_id, tracking) -> None:
@@ -175,34 +213,11 @@ def print_run_summary(history, run_id, tracking) -> None:
             value = final[key]
             parts.append(f"{key} {value:.2%}" if key.endswith("accuracy") else f"{key} {value:.4g}")
     print("; ".join(parts), file=sys.stderr)
+    if history.note:
+        print(f"note: {history.note}", file=sys.stderr)
     if run_id:
         print(f"tracked as run {run_id} in experiment '{tracking.experiment}' ({tracking.tracking_uri}); "
               "see it with `optimstudy ui`", file=sys.stderr)
-
-
-class progress_bar:
-    """A tqdm bar on a terminal, nothing otherwise; yields a progress(done, total) callable."""
-
-    def __init__(self, description: str, unit: str):
-        self.description, self.unit, self.bar = description, unit, None
-
-    def __enter__(self):
-        if not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
-
-        def progress(done, total):
-            if self.bar is None:
-                self.bar = tqdm(total=total, desc=self.description, unit=self.unit, leave=False,
-                                mininterval=0.2, file=sys.stderr)
-            self.bar.update(done - self.bar.n)
-
-        return progress
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
 
 
 def cmd_list(args) -> int:
@@ -210,7 +225,10 @@ def cmd_list(args) -> int:
         from optimstudy.problems import PROBLEMS
 
         for name, problem in PROBLEMS.items():
-            print(f"{name:16} {problem.task:15} loss={problem.default_loss:14} {problem.description}")
+            target = f"{problem.target[0]} {problem.target[1]:g}" if problem.target else "-"
+            print(f"{name:16} {problem.task:15} data={problem.dataset:13} loss={problem.default_loss:14} "
+                  f"target={target:18} {problem.description}")
+        print("\nany other: --problem package.module:problem (an optimstudy.problems.Problem)")
     elif args.what == "optimizers":
         from optimstudy.optimizers import OPTIMIZERS
 
@@ -219,42 +237,78 @@ def cmd_list(args) -> int:
             low, high, _ = spec.space["lr"]
             print(f"{name:10} {spec.cls.__module__}.{spec.cls.__name__:9} {defaults:28} "
                   f"lr search {low:g}..{high:g} (log)  {spec.description}")
+    elif args.what == "schedules":
+        from optimstudy import schedules
+
+        print("\n\n".join(schedules.__doc__.split("\n\n")[2:]).rstrip())
     else:
         from optimstudy.losses import LOSSES
 
-        for name, (function, task) in LOSSES.items():
-            print(f"{name:14} {task:15} {(function.__doc__ or '').strip()}")
+        for name, (function, tasks) in LOSSES.items():
+            print(f"{name:14} {', '.join(tasks):19} {(function.__doc__ or '').strip()}")
     return 0
 
 
 def cmd_ui(args) -> int:
-    from optimstudy.ui import serve_ui
+    from optimstudy.servers import ui
 
-    return serve_ui(args.tracking_uri, args.host, args.port)
+    return ui(args.tracking_uri, host=args.host, port=args.port)
 
 
 def cmd_sweep(args) -> int:
-    from optimstudy.sweep import sweep_command
+    from optimstudy.sweep import sweep
 
-    return sweep_command(args)
+    if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
+        from optimstudy.connectivity import probe_store
+        from optimstudy.tracking import resolve_tracking_uri
+
+        probe_store(resolve_tracking_uri(args.tracking_uri))
+    return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
+                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
 
 
 def cmd_dashboard(args) -> int:
-    from optimstudy.sweep import dashboard_command
+    from optimstudy.servers import dashboard
 
-    return dashboard_command(args)
+    return dashboard(args.spec, storage=args.storage, host=args.host, port=args.port)
 
 
 def cmd_report(args) -> int:
     from optimstudy.report import report_command
 
-    return report_command(args)
+    return report_command(args.tracking_uri, args.experiments, args.out, args.analysis, args.debug,
+                          log_to_store=not args.no_log_to_store)
+
+
+def analysis_script_main(figure, argv) -> int:
+    """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone."""
+    import inspect
+    from pathlib import Path
+
+    name = Path(inspect.getsourcefile(figure)).stem
+    parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"Draw the '{name}' figure.")
+    parser.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
+                        help="experiments to draw from, repeatable (default: all)")
+    parser.add_argument("--out", default="analysis/figures", help="output folder (default: analysis/figures)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_tracking_flags(parser, allow_no_track=False)
+    args = parser.parse_args(argv)
+    try:
+        from optimstudy.report import draw_alone
+
+        return draw_alone(figure, name, args.tracking_uri, args.experiments, args.out)
+    except UsageError as error:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_check(args) -> int:
-    from optimstudy.check import check_command
+    from optimstudy.check import check
 
-    return check_command(args)
+    return check(args.spec, experiment=args.experiment, storage=args.storage, tracking_uri=args.tracking_uri,
+                 dry_run=args.dry_run)
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "ui": cmd_ui, "sweep": cmd_sweep, "dashboard": cmd_dashboard,

@@ -1,22 +1,24 @@
 """RunConfig: one training run, frozen. `asdict(config)` is exactly what MLflow logs as params.
 
     RunConfig(problem="mnist_mlp", optimizer="adam", lr=1e-3, epochs=3).resolved()
+    RunConfig(problem="mymodule:my_problem", optimizer="torch.optim:Adadelta", lr=1.0,
+              schedule="step", schedule_args={"gamma": 0.7}, val_fraction=0)
 """
 import math
 from dataclasses import asdict, dataclass, field, replace
 
 from optimstudy.errors import UsageError, unknown
 from optimstudy.losses import LOSSES
-from optimstudy.optimizers import optimizer_arguments
-from optimstudy.problems import PROBLEMS
+from optimstudy.optimizers import optimizer_arguments, resolve_optimizer_class
+from optimstudy.problems import resolve_problem
+from optimstudy.schedules import check_schedule, default_every
 
-SCHEDULES = ("constant", "cosine")
 DEFAULT_EPOCHS = 3
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    problem: str = "mnist_mlp"
+    problem: str = "mnist_mlp"  # a registry name or "package.module:problem"
     optimizer: str = "sgd"
     lr: float = 0.1
     opt: dict = field(default_factory=dict)  # extra optimizer arguments, e.g. {"betas": (0.9, 0.99)}
@@ -29,27 +31,32 @@ class RunConfig:
     loss: str | None = None  # None = the problem's default
     zero_grad: bool = True  # False reproduces the forgotten-zero_grad bug
     accumulate: int = 1  # micro-batches per optimizer step
-    eval_every: int | None = None  # steps between evaluations; None = each epoch (at most 10 per run)
+    eval_every: int | None = None  # steps between evaluations; None = each epoch, at most 10 a run (no val split: each epoch)
     clip_grad_norm: float | None = None
-    schedule: str = "constant"
+    schedule: str = "constant"  # see optimstudy.schedules: step, multistep, cosine, ..., or a path
+    schedule_args: dict = field(default_factory=dict)  # e.g. {"step_size": 1, "gamma": 0.7}
+    schedule_every: str | None = None  # "step" or "epoch"; None = the schedule's usual (resolved)
+    shuffle: bool = True  # a fresh order of the training rows each epoch; False: the data's own order
     split_seed: int = 0  # the validation split, fixed so every run validates on the same digits
-    val_fraction: float = 0.0625  # 1/16 of the training data: 500 of the 8k fixture, 3,750 of 60k
+    val_fraction: float = 0.0625  # 1/16 of the training data: 500 of the 8k fixture; 0: no validation split
     diverge_factor: float = 100.0  # diverged: loss not finite, or |loss| > factor * max(|first loss|, 1)
+    compile: bool = False  # captured mode: torch.compile(mode="reduce-overhead") over the step (CUDA graphs on a GPU)
 
     def __post_init__(self):
-        if self.problem not in PROBLEMS:
-            raise unknown("problem", self.problem, PROBLEMS)
+        if not isinstance(self.problem, str):
+            raise UsageError(f"problem must be a name or 'package.module:problem', got {self.problem!r}")
+        task = resolve_problem(self.problem).task  # imports a path: every worker resolves it itself
         if self.loss is not None:
             if self.loss not in LOSSES:
                 raise unknown("loss", self.loss, LOSSES)
-            task = PROBLEMS[self.problem].task
-            if LOSSES[self.loss][1] != task:
-                fits = [name for name, (_, t) in LOSSES.items() if t == task]
+            if task not in LOSSES[self.loss][1]:
+                fits = [name for name, (_, tasks) in LOSSES.items() if task in tasks]
                 raise UsageError(
                     f"loss '{self.loss}' does not apply to {task} problem '{self.problem}'; valid: {', '.join(fits)}"
                 )
-        optimizer_arguments(self.optimizer, self.opt)  # raises on an unknown optimizer or argument
         _positive("lr", self.lr, float)
+        # raises on an unknown optimizer or argument, a wrong type, or one the optimizer itself rejects
+        optimizer_args = optimizer_arguments(self.optimizer, self.opt, lr=self.lr)
         _positive("batch_size", self.batch_size, int)
         _positive("accumulate", self.accumulate, int)
         if self.epochs is not None and self.steps is not None:
@@ -66,10 +73,22 @@ class RunConfig:
             _positive("clip_grad_norm", self.clip_grad_norm, float)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UsageError(f"seed must be an integer, got {self.seed!r}")
-        if self.schedule not in SCHEDULES:
-            raise unknown("schedule", self.schedule, SCHEDULES)
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if not isinstance(self.schedule, str):
+            raise UsageError(f"schedule must be a name or 'package.module:name', got {self.schedule!r}")
+        if isinstance(self.schedule_args, dict):  # lists (TOML, JSON) as tuples: one logged form, however given
+            object.__setattr__(self, "schedule_args", {k: tuple(v) if isinstance(v, list) else v
+                                                       for k, v in self.schedule_args.items()})
+        check_schedule(self.schedule, self.schedule_args, self.schedule_every or default_every(self.schedule),
+                       resolve_optimizer_class(self.optimizer), self.lr, optimizer_args)
+        if not isinstance(self.compile, bool):
+            raise UsageError(f"compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.shuffle, bool):
+            raise UsageError(f"shuffle must be true or false, got {self.shuffle!r}")
+        if not isinstance(self.split_seed, int) or isinstance(self.split_seed, bool):
+            raise UsageError(f"split_seed must be an integer, got {self.split_seed!r}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0 <= self.val_fraction < 1:
+            raise UsageError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction!r}")
 
     def resolved(self) -> "RunConfig":
         """Defaults made explicit (loss, budget, device), so what is logged is what ran."""
@@ -77,16 +96,26 @@ class RunConfig:
 
         return replace(
             self,
-            loss=self.loss or PROBLEMS[self.problem].default_loss,
+            loss=self.loss or resolve_problem(self.problem).default_loss,
             epochs=DEFAULT_EPOCHS if self.epochs is None and self.steps is None else self.epochs,
             device=resolve_device(self.device),
             threads=self.threads or default_threads(),
+            schedule_every=self.schedule_every or default_every(self.schedule),
         )
 
+    def fitted(self, n_train: int) -> tuple["RunConfig", str]:
+        """The batch size that can run on `n_train` rows, and a note when more was asked (full-batch)."""
+        if self.batch_size < n_train:
+            return self, ""
+        note = "full-batch training" + (f": batch_size {self.batch_size} asked, the training split has {n_train} rows"
+                                        if self.batch_size > n_train else "")
+        return replace(self, batch_size=n_train), note
+
     def params(self) -> dict:
-        """Flat string-able params for a tracking store: optimizer arguments as opt.KEY."""
-        flat = {k: v for k, v in asdict(self).items() if k != "opt"}
+        """Flat string-able params for a tracking store: opt.KEY and schedule.KEY for the arguments."""
+        flat = {k: v for k, v in asdict(self).items() if k not in ("opt", "schedule_args")}
         flat.update({f"opt.{k}": v for k, v in sorted(self.opt.items())})
+        flat.update({f"schedule.{k}": v for k, v in sorted(self.schedule_args.items())})
         return flat
 
 

@@ -1,34 +1,59 @@
-"""Data: real MNIST / Fashion-MNIST through torchvision's classes, and generated regression.
+"""Data: any torchvision image-classification set, generated data, and a user's own tensors.
 
-Images are read once per process into one normalized tensor on the run's device; training
-takes batches by index from a seeded permutation, so there is no per-sample Python work
-(a DataLoader with ToTensor() is 7-9x slower on this kind of machine).
+Everything is read once per process into tensors on the run's device; training takes
+batches by index, so there is no per-sample Python work (a DataLoader with ToTensor() is
+7-9x slower on this kind of machine).
 
     from optimstudy.data import load_problem_data
     data = load_problem_data("linreg", split_seed=0, val_fraction=0.1, device="cpu")
-    print(data.sizes(), data.optimal_train_mse)   # {'train': 900, ...} ~0.01, the noise floor
+    print(data.sizes(), data.info)   # {'train': 900, 'val': 100, 'test': 250} DataInfo(input_shape=(3,), ...)
+
+Offline, torchvision sets are read from $OPTIMSTUDY_DATA_DIR in torchvision's own layout
+(e.g. DIR/KMNIST/raw/train-images-idx3-ubyte); online they are downloaded there
+(OPTIMSTUDY_OFFLINE=1 skips the download attempt, which takes seconds to fail offline).
 """
 import functools
 import gzip
+import hashlib
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from optimstudy.errors import UsageError
+from optimstudy.errors import UsageError, near
 
 DATA_DIR_ENV = "OPTIMSTUDY_DATA_DIR"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "optimstudy" / "data"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_ALIASES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # the built-in problems' names
+KNOWN_STATS = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530)}  # full training sets' pixel mean, std
+HELD_OUT_SEED = 12345  # the test rows of data without a test split: fixed, whatever the split_seed
 
-# torchvision class name -> (mean, std) of the training pixels in [0, 1]
-IMAGE_DATASETS = {
-    "mnist": ("MNIST", 0.1307, 0.3081),
-    "fashion_mnist": ("FashionMNIST", 0.2860, 0.3530),
-}
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model factory needs to know about the data."""
+    input_shape: tuple  # one example, e.g. (1, 28, 28) or (2,)
+    num_classes: int | None  # None for regression; 2 for ±1 labels
+    outputs: int  # the model's output width: num_classes, or 1 (one score or one value)
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+
+@dataclass(frozen=True)
+class TorchvisionData:
+    """A torchvision.datasets class by name, e.g. TorchvisionData("EMNIST", split="balanced")."""
+    name: str
+    split: str | None = None  # EMNIST's split
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.split}" if self.split else self.name
 
 
 @dataclass
@@ -44,39 +69,132 @@ class Split:
 class Data:
     name: str
     train: Split
-    val: Split
+    val: Split  # empty when val_fraction is 0
     test: Split
-    optimal_train_mse: float | None = None  # the least-squares optimum, where it is known
-    info: dict = field(default_factory=dict)
+    info: DataInfo
+    source: str = ""  # where it came from: a folder, or the function that made it
+    source_type: str = "code"  # MLflow's words: "local" or "code"
+    digest: str = ""  # of the exact tensors of the three splits
 
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def shapes(self) -> dict:
+        return {split: list(getattr(self, split).x.shape) for split in ("train", "val", "test")}
 
 
 def data_root(data_dir: str | None = None) -> Path:
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
-def _torchvision_dataset(dataset: str, root: Path, train: bool):
+def digest(*tensors) -> str:
+    hasher = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        hasher.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return hasher.hexdigest()
+
+
+# ---- which data a problem names --------------------------------------------------------
+
+def as_torchvision(data) -> TorchvisionData | None:
+    if isinstance(data, TorchvisionData):
+        return data
+    if isinstance(data, str) and data not in GENERATED:
+        return TorchvisionData(IMAGE_ALIASES.get(data, data))
+    return None
+
+
+def check_data(data) -> None:
+    """Raise a UsageError when `data` is nothing load_problem_data can read (without reading it)."""
+    spec = as_torchvision(data)
+    if spec is not None:
+        _torchvision_class(spec)
+    elif not (isinstance(data, str) or callable(data) or _is_tensor_tuple(data)):
+        raise UsageError(f"data {data!r} is not a data set; expected a torchvision class name (e.g. 'KMNIST'), "
+                         f"TorchvisionData('EMNIST', split='balanced'), one of {', '.join(GENERATED)}, "
+                         "tensors (x, y) or (x, y, x_test, y_test), or a function generator -> such tensors")
+
+
+def _is_tensor_tuple(data) -> bool:
+    return isinstance(data, tuple) and len(data) in (2, 4) and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def _torchvision_class(spec: TorchvisionData):
     import torchvision
 
-    class_name = IMAGE_DATASETS[dataset][0]
-    cls = getattr(torchvision.datasets, class_name)
+    cls = getattr(torchvision.datasets, spec.name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torchvision.datasets.VisionDataset)):
+        names = [n for n in dir(torchvision.datasets) if n[0].isupper() and n not in ("VisionDataset", "DatasetFolder",
+                                                                                       "ImageFolder")]
+        raise UsageError(f"unknown data set '{spec.name}'{near(spec.name, names)}; expected a torchvision.datasets "
+                         f"class (image classification: MNIST, FashionMNIST, KMNIST, EMNIST, QMNIST, CIFAR10, "
+                         f"CIFAR100, SVHN, ...) or one of {', '.join(GENERATED)}")
+    splits = getattr(cls, "splits", None)
+    if isinstance(splits, (tuple, list)) and spec.split not in splits:
+        raise UsageError(f"data set {spec.name} needs split= one of {', '.join(splits)}, got {spec.split!r}; "
+                         f"e.g. TorchvisionData('{spec.name}', split='{splits[0]}')")
+    if spec.split is not None and not isinstance(splits, (tuple, list)):
+        raise UsageError(f"data set {spec.name} takes no split (got {spec.split!r})")
+    return cls
+
+
+# ---- torchvision image classification ---------------------------------------------------
+
+def _open_torchvision(spec: TorchvisionData, root: Path, train: bool):
+    import inspect
+
+    cls = _torchvision_class(spec)
+    parameters = inspect.signature(cls.__init__).parameters
+    kwargs = {"train": train} if "train" in parameters else {"split": "train" if train else "test"}
+    if spec.split is not None:
+        kwargs["split"] = spec.split
     try:
-        return cls(str(root), train=train, download=False)
-    except RuntimeError:
-        pass  # not there yet: fall through to a local copy or a download
-    if dataset == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return cls(str(root), download=False, **kwargs)
+    except RuntimeError as error:  # "Dataset not found": not there yet, so a local copy or a download
+        if "not found" not in str(error).lower():  # there, but unreadable: downloading would not replace it
+            raise _unreadable(spec, root, error) from None
+    if spec.name == "FashionMNIST" and DEBIAN_FASHION_MNIST.is_dir():
         root = _stage_debian_fashion_mnist(root)
-    try:
-        return cls(str(root), train=train, download=True)
-    except Exception as error:  # torchvision raises URLError, RuntimeError or OSError offline
-        raise UsageError(
-            f"{class_name} not found in '{root}' and it could not be downloaded ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:160]}). Provide the files with --data-dir DIR or {DATA_DIR_ENV}=DIR, where "
-            f"DIR/{class_name}/raw/ holds the four IDX files (torchvision's layout), or run once online"
-            + (" (Fashion-MNIST: apt-get install dataset-fashion-mnist)" if dataset == "fashion_mnist" else "")
-        ) from None
+    if os.environ.get("OPTIMSTUDY_OFFLINE") == "1":
+        error = RuntimeError("OPTIMSTUDY_OFFLINE=1: no download")
+    else:
+        try:
+            return cls(str(root), download=True, **kwargs)
+        except Exception as caught:  # torchvision raises URLError, RuntimeError or OSError offline
+            error = caught
+    raise UsageError(
+        f"data set {spec.label} not found in '{root}' and it could not be downloaded ({type(error).__name__}: "
+        f"{str(error).splitlines()[0][:160] if str(error) else ''}). Provide the files with --data-dir DIR or "
+        f"{DATA_DIR_ENV}=DIR in torchvision's layout (DIR/{spec.name}/raw/ for the MNIST family), or run once online"
+        + (" (Fashion-MNIST: apt-get install dataset-fashion-mnist)" if spec.name == "FashionMNIST" else "")
+    ) from None
+
+
+IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # the IDX format's data types
+
+
+def _unreadable(spec: TorchvisionData, root: Path, error: Exception) -> UsageError:
+    """The files are present but torchvision cannot read them: name the corrupt one (truncated copies)."""
+    folder = Path(root) / spec.name / "raw"
+    problems = []
+    for path in sorted(folder.glob("*-ubyte")) if folder.is_dir() else []:
+        with open(path, "rb") as file:
+            header = file.read(4)
+            dims = file.read(4 * header[3]) if len(header) == 4 else b""
+        if len(header) < 4 or header[:2] != b"\0\0" or header[2] not in IDX_ITEM_BYTES or len(dims) < 4 * header[3]:
+            problems.append(f"{path} is not an IDX file (its header is not readable)")
+            continue
+        expected = 4 + len(dims) + IDX_ITEM_BYTES[header[2]] * math.prod(
+            int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4))
+        if path.stat().st_size != expected:
+            problems.append(f"{path} is corrupt: {path.stat().st_size:,} bytes where its header needs {expected:,} "
+                            "(truncated or damaged)")
+    what = "; ".join(problems) or (f"the files under {folder if folder.is_dir() else root} cannot be read "
+                                   f"({type(error).__name__}: {str(error).splitlines()[0][:160]})")
+    return UsageError(f"data set {spec.label}: {what}. Copy the file(s) again, or delete them and run once online "
+                      f"to download them again (--data-dir DIR or {DATA_DIR_ENV}=DIR chooses the folder)")
 
 
 def _stage_debian_fashion_mnist(root: Path) -> Path:
@@ -104,54 +222,65 @@ def _stage_debian_fashion_mnist(root: Path) -> Path:
     return root
 
 
-def _image_tensors(dataset: str, root: str, train: bool, device: str):
-    _, mean, std = IMAGE_DATASETS[dataset]
-    ds = _torchvision_dataset(dataset, Path(root), train)
-    x = ds.data.to(device=device, dtype=torch.float32).div_(255.0).sub_(mean).div_(std).unsqueeze(1)
-    return x, ds.targets.to(device=device, dtype=torch.long)
+def _image_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images as N x C x H x W, and integer labels, from a torchvision data set's arrays."""
+    images = torch.as_tensor(dataset.data)
+    labels = torch.as_tensor(dataset.targets if hasattr(dataset, "targets") else dataset.labels)
+    if images.dim() == 3:  # N x H x W: grey
+        images = images.unsqueeze(1)
+    elif images.dim() == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # N x H x W x C
+        images = images.permute(0, 3, 1, 2)
+    return images.contiguous(), labels.long()
 
 
-def _split_off_validation(x, y, val_fraction: float, split_seed: int):
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed)).to(x.device)
-    n_val = int(round(len(y) * val_fraction))
-    val, train = order[:n_val], order[n_val:]
-    return Split(x[train], y[train]), Split(x[val], y[val])
+def _load_torchvision(spec: TorchvisionData, root: str, split_seed: int, val_fraction: float, device: str) -> Data:
+    train_set = _open_torchvision(spec, Path(root), True)
+    images, labels = _image_tensors(train_set)
+    test_images, test_labels = _image_tensors(_open_torchvision(spec, Path(root), False))
+    if labels.min() < 0:  # e.g. EMNIST letters count from 1; shift so classes are 0..C-1
+        raise UsageError(f"data set {spec.label} has negative labels; expected classes 0..C-1")
+    train_rows, val_rows = split_indices(len(labels), val_fraction, split_seed)
+    if spec.name in KNOWN_STATS:
+        mean, std = KNOWN_STATS[spec.name]
+    else:  # from the training rows only
+        pixels = images[train_rows].float().div_(255.0)
+        mean, std = pixels.mean().item(), pixels.std().item()
+
+    def normalized(rows_images):
+        return rows_images.to(device=device, dtype=torch.float32).div_(255.0).sub_(mean).div_(std)
+
+    classes = len(getattr(train_set, "classes", []) or []) or int(max(labels.max(), test_labels.max())) + 1
+    return Data(
+        spec.label,
+        Split(normalized(images[train_rows]), labels[train_rows].to(device)),
+        Split(normalized(images[val_rows]), labels[val_rows].to(device)),
+        Split(normalized(test_images), test_labels.to(device)),
+        DataInfo(tuple(images.shape[1:]), classes, classes),
+        source=str(Path(root) / spec.name), source_type="local",
+        digest=digest(images, labels, test_images, test_labels, train_rows, val_rows),
+    )
 
 
-def load_images(dataset: str, *, split_seed: int, val_fraction: float, device: str, data_dir=None) -> Data:
-    return _load_images(dataset, str(data_root(data_dir)), split_seed, val_fraction, device)
+def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows), each in the data's own order; fixed by split_seed."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(n * val_fraction))
+    return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-@functools.lru_cache(maxsize=4)  # once per process: every run of a sweep worker shares the tensors
-def _load_images(dataset: str, root: str, split_seed: int, val_fraction: float, device: str) -> Data:
-    x, y = _image_tensors(dataset, root, True, device)
-    test = Split(*_image_tensors(dataset, root, False, device))
-    train, val = _split_off_validation(x, y, val_fraction, split_seed)
-    return Data(dataset, train, val, test, info={"root": root})
-
-
-# ---- generated regression with a known optimum -------------------------------------------
+# ---- generated data and a user's tensors -------------------------------------------------
 
 LINREG_FEATURES = ("temperature", "price", "distance")
 NOISE_STD = 0.1
 
 
-def _least_squares_mse(x: torch.Tensor, y: torch.Tensor, bias: bool) -> float:
-    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if bias else x
-    solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution
-    return float(((design @ solution).squeeze(1) - y).pow(2).mean())
-
-
-def _generated(name, make_xy, n: int, *, split_seed: int, val_fraction: float, device: str, bias: bool):
-    """n training(+validation) rows and n//4 test rows; the same for every run with one split_seed."""
-    generator = torch.Generator().manual_seed(1000 + split_seed)
-    x, y = make_xy(n + n // 4, generator)
-    x, y = x.double(), y.double()
-    test = Split(x[n:], y[n:])
-    train, val = _split_off_validation(x[:n], y[:n], val_fraction, split_seed)
-    optimum = _least_squares_mse(train.x, train.y, bias) if bias is not None else None
-    to = lambda s: Split(s.x.float().to(device), s.y.float().to(device))  # noqa: E731
-    return Data(name, to(train), to(val), to(test), optimum)
+def _with_test(make_xy, n: int):
+    """n training(+validation) rows and n//4 test rows from one draw."""
+    def make(generator):
+        x, y = make_xy(n + n // 4, generator)
+        return x[:n], y[:n], x[n:], y[n:]
+    make.__name__ = make_xy.__name__
+    return make
 
 
 def _linreg_xy(n, generator):
@@ -174,36 +303,90 @@ def _valley_xy(n, generator):
     return x, x @ torch.tensor([1.0, 1.0]) + NOISE_STD * torch.randn(n, generator=generator)
 
 
-def load_problem_data(dataset: str, *, split_seed: int, val_fraction: float, device: str, data_dir=None) -> Data:
-    common = {"split_seed": split_seed, "val_fraction": val_fraction, "device": device}
-    if dataset in IMAGE_DATASETS:
-        return load_images(dataset, data_dir=data_dir, **common)
-    if dataset == "linreg":
-        return _generated("linreg", _linreg_xy, 1000, bias=True, **common)
-    if dataset == "nonlinear":
-        return _generated("nonlinear", _nonlinear_xy, 2000, bias=None, **common)
-    if dataset == "valley":
-        return _generated("valley", _valley_xy, 256, bias=False, **common)
-    raise ValueError(f"no such dataset: {dataset}")
+linreg_data, nonlinear_data, valley_data = _with_test(_linreg_xy, 1000), _with_test(_nonlinear_xy, 2000), \
+    _with_test(_valley_xy, 256)
+GENERATED = {"linreg": linreg_data, "nonlinear": nonlinear_data, "valley": valley_data}
+
+
+def least_squares_mse(x: torch.Tensor, y: torch.Tensor, bias: bool) -> float:
+    x, y = x.double().cpu(), y.double().cpu()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if bias else x
+    solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution
+    return float(((design @ solution).squeeze(1) - y).pow(2).mean())
+
+
+def _labels(y: torch.Tensor, task: str, where: str) -> torch.Tensor:
+    if task == "classification":
+        if y.is_floating_point() and not torch.equal(y, y.round()) or (len(y) and y.min() < 0):
+            raise UsageError(f"{where}: classification labels must be integer classes 0..C-1 "
+                             f"(for ±1 labels use task='binary')")
+        return y.long()
+    if task == "binary":
+        if not bool(((y == 1) | (y == -1)).all()):
+            raise UsageError(f"{where}: task 'binary' needs labels -1 or +1, got values {y.unique()[:5].tolist()}")
+        return y.float()
+    return y.float()
+
+
+def _load_tensors(make, task: str | None, test_fraction: float, split_seed: int, val_fraction: float,
+                  device: str, name: str) -> Data:
+    made = make(torch.Generator().manual_seed(1000 + split_seed)) if callable(make) else make
+    where = f"data '{name}'"
+    if not _is_tensor_tuple(made) or len(made[0]) != len(made[1]) or (len(made) == 4 and len(made[2]) != len(made[3])):
+        raise UsageError(f"{where} gave {type(made).__name__}; expected tensors (x, y) or (x, y, x_test, y_test) "
+                         "with as many labels as rows")
+    task = task or ("regression" if made[1].is_floating_point() else "classification")
+    x, y = made[0].float(), _labels(made[1], task, where)
+    if len(made) == 4:
+        test = Split(made[2].float(), _labels(made[3], task, where))
+    else:  # hold out a fixed test split
+        keep, held = split_indices(len(y), test_fraction, HELD_OUT_SEED)
+        x, y, test = x[keep], y[keep], Split(x[held], y[held])
+    train_rows, val_rows = split_indices(len(y), val_fraction, split_seed)
+    classes = int(max(y.max(), test.y.max())) + 1 if task == "classification" else (2 if task == "binary" else None)
+    source = f"{getattr(make, '__module__', '')}:{getattr(make, '__qualname__', '')}" if callable(make) else name
+    to = lambda tensor: tensor.to(device)  # noqa: E731
+    return Data(name, Split(to(x[train_rows]), to(y[train_rows])), Split(to(x[val_rows]), to(y[val_rows])),
+                Split(to(test.x), to(test.y)),
+                DataInfo(tuple(x.shape[1:]), classes, classes if task == "classification" else 1),
+                source=source, source_type="code", digest=digest(x, y, test.x, test.y, train_rows, val_rows))
+
+
+def load_problem_data(data, *, split_seed: int, val_fraction: float, device: str, data_dir=None,
+                      task: str | None = None, test_fraction: float = 0.2, name: str | None = None) -> Data:
+    """The three splits of `data` (a Problem's data), read once per process and shared by its runs."""
+    spec = as_torchvision(data)
+    if spec is not None:
+        return _cached_torchvision(spec, str(data_root(data_dir)), split_seed, val_fraction, device)
+    check_data(data)
+    make = GENERATED.get(data, data) if isinstance(data, str) else data
+    label = data if isinstance(data, str) else name or getattr(data, "__name__", "tensors")  # a user's: the problem
+    return _cached_tensors(make, task, test_fraction, split_seed, val_fraction, device, label)
+
+
+_cached_torchvision = functools.lru_cache(maxsize=4)(_load_torchvision)  # every run of a worker shares the tensors
+_cached_tensors = functools.lru_cache(maxsize=8)(_load_tensors)
 
 
 class Batches:
-    """Minibatches by index: a fresh seeded permutation each epoch, full batches only.
+    """Minibatches by index: the rows in a fresh seeded order each epoch (or in order), full batches only.
 
     Dropping the short last batch keeps every step the same size, which is what makes
-    gradient accumulation over K batches equal to one batch K times larger.
+    gradient accumulation over K batches equal to one batch K times larger. A batch larger
+    than the split is the whole split: full-batch training.
     """
 
-    def __init__(self, split: Split, batch_size: int, generator: torch.Generator):
-        self.split, self.generator = split, generator
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, shuffle: bool = True):
+        self.split, self.generator, self.shuffle = split, generator, shuffle
         self.batch_size = min(batch_size, len(split))
         self.per_epoch = len(split) // self.batch_size
         self._order, self._next = None, self.per_epoch
 
     def __next__(self):
         if self._next == self.per_epoch:
-            order = torch.randperm(len(self.split), generator=self.generator)
-            self._order = order.to(self.split.x.device).view(-1)[: self.per_epoch * self.batch_size]
+            n = len(self.split)
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            self._order = order.to(self.split.x.device)[: self.per_epoch * self.batch_size]
             self._order = self._order.view(self.per_epoch, self.batch_size)
             self._next = 0
         index = self._order[self._next]

@@ -39,13 +39,25 @@ def cross_entropy(logits, target):
     return F.cross_entropy(logits, target)
 
 
-# name -> (function, the task it applies to)
+def logistic(score, target):
+    """ln(1 + e^(-y·score)) for labels y = ±1: binary cross-entropy on one score"""
+    return F.softplus(-target * score.squeeze(-1)).mean()
+
+
+def hinge(score, target):
+    """max(0, 1 - y·score) for labels y = ±1: zero once a point is right by a margin"""
+    return F.relu(1 - target * score.squeeze(-1)).mean()
+
+
+# name -> (function, the tasks it applies to)
 LOSSES = {
-    "mse": (mse, "regression"),
-    "mae": (mae, "regression"),
-    "huber": (huber, "regression"),
-    "mean_error": (mean_error, "regression"),
-    "cross_entropy": (cross_entropy, "classification"),
+    "mse": (mse, ("regression", "binary")),
+    "mae": (mae, ("regression",)),
+    "huber": (huber, ("regression",)),
+    "mean_error": (mean_error, ("regression",)),
+    "cross_entropy": (cross_entropy, ("classification",)),
+    "logistic": (logistic, ("binary",)),
+    "hinge": (hinge, ("binary",)),
 }
 
 # The lesson's pairs, as (prediction, target): errors +2 and -2.

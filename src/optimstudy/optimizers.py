@@ -2,15 +2,26 @@
 
 An entry's `space` maps an argument to (low, high, log): the default Optuna search space
 used by sweeps when a spec gives none. Any `torch.optim.Optimizer` subclass can be used by
-import path, e.g. `--optimizer mypkg.opt:Lion`.
+import path, e.g. `--optimizer mypkg.opt:Lion` (a module in the current folder included).
+
+Arguments are checked before anything runs, so a bad one is a usage error naming it rather
+than a failed trial: first their types against the class's annotations and defaults, then
+by building the optimizer once on a dummy parameter and taking one step (its own range
+checks, e.g. "Invalid momentum value: -1.0", and optimizers that cannot run in our loop).
+
+    optimizer_arguments("adam", {"betas": (0.9, 0.99)}, lr=1e-3)   # {'betas': (0.9, 0.99)}
+    optimizer_arguments("adam", {"betas": "fast"})                 # OptimizerArgumentError
 """
-import importlib
 import inspect
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 import torch
 
 from optimstudy.errors import UsageError, near
+from optimstudy.imports import import_object, is_import_path
 
 
 @dataclass(frozen=True)
@@ -47,39 +58,196 @@ OPTIMIZERS = {
 }
 
 
+class OptimizerArgumentError(UsageError):
+    """A bad optimizer argument. `arguments` names the ones at fault (empty: the optimizer itself).
+
+    `for_source("--opt")` and `for_source("toml")` phrase it the way the user wrote the value.
+    """
+
+    def __init__(self, optimizer: str, arguments: tuple, given: dict, reason: str, examples: dict | None = None):
+        self.optimizer, self.arguments, self.given, self.reason = optimizer, tuple(arguments), given, reason
+        self.examples = examples or {}  # argument -> a valid value, to show how to write one
+        super().__init__(self.for_source(None))
+
+    def for_source(self, style: str | None) -> str:
+        """style: None (Python keywords), "--opt" (the command line) or "toml" (a spec)."""
+        def written(name, value):
+            if style == "--opt":
+                return f"--opt {name}={_show(value, style)}"
+            return f"{name} = {_show(value, style)}" if style == "toml" else f"{name}={value!r}"
+
+        given = ", ".join(written(name, self.given[name]) for name in self.arguments)
+        example = ", ".join(written(name, value) for name, value in self.examples.items())
+        return ((f"{given}: " if given else "") + f"optimizer '{self.optimizer}' {self.reason}"
+                + (f"; valid e.g. {example}" if example else ""))
+
+
+def _show(value, style) -> str:
+    """A value as the user writes it: --opt betas=0.9,0.99; in TOML betas = [0.9, 0.99]."""
+    if isinstance(value, (tuple, list)):
+        parts = [_show(v, style) for v in value]
+        return ",".join(parts) if style == "--opt" else "[" + ", ".join(parts) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    return f'"{value}"' if isinstance(value, str) and style == "toml" else str(value)
+
+
 def resolve_optimizer_class(name: str) -> type:
     """The torch class for a registry name or a `package.module:Class` path."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name].cls
-    if ":" not in name:
+    if not is_import_path(name):
         raise UsageError(
             f"unknown optimizer '{name}'{near(name, OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}, "
             "or an import path like 'package.module:Class'"
         )
-    module_name, _, class_name = name.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        raise UsageError(f"optimizer '{name}' cannot be imported: {error}") from None
+    cls = import_object(name, "optimizer", "a torch.optim.Optimizer subclass")
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise UsageError(f"optimizer '{name}' is not a torch.optim.Optimizer subclass")
+        raise UsageError(f"optimizer '{name}' is {cls!r}, not a torch.optim.Optimizer subclass")
     return cls
 
 
-def optimizer_arguments(name: str, extra: dict) -> dict:
-    """The registry defaults updated with `extra`, checked against the class signature."""
+def optimizer_arguments(name: str, extra: dict, *, lr: float | None = None) -> dict:
+    """The registry defaults updated with `extra`, checked against the class signature.
+
+    With `lr`, the optimizer is also built once on a dummy parameter and stepped, so its own
+    checks run now rather than in the middle of a sweep.
+    """
     cls = resolve_optimizer_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
-    for key in extra:
+    parameters = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    defaults = OPTIMIZERS[name].defaults if name in OPTIMIZERS else {}
+    for key, value in extra.items():
         if key == "lr":
             raise UsageError("optimizer argument 'lr' is set with --lr (or lr = … in a spec), not --opt")
-        if key not in accepted:
+        if key not in parameters:
+            if takes_any:
+                continue
             raise UsageError(
-                f"optimizer '{name}' has no argument '{key}'{near(key, accepted)}; "
-                f"valid: {', '.join(a for a in accepted if a != 'lr')}"
+                f"optimizer '{name}' has no argument '{key}'{near(key, parameters)}; "
+                f"valid: {', '.join(a for a in parameters if a != 'lr')}"
             )
-    defaults = OPTIMIZERS[name].defaults if name in OPTIMIZERS else {}
-    return {**defaults, **extra}
+        expected = _expectation(parameters[key], defaults.get(key, parameters[key].default))
+        if expected is not None and not expected[0](value):
+            example = defaults.get(key, parameters[key].default)
+            raise OptimizerArgumentError(name, (key,), extra, f"needs {key} to be {expected[1]}",
+                                         {key: example} if _worth_showing(example) else {})
+    arguments = {**defaults, **extra}
+    if lr is not None:
+        _check_by_building(name, cls, lr, arguments, extra)
+    return arguments
+
+
+# ---- types, from the annotations where they are plain, else from the defaults ----------------
+
+def _expectation(parameter: inspect.Parameter, default):
+    """(accepts(value) -> bool, "what is valid") for an argument, or None when anything may go."""
+    annotation = parameter.annotation
+    if annotation is not inspect.Parameter.empty and not isinstance(annotation, str):
+        found = _from_annotation(annotation)
+        if found is not None:
+            return found
+    return _from_default(default)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+SIMPLE = {float: (_is_number, "a number"), int: (_is_integer, "an integer"),
+          bool: (lambda v: isinstance(v, bool), "true or false"), str: (lambda v: isinstance(v, str), "a string")}
+
+
+def _from_annotation(annotation):
+    if annotation in SIMPLE:
+        return SIMPLE[annotation]
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        known = [m for m in members if m is not type(None) and m is not torch.Tensor]
+        parts = [_from_annotation(m) for m in known]
+        if not parts or any(p is None for p in parts):
+            return None  # a type we cannot check here: building the optimizer will
+        allows_none = type(None) in members
+        checks = [p[0] for p in parts]
+        words = " or ".join(p[1] for p in parts) + (" or none" if allows_none else "")
+        return (lambda v: (allows_none and v is None) or any(check(v) for check in checks)), words
+    if origin is tuple and members and Ellipsis not in members:
+        parts = [_from_annotation(m) for m in members]
+        if any(p is None for p in parts):
+            return None
+        kinds = {p[1] for p in parts}
+        words = (f"{len(parts)} numbers" if kinds == {"a number"}
+                 else f"{len(parts)} values ({', '.join(p[1] for p in parts)})")
+        return (lambda v: isinstance(v, (tuple, list)) and len(v) == len(parts)
+                and all(p[0](x) for p, x in zip(parts, v))), words
+    return None
+
+
+def _from_default(default):
+    if isinstance(default, bool):
+        return SIMPLE[bool]
+    if _is_number(default):
+        return SIMPLE[float]
+    if isinstance(default, str):
+        return SIMPLE[str]
+    if isinstance(default, tuple) and default and all(_is_number(x) for x in default):
+        return (lambda v: isinstance(v, (tuple, list)) and len(v) == len(default) and all(map(_is_number, v)),
+                f"{len(default)} numbers")
+    return None
+
+
+def _worth_showing(value) -> bool:
+    return value is not None and value is not inspect.Parameter.empty
+
+
+# ---- building it once ------------------------------------------------------------------------
+
+_checked: set = set()  # (name, lr, arguments) already built: RunConfig is made often (replace, every trial)
+
+
+def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: dict) -> None:
+    key = (name, lr, repr(sorted(arguments.items())))
+    if key in _checked:
+        return
+    step = inspect.signature(cls.step).parameters.get("closure")
+    if step is not None and step.default is inspect.Parameter.empty:
+        raise OptimizerArgumentError(
+            name, (), extra,
+            "cannot run in optimstudy's loop: its step(closure) needs a closure that re-evaluates the loss "
+            "(as LBFGS does, several times per update); optimstudy's loop calls optimizer.step() once per batch "
+            f"without one. Use an optimizer whose step() works without a closure: {', '.join(OPTIMIZERS)}, "
+            "or a class of your own")
+    weight = torch.nn.Parameter(torch.zeros(2, 2))  # 2-D: some optimizers (Muon) take matrices only
+    stage = "rejects its arguments"
+    try:
+        optimizer = cls([weight], lr=lr, **arguments)
+        stage = "fails on its first step (on a 2x2 test parameter)"
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        blamed = tuple(k for k in extra if k.lower() in str(error).lower())
+        defaults = {**_signature_defaults(cls), **(OPTIMIZERS[name].defaults if name in OPTIMIZERS else {})}
+        given = f"with lr={lr:g}" + (f" and {_shown(arguments)}" if arguments else "")
+        raise OptimizerArgumentError(name, blamed, extra, f"{stage} ({reason}) {given}",
+                                     {k: defaults[k] for k in blamed if _worth_showing(defaults.get(k))}) from None
+    _checked.add(key)
+
+
+def _signature_defaults(cls: type) -> dict:
+    return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _shown(arguments: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in arguments.items())
 
 
 def parse_opt_value(text: str):

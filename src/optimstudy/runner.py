@@ -7,9 +7,9 @@ import tempfile
 from dataclasses import dataclass
 
 from optimstudy.config import RunConfig
-from optimstudy.data import Data, load_problem_data
-from optimstudy.problems import PROBLEMS
+from optimstudy.data import Data
 from optimstudy.train import History, train
+from optimstudy.train import load_data as _load_data
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,8 @@ class Tracking:
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
-    problem = PROBLEMS[config.problem]
-    return load_problem_data(problem.dataset, split_seed=config.split_seed, val_fraction=config.val_fraction,
-                             device=config.device, data_dir=data_dir)
+    """The data of `config`'s problem on its device (read once per process); resolve `config` first."""
+    return _load_data(config, data_dir=data_dir)
 
 
 def run_name(config: RunConfig) -> str:
@@ -39,19 +38,27 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
     """
     config = config.resolved()
     data = data or load_data(config, data_dir)
+    config, note = config.fitted(len(data.train))  # params record the batch that runs (full-batch: the split)
     if tracking is None:
-        return train(config, data=data, on_eval=on_eval, progress=progress), None
+        history = train(config, data=data, on_eval=on_eval, progress=progress)
+        history.note = note or history.note
+        return history, None
 
     from optimstudy.tracking import MlflowLogger, environment_tags, tracked_run
 
     run_tags = {**environment_tags(config.device), "dataset": data.name,
                 **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
+    if note:
+        run_tags["optimstudy.batch_note"] = note
     logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
                           run_name=run_name(config), parent_run_id=parent_run_id)
     with tracked_run(logger):
+        logger.log_dataset(data.name, data.digest, data.source_type, data.source,
+                           {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem})
         if on_start is not None:
             on_start(logger.run_id)
         history = train(config, logger, data=data, on_eval=on_eval, progress=progress)
+        history.note = note or history.note
         if save_model:
             _save_state_dict(logger, history.model)
     return history, logger.run_id

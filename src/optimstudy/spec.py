@@ -1,11 +1,13 @@
 """Experiment specs: `experiments/*.toml`, read and validated here and nowhere else.
 
     name = "mnist-optimizers"     # the MLflow experiment and the Optuna study
-    problem = "mnist_mlp"         # or problems = [...]
+    problem = "mnist_mlp"         # or problems = [...]; or "package.module:problem" (imported by every worker)
     epochs = 3                    # or steps = N: the same budget for every trial
     batch_size = 128              # a list makes it a grid axis (also loss, zero_grad, accumulate)
     seeds = [0, 1, 2]
     devices = ["cpu"]             # "cuda", "mps", "auto"; absent devices are skipped
+    schedule = "step"             # optimstudy.schedules; with schedule_args = { gamma = 0.7 },
+    schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed
 
     [optimizers.sgd]
     lr = [0.01, 0.03, 0.1, 0.3]   # an explicit grid
@@ -36,23 +38,26 @@ import difflib
 import itertools
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optimstudy.config import SCHEDULES, RunConfig
+from optimstudy.config import RunConfig
 from optimstudy.devices import DEVICE_CHOICES
 from optimstudy.errors import UsageError
 from optimstudy.losses import LOSSES
-from optimstudy.optimizers import OPTIMIZERS, optimizer_arguments
-from optimstudy.problems import PROBLEMS
+from optimstudy.optimizers import OPTIMIZERS, OptimizerArgumentError, optimizer_arguments
+from optimstudy.problems import resolve_problem
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("none", "median", "hyperband")
-METRICS = ("val_loss", "val_accuracy")
+METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # train_*: the whole training split
 DIRECTIONS = ("minimize", "maximize")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}")
 GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate")  # a list here is a grid axis
-SCALAR_SETTINGS = ("eval_every", "schedule", "clip_grad_norm", "threads")
+SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
+                   "shuffle", "val_fraction", "split_seed")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
             "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
@@ -119,7 +124,7 @@ def load_spec(path) -> Spec:
         near_files = sorted(p.name for p in path.parent.glob("*.toml")) if path.parent.is_dir() else []
         hint = f"; specs in {path.parent}/: {', '.join(near_files)}" if near_files else ""
         raise SpecError(f"spec file '{path}' not found{hint}")
-    text = path.read_text()
+    text = _read_utf8(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -127,18 +132,36 @@ def load_spec(path) -> Spec:
     return parse_spec(raw, str(path), text)
 
 
+def _read_utf8(path: Path) -> str:
+    """TOML is UTF-8 by definition; a file saved as Latin-1 (or a binary one) is named, with the place."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpecError(f"spec file '{path}' cannot be read: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise SpecError(f"{path}: not UTF-8 text: byte 0x{data[error.start]:02x} at line {line}, column {column} "
+                        "cannot be decoded; a spec must be UTF-8 (TOML is): save it as UTF-8, e.g. "
+                        f"`iconv -f latin1 -t utf-8 {path.name} > fixed.toml`") from None
+
+
 def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
     where = _Where(source, text)
     where.keys(raw, TOP_KEYS, "")
     name = where.string(raw, "name", required=True)
-    if not name.strip() or any(c in name for c in "/\\"):
-        where.fail("name", name, "a non-empty name without slashes")
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        # the name is a file name (the study's journal, the artifact folder) and a database key
+        where.fail("name", name, "1-100 characters: letters, digits, '.', '_', '-' or spaces, starting with a "
+                   "letter or digit (it names files and the study)")
 
     if ("problem" in raw) == ("problems" in raw):
         where.fail("problem", raw.get("problem", raw.get("problems")), "exactly one of problem = \"…\" or problems = [...]")
     problems = where.list_of(raw, "problems", str) if "problems" in raw else (where.string(raw, "problem"),)
     for problem in problems:
-        where.choice("problem" if "problem" in raw else "problems", problem, PROBLEMS)
+        where.problem("problem" if "problem" in raw else "problems", problem)
 
     if ("epochs" in raw) == ("steps" in raw):
         where.fail("epochs", raw.get("epochs", raw.get("steps")), "exactly one budget: epochs = N or steps = N")
@@ -178,7 +201,11 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         direction = table.get("direction", direction)
         if search.sampler == "grid":
             search = None  # the grid sampler over the spec's own grid is the grid mode
+    if "metric" not in raw and "metric" not in raw.get("search", {}) and settings.get("val_fraction") == 0:
+        metric = "train_loss"  # no validation split: the objective says it is the whole training split
     where.choice("metric", metric, METRICS)
+    if metric.startswith("val_") and settings.get("val_fraction") == 0:
+        where.fail("metric", metric, "train_loss or train_accuracy: val_fraction = 0 leaves no validation split")
     direction = direction or ("maximize" if metric.endswith("accuracy") else "minimize")
     where.choice("direction", direction, DIRECTIONS)
 
@@ -200,14 +227,14 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         if not isinstance(entry, dict):
             where.fail(key, entry, "a [[runs]] table")
         where.keys(entry, RUN_KEYS, key)
-        run = {"problem": where.choice(f"{key}.problem", entry.get("problem", problems[0]), PROBLEMS)}
+        run = {"problem": where.problem(f"{key}.problem", entry.get("problem", problems[0]))}
         run["optimizer"] = where.string(entry, "optimizer", required=True, prefix=f"{key}.")
         run["lr"] = where.positive(entry, "lr", float, prefix=f"{key}.")
         opt = entry.get("opt", {})
         if not isinstance(opt, dict):
             where.fail(f"{key}.opt", opt, "a table of optimizer arguments, e.g. opt = { momentum = 0.9 }")
         run["opt"] = {k: tuple(v) if isinstance(v, list) else v for k, v in opt.items()}
-        where.check_optimizer(f"{key}.optimizer", run["optimizer"], run["opt"])
+        where.check_optimizer(f"{key}.optimizer", run["optimizer"], run["opt"], run["lr"], f"{key}.opt")
         for setting in (*GRID_SETTINGS, *SCALAR_SETTINGS):
             if setting in entry:
                 run[setting] = where.setting(f"{key}.{setting}", entry[setting])
@@ -326,9 +353,19 @@ class _Where:
         leaf = key.split(".")[-1]
         if leaf == "loss":
             return self.choice(key, value, LOSSES)
-        if leaf == "schedule":
-            return self.choice(key, value, SCHEDULES)
-        if leaf == "zero_grad":
+        if leaf in ("schedule", "schedule_every"):  # RunConfig checks the name and its arguments
+            return self.string({leaf: value}, leaf, prefix=key[: -len(leaf)])
+        if leaf == "schedule_args":
+            if not isinstance(value, dict):
+                self.fail(key, value, "a table of schedule arguments, e.g. schedule_args = { gamma = 0.7 }")
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        if leaf == "val_fraction":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                self.fail(key, value, "a number in [0, 1) (0: no validation split)")
+            return float(value)
+        if leaf == "split_seed":
+            return self.integer({leaf: value}, leaf, prefix=key[: -len(leaf)])
+        if leaf in ("zero_grad", "shuffle"):
             if not isinstance(value, bool):
                 self.fail(key, value, "true or false")
             return value
@@ -336,9 +373,25 @@ class _Where:
             return self.positive({leaf: value}, leaf, float, prefix=key[: -len(leaf)])
         return self.positive({leaf: value}, leaf, int, prefix=key[: -len(leaf)])
 
-    def check_optimizer(self, key, name, fixed):
+    def problem(self, key, name):
+        if not isinstance(name, str):
+            self.fail(key, name, "a problem name or 'package.module:problem'")
         try:
-            optimizer_arguments(name, fixed)
+            resolve_problem(name)  # imports a path here, so that a bad one fails before anything is written
+        except UsageError as error:
+            raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error}") from None
+        return name
+
+    def check_optimizer(self, key, name, fixed, lr=None, arguments_key=None, searched=()):
+        """Types, and with `lr` the optimizer built once: an error names the argument's own key."""
+        try:
+            optimizer_arguments(name, fixed, lr=lr)
+        except OptimizerArgumentError as error:
+            if not error.arguments:
+                raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error.for_source('toml')}") from None
+            argument = error.arguments[0]
+            full = f"{arguments_key or key}{'.search' if argument in searched else ''}.{argument}"
+            raise SpecError(f"{self.source}: key '{full}'{self.line_of(full)}: {error.for_source('toml')}") from None
         except UsageError as error:
             raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error}") from None
 
@@ -406,7 +459,10 @@ class _Where:
         lrs = self.lr_grid(f"{key}.lr", entry["lr"]) if "lr" in entry else ()
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()
                  if k not in ("lr", "optimizer", "search")}
-        self.check_optimizer(key, name, {**fixed, **{a: space[a][0] for a in space if a != "lr"}})
+        lr = lrs[0] if lrs else space["lr"][0] if "lr" in space else None
+        searched = [a for a in space if a != "lr"]
+        for end in (0, 1):  # both ends of a searched argument's range
+            self.check_optimizer(key, name, {**fixed, **{a: space[a][end] for a in searched}}, lr, key, searched)
         return OptimizerPlan(label, name, lrs, fixed, space)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
-from optimstudy.writer import BATCH_POINTS, quiet_store_logs
+from optimstudy.writer import BATCH_POINTS, quiet_store_logs, report_connection_retries
 
 DEFAULT_STORE_DIR = "mlruns"
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -35,8 +35,17 @@ SHIP_POINTS = 200
 DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
 TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
+# MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
+# training runs; with it, the experiment opens on its runs table.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the Markdown description MLflow's UI shows on a run or experiment
+
+# MLflow's system metrics (system/cpu_utilization_percentage, GPU use, memory): seconds between
+# samples, taken by the writer process; "0" turns them off (the benchmarks do).
+SYSTEM_METRICS_ENV, SYSTEM_METRICS_S = "OPTIMSTUDY_SYSTEM_METRICS_S", 10.0
 
 quiet_store_logs()
+report_connection_retries()  # a server that stops answering mid-sweep is said, not silent
 
 
 # ---- where the store is ------------------------------------------------------------------
@@ -57,7 +66,12 @@ def artifact_root(tracking_uri: str) -> str | None:
 
 
 def ensure_store(tracking_uri: str) -> None:
-    """Create the store once, in this process, before any worker starts (SQLite races otherwise)."""
+    """Create the store once, before any worker starts: under a lock, so that two commands starting
+    at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists")."""
+    from optimstudy.connectivity import probe_store
+    from optimstudy.locks import exclusive
+
+    probe_store(tracking_uri)  # seconds, not MLflow's minutes of silent retries, for a server that is not there
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri[len("sqlite:///"):])
         try:
@@ -70,9 +84,9 @@ def ensure_store(tracking_uri: str) -> None:
                 f"tracking store '{path.parent}' cannot be written ({error.strerror}); "
                 "pass --tracking-uri to a writable place, or --no-track"
             ) from None
-    client = _client(tracking_uri)
     try:
-        client.search_experiments(max_results=1)
+        with exclusive(tracking_uri, "optimstudy mlflow store"):
+            _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:
         raise UsageError(f"tracking store '{tracking_uri}' cannot be opened: {str(error)[:300]}") from None
 
@@ -92,10 +106,13 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return found.experiment_id
     root = artifact_root(tracking_uri)
     try:
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         return client.get_experiment_by_name(name).experiment_id
 
@@ -142,6 +159,18 @@ def git_state() -> tuple[str | None, bool]:
     except (OSError, subprocess.TimeoutExpired):
         return None, False
     return head.stdout.strip() or None, bool(status.stdout.strip())
+
+
+def system_metrics_s() -> float:
+    """Seconds between system-metric samples ($OPTIMSTUDY_SYSTEM_METRICS_S, default 10); 0: none."""
+    text = os.environ.get(SYSTEM_METRICS_ENV, "").strip()
+    try:
+        seconds = float(text) if text else SYSTEM_METRICS_S
+    except ValueError:
+        raise UsageError(f"{SYSTEM_METRICS_ENV} must be a number of seconds (0: off), got {text!r}") from None
+    if not seconds >= 0:
+        raise UsageError(f"{SYSTEM_METRICS_ENV} must be a number of seconds (0: off), got {text!r}")
+    return seconds
 
 
 # ---- the writer process (its main loop is optimstudy/writer.py) ------------------------
@@ -227,6 +256,7 @@ class MlflowLogger:
         from mlflow.entities import Param
 
         self.tracking_uri = tracking_uri
+        sample_every_s = system_metrics_s()  # a bad value is a usage error before anything is written
         self.writer = start_writer(tracking_uri)
         self.writer.wait_ready()  # before the run exists: a writer that cannot start leaves no RUNNING run
         client = _client(tracking_uri)
@@ -238,7 +268,8 @@ class MlflowLogger:
         client.log_batch(self.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
         self._buffer: list[tuple] = []
         self.closed = False
-        self.writer.send(("open", self.run_id))  # from now on the writer ends it if we die
+        # from now on the writer ends it if we die, and samples CPU/GPU use and memory for it
+        self.writer.send(("open", self.run_id, sample_every_s))
 
     def log(self, step, metrics):
         timestamp = int(time.time() * 1000)
@@ -260,6 +291,17 @@ class MlflowLogger:
 
     def log_artifact(self, path: str) -> None:
         _client(self.tracking_uri).log_artifact(self.run_id, path)
+
+    def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: dict) -> None:
+        """The run's data set in MLflow's own way (mlflow.log_input), shown in the UI's Datasets column."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name[:500], digest=digest[:36], source_type=source_type, source=source[:1000],
+                          profile=json.dumps(profile))
+        _client(self.tracking_uri).log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
     def close(self, status="FINISHED", tags: dict | None = None):
         """Ship what is buffered, then end the run with `status`, setting `tags` (why it ended)."""
@@ -333,3 +375,74 @@ def stop_writers() -> None:
             writer.process.wait(timeout=10)
     _writers.clear()
 
+
+
+def log_report(tracking_uri: str, run_ids, folder) -> int:
+    """Attach a report (page, summary.csv, figures/) to each sweep parent run, under 'report/'.
+    Returns how many runs got it; a run that cannot take it is warned about, not fatal."""
+    import sys
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client, folder, logged = MlflowClient(tracking_uri), Path(folder), 0
+    for run_id in run_ids:
+        try:
+            client.log_artifacts(run_id, str(folder / "figures"), artifact_path="report/figures")
+            for name in ("report.html", "summary.csv"):
+                client.log_artifact(run_id, str(folder / name), artifact_path="report")
+            logged += 1
+        except (MlflowException, OSError) as error:
+            print(f"warning: could not log the report to sweep run {run_id}: {str(error)[:200]}", file=sys.stderr)
+    return logged
+
+
+# ---- sweep parent runs (the sweep's writes; trial runs go through MlflowLogger) -----------
+
+def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict, params: dict,
+                      texts: dict) -> str:
+    """A sweep's parent run, RUNNING, with its params and texts (artifact path -> text)."""
+    from mlflow.entities import Param
+
+    client = _client(tracking_uri)
+    run = client.create_run(experiment_id(tracking_uri, experiment), tags={k: str(v) for k, v in tags.items()},
+                            run_name=run_name)
+    client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+    for path, text in texts.items():
+        client.log_text(run.info.run_id, text, path)
+    return run.info.run_id
+
+
+def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metrics: dict | None = None,
+               texts: dict | None = None, status: str | None = None) -> bool:
+    """Set tags, log metrics and texts, then set the status (RUNNING reopens an ended run).
+    False when the run is gone (the tracking store was replaced)."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                     tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
+    for path, text in (texts or {}).items():
+        client.log_text(run_id, text, path)
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    elif status:
+        client.set_terminated(run_id, status)
+    return True
+
+
+def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
+    """Move an experiment (and its runs) out of the way of a study that starts afresh."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return False
+    client.rename_experiment(found.experiment_id, new_name)
+    return True

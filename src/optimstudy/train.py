@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 import torch
 
 from optimstudy.config import RunConfig
-from optimstudy.data import Batches, Data, Split, epochs_to_steps, load_problem_data, steps_per_epoch
+from optimstudy.data import Batches, Data, Split, epochs_to_steps, steps_per_epoch
 from optimstudy.devices import synchronize
+from optimstudy.diagnostics import StepRecorder, capture
 from optimstudy.loggers import Logger, NullLogger
 from optimstudy.losses import LOSSES, mse
 from optimstudy.optimizers import optimizer_arguments, resolve_optimizer_class
-from optimstudy.problems import PROBLEMS
+from optimstudy.problems import Problem, resolve_problem
+from optimstudy.schedules import make_schedule
 
 SYNC_EVERY = 50  # steps between host copies of the per-step metrics
 EVAL_BATCH = 1024  # examples per forward pass when evaluating (4096 took a CNN run to 1.2 GB)
@@ -38,18 +40,22 @@ class History:
     final: dict = field(default_factory=dict)
     diverged: bool = False
     diverged_at_step: int | None = None
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole loop, evaluations included
+    eval_s: float = 0.0  # of which evaluating: samples_per_s counts training time only
     samples_per_s: float = 0.0
     data_sizes: dict = field(default_factory=dict)
+    note: str = ""  # e.g. "full-batch training: batch_size 256 asked, the training split has 240 rows"
     model: object = field(default=None, repr=False)  # the trained module, for --save-model
 
     def summary(self) -> dict:
         c = self.config
         return {
             "problem": c.problem, "optimizer": c.optimizer, "lr": c.lr, "seed": c.seed, "device": c.device,
-            "steps": self.steps[-1] if self.steps else 0, "epochs": c.epochs,
+            "steps": self.steps[-1] if self.steps else 0, "epochs": c.epochs, "batch_size": c.batch_size,
+            "full_batch": c.batch_size >= self.data_sizes.get("train", math.inf), "note": self.note,
             "diverged": self.diverged, "diverged_at_step": self.diverged_at_step,
-            "wall_s": round(self.wall_s, 4), "samples_per_s": round(self.samples_per_s, 1),
+            "wall_s": round(self.wall_s, 4), "eval_s": round(self.eval_s, 4),
+            "samples_per_s": round(self.samples_per_s, 1),
             "final": self.final,
         }
 
@@ -59,29 +65,28 @@ class Stop(Exception):
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, loss_fn, classification: bool) -> dict:
+def evaluate(model, split: Split, loss_fn, task: str | bool) -> dict:
+    """Loss (accuracy for classifiers, error rate too for ±1 labels) over a whole split; {} for an empty one."""
+    task = {True: "classification", False: "regression"}.get(task, task)
+    if len(split) == 0:
+        return {}
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(split), EVAL_BATCH):
         x, y = split.x[start:start + EVAL_BATCH], split.y[start:start + EVAL_BATCH]
         output = model(x)
         total_loss += loss_fn(output, y).double() * len(y)
-        if classification:
+        if task == "classification":
             correct += (output.argmax(1) == y).sum()
+        elif task == "binary":  # labels ±1: right when the score has the label's sign
+            correct += ((output.squeeze(-1) > 0) == (y > 0)).sum()
     model.train()
     metrics = {"loss": float(total_loss) / len(split)}
-    if classification:
+    if task != "regression":
         metrics["accuracy"] = int(correct) / len(split)
+    if task == "binary":
+        metrics["error_rate"] = 1.0 - metrics["accuracy"]
     return metrics
-
-
-def global_norm(tensors) -> torch.Tensor:
-    """The L2 norm of all the tensors together, as one 0-d tensor on their device.
-
-    torch.nn.utils.get_total_norm computes the same, but groups tensors by device and dtype
-    first: 85 us per call against ~15 us here for an MLP's 4 tensors, on one CPU thread.
-    """
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def total_steps(config: RunConfig, n_train: int) -> int:
@@ -90,76 +95,72 @@ def total_steps(config: RunConfig, n_train: int) -> int:
     return epochs_to_steps(config.epochs, n_train, config.batch_size, config.accumulate)
 
 
-def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None = None,
-          on_eval=None, data_dir: str | None = None, progress=None) -> History:
-    """Train one model as `config` says. `on_eval(step, metrics)` may raise Stop."""
-    config = config.resolved()
-    logger = logger or NullLogger()
-    problem = PROBLEMS[config.problem]
-    device = config.device
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if data is None:
-        data = load_problem_data(problem.dataset, split_seed=config.split_seed,
-                                 val_fraction=config.val_fraction, device=device, data_dir=data_dir)
-    classification = problem.task == "classification"
-    loss_fn = LOSSES[config.loss][0]
+def load_data(config: RunConfig, problem: Problem | None = None, data_dir: str | None = None) -> Data:
+    """The data of `config`'s problem, split as `config` says (read once per process)."""
+    problem = problem or resolve_problem(config.problem)
+    return problem.load_data(split_seed=config.split_seed, val_fraction=config.val_fraction,
+                             device=config.device, data_dir=data_dir, name=config.problem)
 
+
+@dataclass
+class Setup:
+    """What the loop works with, built from the config, the problem and the data."""
+    model: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    schedule: object  # a torch LR scheduler or None
+    batches: Batches
+    loss_fn: object
+    n_steps: int
+    per_epoch: int  # optimizer steps per epoch
+    eval_every: int
+    eval_split: str  # "val", or "train" when there is no validation split
+
+
+def set_up(config: RunConfig, problem: Problem, data: Data) -> Setup:
     torch.manual_seed(config.seed)
-    model = problem.make_model().to(device)
+    model = problem.build_model(data.info).to(config.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = resolve_optimizer_class(config.optimizer)(
         params, lr=config.lr, **optimizer_arguments(config.optimizer, config.opt))
     n_steps = total_steps(config, len(data.train))
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_steps)
-                if config.schedule == "cosine" else None)
-    batches = Batches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
     per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.accumulate)
-    eval_every = config.eval_every or max(1, min(per_epoch, math.ceil(n_steps / 10)))
+    schedule_steps = n_steps if config.schedule_every == "step" else math.ceil(n_steps / per_epoch)
+    schedule = make_schedule(config.schedule, config.schedule_args, optimizer, schedule_steps)
+    batches = Batches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed), config.shuffle)
+    # evaluations: at most 10 a run, one an epoch at most; on the whole training split (no validation
+    # split) once an epoch, as pytorch/examples does: a pass over it costs a third of an epoch's training
+    eval_every = config.eval_every or (max(1, min(per_epoch, math.ceil(n_steps / 10))) if len(data.val) else per_epoch)
+    return Setup(model, params, optimizer, schedule, batches, LOSSES[config.loss][0], n_steps, per_epoch,
+                 eval_every, "val" if len(data.val) else "train")
 
-    history = History(config, data_sizes=data.sizes(), model=model)
-    pending = {"train_loss": [], "grad_norm": [], "update_norm": [], "lr": []}  # per step, still on the device
-    if problem.traces_weights:
-        pending["weights"] = []
-    saved_weights = [p.detach().clone() for p in params]  # reused every step to measure the update
-    first_loss = None
+
+def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None = None,
+          on_eval=None, data_dir: str | None = None, progress=None) -> History:
+    """Train one model as `config` says. `on_eval(step, metrics)` may raise Stop."""
+    config, problem = config.resolved(), resolve_problem(config.problem)
+    logger, device = logger or NullLogger(), config.device
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = data or load_data(config, problem, data_dir)
+    config, note = config.fitted(len(data.train))  # the batch that runs is the batch that is reported
+    run = set_up(config, problem, data)
+    model, params, optimizer, batches, loss_fn, n_steps = (run.model, run.params, run.optimizer, run.batches,
+                                                           run.loss_fn, run.n_steps)
+    history = History(config, data_sizes=data.sizes(), note=note, model=model)
+    recorder = StepRecorder(params, diverge_factor=config.diverge_factor, trace_weights=problem.traces_weights,
+                            captured=config.compile)
+    forward = capture(model, optimizer) if config.compile else model  # compiled forward and step, or eager
 
     def run_eval(step):
-        val = evaluate(model, data.val, loss_fn, classification)
-        metrics = {f"val_{k}": v for k, v in val.items()}
+        synchronize(device)  # the training steps queued on a GPU are not the evaluation's time
+        eval_started = time.perf_counter()
+        metrics = evaluate_run(model, data, run.eval_split, loss_fn, problem.task)
+        history.eval_s += time.perf_counter() - eval_started
         history.evals.append({"step": step, **metrics})
         logger.log(step, metrics)
         if on_eval is not None:
             on_eval(step, metrics)
-
-    def flush():
-        """Copy the pending per-step metrics to the host in one go; True when the run diverged."""
-        nonlocal first_loss
-        count = min(len(values) for values in pending.values())  # short only when interrupted mid-step
-        if count == 0:
-            return False
-        columns = {name: (values[:count] if name == "lr" else torch.stack(values[:count]).tolist())
-                   for name, values in pending.items()}
-        for values in pending.values():
-            values.clear()
-        if "weights" in columns:
-            columns.update({f"w{i + 1}": list(column) for i, column in enumerate(zip(*columns.pop("weights")))})
-        losses = columns["train_loss"]
-        if first_loss is None:
-            first_loss = losses[0]
-        bound = config.diverge_factor * max(abs(first_loss), 1.0)
-        bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss) or abs(loss) > bound), None)
-        kept = count if bad is None else bad + 1  # a diverged run ends at the step where it diverged
-        first_step = history.steps[-1] + 1 if history.steps else 1
-        steps = list(range(first_step, first_step + kept))
-        columns = {name: values[:kept] for name, values in columns.items()}
-        history.steps.extend(steps)
-        for name, values in columns.items():
-            history.step_metrics.setdefault(name, []).extend(values)
-        logger.log_steps(steps, columns)
-        if bad is not None:
-            history.diverged, history.diverged_at_step = True, steps[-1]
-        return bad is not None
 
     model.train()
     synchronize(device)
@@ -173,71 +174,82 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
             micro_losses = []
             for _ in range(config.accumulate):
                 x, y = next(batches)
-                loss = loss_fn(model(x), y)  # measure
+                loss = loss_fn(forward(x), y)  # measure
                 # diagnose: fills p.grad, changes no weight (scaled so K micro-batches average, not add)
                 (loss if config.accumulate == 1 else loss / config.accumulate).backward()
                 micro_losses.append(loss.detach())
-            with torch.no_grad():  # diagnostics: nothing here may enter the autograd graph
-                grad_norm = global_norm([p.grad for p in params if p.grad is not None])
-                if config.clip_grad_norm:
-                    torch.nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, grad_norm)
-                for saved, p in zip(saved_weights, params):
-                    saved.copy_(p)
-            pending["lr"].append(optimizer.param_groups[0]["lr"])
+            recorder.gradients(micro_losses)  # the step's loss and gradient norm, kept on the device
+            if config.clip_grad_norm:
+                torch.nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, recorder.grad_norm())
             optimizer.step()  # update
-            with torch.no_grad():
-                for saved, p in zip(saved_weights, params):
-                    saved.sub_(p)  # minus this step's update
-                update_norm = global_norm(saved_weights)
-                if problem.traces_weights:
-                    pending["weights"].append(torch.cat([p.detach().flatten() for p in params]))
-            if schedule is not None:
-                schedule.step()
-            pending["train_loss"].append(micro_losses[0] if config.accumulate == 1 else torch.stack(micro_losses).mean())
-            pending["grad_norm"].append(grad_norm)
-            pending["update_norm"].append(update_norm)
+            recorder.update(optimizer.param_groups[0]["lr"])  # how far the step moved the weights
+            if run.schedule is not None and (config.schedule_every == "step" or step % run.per_epoch == 0):
+                run.schedule.step()
 
-            at_eval = step % eval_every == 0 or step == n_steps
-            if (step % SYNC_EVERY == 0 or at_eval) and flush():
+            at_eval = step % run.eval_every == 0 or step == n_steps
+            if (step % SYNC_EVERY == 0 or at_eval) and recorder.flush(history, logger):
                 break
             if at_eval:
                 run_eval(step)
             if progress is not None:
                 progress(step, n_steps)
     except BaseException:  # a pruned trial, Ctrl-C or an error: keep every finished step, then go on up
-        flush()
+        recorder.flush(history, logger)
         raise
     finally:
         synchronize(device)
         history.wall_s = time.perf_counter() - started
-    flush()
+    recorder.flush(history, logger)
+    return finish(history, model, data, loss_fn, problem, logger)
 
-    done = history.steps[-1] if history.steps else 0
-    history.samples_per_s = done * config.batch_size * config.accumulate / max(history.wall_s, 1e-9)
-    history.final = final_metrics(model, data, loss_fn, classification, problem.has_optimum, history)
+
+def evaluate_run(model, data: Data, split: str, loss_fn, task: str) -> dict:
+    """val_loss, val_accuracy, ...; without a validation split the whole training split: train_full_loss, ..."""
+    prefix = "val_" if split == "val" else "train_full_"
+    return {f"{prefix}{k}": v for k, v in evaluate(model, getattr(data, split), loss_fn, task).items()}
+
+
+def finish(history: History, model, data: Data, loss_fn, problem: Problem, logger) -> History:
+    """Throughput from the batch that ran, the final metrics over whole splits, logged once."""
+    config, done = history.config, history.steps[-1] if history.steps else 0
+    training_s = max(history.wall_s - history.eval_s, 1e-9)
+    history.samples_per_s = done * config.batch_size * config.accumulate / training_s
+    last_eval = history.evals[-1] if history.evals and history.evals[-1]["step"] == done else {}
+    history.final = final_metrics(model, data, loss_fn, problem, last_eval)
     final_row = {f"final_{k}": v for k, v in history.final.items() if v is not None}
-    final_row.update(diverged=float(history.diverged), wall_s=history.wall_s, samples_per_s=history.samples_per_s)
+    final_row.update(diverged=float(history.diverged), wall_s=history.wall_s, eval_s=history.eval_s,
+                     samples_per_s=history.samples_per_s)
     if history.diverged:
         final_row["diverged_at_step"] = float(history.diverged_at_step)
     logger.log(done, final_row)
     return history
 
 
-def final_metrics(model, data: Data, loss_fn, classification: bool, has_optimum: bool, history: History) -> dict:
-    """Losses over whole splits (never the last minibatch); the test split is touched only here."""
-    train_metrics = evaluate(model, data.train, loss_fn, classification)
-    val = evaluate(model, data.val, loss_fn, classification)
-    test = evaluate(model, data.test, loss_fn, classification)
+def final_metrics(model, data: Data, loss_fn, problem: Problem, last_eval: dict | None = None) -> dict:
+    """Losses over whole splits (never the last minibatch); the test split is touched only here.
+
+    Without a validation split, val_* are None: an objective must then name train_loss or
+    train_accuracy (the whole training split). `last_eval`, an evaluation of the final weights,
+    is reused rather than computed again.
+    """
+    def whole(split: str, prefix: str) -> dict:
+        known = {k[len(prefix):]: v for k, v in (last_eval or {}).items() if k.startswith(prefix)}
+        return known or evaluate(model, getattr(data, split), loss_fn, problem.task)
+
+    train_metrics, val = whole("train", "train_full_"), whole("val", "val_")
+    test = evaluate(model, data.test, loss_fn, problem.task)
     excess = None
-    if has_optimum and data.optimal_train_mse is not None:
-        train_mse = evaluate(model, data.train, mse, False)["loss"]
-        excess = train_mse - data.optimal_train_mse if math.isfinite(train_mse) else math.inf
+    if problem.optimum is not None:
+        train_mse = evaluate(model, data.train, mse, "regression")["loss"]
+        excess = train_mse - problem.optimum(data.train) if math.isfinite(train_mse) else math.inf
     clean = lambda v: v if v is None or math.isfinite(v) else None  # noqa: E731  JSON has no NaN
-    return {
-        "train_loss": clean(train_metrics["loss"]),
-        "val_loss": clean(val["loss"]),
-        "val_accuracy": val.get("accuracy"),
-        "test_loss": clean(test["loss"]),
-        "test_accuracy": test.get("accuracy"),
+    final = {
+        "train_loss": clean(train_metrics["loss"]), "train_accuracy": train_metrics.get("accuracy"),
+        "val_loss": clean(val.get("loss")), "val_accuracy": val.get("accuracy"),
+        "test_loss": clean(test["loss"]), "test_accuracy": test.get("accuracy"),
         "excess_loss": excess if excess is None or math.isfinite(excess) else None,
     }
+    if problem.task == "binary":
+        final.update({f"{split}_error_rate": None if accuracy is None else 1.0 - accuracy
+                      for split, accuracy in (("val", final["val_accuracy"]), ("test", final["test_accuracy"]))})
+    return final

@@ -3,14 +3,20 @@
 It runs as a plain script and imports nothing from optimstudy, so it starts without torch
 (~170 MB and ~1.4 s here, against ~900 MB and 3-5 s through the package).
 
-Receives ("open", run_id), ("metrics", run_id, points), ("end", run_id, status, tags) and ("stop", None)
-over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
+Receives ("open", run_id, system_metrics_s), ("metrics", run_id, points), ("end", run_id, status, tags)
+and ("stop", None) over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
 process dies, the socket closes and the runs it left open are ended as KILLED. A run that
 lost a batch of points is ended FAILED, never FINISHED.
+
+With `system_metrics_s`, the writer also samples the machine for that run every so many seconds
+through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, memory, disk,
+network; GPU utilisation and memory with nvidia-ml-py): CPU and memory are machine-wide, so a
+sampler here sees what one in the training process would, and the training thread pays nothing.
 """
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from multiprocessing.connection import Connection
@@ -20,8 +26,40 @@ BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
 
 def quiet_store_logs() -> None:
     """MLflow and alembic log every table creation and migration at INFO: noise for a user."""
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent"):
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent",
+                 "mlflow.system_metrics"):  # "Started monitoring system metrics." for every run
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _RetryReport(logging.Handler):
+    """One line on stderr per retry when an MLflow server stops answering.
+
+    MLflow retries a lost server for ~4 minutes (7 tries, waits doubling to 120 s) through
+    urllib3, whose retry warnings go nowhere by default: a sweep would look hung. Retrying
+    is right (a restarted server is picked up); doing it silently is not.
+    """
+
+    def __init__(self, server: str | None):
+        super().__init__(logging.WARNING)
+        self.server = server  # the tracking URI, for errors that do not name the host (a dropped connection)
+
+    def emit(self, record):
+        if not str(record.msg).startswith("Retrying") or len(record.args or ()) != 3:
+            return
+        retries, error, path = record.args
+        where = re.search(r"host='([^']*)', port=(\d+)", str(error))
+        server = f" at {where[1]}:{where[2]}" if where else f" at {self.server}" if self.server else ""
+        reason = re.sub(r"\[Errno -?\d+\] ", "", str(error).rsplit(": ", 1)[-1].strip("')\""))
+        left, endpoint = getattr(retries, "total", None), str(path).split("?")[0]
+        print(f"optimstudy: the MLflow server{server} does not answer ({reason}) to {endpoint}; retrying"
+              + (f", {left} more tr{'y' if left == 1 else 'ies'}" if isinstance(left, int) else ""),
+              file=sys.stderr, flush=True)
+
+
+def report_connection_retries(tracking_uri: str | None = None) -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(h, _RetryReport) for h in logger.handlers):
+        logger.addHandler(_RetryReport(tracking_uri and re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", tracking_uri)))
 
 
 def serve(tracking_uri: str, conn: Connection) -> None:
@@ -31,16 +69,19 @@ def serve(tracking_uri: str, conn: Connection) -> None:
     from mlflow.entities import Metric
 
     quiet_store_logs()
+    report_connection_retries(tracking_uri)
 
     client = MlflowClient(tracking_uri)
-    conn.send(("ready", None, None))
+    reply(conn, ("ready", None, None))
     open_runs: set[str] = set()
+    samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
     lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
     held = None  # a message read ahead while merging metric messages, handled next
     while True:
         message, held = held or receive(conn), None
         if message is None:
             for run_id in open_runs:  # the training process is gone without closing its runs
+                stop_system_metrics(samplers.pop(run_id, None))
                 with contextlib.suppress(Exception):
                     client.set_tag(run_id, "optimstudy.error", "the training process died mid-run")
                     client.set_terminated(run_id, "KILLED")
@@ -49,6 +90,8 @@ def serve(tracking_uri: str, conn: Connection) -> None:
         try:
             if kind == "open":
                 open_runs.add(run_id)
+                if len(message) > 2 and message[2]:
+                    samplers[run_id] = start_system_metrics(tracking_uri, run_id, message[2])
             elif kind == "metrics":
                 open_runs.add(run_id)
                 points = list(message[2])
@@ -72,9 +115,14 @@ def serve(tracking_uri: str, conn: Connection) -> None:
                     client.set_tag(run_id, key, str(value)[:5000])
                 client.set_terminated(run_id, status)
                 open_runs.discard(run_id)
-                conn.send(("ok", run_id, None))
+                reply(conn, ("ok", run_id, None))
+                # after the answer, so the training process does not wait for it (~20 ms a run):
+                # the last sample is stored into the ended run before the next message is read
+                stop_system_metrics(samplers.pop(run_id, None))
             elif kind == "stop":
-                conn.send(("ok", None, None))
+                for sampler in samplers.values():
+                    stop_system_metrics(sampler)
+                reply(conn, ("ok", None, None))
                 return
         except Exception as error:  # reported back to the training process at the run's end
             detail = f"{type(error).__name__}: {str(error)[:1000]}"
@@ -82,9 +130,44 @@ def serve(tracking_uri: str, conn: Connection) -> None:
                 if run_id in lost:
                     continue  # one report per run: unread reports would fill the socket and block us both
                 lost[run_id] = detail
-            conn.send(("error", run_id, detail))
+            reply(conn, ("error", run_id, detail))
             if kind == "end":  # the training process waits for this answer (a deleted run ends here)
-                conn.send(("ok", run_id, None))
+                reply(conn, ("ok", run_id, None))
+                stop_system_metrics(samplers.pop(run_id, None))
+
+
+def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
+    """MLflow's sampler for `run_id`, started; None where it cannot run (no psutil)."""
+    try:
+        import psutil
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        psutil.cpu_percent()  # utilisation is measured between calls: this call starts the first interval
+        sampler = SystemMetricsMonitor(run_id, sampling_interval=seconds, tracking_uri=tracking_uri)
+        sampler.start()
+        return sampler
+    except Exception as error:  # system metrics are a convenience: a run is never lost for them
+        print(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+        return None
+
+
+def stop_system_metrics(sampler) -> None:
+    """Stop the sampler and store one last sample, so a run shorter than the interval has one too."""
+    if sampler is None:
+        return
+    with contextlib.suppress(Exception):  # a deleted run: nothing to store into
+        sampler.finish()
+        sampler.collect_metrics()
+        sampler.publish_metrics(sampler.aggregate_metrics())
+        sampler.mlflow_logger.flush()
+
+
+def reply(conn: Connection, message) -> None:
+    """Answer the training process; if it is gone (killed), the next receive() sees that and ends
+    its runs: a broken pipe here is not an error to print."""
+    with contextlib.suppress(OSError):
+        conn.send(message)
 
 
 def receive(conn: Connection):

@@ -1,0 +1,53 @@
+"""Train and validation loss per step, each optimizer at its own best configuration; a panel per problem."""
+import math
+
+from optimstudy import plotting
+from optimstudy.plotting import Drawn, grid_axes, loss_label, lr_text, mean_band, new_figure, smoothing_window, style
+
+TITLE = "Optimizers compared at their best learning rates"
+SPEC = "experiments/mnist_optimizers.toml"
+ORDER = 10
+METRICS = ("train_loss", "val_loss")  # per-step metrics it reads (the report loads only these)
+
+
+def figure(study) -> Drawn | None:
+    runs, main = study.runs, study.main
+    sources = plotting.panel_sources(main)
+    if not sources:
+        return None
+    colors = plotting.optimizer_colors(runs["label"])
+    used = []
+    with style():
+        fig = new_figure(5.0 * min(len(sources), 3), 6.6 * math.ceil(len(sources) / 3))
+        for (problem, experiment), (train_ax, val_ax) in zip(sources.items(), grid_axes(fig, len(sources), 2)):
+            rows = main[(main["problem"] == problem) & (main["experiment"] == experiment)]
+            members = runs[runs["run_id"].isin([r for ids in rows["run_ids"] for r in ids])]
+            window = smoothing_window(members["last_step"].max())
+            for _, row in rows.iterrows():
+                curve = study.points(row["run_ids"], ["train_loss", "val_loss"])
+                label = f"{row['optimizer']}  lr {lr_text(row['lr'])}  ({row['seeds']} seed{'s' * (row['seeds'] > 1)})"
+                color = colors[row["optimizer"]]
+                mean_band(train_ax, curve[curve["metric"] == "train_loss"], color=color, label=label, smooth=window,
+                          log=True, lw=1.4)
+                mean_band(val_ax, curve[curve["metric"] == "val_loss"], color=color, label=label, log=True,
+                          lw=1.4, marker="o", ms=3)
+                used += row["run_ids"]
+            loss = loss_label(members)
+            train_ax.set_title(f"{problem} ({experiment}): training loss")
+            smoothed = f"\nper minibatch, mean of {window} steps" if window > 1 else ""
+            train_ax.set_ylabel(f"train loss, {loss} (log){smoothed}")
+            val_ax.set_title(f"{problem}: validation loss")
+            val_ax.set_ylabel(f"validation loss, {loss} (log)")
+            for ax in (train_ax, val_ax):
+                ax.set_yscale("log")
+                ax.set_xlabel("step (optimizer updates)")
+            train_ax.legend(fontsize=8, title="optimizer at its best lr", title_fontsize=8)
+    metrics = ", ".join(sorted(set(main["metric"])))
+    caption = ("Training loss (top, per minibatch, smoothed) and validation loss (bottom) against the step for each "
+               f"optimizer at its own best learning rate (best mean final {metrics} over seeds, as the sweep "
+               "ranked them); lines are means over seeds, bands ±1 sd.")
+    return Drawn(fig, caption, used)
+
+
+if __name__ == "__main__":
+    raise SystemExit(plotting.main(figure))

@@ -1,0 +1,106 @@
+"""Is a tracking server or database there at all? Asked once, in seconds, before anything starts.
+
+MLflow retries a server it cannot reach for minutes before it says anything (measured here:
+~250 s for an `http://` URI on a closed port, ~107 s for `postgresql://` with nothing
+listening). A command should not wait that long to learn that a URI is wrong, so
+`probe_store` opens one TCP connection with a short timeout, then asks the server once
+(MLflow with no retries; the database with a connect timeout), and raises a UsageError that
+names the URI (password hidden) and the reason.
+
+    probe_store("http://127.0.0.1:5000")   # UsageError: ... cannot be reached: Connection refused ...
+"""
+import contextlib
+import os
+import re
+import socket
+from urllib.parse import urlparse
+
+from optimstudy.errors import UsageError
+
+PROBE_TIMEOUT_S = 5.0  # a server that takes longer to accept one connection is not usable for a sweep
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def shown_uri(uri: str) -> str:
+    """The URI with any password replaced by ***, for messages."""
+    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
+
+
+def probe_store(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise a UsageError unless the server behind `tracking_uri` answers; local stores pass untouched."""
+    parsed = urlparse(tracking_uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme not in DEFAULT_PORTS or not parsed.hostname:
+        return  # sqlite:///, file paths, databricks, a database over a Unix socket: nothing to reach
+    shown = shown_uri(tracking_uri)
+    try:
+        port = parsed.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise UsageError(f"tracking URI '{shown}' has no valid port") from None
+    what = "MLflow server" if scheme.startswith("http") else "database server"
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        reason = (f"no answer within {timeout_s:g} s" if isinstance(error, TimeoutError)
+                  else error.strerror or str(error))
+        start = ("start it (`mlflow server --host 127.0.0.1 --port PORT ...`)" if what == "MLflow server"
+                 else "start the database server")
+        raise UsageError(f"tracking URI '{shown}' cannot be reached: {reason} (host {parsed.hostname}, port {port}). "
+                         f"Is the {what} running there? {start[0].upper() + start[1:]}, pass another "
+                         "--tracking-uri, or leave it out for the local ./mlruns store") from None
+    if what == "MLflow server":
+        _ask_mlflow(tracking_uri, shown, timeout_s)
+    else:
+        _ask_database(tracking_uri, shown, scheme, timeout_s)
+
+
+def _ask_mlflow(tracking_uri: str, shown: str, timeout_s: float) -> None:
+    """One request, no retries: something listens on the port, but is it an MLflow server that answers?"""
+    from mlflow import MlflowClient
+
+    with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(2 * timeout_s))):
+        try:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+        except Exception as error:
+            raise UsageError(f"tracking URI '{shown}' accepts connections but does not answer as an MLflow server "
+                             f"(one request, {2 * timeout_s:g} s at most): {_first_line(error)}") from None
+
+
+def _ask_database(tracking_uri: str, shown: str, scheme: str, timeout_s: float) -> None:
+    """One connection: a wrong password or a missing database fails now, not after MLflow's ~100 s of retries."""
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "postgres", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args)
+    except Exception as error:  # e.g. the driver is not installed
+        raise UsageError(f"tracking URI '{shown}' cannot be used: {_first_line(error)}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:
+        raise UsageError(f"tracking URI '{shown}': the database server refuses the connection: "
+                         f"{_first_line(error)}") from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    if hasattr(error, "orig") and error.orig is not None:  # SQLAlchemy wraps the driver's own message
+        text = str(error.orig).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,145 @@
+"""From a spec to the trials it asks for, and what a changed spec adds to a study.
+
+    spec = load_spec("experiments/quickstart.toml")
+    planned, skipped = plan(spec)          # every trial of the first phase; absent devices counted
+    added, differing = compare_identity(old_identity, spec_identity(spec))
+
+One trial is one run: one configuration x one seed x one device. A grid plans each
+configuration; a search plans each optimizer's trial budget with the optimizer fixed (the
+sampler chooses the rest); confirmation plans each optimizer's best configuration again on
+new seeds once tuning is done.
+"""
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from optimstudy.config import RunConfig
+from optimstudy.devices import available_devices, device_is_present, resolve_device
+from optimstudy.spec import Spec, config_key
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One trial the spec asks for: a full config, or (search) a config whose `space` is sampled."""
+
+    key: str  # the configuration's identity: what "queued exactly once" is counted by
+    phase: str  # "grid", "run", "search" or "confirm"
+    config: RunConfig
+    label: str  # the optimizer's label in the spec
+    space: dict = field(default_factory=dict)
+    slot: str = ""  # search: the group whose budget this trial belongs to
+
+
+def plan(spec: Spec) -> tuple[list[Planned], dict[str, int]]:
+    """Every trial of the first phase, and how many trials each absent device would have had."""
+    planned, absent, devices = [], [], []
+    for device in spec.devices:
+        if device_is_present(device):
+            devices.append(resolve_device(device))
+        else:
+            absent.append(device)
+    devices = list(dict.fromkeys(devices))  # "auto" and "cpu" can name the same device
+    for problem in spec.problems:
+        for settings in spec.grid_settings():
+            for optimizer in spec.optimizers:
+                for device in devices:
+                    planned += _optimizer_trials(spec, problem, optimizer, device, settings)
+    for run in spec.runs:
+        for device in devices:
+            for seed in spec.seeds:
+                fields = {k: v for k, v in run.items() if k != "label"}
+                config = RunConfig(**fields, seed=seed, device=device, **spec.budget,
+                                   **{k: v for k, v in spec.scalar_settings().items() if k not in fields})
+                planned.append(Planned(config_key(config), "run", config, run.get("label", run["optimizer"])))
+    per_device = len(planned) // len(devices) if devices else 0
+    return planned, {device: per_device for device in absent}
+
+
+def _optimizer_trials(spec, problem, optimizer, device, settings) -> list[Planned]:
+    if spec.search is None:
+        return [Planned(config_key(config), "grid", config, optimizer.label)
+                for lr in optimizer.lrs for seed in spec.seeds
+                for config in [spec.base_config(problem, optimizer, lr, seed, device, **settings)]]
+    # lr here is a placeholder: each trial's sampler chooses it
+    config = spec.base_config(problem, optimizer, optimizer.space["lr"][0], spec.seeds[0], device, **settings)
+    slot = config_key(replace(config, lr=1.0))
+    return [Planned(f"search {index} {slot}", "search", config, optimizer.label, optimizer.space, slot)
+            for index in range(spec.search.trials)]
+
+
+def confirm_plan(spec: Spec, best_configs: list[tuple[str, RunConfig]]) -> list[Planned]:
+    """Each (label, best configuration) again on `[confirm] seeds` new seeds."""
+    if not spec.confirm_seeds:
+        return []
+    first_new = max(spec.seeds) + 1
+    return [Planned(config_key(config), "confirm", config, label)
+            for label, best in best_configs
+            for seed in range(first_new, first_new + spec.confirm_seeds)
+            for config in [replace(best, seed=seed)]]
+
+
+def skip_notes(skipped: dict[str, int]) -> list[str]:
+    return [f"skipped {count} trials on device '{device}': not available on this machine "
+            f"(available: {', '.join(available_devices())})" for device, count in skipped.items()]
+
+
+def config_json(config: RunConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def config_from_json(values: dict) -> RunConfig:
+    values = dict(values)
+    values["opt"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.get("opt", {}).items()}
+    return RunConfig(**values)
+
+
+# ---- a spec name is the study's identity -----------------------------------------------------
+
+def spec_identity(spec: Spec) -> dict:
+    """What the study's results depend on, as JSON: stored with the study, compared on every rerun.
+
+    The description and the file's path are left out: editing a comment is not a new study.
+    """
+    identity = {
+        "problems": spec.problems, "budget": spec.budget, "metric": spec.metric, "direction": spec.direction,
+        "settings": spec.settings, "devices": spec.devices, "confirm_seeds": spec.confirm_seeds,
+        "search": asdict(spec.search) if spec.search else None, "runs": spec.runs, "seeds": spec.seeds,
+        "optimizers": {o.label: {"optimizer": o.optimizer, "lr": o.lrs, "fixed": o.fixed, "space": o.space}
+                       for o in spec.optimizers},
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+def compare_identity(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(what `new` adds to `old`, the keys where it differs otherwise).
+
+    Allowed additions: new learning rates, new seeds, new optimizers. Everything else (problem,
+    budget, metric, direction, settings, search, a removed value) must be equal.
+    """
+    added, differing = [], []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if key == "seeds" and before is not None and after is not None:
+            _extend_list(key, before, after, added, differing)
+        elif key == "optimizers" and before is not None and after is not None:
+            for label in sorted(set(before) | set(after)):
+                if label not in after:
+                    differing.append(f"optimizers.{label} (removed)")
+                elif label not in before:
+                    added.append(f"optimizer {label}")
+                else:
+                    for part in sorted(set(before[label]) | set(after[label])):
+                        was, now = before[label].get(part), after[label].get(part)
+                        if part == "lr" and was is not None and now is not None:
+                            _extend_list(f"optimizers.{label}.lr", was, now, added, differing)
+                        elif was != now:
+                            differing.append(f"optimizers.{label}.{part}")
+        elif before != after:
+            differing.append(key)
+    return added, differing
+
+
+def _extend_list(key, before, after, added, differing) -> None:
+    if not set(before) <= set(after):
+        differing.append(f"{key} (removed {', '.join(map(str, sorted(set(before) - set(after))))})")
+    elif set(after) - set(before):
+        added.append(f"{key} {', '.join(map(str, sorted(set(after) - set(before))))}")

@@ -1,0 +1,409 @@
+"""Every number about a study, computed once from the tidy frame (pandas and numpy only).
+
+    from optimstudy.store import load_runs
+    from optimstudy import results
+    runs = results.run_table(load_runs("sqlite:///mlruns/mlflow.db", experiments=["quickstart"]))
+    best = results.best_configurations(runs)  # per problem x optimizer label x setting: best lr, mean ± std
+    results.edge_warnings(best)               # best lrs at the edge of what was tried
+    results.verdicts(runs)                    # per problem, each pair of optimizers: who is better, if anyone
+
+One ranking rule, the sweep's: the metric and direction each run carries (tags
+optimstudy.objective_metric / optimstudy.objective_direction, written by the sweep; plain runs:
+val_loss, minimize). A finished run that diverged (or has no finite value) scores the worst value;
+a run with no outcome (pruned, failed, killed) scores NaN and never competes. Configurations are
+keyed by text keys of their full configuration (lr, opt.* arguments, settings), so a missing
+optimizer argument is "" and never a NaN group key. The statistics over seeds (bootstrap
+intervals, verdicts, profiles, tuning curves) are in optimstudy.verdicts.
+"""
+import json
+import math
+from functools import cached_property, lru_cache
+
+import numpy as np
+import pandas as pd
+
+from optimstudy import comparison
+
+# logged once per run, at its last step
+RUN_METRICS = ("final_train_loss", "final_val_loss", "final_val_accuracy", "final_test_loss",
+               "final_test_accuracy", "final_excess_loss", "diverged", "diverged_at_step", "wall_s",
+               "samples_per_s")
+# what, besides the optimizer and its hyperparameters, makes two runs different experiments
+SETTING = ("batch_size", "accumulate", "zero_grad", "loss", "schedule", "clip_grad_norm", "steps", "epochs",
+           "device", "split_seed", "val_fraction", "diverge_factor")
+GROUP = ("experiment", "problem", "label", "setting_key")
+HUGE = 1e300  # MLflow's SQL store keeps +-inf as +-1.8e308: anything this large is a blown-up run
+EDGE = 0.05  # a search's best lr within 5% (of the log range) of its end is "at the edge"
+DEFAULT_METRIC, DEFAULT_DIRECTION = "val_loss", "minimize"
+
+
+
+def objective_value(value, diverged, direction: str) -> float:
+    """A finished run's objective: its final metric; diverged or not finite -> the worst value."""
+    worst = math.inf if direction == "minimize" else -math.inf
+    if diverged or value is None or not math.isfinite(value):
+        return worst
+    return float(value)
+
+
+def _text(value) -> str:
+    """A configuration value as key text: None/NaN -> "", 64.0 -> "64", 0.1 -> "0.1"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def option_columns(runs: pd.DataFrame) -> list[str]:
+    return sorted(c for c in runs.columns if c.startswith("opt."))
+
+
+# ---- one row per run --------------------------------------------------------------------------
+
+def run_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per training run (sweep parents left out): params and tags, the final metrics,
+    label, objective_metric, objective_direction, objective, rank (lower is better), diverged,
+    last_step, args (the opt.* arguments as text), config_key and setting_key."""
+    columns = ["run_id", "experiment", "problem", "optimizer", "label", "lr", "seed", "objective", "rank",
+               "diverged", "objective_metric", "objective_direction", "phase", "config_key", "setting_key", "args"]
+    if frame.empty or "problem" not in frame:
+        return pd.DataFrame(columns=columns + list(SETTING))
+    runs = frame.drop_duplicates("run_id").drop(columns=["step", "metric", "value"], errors="ignore")
+    runs = runs.astype({c: object for c in runs.columns if isinstance(runs[c].dtype, pd.CategoricalDtype)})
+    runs = runs[runs["problem"].notna() & runs["optimizer"].notna()]
+    if "kind" in runs:
+        runs = runs[runs["kind"].fillna("") != "sweep"]
+    runs = runs.reset_index(drop=True)
+    finals = frame[frame["metric"].isin(RUN_METRICS)]
+    wide = finals.groupby(["run_id", "metric"], observed=True)["value"].last().unstack()
+    wide.index, wide.columns = wide.index.astype(str), wide.columns.astype(str)
+    wide = wide.reindex(columns=list(RUN_METRICS))
+    wide = wide.where(wide.abs() < HUGE, np.inf * np.sign(wide))
+    runs = runs.join(wide, on="run_id")
+    train = frame[frame["metric"] == "train_loss"]
+    last = train.groupby("run_id", observed=True)["step"].max()
+    last.index = last.index.astype(str)
+    blown = set(train.loc[~np.isfinite(train["value"]) | (train["value"].abs() >= HUGE), "run_id"].astype(str))
+    runs["last_step"] = runs["run_id"].map(last).fillna(0).astype("int64")
+    # the logged flag decides; a run without one (killed mid-run) counts as diverged if its loss blew up
+    runs["diverged"] = runs["diverged"].eq(1) | (runs["diverged"].isna() & runs["run_id"].isin(blown))
+    for column in ("phase", "optimizer_label", "objective_metric", "objective_direction", "lr_space", *SETTING):
+        if column not in runs:
+            runs[column] = None
+    runs["label"] = runs["optimizer_label"].where(runs["optimizer_label"].fillna("") != "", runs["optimizer"])
+    metric = runs["objective_metric"].where(runs["objective_metric"].fillna("") != "", DEFAULT_METRIC)
+    default_direction = np.where(metric.str.endswith("accuracy"), "maximize", DEFAULT_DIRECTION)
+    runs["objective_metric"] = metric
+    runs["objective_direction"] = runs["objective_direction"].where(
+        runs["objective_direction"].isin(["minimize", "maximize"]), default_direction)
+    value = pd.Series([runs.at[i, f"final_{m}"] if f"final_{m}" in runs else np.nan
+                       for i, m in zip(runs.index, metric)], index=runs.index, dtype="float64")
+    finished = runs["status"] == "FINISHED"
+    runs["objective"] = [objective_value(None if pd.isna(v) else v, d, direction) if done else np.nan
+                         for v, d, direction, done in zip(value, runs["diverged"], runs["objective_direction"],
+                                                          finished)]
+    runs["rank"] = runs["objective"].where(runs["objective_direction"] == "minimize", -runs["objective"])
+    for column in ("seed", "batch_size", "accumulate", "steps", "split_seed", "eval_every", "threads", "trial"):
+        # whole numbers again once the sweep parents' empty params are gone: "seed 0", not "seed 0.0"
+        if column in runs and runs[column].notna().all() and (runs[column] % 1 == 0).all():
+            runs[column] = runs[column].astype("int64")
+    options = option_columns(runs)
+    runs["args"] = [" ".join(f"{c[4:]}={_text(v)}" for c, v in zip(options, values) if _text(v) not in ("", "None"))
+                    for values in runs[options].itertuples(index=False)] if options else ""
+    runs["config_key"] = [f"lr={_text(lr)} {args}" for lr, args in zip(runs["lr"], runs["args"])]
+    runs["setting_key"] = [" ".join(f"{c}={_text(v)}" for c, v in zip(SETTING, values) if _text(v))
+                           for values in runs[list(SETTING)].itertuples(index=False)]
+    return runs
+
+
+# ---- best configurations ---------------------------------------------------------------------
+
+def lr_range_text(lrs) -> str:
+    if len(lrs) < 2:
+        return f"{lrs[0]:g} only" if len(lrs) else "none"
+    return f"{lrs[0]:g}..{lrs[-1]:g}, {len(lrs)} values"
+
+
+def _lr_space(members: pd.DataFrame):
+    """(low, high, log) of a search's lr range, from the tag optimstudy.lr_space; None for a grid."""
+    for text in members["lr_space"].dropna():
+        try:
+            low, high, log = json.loads(text)
+            return float(low), float(high), bool(log)
+        except (ValueError, TypeError):
+            continue
+    return None
+
+
+def edge_warning(row: dict, lrs, space=None) -> str:
+    """'' unless the best lr is at the edge of what was tried: then the optimum may lie outside it."""
+    who = f"{row['problem']}/{row['optimizer']} ({row['experiment']})"
+    lr = row["lr"]
+    if not np.isfinite(lr):
+        return ""
+    if space is not None:
+        low, high, log = space
+        position = math.log(lr / low) / math.log(high / low) if log else (lr - low) / (high - low)
+        if EDGE <= position <= 1 - EDGE:
+            return ""
+        side, where = ("smallest", "below") if position < EDGE else ("largest", "above")
+        return (f"{who}: best lr {lr:g} is near the {side} of the search range ({low:g}..{high:g}); "
+                f"extend the range {where} it")
+    if len(lrs) < 2 or not (math.isclose(lr, lrs[0]) or math.isclose(lr, lrs[-1])):
+        return ""
+    side, where = ("smallest", "below") if math.isclose(lr, lrs[0]) else ("largest", "above")
+    return f"{who}: best lr {lr:g} is the {side} tried ({lr_range_text(lrs)}); extend the grid {where} it"
+
+
+def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (experiment, problem, optimizer label, setting): the configuration with the best
+    mean objective over seeds. A configuration with a diverged seed ranks below every one without;
+    confirm-phase runs never compete, and give confirm_mean/std/seeds of the chosen configuration."""
+    options = option_columns(runs)
+    rows = []
+    competing = runs[runs["phase"].fillna("") != "confirm"]
+    confirming = runs[(runs["phase"].fillna("") == "confirm") & runs["objective"].notna()]
+    for key, members in competing.groupby(list(GROUP), sort=True):
+        first = members.iloc[0]
+        lrs = np.sort(members["lr"].dropna().unique())
+        row = {"experiment": key[0], "problem": key[1], "optimizer": key[2], "setting_key": key[3],
+               "optimizer_class": first["optimizer"], "metric": first["objective_metric"],
+               "direction": first["objective_direction"], "trials": len(members), "lrs": list(lrs),
+               **{c: first[c] for c in SETTING}}
+        scored = members[members["rank"].notna()]
+        configs = []
+        for config_key, at in scored.groupby("config_key", sort=True):
+            finite = at[np.isfinite(at["rank"])]
+            configs.append((at["diverged"].mean() if len(at) else 1, finite["rank"].mean() if len(finite) else math.inf,
+                            config_key, at, finite))
+        if not configs:
+            rows.append({**row, "lr": np.nan, "args": "", "config_key": "", "mean": np.nan, "std": np.nan, "seeds": 0,
+                         "diverged_seeds": 0, "run_ids": [], "values": [], "all_diverged": False, "edge_warning": ""})
+            continue
+        diverged_share, _, config_key, at, finite = min(configs, key=lambda c: (c[0], c[1]))
+        chosen = at.iloc[0]
+        row.update({"lr": chosen["lr"], "args": chosen["args"], "config_key": config_key,
+                    **{c: chosen[c] for c in options}, "mean": finite["objective"].mean(),
+                    "std": finite["objective"].std(), "seeds": int(at["seed"].nunique()),
+                    "diverged_seeds": int(at["diverged"].sum()), "run_ids": list(at["run_id"]),
+                    "seed_values": dict(zip(at["seed"], at["objective"])), "values": list(at["objective"]),
+                    "all_diverged": diverged_share == 1})
+        if diverged_share == 1:
+            row.update(lr=np.nan, edge_warning=f"{key[1]}/{key[2]} ({key[0]}): every lr tried "
+                                                f"({lr_range_text(lrs)}) diverged; try smaller ones")
+        else:
+            row["edge_warning"] = edge_warning(row, lrs, _lr_space(members))
+        rows.append(row)
+    best = pd.DataFrame(rows)
+    if best.empty:
+        return pd.DataFrame(columns=["experiment", "problem", "optimizer", "lr", "mean", "std", "seeds", "run_ids",
+                                     "lrs", "trials", "edge_warning", "confirm_mean", "confirm_std",
+                                     "confirm_seeds", "metric", "direction", "args", "setting_key"])
+    confirm = confirming.groupby([*GROUP, "config_key"])["objective"].agg(["mean", "std", "count"])
+    index = pd.MultiIndex.from_frame(best[["experiment", "problem", "optimizer", "setting_key", "config_key"]])
+    found = confirm.reindex(index)
+    best["confirm_mean"], best["confirm_std"] = found["mean"].to_numpy(), found["std"].to_numpy()
+    best["confirm_seeds"] = found["count"].fillna(0).astype("int64").to_numpy()
+    return best
+
+
+def edge_warnings(best: pd.DataFrame) -> list[str]:
+    """Every best configuration whose lr is at the edge of the lrs tried for it (one wording)."""
+    return [w for w in best.get("edge_warning", pd.Series(dtype=str)) if w]
+
+
+def main_configurations(best: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The best configurations of the plain comparison: default loss, zero_grad on, no accumulation or
+    clipping; per (experiment, problem, label) the setting with the most trials."""
+    if best.empty:
+        return best
+    default_loss = best["problem"].map(lambda p: getattr(_problem(p), "default_loss", None))
+    plain = ((best["zero_grad"].fillna(True).astype(bool)) & (best["accumulate"].fillna(1) == 1)
+             & (best["clip_grad_norm"].isna()) & (default_loss.isna() | (best["loss"] == default_loss)))
+    chosen = best[plain & (best["seeds"] > 0)].sort_values("trials", ascending=False, kind="stable")
+    return chosen.drop_duplicates(["experiment", "problem", "optimizer"]).sort_values(
+        ["experiment", "problem", "optimizer"], ignore_index=True)
+
+
+def group_runs(runs: pd.DataFrame, row) -> pd.DataFrame:
+    """The competing runs of one best configuration's group (experiment, problem, label, setting)."""
+    return runs[(runs["experiment"] == row["experiment"]) & (runs["problem"] == row["problem"])
+                & (runs["label"] == row["optimizer"]) & (runs["setting_key"] == row["setting_key"])
+                & (runs["phase"].fillna("") != "confirm")]
+
+
+# ---- time to target --------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _problem(name: str):
+    """The Problem for a name or import path; None when it does not resolve here (a user's problem
+    may not import at report time: then there is no target)."""
+    from optimstudy.problems import resolve_problem
+
+    try:
+        return resolve_problem(name)
+    except Exception:  # noqa: BLE001  any failure to import a user's problem just means "no target"
+        return None
+
+
+def target_for(problem: str, loss=None):
+    """(metric, value) of the problem's validation target (Problem.target), or None. A val_loss target
+    is stated in the problem's own loss: a run trained on another loss (mean_error) has no target."""
+    found = _problem(problem)
+    target = getattr(found, "target", None)
+    default = getattr(found, "default_loss", None)
+    if target and target[0] == "val_loss" and isinstance(loss, str) and loss and default and loss != default:
+        return None
+    return tuple(target) if target else None
+
+
+def target_text(target) -> str:
+    return f"{target[0]} {'>=' if target[0].endswith('accuracy') else '<='} {target[1]:g}" if target else ""
+
+
+def time_to_target(study_or_frame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: the first evaluation step at which the validation metric reached its problem's
+    target (NaN when never), and the seconds to it, prorated from the run's wall time."""
+    study = study_or_frame if isinstance(study_or_frame, Study) else Study(study_or_frame)
+    runs = study.runs if runs is None else runs
+    wanted: dict = {}
+    for (problem, loss), members in runs.assign(loss=runs["loss"].fillna("")).groupby(["problem", "loss"]):
+        target = target_for(problem, loss or None)
+        if target:
+            wanted.setdefault(target, []).extend(members["run_id"])
+    rows = []
+    for (metric, value), run_ids in wanted.items():
+        values = study.points(run_ids, metric)
+        values = values[np.isfinite(values["value"])]
+        hit = values[values["value"] >= value] if metric.endswith("accuracy") else values[values["value"] <= value]
+        first = hit.groupby("run_id")["step"].min()
+        rows += [(run_id, metric, value, first.get(run_id, np.nan)) for run_id in run_ids]
+    found = pd.DataFrame(rows, columns=["run_id", "target_metric", "target", "steps_to_target"])
+    found = found.merge(runs[["run_id", "wall_s", "last_step"]], on="run_id", how="left")
+    found["seconds_to_target"] = found["wall_s"] * found["steps_to_target"] / found["last_step"].clip(lower=1)
+    return found[["run_id", "target_metric", "target", "steps_to_target", "seconds_to_target"]]
+
+
+# ---- the summary -----------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ["experiment", "problem", "optimizer", "setting", "best_lr", "optimizer_args", "metric", "direction",
+                   "mean", "std", "median", "ci_low", "ci_high", "seeds", "diverged_seeds", "confirm_mean",
+                   "confirm_std", "confirm_seeds", "lrs_tried", "lr_range", "robust_lr_range", "robust_decades",
+                   "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "seconds_to_target",
+                   "target_reached", "edge_warning"]
+
+
+def summary_table(study: "Study") -> pd.DataFrame:
+    """Per experiment x problem x optimizer label (x setting where one varies): best lr, the final
+    objective's mean ± std, median and bootstrap 95% interval over seeds, the confirmation on new
+    seeds, the lr range within 10% of the best, median steps (with interval) and seconds to target."""
+    best, runs = study.best, study.runs
+    if best.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    reach = study.reach.set_index("run_id")
+    varying = {key: [c for c in SETTING if rows[c].map(_text).nunique() > 1]
+               for key, rows in best.groupby(["experiment", "problem"])}
+    rows = []
+    for _, row in best.iterrows():
+        target = target_for(row["problem"], row.get("loss"))
+        at_best = reach.reindex(row["run_ids"])
+        reached = int(at_best["steps_to_target"].notna().sum())
+        values = np.asarray([v for v in row["values"] if np.isfinite(v)], dtype=float)
+        low, high = comparison.bootstrap_interval(values)
+        steps = at_best["steps_to_target"].fillna(np.inf).to_numpy(dtype=float) if target else np.array([])
+        steps_low, steps_high = comparison.bootstrap_interval(steps) if len(steps) else (np.nan, np.nan)
+        robust = comparison.lr_robustness(group_runs(runs, row), row)
+        rows.append({
+            "experiment": row["experiment"], "problem": row["problem"], "optimizer": row["optimizer"],
+            "setting": " ".join(f"{c}={_text(row[c])}" for c in varying.get((row["experiment"], row["problem"]), [])),
+            "best_lr": row["lr"], "optimizer_args": row["args"], "metric": row["metric"],
+            "direction": row["direction"], "mean": row["mean"], "std": row["std"],
+            "median": float(np.median(values)) if len(values) else np.nan, "ci_low": low, "ci_high": high,
+            "seeds": row["seeds"], "diverged_seeds": row["diverged_seeds"], "confirm_mean": row["confirm_mean"],
+            "confirm_std": row["confirm_std"], "confirm_seeds": row["confirm_seeds"], "lrs_tried": len(row["lrs"]),
+            "lr_range": lr_range_text(row["lrs"]), "robust_lr_range": robust[0], "robust_decades": robust[1],
+            "trials": row["trials"], "target": target_text(target),
+            "steps_to_target": comparison.median_or_nan(steps), "steps_ci_low": _finite(steps_low),
+            "steps_ci_high": _finite(steps_high),
+            "seconds_to_target": comparison.median_or_nan(
+                at_best["seconds_to_target"].fillna(np.inf).to_numpy(dtype=float)) if target else np.nan,
+            "target_reached": f"{reached}/{len(at_best)} seeds" if target and len(at_best) else "",
+            "edge_warning": row["edge_warning"],
+        })
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _finite(value) -> float:
+    return value if np.isfinite(value) else np.nan
+
+
+def verdicts(runs: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per experiment x problem x setting, each pair of optimizer labels at their best configurations:
+    "A better", "B better" or "not distinguishable with N seeds", with the seeds likely needed
+    (see comparison.compare). What the sweep prints and puts in --json."""
+    return comparison.pairwise_verdicts(best_configurations(runs) if best is None else best)
+
+
+# ---- the study: every result, computed once ---------------------------------------------------
+
+class Study:
+    """The tidy frame and every result derived from it, each computed on first use.
+
+    What an analysis script receives: study.frame, study.runs, study.best, study.main,
+    study.summary, study.verdicts, study.points(run_ids, metrics).
+    """
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return run_table(self.frame)
+
+    @cached_property
+    def best(self) -> pd.DataFrame:
+        return best_configurations(self.runs)
+
+    @cached_property
+    def main(self) -> pd.DataFrame:
+        return main_configurations(self.best, self.runs)
+
+    @cached_property
+    def reach(self) -> pd.DataFrame:
+        return time_to_target(self)
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return summary_table(self)
+
+    @cached_property
+    def verdicts(self) -> pd.DataFrame:
+        return verdicts(self.runs, self.best)
+
+    @cached_property
+    def _slices(self) -> dict | None:
+        """run_id -> the slice of rows holding its points (store.load_runs sorts by run, metric, step)."""
+        run_ids = self.frame["run_id"].astype(str).to_numpy()
+        if not len(run_ids):
+            return {}
+        cuts = np.flatnonzero(run_ids[1:] != run_ids[:-1]) + 1
+        bounds = np.concatenate([[0], cuts, [len(run_ids)]])
+        slices = {run_ids[a]: slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])}
+        return slices if len(slices) == len(bounds) - 1 else None
+
+    def points(self, run_ids, metrics) -> pd.DataFrame:
+        """The (run_id, step, metric, value) points of some runs; MLflow's +-1.8e308 are +-inf."""
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        run_ids = [str(r) for r in dict.fromkeys(run_ids)]
+        index = self._slices
+        if index is None:
+            chosen = self.frame[self.frame["run_id"].astype(str).isin(run_ids)]
+        else:
+            parts = [self.frame.iloc[index[r]] for r in run_ids if r in index]
+            chosen = pd.concat(parts, ignore_index=True) if parts else self.frame.iloc[:0]
+        chosen = chosen.loc[chosen["metric"].isin(metrics), ["run_id", "step", "metric", "value"]]
+        chosen = chosen.astype({"run_id": str, "metric": str})
+        huge = chosen["value"].abs() >= HUGE
+        return chosen.assign(value=chosen["value"].where(~huge, np.inf * np.sign(chosen["value"]))).reset_index(
+            drop=True)

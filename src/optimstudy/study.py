@@ -1,0 +1,417 @@
+"""The Optuna side of a sweep: storage, study, queue, the worker loop, recovery from dead workers.
+
+    storage = open_storage(storage_url(None, "quickstart"))   # a journal file under mlruns/optuna/
+    study = open_study(spec, storage)
+    with planning_lock(url, spec.name):                       # one planner, however many commands
+        enqueue_missing(study, planned)
+    work(spec, url, tracking_uri, parent_run_id, data_dir, threads)   # take queued trials until none
+
+Every configuration is queued (enqueued) once, by whichever command holds the study's planning
+lock; workers take trials from the queue atomically (WAITING -> RUNNING is a compare-and-set in
+every Optuna storage), so no configuration runs twice, even with workers on several machines.
+Trials of a dead worker are found (its pid is gone, or its heartbeat is stale), failed, and
+queued again.
+"""
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from optimstudy.errors import UsageError
+from optimstudy.locks import exclusive
+from optimstudy.storages import default_storage_path, storage_url  # noqa: F401  (re-exported)
+from optimstudy.planning import Planned, config_from_json, config_json, plan
+from optimstudy.spec import Spec
+
+HEARTBEAT_S = 10  # a running trial records a heartbeat this often
+STALE_AFTER_S = 60  # a trial on another machine with no heartbeat for this long is dead
+KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
+RUN_ID, ERROR, DIVERGED = "mlflow_run_id", "optimstudy.error", "diverged"
+IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# ---- storages -------------------------------------------------------------------------------
+
+def open_storage(url: str):
+    """An RDB URL (postgresql://, sqlite:///, mysql://) or a journal file path."""
+    if "://" in url:
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental": noise on every sweep
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S)
+        except Exception as error:
+            raise UsageError(f"--storage '{url}' cannot be opened: {str(error).splitlines()[0][:300]}") from None
+    path = Path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+    except OSError as error:
+        raise UsageError(f"study storage '{path}' cannot be written ({error.strerror}); pass --storage") from None
+    return optuna.storages.JournalStorage(backend)
+
+
+def open_existing_storage(url: str, hint: str):
+    """open_storage for commands that read a study: a journal file must already exist."""
+    if "://" not in url and not Path(url).exists():
+        raise UsageError(f"no study storage at '{url}': {hint}")
+    return open_storage(url)
+
+
+def planning_lock(url: str, study_name: str):
+    """Held while a command creates the study, checks its identity and queues trials: the first
+    command plans, the next finds everything queued. Dies with its holder."""
+    return exclusive(url, f"optimstudy plan {study_name}")
+
+
+def make_sampler(spec: Spec, trial_number: int = 0):
+    """A sampler for one trial, seeded by (spec seed, trial number): reproducible, and every trial
+    draws anew (one seed for every trial made each trial sample the same value)."""
+    search = spec.search
+    seed = ((search.seed if search else 0) * 1_000_003 + trial_number) % 2**32
+    if search is None:
+        return optuna.samplers.RandomSampler(seed=seed)  # never asked: every grid trial is queued
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: Spec):
+    pruner = spec.search.pruner if spec.search else "none"
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: Spec, storage, trial_number: int = 0, create: bool = False):
+    kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec, trial_number),
+                  pruner=make_pruner(spec))
+    if create:
+        return optuna.create_study(direction=spec.direction, load_if_exists=True, **kwargs)
+    return optuna.load_study(**kwargs)
+
+
+def study_exists(storage, name: str) -> bool:
+    return any(summary.study_name == name for summary in optuna.get_all_study_summaries(storage))
+
+
+def restart_study(storage, name: str, stamp: str) -> str:
+    """Keep the old study under a new name, then delete it, so the name starts afresh."""
+    kept = f"{name}.replaced-{stamp}"
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=kept)
+    optuna.delete_study(study_name=name, storage=storage)
+    return kept
+
+
+# ---- the queue ------------------------------------------------------------------------------
+
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -> list[Planned]:
+    """Queue every planned trial that has no queued, running or finished trial yet (call it under
+    planning_lock: two callers at once would both see a configuration missing)."""
+    present = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=LIVE)}
+    added = []
+    for item in planned:
+        if item.key in present:
+            continue
+        attrs = {KEY: item.key, PHASE: item.phase, CONFIG: config_json(item.config), "optimizer": item.label,
+                 "problem": item.config.problem, "seed": item.config.seed, "device": item.config.device,
+                 "objective_metric": objective[0], "objective_direction": objective[1]}
+        if item.space:
+            attrs[SPACE] = {k: list(v) for k, v in item.space.items()}
+            attrs[SLOT] = item.slot
+        study.enqueue_trial(params={} if item.space else {f"{item.label}.lr": item.config.lr}, user_attrs=attrs)
+        present.add(item.key)
+        added.append(item)
+    return added
+
+
+def claim(spec: Spec, storage):
+    """Take one queued trial atomically (as Study.ask does); (study, trial, trial_id) or None.
+
+    Not Study.ask itself: on an empty queue it creates a new, unplanned trial.
+    """
+    study_id = storage.get_study_id_from_name(spec.name)
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        try:
+            study = open_study(spec, storage, trial_number=frozen.number)  # its sampler sees every finished trial
+            # optuna.Trial(study, id) is how Study.ask wraps a popped trial; there is no public "ask this one"
+            return study, optuna.Trial(study, trial_id), trial_id
+        except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
+            fail_if_running(storage, trial_id, f"{type(error).__name__} before the trial started; queued again on resume")
+            raise
+    return None
+
+
+def fail_if_running(storage, trial_id: int, why: str) -> None:
+    try:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, ERROR, why)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # it ended meanwhile
+
+
+def duplicate_of(study, number: int, key: str, started) -> int | None:
+    """Another trial of the same configuration that finished, or started first (a last safety net:
+    the planning lock already queues each configuration once)."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if other.number == number or other.user_attrs.get(KEY) != key:
+            continue
+        if other.state != TrialState.RUNNING or (other.datetime_start, other.number) < (started, number):
+            return other.number
+    return None
+
+
+def trial_config(trial):
+    """The RunConfig a (frozen) trial ran: its queued config with its sampled arguments."""
+    config = config_from_json(trial.user_attrs[CONFIG])
+    if trial.user_attrs.get(SPACE):
+        sampled = {name.split(".", 1)[1]: value for name, value in trial.params.items()}
+        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+    return config
+
+
+def counts(study) -> dict:
+    result = {"complete": 0, "pruned": 0, "failed": 0, "waiting": 0, "running": 0, "duplicates": 0}
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+             TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}
+    for trial in study.get_trials(deepcopy=False):
+        duplicate = trial.state == TrialState.FAIL and str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
+        result["duplicates" if duplicate else names[trial.state]] += 1
+    return result
+
+
+def unresolved_failures(study) -> dict[str, list[int]]:
+    """Failure reason -> trial numbers, for configurations whose latest attempt failed (a killed
+    attempt that ran again since is resolved)."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {t.user_attrs.get(KEY) for t in trials if t.state in LIVE}
+    reasons: dict[str, list[int]] = {}
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(KEY) not in settled:
+            why = str(trial.user_attrs.get(ERROR, "no reason recorded"))
+            if not why.startswith("duplicate"):
+                reasons.setdefault(why, []).append(trial.number)
+    return reasons
+
+
+# ---- recovering from dead workers ----------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def trial_is_dead(trial) -> bool:
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        return not pid_alive(int(attrs["pid"]))
+    beat = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
+    return beat is not None and time.time() - beat > STALE_AFTER_S
+
+
+def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
+    """Fail RUNNING trials whose worker is gone and end their MLflow runs; returns what changed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB storages: Optuna's own heartbeats
+    changed = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial_is_dead(trial):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            try:
+                storage.set_trial_user_attr(trial_id, ERROR, "its worker died mid-trial")
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process recovered it first
+            changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
+    if tracking_uri:
+        from optimstudy.tracking import end_orphaned_runs
+
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        run_ids = [t.user_attrs[RUN_ID] for t in failed if RUN_ID in t.user_attrs]
+        for run_id in end_orphaned_runs(tracking_uri, run_ids, "its worker died mid-trial"):
+            changed.append(f"run {run_id}: left RUNNING by a dead worker; ended as KILLED")
+    return changed
+
+
+# ---- one worker -----------------------------------------------------------------------------
+
+class Heartbeat:
+    """Records that a trial's worker is alive, every HEARTBEAT_S, until stopped."""
+
+    def __init__(self, storage, trial_id: int):
+        self.storage, self.trial_id, self.stop_event = storage, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop_event.wait(HEARTBEAT_S):
+            self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            if isinstance(self.storage, optuna.storages.RDBStorage):
+                self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join()
+        return False
+
+
+def run_trial(spec: Spec, storage, study, trial, trial_id: int, tracking, parent_run_id, data_dir, threads) -> str:
+    """Run one claimed trial to a final state; returns that state's name."""
+    from optimstudy.results import objective_value
+    from optimstudy.runner import execute
+    from optimstudy.train import Stop
+
+    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+        trial.set_user_attr(name, value)
+    attrs = trial.user_attrs
+    other = duplicate_of(study, trial.number, attrs.get(KEY), storage.get_trial(trial_id).datetime_start)
+    if other is not None:
+        trial.set_user_attr(ERROR, f"duplicate of trial {other}; not run")
+        study.tell(trial, state=TrialState.FAIL)
+        return "duplicate"
+    config, label, phase = config_from_json(attrs[CONFIG]), attrs.get("optimizer"), attrs.get(PHASE, "")
+    if attrs.get(SPACE):
+        sampled = {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
+                   for arg, (low, high, log) in attrs[SPACE].items()}
+        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+    else:
+        trial.suggest_float(f"{label}.lr", config.lr, config.lr, log=True)  # the queued value, as the trial's param
+    config = replace(config, threads=threads or config.threads)
+
+    def on_eval(step, metrics):
+        value = metrics.get(spec.metric)
+        # only searches prune: a grid, a [[runs]] entry or a confirmation runs to the end
+        if phase == "search" and value is not None and math.isfinite(value) and step > 0:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise Stop(f"pruned at step {step} ({spec.metric} {value:.4g})")
+
+    tags = {"optimstudy.kind": "trial", "optimstudy.study": spec.name, "optimstudy.trial": trial.number,
+            "optimstudy.phase": phase, "optimstudy.optimizer_label": label,
+            "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
+    if attrs.get(SPACE):
+        tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+    try:
+        with Heartbeat(storage, trial_id):
+            history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
+                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+    except Stop as stop:
+        trial.set_user_attr("pruned", str(stop))
+        study.tell(trial, state=TrialState.PRUNED)
+        return "pruned"
+    except KeyboardInterrupt:
+        trial.set_user_attr(ERROR, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
+        trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}"[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        return "failed"
+    trial.set_user_attr(DIVERGED, history.diverged)
+    trial.set_user_attr("lr", config.lr)
+    study.tell(trial, objective_value(history.final.get(spec.metric), history.diverged, spec.direction))
+    return "complete"
+
+
+def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | None, data_dir,
+         threads: int | None, on_trial_done=None, stop: threading.Event | None = None, planned=None) -> None:
+    """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
+    `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase)."""
+    from optimstudy.runner import Tracking
+
+    storage = open_storage(url)
+    tracking = Tracking(tracking_uri, spec.name) if tracking_uri else None
+    if tracking_uri:
+        from optimstudy.tracking import start_writer
+
+        start_writer(tracking_uri)
+    while stop is None or not stop.is_set():
+        claimed = claim(spec, storage)
+        if claimed is None:
+            # another machine's worker may have died meanwhile: queue its trials again, or stop
+            with planning_lock(url, spec.name):
+                study = open_study(spec, storage)
+                requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
+                    study, planned or plan(spec)[0], (spec.metric, spec.direction))
+            if requeued:
+                continue
+            return
+        study, trial, trial_id = claimed
+        try:
+            state = run_trial(spec, storage, study, trial, trial_id, tracking, parent_run_id, data_dir, threads)
+        except KeyboardInterrupt:  # also when it came before run_trial could record it
+            fail_if_running(storage, trial_id, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
+            raise
+        if on_trial_done is not None:
+            on_trial_done(state)
+
+
+def worker_main(argv: list[str]) -> int:
+    """`python -m optimstudy.study WORKER-JSON`: one extra worker process of a sweep.
+
+    It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
+    end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
+    """
+    import signal
+
+    from optimstudy.spec import load_spec
+
+    options = json.loads(argv[0])
+    stop = threading.Event()
+
+    def watch(fd):
+        while os.read(fd, 1):
+            pass
+        stop.set()
+
+    threading.Thread(target=watch, args=(options["alive_fd"],), daemon=True).start()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+    try:
+        work(load_spec(options["spec"]), options["storage"], options["tracking_uri"], options["parent_run_id"],
+             options["data_dir"], options["threads"], stop=stop)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

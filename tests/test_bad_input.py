@@ -1,0 +1,258 @@
+"""Bad input fails before anything runs: exit 2, a message naming what is wrong and what is
+valid, and nothing written to any store (no ./mlruns in the working directory).
+
+Real parts only: `optimstudy` processes, a closed port on 127.0.0.1 for a server that is not
+there, a real `mlflow server` that is stopped mid-sweep, a truncated copy of the MNIST fixture.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from optimstudy.optimizers import OptimizerArgumentError, optimizer_arguments
+
+SCRIPT = Path(sys.executable).with_name("optimstudy")  # the installed command, as the README runs it
+
+
+def spec_file(folder: Path, optimizer_table: str, name: str = "bad-input") -> Path:
+    path = folder / f"{name}.toml"
+    header = f'name = "{name}"\nproblem = "linreg"\nsteps = 20\nseeds = [0]\n\n'
+    path.write_text(header + textwrap.dedent(optimizer_table))
+    return path
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assert_nothing_written(folder: Path) -> None:
+    assert not (folder / "mlruns").exists(), sorted(p.name for p in (folder / "mlruns").rglob("*"))
+    assert not list(folder.glob("*.db")) and not list(folder.glob("*.journal"))
+
+
+def write_broken_optimizer(folder: Path) -> None:
+    (folder / "broken_optim.py").write_text(textwrap.dedent("""\
+        import torch
+
+        class Broken(torch.optim.SGD):
+            def __init__(self, params, lr=0.1, beta=0.5):
+                if not 0 <= beta < 1:
+                    raise ValueError(f"beta must lie in [0, 1), got {beta}")
+                super().__init__(params, lr=lr)
+        """))
+
+
+# ---- 1. optimizer arguments are checked before anything runs --------------------------------
+
+@pytest.mark.parametrize("table, key, given, valid", [
+    ('[optimizers.adam]\nlr = [0.01]\nbetas = "fast"\n', "optimizers.adam.betas", 'betas = "fast"',
+     "betas = [0.9, 0.999]"),
+    ("[optimizers.momentum]\nlr = [0.01]\nmomentum = -1.0\n", "optimizers.momentum.momentum", "momentum = -1.0",
+     "Invalid momentum value"),
+    ('[optimizers.adam]\nlr = [0.01]\namsgrad = "yes"\n', "optimizers.adam.amsgrad", 'amsgrad = "yes"',
+     "true or false"),
+    ('[optimizers.broken]\noptimizer = "broken_optim:Broken"\nlr = [0.01]\nbeta = 2.0\n',
+     "optimizers.broken.beta", "beta = 2.0", "beta must lie in [0, 1)"),
+    ('[optimizers.lbfgs]\noptimizer = "torch.optim:LBFGS"\nlr = [0.01]\n', "optimizers.lbfgs", "LBFGS",
+     "needs a closure"),
+    ('[optimizers.sgd]\nlr = [0.01]\n\n[[runs]]\noptimizer = "adam"\nlr = 0.01\nopt = { betas = [0.9] }\n',
+     "runs[0].opt.betas", "betas = [0.9]", "2 numbers"),
+])
+def test_sweep_refuses_a_bad_optimizer_argument_at_load(cli, tmp_path, table, key, given, valid):
+    write_broken_optimizer(tmp_path)
+    spec = spec_file(tmp_path, table)
+    result = cli("sweep", spec, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert f"key '{key}'" in message and given in message and valid in message, message
+    assert "Traceback" not in result.stderr
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--optimizer", "momentum", "--opt", "momentum=fast"],
+     ["--opt momentum=fast", "needs momentum to be a number", "valid e.g. --opt momentum=0.9"]),
+    (["--optimizer", "adam", "--opt", "betas=fast"],
+     ["--opt betas=fast", "2 numbers", "--opt betas=0.9,0.999"]),
+    (["--optimizer", "momentum", "--opt", "momentum=-1.0"],
+     ["--opt momentum=-1.0", "Invalid momentum value: -1.0"]),
+    (["--optimizer", "broken_optim:Broken", "--opt", "beta=2"], ["--opt beta=2", "beta must lie in [0, 1), got 2"]),
+    (["--optimizer", "torch.optim:LBFGS"], ["torch.optim:LBFGS", "needs a closure", "sgd, momentum"]),
+])
+def test_run_names_the_bad_opt_and_what_is_valid(cli, tmp_path, argv, expected):
+    write_broken_optimizer(tmp_path)
+    result = cli("run", "--problem", "linreg", "--steps", "5", *argv, cwd=tmp_path, timeout=120)  # tracked
+    assert result.returncode == 2, result.stderr[-2000:]
+    for part in expected:
+        assert part in result.stderr, (part, result.stderr)
+    assert "Traceback" not in result.stderr and "TypeError" not in result.stderr
+    assert_nothing_written(tmp_path)
+
+
+def test_optimizer_arguments_checks_types_and_builds_once():
+    assert optimizer_arguments("adam", {"betas": (0.8, 0.9), "amsgrad": True}, lr=1e-3) == {
+        "betas": (0.8, 0.9), "amsgrad": True}
+    assert optimizer_arguments("momentum", {"momentum": 0}, lr=0.1) == {"momentum": 0}  # an int for a float
+    with pytest.raises(OptimizerArgumentError) as caught:
+        optimizer_arguments("sgd", {"nesterov": True}, lr=0.1)  # torch: nesterov needs momentum
+    assert caught.value.arguments == ("nesterov",) and "Nesterov momentum requires" in str(caught.value)
+    with pytest.raises(OptimizerArgumentError):
+        optimizer_arguments("adam", {"eps": float("nan")})
+
+
+# ---- 2. a tracking server that is not there, or that stops --------------------------------
+
+@pytest.mark.parametrize("scheme", ["http", "postgresql+psycopg"])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_unreachable_tracking_uri_fails_within_seconds(cli, tmp_path, scheme, command):
+    port = closed_port()
+    uri = f"http://127.0.0.1:{port}" if scheme == "http" else f"{scheme}://user:secret@127.0.0.1:{port}/mlflow"
+    args = (["run", "--problem", "linreg", "--steps", "5"] if command == "run"
+            else ["sweep", spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.1]\n")])
+    started = time.monotonic()
+    result = cli(*args, "--tracking-uri", uri, cwd=tmp_path, timeout=200)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert elapsed < 30, f"{elapsed:.0f} s (MLflow alone retries for minutes)"
+    message = result.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in message and "Connection refused" in message, message
+    assert "secret" not in result.stderr
+    assert_nothing_written(tmp_path)  # neither the MLflow store nor the sweep's Optuna journal
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            assert process.poll() is None, "mlflow server exited"
+            time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail("mlflow server did not start in 90 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_server_stopping_mid_sweep_is_said_and_retried(tmp_path):
+    """Stop the server while a trial writes its steps: the sweep says so at once and keeps retrying;
+    the server back on the same port, the sweep finishes every trial."""
+    if not SCRIPT.exists():
+        pytest.skip("the optimstudy command is not installed beside this Python")
+    port = closed_port()
+    server = start_mlflow_server(tmp_path, port)
+    spec = spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.01]\n", name="server-stops")
+    spec.write_text(spec.read_text().replace("steps = 20", "steps = 20000"))
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # MLflow's waits 0, 2, 4, 8 s... not 0, 4, 8, 16
+    sweep = subprocess.Popen([str(SCRIPT), "sweep", str(spec), "--tracking-uri", f"http://127.0.0.1:{port}"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(sweep.stderr), daemon=True)
+    reader.start()
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                r.data.metrics for r in client.search_runs(
+                    [e.experiment_id for e in client.search_experiments()], "tags.`optimstudy.kind` = 'trial'")):
+            assert sweep.poll() is None, "".join(lines)
+            time.sleep(0.5)
+        stop(server)  # mid-trial: its steps are being written
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < 30 and not any("does not answer" in line for line in lines):
+            time.sleep(0.2)
+        said = [line for line in lines if "does not answer" in line]
+        assert said, "".join(lines)[-3000:]
+        assert time.monotonic() - stopped < 15, "the first retry is said at once, not after MLflow's minutes"
+        assert f"127.0.0.1:{port}" in said[0] and "retrying" in said[0], said[0]
+        server = start_mlflow_server(tmp_path, port)  # back: the retries pick it up
+        assert sweep.wait(timeout=400) == 0, "".join(lines)[-3000:]
+        reader.join(timeout=10)
+        assert "1 complete" in "".join(lines), "".join(lines)[-3000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        stop(server)
+
+
+# ---- 3. files that are there but unreadable -----------------------------------------------
+
+def test_spec_that_is_not_utf8_is_named(cli, tmp_path):
+    spec = tmp_path / "latin1.toml"
+    spec.write_bytes('name = "café"\nproblem = "linreg"\nsteps = 5\n[optimizers.sgd]\nlr = [0.1]\n'.encode("latin-1"))
+    result = cli("sweep", spec, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "latin1.toml: not UTF-8" in result.stderr and "line 1, column 12" in result.stderr, result.stderr
+    assert "UnicodeDecodeError" not in result.stderr
+    assert_nothing_written(tmp_path)
+
+
+def test_truncated_mnist_file_is_named_as_corrupt(cli, tmp_path, mnist_dir):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(Path(mnist_dir) / "MNIST" / "raw", raw)
+    images = raw / "train-images-idx3-ubyte"
+    images.chmod(0o644)
+    with open(images, "r+b") as file:
+        file.truncate(images.stat().st_size // 2)  # a copy interrupted half way
+    result = cli("run", "--problem", "mnist_logreg", "--steps", "2", "--data-dir", tmp_path / "data",
+                 cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{images} is corrupt" in result.stderr, result.stderr
+    assert "could not be downloaded" not in result.stderr
+    assert_nothing_written(tmp_path)
+
+
+# ---- 4. the README's custom optimizer, from the folder that holds it ----------------------
+
+def test_custom_optimizer_in_the_working_directory_imports_everywhere(tmp_path):
+    """`optimstudy run --optimizer mypackage.optim:Lion` from the project root, as the README says,
+    with the installed command (python -m would put the folder on sys.path by itself), and a
+    sweep whose second worker process imports it too."""
+    if not SCRIPT.exists():
+        pytest.skip("the optimstudy command is not installed beside this Python")
+    (tmp_path / "mypackage").mkdir()
+    (tmp_path / "mypackage" / "__init__.py").write_text("")
+    (tmp_path / "mypackage" / "optim.py").write_text(textwrap.dedent("""\
+        import torch
+
+        class Lion(torch.optim.SGD):  # stands in for the README's Lion: same arguments
+            def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+                super().__init__(params, lr=lr, weight_decay=weight_decay)
+        """))
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != tmp_path]
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **({"PYTHONPATH": os.pathsep.join(kept)}
+                                                                         if kept else {})}  # never the folder
+    run = subprocess.run([str(SCRIPT), "run", "--problem", "linreg", "--steps", "5", "--no-track", "--optimizer",
+                          "mypackage.optim:Lion", "--lr", "1e-2", "--opt", "betas=0.9,0.99", "--opt",
+                          "weight_decay=0.01"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    spec = spec_file(tmp_path, '[optimizers.lion]\noptimizer = "mypackage.optim:Lion"\nlr = [0.01, 0.02, 0.03]\n',
+                     name="custom")
+    sweep = subprocess.run([str(SCRIPT), "sweep", str(spec), "--workers", "2"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "3 complete" in sweep.stderr and "failed" not in sweep.stderr.replace("0 failed", ""), sweep.stderr
