@@ -25,8 +25,10 @@ demo: $(STAMP)
 	@echo "Report page:  $(CURDIR)/analysis/report.html"
 	@echo "MLflow UI:    $(BIN)/optimstudy ui      (then open http://127.0.0.1:5000)"
 
+# two pytest-xdist workers: most tests wait on real processes, stores and servers, so two run in
+# the time of one on 2 cores
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -125,3 +125,11 @@ def test_captured_mode_gives_the_eager_curves(settings):
     for name in PER_STEP:
         assert captured.step_metrics[name] == pytest.approx(eager.step_metrics[name], rel=1e-4), name
     assert captured.final["val_loss"] == pytest.approx(eager.final["val_loss"], rel=1e-4)
+
+
+def test_compile_must_be_a_bool():
+    from optimstudy.errors import UsageError
+
+    with pytest.raises(UsageError, match="compile must be true or false, got 'yes'"):
+        RunConfig(problem="linreg", compile="yes")
+    assert RunConfig(problem="linreg", compile=True).params()["compile"] is True  # logged with the run

@@ -25,3 +25,36 @@ def test_an_existing_experiment_without_the_kind_gets_it_when_touched_again(tmp_
     assert EXPERIMENT_KIND_TAG not in client.get_experiment(created).tags
     assert experiment_id(tracking_uri, "older") == created
     assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+
+
+def test_ui_with_an_unknown_experiment_exits_2_naming_the_known_ones(cli, tmp_path, tracking_uri):
+    cli("run", "--problem", "linreg", "--steps", "5", "--experiment", "known", "--tracking-uri", tracking_uri,
+        cwd=tmp_path, check_exit=0)
+    result = cli("ui", "--experiment", "knwn", "--tracking-uri", tracking_uri, "--port", "5998", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "knwn" in result.stderr and "did you mean 'known'" in result.stderr
+
+
+def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(cli, tmp_path, tracking_uri):
+    """The UI's run description shows the results layer's best configurations, the same ones
+    the sweep's --json reports; the experiment's description is the spec's."""
+    import json
+
+    from optimstudy.tracking import NOTE_TAG
+
+    spec = tmp_path / "noted.toml"
+    spec.write_text('name = "noted"\ndescription = "SGD against Adam on linreg."\nproblem = "linreg"\n'
+                    'steps = 40\nseeds = [0, 1]\n[optimizers.sgd]\nlr = [0.01, 0.1]\n'
+                    '[optimizers.adam]\nlr = [0.01, 0.1]\n')
+    result = cli("sweep", spec, "--json", "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    client = MlflowClient(tracking_uri)
+    note = client.get_run(summary["parent_run_id"]).data.tags[NOTE_TAG]
+    assert "SGD against Adam on linreg." in note
+    for best in summary["best"]:
+        assert f"| {best['problem']} | {best['optimizer']} | {best['lr']:.3g} |" in note
+    assert "optimstudy report --experiment noted" in note
+    experiment = client.get_experiment_by_name("noted")
+    assert experiment.tags[NOTE_TAG] == "SGD against Adam on linreg."
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    assert {(v["a"], v["b"]) for v in summary["verdicts"]} == {("adam", "sgd")}

@@ -289,10 +289,20 @@ def all_complete(folder, name, count):
 @pytest.mark.slow
 def test_a_sweep_outlives_the_shell_that_started_it(cli, tmp_path):
     spec = spec_file(tmp_path, "detached", SHORT.format(name="detached", steps=1500))
-    # the shell starts the sweep in the background and exits at once: the sweep's parent pid changes
-    shell = subprocess.run(["bash", "-c", f"{sys.executable} -m optimstudy sweep {spec} --json >out.txt 2>err.txt & "
-                            "echo $!"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    pid = int(shell.stdout.strip())
+    # a shell starts the sweep in the background; once trials are running, the shell exits
+    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m optimstudy sweep {spec} --json >out.txt 2>err.txt & "
+                              "echo $!; exec sleep 600"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    pid = int(shell.stdout.readline())
+
+    def some_complete():
+        try:
+            return any(t.state == TrialState.COMPLETE for t in study(tmp_path, "detached").trials)
+        except (FileNotFoundError, KeyError):
+            return False
+
+    assert wait_for(some_complete, 120)
+    shell.kill()  # the shell is gone: the sweep's parent pid changes mid-sweep
+    shell.wait()
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
                     timeout=300)
     summary = json.loads((tmp_path / "out.txt").read_text().strip().splitlines()[-1])
@@ -348,6 +358,14 @@ def test_workers_are_bounded_by_the_queue(cli, tmp_path):
     assert "1 trials to run with 1 worker " in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) > 2, reason="the warning needs more workers than cores: 3 on 2 cores")
+def test_more_workers_than_cores_are_warned_about(cli, tmp_path):
+    spec = spec_file(tmp_path, "crowded", SHORT.format(name="crowded", steps=20))
+    result = cli("sweep", spec, "--workers", "3", cwd=tmp_path, check_exit=0)
+    assert "6 trials to run with 3 workers" in result.stderr and "warning: 3 workers on 2 cores" in result.stderr
+
+
 @pytest.mark.parametrize("storage, expected", [
     ("sqlite:///mlruns/mlflow.db", "is the MLflow tracking database"),
     ("mlruns/mlflow.db", "is the MLflow tracking database"),
@@ -385,3 +403,29 @@ def test_a_server_on_a_busy_port_exits_2_saying_so(command, tmp_path, capsys, mo
         code, err = run_main(capsys, *command, "--port", port)
     assert code == 2 and f"port {port}" in err and "already in use" in err
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_writer_fails_its_trial_loudly_and_resume_finishes(cli, tmp_path):
+    spec = spec_file(tmp_path, "writerkill", LONG.format(name="writerkill"))
+    process = start(["sweep", spec, "--json"], tmp_path)
+    assert wait_for(lambda: first_running_trial_with_steps(tmp_path, "writerkill"))
+
+    def writer_of(pid):
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid and b"writer.py" in cmdline.read():
+                        return int(entry)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    os.kill(writer_of(process.pid), signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "the MLflow writer process exited" in err
+    assert "run the same command again to resume" in err
+    cli("sweep", spec, cwd=tmp_path, check_exit=0)
+    assert all_complete(tmp_path, "writerkill", 4)
+    assert cli("check", spec, cwd=tmp_path).returncode == 0

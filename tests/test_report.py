@@ -628,7 +628,7 @@ def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_p
     spec = tmp_path / "readme.toml"
     spec.write_text(shrink(readme_specs()[index]))
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {"OPTIMSTUDY_DATA_DIR": mnist_dir}
+    env = {"OPTIMSTUDY_DATA_DIR": mnist_dir, "PYTHONPATH": str(REPO)}  # REPO: examples.* problems import
     swept = cli("sweep", spec, "--tracking-uri", uri, "--json", check_exit=0, cwd=tmp_path, env=env, timeout=600)
     result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out", "--analysis", REPO / "analysis",
                  check_exit=0, cwd=tmp_path, env=env)

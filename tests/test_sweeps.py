@@ -127,6 +127,10 @@ def test_search_gives_equal_budgets_and_records_pruning_in_both_stores(cli, tmp_
     for trial in pruned:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED" and run.data.tags["optimstudy.pruned"].startswith("pruned at step")
+    tags = client.get_run(study.trials[0].user_attrs["mlflow_run_id"]).data.tags  # contract 1 of coord.md
+    assert tags["optimstudy.objective_metric"] == "val_loss" and tags["optimstudy.objective_direction"] == "minimize"
+    assert json.loads(tags["optimstudy.lr_space"]) == [1e-5, 0.5, True]
+    assert tags["optimstudy.phase"] == "search" and tags["optimstudy.optimizer_label"] in ("sgd", "adam")
 
 
 @pytest.mark.slow

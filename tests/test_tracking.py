@@ -386,7 +386,7 @@ def test_ui_serves_the_store_and_stops_with_everything_it_started(store, tmp_pat
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     log = (tmp_path / "ui.log").open("w")
     process = subprocess.Popen(  # SIGINT as in a terminal, even when the tests run in the background
-        [sys.executable, "-m", "optimstudy", "ui", "--port", str(port), "--tracking-uri", store],
+        [sys.executable, "-m", "optimstudy", "ui", "--port", str(port), "--tracking-uri", store, "--experiment", "shown"],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = []
     try:
@@ -402,6 +402,10 @@ def test_ui_serves_the_store_and_stops_with_everything_it_started(store, tmp_pat
         history = get_json(f"{api}/metrics/get-history?run_id={logger.run_id}&metric_key=train_loss")
         assert [(m["step"], m["value"]) for m in history["metrics"]] == [(s, 1.0 / s) for s in range(1, 6)]
         assert started, "the UI started no server process"
+        shown = get_json(f"{api}/experiments/get-by-name?experiment_name=shown")["experiment"]["experiment_id"]
+        # the printed URL opens the experiment's runs table, in the UI's machine-learning view (not GenAI)
+        assert (f"http://127.0.0.1:{port}/#/experiments/{shown}/runs?workflowType=machine_learning"
+                in (tmp_path / "ui.log").read_text())
         process.send_signal(stop_with)
         code = process.wait(timeout=60)
     finally:

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="open the MLflow UI on the tracking store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--experiment", help="print the URL of this experiment's runs table")
     add_tracking_flags(ui, allow_no_track=False)
 
     sweep = commands.add_parser("sweep", help="run an experiment spec as an Optuna study",
@@ -252,7 +253,7 @@ def cmd_list(args) -> int:
 def cmd_ui(args) -> int:
     from optimstudy.servers import ui
 
-    return ui(args.tracking_uri, host=args.host, port=args.port)
+    return ui(args.tracking_uri, host=args.host, port=args.port, experiment=args.experiment)
 
 
 def cmd_sweep(args) -> int:

@@ -9,11 +9,12 @@
         ...                                  # the run diverged
 
 Why it is built this way (one CPU thread, MNIST MLP, batch 64, a 0.6 ms step; measured in the
-loop by benchmarks/bench_floor.py): the diagnostics are memory passes over the weights (400 KB
+loop by benchmarks/bench_floor.py): a step's recording is four dispatched ops (25-40 us of
+dispatch alone: measured with 2-element tensors) and memory passes over the weights (400 KB
 for the MLP), 10-15 us each alone and 15-30 us inside the loop, where the weights, gradients
 and saved copy no longer fit the core's cache together. An exact update norm needs at least
 the gradient pass, a copy of the weights before the step and a pass reading both after it;
-the count of passes is what costs, and in eager PyTorch this is the least found:
+in eager PyTorch this is the least found (about 0.1 ms a step in all, ~1.17x the bare loop):
 - The gradient norm is one `torch._foreach_norm` (one fused kernel on CUDA); the per-tensor
   norms are kept and combined into the global norm at the flush, so a step adds no stack.
 - The weights from before the step live in one flat buffer: after the step one `_foreach_sub_`
@@ -21,6 +22,8 @@ the count of passes is what costs, and in eager PyTorch this is the least found:
   vector_norm's 12 us alone), and one `_foreach_copy_` makes it the weights before the next
   step. Measured in the loop: 48-58 us, against 72 us for the copy/subtract/norm per tensor
   it replaces; torch.dist (one pass, no write) 84-110 us; vector_norm instead of dot +5-14 us.
+  Re-pointing the model's weights into one flat buffer saves ~10 us more (one op instead of
+  a foreach over views) but changes the storage of the user's model: not done.
 - A step's results are 0-d tensors appended to Python lists (0.1 us): writing each into a
   preallocated buffer by index costs a dispatch (2-3 us on CPU, a kernel launch on a GPU).
   The lists are stacked once per flush and copied to the host in a single transfer, so a
@@ -71,7 +74,7 @@ class StepRecorder:
         self.captured = captured
         self._grad_norms, self._update_square = _gradient_norms, _update_square
         if captured:
-            self._grad_norms = torch.compile(_gradient_norms, mode=CAPTURE_MODE)
+            self._grad_norms = torch.compile(_stacked_gradient_norms, mode=CAPTURE_MODE)
             self._update_square = torch.compile(_update_square_captured, mode=CAPTURE_MODE)
 
     def gradients(self, micro_losses: list[torch.Tensor]) -> None:
@@ -80,7 +83,7 @@ class StepRecorder:
         self.losses.append(loss.clone() if self.captured else loss)
         grads = [p.grad for p in self.params if p.grad is not None]
         norms = self._grad_norms(grads) if grads else []
-        self.grad_norms.append([n.clone() for n in norms] if self.captured else norms)
+        self.grad_norms.append(norms.clone().unbind() if self.captured and grads else norms)  # one copy
 
     def grad_norm(self) -> torch.Tensor:
         """The global gradient norm of the last step, as a 0-d tensor on the device (for clipping)."""
@@ -114,7 +117,9 @@ class StepRecorder:
             torch.stack(self.update_squares[:count]).double().sqrt(),
         ])
         columns = dict(zip(("train_loss", "grad_norm", "update_norm"), table.tolist()))  # the one host sync
-        columns["lr"] = [float(lr) for lr in self.lrs[:count]]
+        lrs = self.lrs[:count]
+        columns["lr"] = (torch.stack(lrs).double().tolist() if isinstance(lrs[0], torch.Tensor)  # one transfer
+                         else [float(lr) for lr in lrs])
         if self.trace_weights:
             rows = torch.stack(self.weight_rows[:count]).double().tolist()
             columns.update({f"w{i + 1}": list(column) for i, column in enumerate(zip(*rows))})
@@ -141,6 +146,10 @@ class StepRecorder:
 
 def _gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     return torch._foreach_norm(grads)
+
+
+def _stacked_gradient_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm(grads))
 
 
 def _update_square(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]):

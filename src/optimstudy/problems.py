@@ -30,6 +30,7 @@ from optimstudy.data import (DataInfo, TorchvisionData, as_torchvision, check_da
                              least_squares_mse, load_problem_data)
 from optimstudy.errors import UsageError, unknown
 from optimstudy.imports import import_object, is_import_path
+from optimstudy.losses import LOSSES
 
 TASKS = ("classification", "binary", "regression")  # integer classes, ±1 labels, real targets
 DEFAULT_LOSS = {"classification": "cross_entropy", "binary": "logistic", "regression": "mse"}
@@ -61,6 +62,10 @@ class Problem:
             raise UsageError(f"problem task '{self.task}' is not one of {', '.join(TASKS)}")
         if self.default_loss is None:
             object.__setattr__(self, "default_loss", DEFAULT_LOSS[self.task])
+        fits = [name for name, (_, tasks) in LOSSES.items() if self.task in tasks]
+        if self.default_loss not in fits:
+            raise UsageError(f"problem default_loss '{self.default_loss}' does not apply to a {self.task} task; "
+                             f"valid: {', '.join(fits)}")
         if not callable(self.make_model):
             raise UsageError(f"problem make_model must be callable (a function or an nn.Module class), "
                              f"got {self.make_model!r}")
@@ -100,9 +105,9 @@ def _takes_an_argument(factory) -> bool:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: call it bare
         return False
-    required = [p for p in signature.parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
-    return bool(required)
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    return bool(positional)
 
 
 # ---- built-in models: each takes the data's shape ------------------------------------------

@@ -174,6 +174,8 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
     study = Study(frame)
     sections = write_report(study, out, scripts=scripts, tracking_uri=tracking_uri, debug=debug)
     logged = log_report(tracking_uri, sweep_parents(frame), out) if log_to_store else 0
+    if log_to_store:
+        refresh_notes(study, tracking_uri)
     drawn = sum(bool(s.caption) for s in sections)
     print(f"report: {len(study.runs)} runs from {study.runs['experiment'].nunique()} experiment(s); {drawn} figures "
           f"from {analysis_folder(analysis)} in {out / 'figures'}; table in {out / 'summary.csv'} (loaded in {loaded:.1f} s, "
@@ -214,6 +216,20 @@ def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) 
     if section.caption:
         print(f"{out / name}.png: {section.caption}")
     return 0
+
+
+def refresh_notes(study: Study, tracking_uri: str) -> None:
+    """Each sweep parent run's description in the MLflow UI, redrawn from these results."""
+    from optimstudy.notes import study_note
+    from optimstudy.tracking import set_notes
+
+    runs = study.runs
+    if runs.empty or "parent_run_id" not in runs:
+        return
+    children = runs[runs["parent_run_id"].notna()]
+    for (parent, experiment), _ in children.groupby([children["parent_run_id"].astype(str),
+                                                     children["experiment"].astype(str)]):
+        set_notes(tracking_uri, parent, study_note(study, experiment), experiment)
 
 
 def sweep_parents(frame: pd.DataFrame) -> list[str]:

@@ -114,7 +114,7 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
     runs["config_key"] = [f"lr={_text(lr)} {args}" for lr, args in zip(runs["lr"], runs["args"])]
     runs["setting_key"] = [" ".join(f"{c}={_text(v)}" for c, v in zip(SETTING, values) if _text(v))
                            for values in runs[list(SETTING)].itertuples(index=False)]
-    return runs
+    return runs.copy()  # one block per dtype again: the columns added one by one fragment the frame
 
 
 # ---- best configurations ---------------------------------------------------------------------
@@ -384,12 +384,12 @@ class Study:
     @cached_property
     def _slices(self) -> dict | None:
         """run_id -> the slice of rows holding its points (store.load_runs sorts by run, metric, step)."""
-        run_ids = self.frame["run_id"].astype(str).to_numpy()
-        if not len(run_ids):
+        codes, names = pd.factorize(self.frame["run_id"])  # categorical (store's compact frame): its codes
+        if not len(codes):
             return {}
-        cuts = np.flatnonzero(run_ids[1:] != run_ids[:-1]) + 1
-        bounds = np.concatenate([[0], cuts, [len(run_ids)]])
-        slices = {run_ids[a]: slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])}
+        cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        bounds = np.concatenate([[0], cuts, [len(codes)]])
+        slices = {str(names[codes[a]]): slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])}
         return slices if len(slices) == len(bounds) - 1 else None
 
     def points(self, run_ids, metrics) -> pd.DataFrame:

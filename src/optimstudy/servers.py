@@ -23,13 +23,14 @@ from pathlib import Path
 from optimstudy.errors import UsageError
 
 
-def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """The MLflow UI over the same store a run would use."""
+def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
+       experiment: str | None = None) -> int:
+    """The MLflow UI over the same store a run would use; with `experiment`, its runs page's URL."""
     from optimstudy.tracking import artifact_root, ensure_store, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
-        print(f"the store is a tracking server: open {tracking_uri} in a browser")
+        print(f"the store is a tracking server: open {ui_url(tracking_uri.rstrip('/'), tracking_uri, experiment)}")
         return 0
     check_port_free(host, port)
     command = [installed_program("mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", host,
@@ -38,11 +39,28 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
     if root:
         command += ["--default-artifact-root", root, "--serve-artifacts"]
     ensure_store(tracking_uri)
+    url = ui_url(f"http://{host}:{port}", tracking_uri, experiment)
     # MLflow's job runner (8 processes, for GenAI jobs such as LLM judges) is of no use to training
     # runs: without it the UI is up in ~6 s instead of 10-16 s on 2 cores. The variable overrides.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    return run_server(command, f"MLflow UI for {tracking_uri}\n  open http://{host}:{port}  (Ctrl-C stops it)",
-                      env=env)
+    return run_server(command, f"MLflow UI for {tracking_uri}\n  open {url}  (Ctrl-C stops it)", env=env)
+
+
+def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
+    """The page to open. MLflow 3's UI shows an experiment as a GenAI app (traces, token usage)
+    unless told the workflow is machine learning; `workflowType` in the URL tells it, and it keeps
+    that choice for the next visits. With an experiment: straight to its runs table."""
+    if experiment is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    from optimstudy.store import experiment_ids
+
+    found = experiment_ids(tracking_uri)
+    if experiment not in found:
+        from optimstudy.errors import near
+
+        raise UsageError(f"no experiment '{experiment}'{near(experiment, list(found))} in '{tracking_uri}'; "
+                         f"experiments: {', '.join(sorted(found)) or 'none'}")
+    return f"{base}/#/experiments/{found[experiment]}/runs?workflowType=machine_learning"
 
 
 def dashboard(spec_path: str | None = None, storage: str | None = None, host: str = "127.0.0.1",

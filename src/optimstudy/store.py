@@ -217,3 +217,8 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
                          f"{', '.join(known) or 'none'}. Run `optimstudy sweep {QUICKSTART}` to make some")
     raise UsageError(f"no runs in the tracking store '{tracking_uri}'; run `optimstudy sweep {QUICKSTART}` "
                      "first (or `optimstudy run`), then `optimstudy report`")
+
+
+def experiment_ids(tracking_uri: str) -> dict[str, str]:
+    """Experiment name -> id, active experiments only."""
+    return {e.name: e.experiment_id for e in _client(tracking_uri).search_experiments(max_results=50000)}

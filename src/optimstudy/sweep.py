@@ -11,6 +11,7 @@ configurations. Running the same command again resumes.
 """
 import json
 import math
+import numbers
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from optimstudy.planning import compare_identity, confirm_plan, plan, skip_notes
 from optimstudy.progress import progress_bar
 from optimstudy.spec import Spec, load_spec
 from optimstudy.storages import check_storage
+from optimstudy.workers import ForkedWorker, fork_workers
 
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
@@ -47,19 +49,27 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
     url = studies.storage_url(storage, spec.name)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     check_storage(url, tracking_uri)  # before any store exists
-    from optimstudy.runner import load_data
+    pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
+    try:
+        from optimstudy.runner import load_data
 
-    for problem in dict.fromkeys(item.config.problem for item in planned):  # missing data: fail before writing
-        load_data(next(item.config for item in planned if item.config.problem == problem), data_dir)
-    with interrupted_by_signals():
-        return _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart)
+        for problem in dict.fromkeys(item.config.problem for item in planned):  # missing data: fail before writing
+            load_data(next(item.config for item in planned if item.config.problem == problem), data_dir)
+        with interrupted_by_signals():
+            return _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool)
+    finally:
+        for worker in pool:  # the ones no phase needed exit now
+            worker.dismiss()
+        for worker in pool:
+            worker.wait()
 
 
-def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart) -> int:
-    from optimstudy.tracking import stop_writers, update_run
+def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool) -> int:
+    from optimstudy.notes import study_note
+    from optimstudy.tracking import set_notes, stop_writers, update_run
 
-    started = time.perf_counter()
     study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, restart)
+    started = time.perf_counter()  # "N trials run now in X s": the trials, after the stores are set up
     for line in skip_notes(skipped) + notes:
         print(f"note: {line}", file=sys.stderr)
     before = studies.counts(study)
@@ -69,14 +79,14 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     try:
         deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, spec.name,
-                            planned, pids)
+                            planned, pids, pool)
         confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
         if confirm:
             with studies.planning_lock(url, spec.name):
                 queued = studies.enqueue_missing(study, confirm, (spec.metric, spec.direction))
             if queued or studies.counts(study)["waiting"]:
                 deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads,
-                                    f"{spec.name} confirm", confirm, pids)
+                                    f"{spec.name} confirm", confirm, pids, pool)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -90,12 +100,17 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         if final["running"] == 0 or status == "KILLED":  # another command's workers may still be running
             update_run(tracking_uri, parent_run_id, status=status)
         stop_writers()
-    best = best_rows(spec, tracking_uri)
+    outcome = study_results(spec, tracking_uri)
+    best = outcome.best.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     warnings = edge_warnings(best)
     update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
                metrics={f"trials_{name}": value for name, value in final.items()})
+    set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
+              spec.description or f"optimstudy sweep of {spec.path}")
     new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    print(format_table(best, spec))
+    summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
+    verdicts = outcome.verdicts.to_dict("records")
+    print(format_table(summary, verdicts, spec))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for line in deaths:
@@ -115,9 +130,15 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
                           "trials": {"complete": final["complete"], "pruned": final["pruned"],
                                      "failed": final["failed"], "skipped": sum(skipped.values())},
                           "failures": {reason: len(numbers) for reason, numbers in failures.items()},
-                          "best": [{"problem": r["problem"], "optimizer": r["optimizer"], "lr": _number(r["lr"]),
-                                    "mean": _number(r["mean"]), "std": _number(r["std"]), "seeds": int(r["seeds"])}
-                                   for r in best], "edge_warnings": warnings}))
+                          "best": [{"problem": r["problem"], "optimizer": r["optimizer"],
+                                    "lr": _number(r["best_lr"]), "mean": _number(r["mean"]), "std": _number(r["std"]),
+                                    "median": _number(r["median"]), "ci_low": _number(r["ci_low"]),
+                                    "ci_high": _number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
+                          "verdicts": [{key: (_number(v[key]) if isinstance(v[key], float) else v[key])
+                                        for key in ("problem", "a", "b", "metric", "verdict", "seeds", "test",
+                                                    "difference", "ci_low", "ci_high", "seeds_needed")}
+                                       for v in verdicts],
+                          "edge_warnings": warnings}))
     return 1 if unfinished else 0
 
 
@@ -190,14 +211,16 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
 
 
 def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, label, planned,
-              pids: set) -> list[str]:
+              pids: set, pool: list) -> list[str]:
     """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
     line per worker that died.
 
     This process is one of the workers (it has imported torch and loaded the data already); the
-    others are fresh processes, started first so that their start-up overlaps our work.
+    others come from `pool` (forked at start-up, see workers.py) while it lasts, else they are
+    fresh processes, started first so that their start-up overlaps our work.
     """
     from optimstudy.config import default_threads
+    from optimstudy.devices import cpu_count
 
     total = studies.counts(study)
     todo = total["waiting"]
@@ -207,7 +230,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     threads = threads or default_threads(workers)
     print(f"{label}: {todo} trials to run with {workers} worker{'s' if workers > 1 else ''} "
           f"({threads} torch thread{'s' if threads > 1 else ''} each)", file=sys.stderr, flush=True)
-    cores = os.cpu_count() or 1
+    cores = cpu_count()
     if workers > cores:
         print(f"warning: {workers} workers on {cores} cores: they will compete for the cores and each "
               f"holds its own copy of the data; --workers {cores} is usually faster", file=sys.stderr)
@@ -215,8 +238,14 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     alive_read, alive_write = os.pipe()  # closes when we die, however we die: the workers then stop
     options = {"spec": spec.path, "storage": url, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
                "data_dir": data_dir, "threads": threads, "alive_fd": alive_read}
-    others = [subprocess.Popen([sys.executable, "-m", "optimstudy.study", json.dumps(options)],
-                               pass_fds=[alive_read], start_new_session=True) for _ in range(workers - 1)]
+    others = []
+    for _ in range(workers - 1):
+        if pool:
+            others.append(pool.pop(0))
+            others[-1].start({k: v for k, v in options.items() if k != "alive_fd"})
+        else:
+            others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.study", json.dumps(options)],
+                                           pass_fds=[alive_read], start_new_session=True))
     os.close(alive_read)
     pids.update(p.pid for p in others)
     try:
@@ -247,12 +276,25 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
         raise
     finally:
         os.close(alive_write)
+        for process in others:
+            if isinstance(process, ForkedWorker):
+                process.dismiss()
     return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}" if p.returncode < 0 else
                                   f"exited with code {p.returncode}") + "; its trial was failed and queued again"
             for p in others if p.returncode not in (0, 130)]
 
 
 # ---- the results (results.py computes them; the sweep prints them) -------------------------
+
+def study_results(spec: Spec, tracking_uri: str):
+    """results.Study of this study's runs, read as the report reads them (one answer)."""
+    from optimstudy import results
+    from optimstudy.report import RESULT_METRICS
+    from optimstudy.store import load_runs
+
+    frame = load_runs(tracking_uri, experiments=[spec.name], metrics=[*results.RUN_METRICS, *RESULT_METRICS])
+    return results.Study(frame[frame["study"] == spec.name] if not frame.empty else frame)
+
 
 def best_rows(spec: Spec, tracking_uri: str) -> list[dict]:
     """results.best_configurations of this study's runs, one dict per row."""
@@ -288,23 +330,38 @@ def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
     return picks
 
 
-def format_table(best: list[dict], spec: Spec) -> str:
-    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric} (mean ± std, seeds)"]
-    for row in best:
+def format_table(summary: list[dict], verdicts: list[dict], spec: Spec) -> str:
+    """Each optimizer's best configuration (results.summary_table rows), then the decided verdicts."""
+    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, median [95% CI] (seeds)"]
+    for row in summary:
+        lr = f"{row['best_lr']:9.3g}" if _finite(row["best_lr"]) else f"{'diverged':>9}"
         std = row["std"] if _finite(row["std"]) else 0.0
-        line = (f"{row['problem']:15} {row['optimizer']:12} {row['lr']:9.3g}  "
-                f"{row['mean']:.4g} ± {std:.2g} (n={row['seeds']})")
-        if row.get("args"):
-            line += f"  {row['args']}"
-        if row.get("confirm_seeds"):
+        line = f"{row['problem']:15} {row['optimizer']:12} {lr}  "
+        if _finite(row["mean"]):
+            line += f"{row['mean']:.4g} ± {std:.2g}"
+            if _finite(row["ci_low"]):
+                line += f", {row['median']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+        line += f" (n={row['seeds']})"
+        if row.get("optimizer_args"):
+            line += f"  {row['optimizer_args']}"
+        if row.get("setting"):
+            line += f"  {row['setting']}"
+        if _finite(row.get("confirm_seeds")) and row["confirm_seeds"]:
             spread = row["confirm_std"] if _finite(row["confirm_std"]) else 0.0
-            line += f"   confirmed on {row['confirm_seeds']} new seeds: {row['confirm_mean']:.4g} ± {spread:.2g}"
+            line += (f"   confirmed on {int(row['confirm_seeds'])} new seeds: "
+                     f"{row['confirm_mean']:.4g} ± {spread:.2g}")
         lines.append(line)
+    decided = [v for v in verdicts if not str(v["verdict"]).startswith("not distinguishable")]
+    for verdict in decided:
+        lines.append(f"verdict: {verdict['problem']}: {verdict['a']} vs {verdict['b']}: {verdict['verdict']}")
+    if len(decided) < len(verdicts):
+        lines.append(f"verdict: {len(verdicts) - len(decided)} of {len(verdicts)} optimizer pairs are not "
+                     "distinguishable with the seeds run (`optimstudy report` shows the seeds each would need)")
     return "\n".join(lines)
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _number(value):

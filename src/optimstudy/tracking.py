@@ -91,6 +91,7 @@ def ensure_store(tracking_uri: str) -> None:
         raise UsageError(f"tracking store '{tracking_uri}' cannot be opened: {str(error)[:300]}") from None
 
 
+@functools.lru_cache(maxsize=8)  # one client per store and process: building one costs ~7 ms, per trial
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
@@ -140,6 +141,7 @@ def environment_tags(device: str) -> dict:
     return tags
 
 
+@functools.lru_cache(maxsize=1)  # importlib.metadata reads the installed files: ~3 ms a call
 def _mlflow_version() -> str:
     from importlib.metadata import version
 
@@ -298,10 +300,19 @@ class MlflowLogger:
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        from mlflow.exceptions import MlflowException
+
         dataset = Dataset(name=name[:500], digest=digest[:36], source_type=source_type, source=source[:1000],
                           profile=json.dumps(profile))
-        _client(self.tracking_uri).log_inputs(
-            self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+        try:
+            _client(self.tracking_uri).log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as error:
+            # MLflow's SQL store looks the data set up, then inserts it: two workers logging the same
+            # data set at once race, and the loser hits the unique key. Then it exists: link to it.
+            if "UNIQUE" not in str(error).upper() and "DUPLICATE" not in str(error).upper():
+                raise
+            _client(self.tracking_uri).log_inputs(self.run_id, datasets=inputs)
 
     def close(self, status="FINISHED", tags: dict | None = None):
         """Ship what is buffered, then end the run with `status`, setting `tags` (why it ended)."""
@@ -446,3 +457,24 @@ def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
         return False
     client.rename_experiment(found.experiment_id, new_name)
     return True
+
+
+NOTE_MAX_CHARS = 7500  # MLflow keeps tag values up to 8,000 characters
+
+
+def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: str,
+              experiment_note: str | None = None) -> None:
+    """The Markdown descriptions the MLflow UI shows: the sweep parent run's and its experiment's."""
+    client = _client(tracking_uri)
+    if run_id:
+        client.set_tag(run_id, NOTE_TAG, _clip(run_note))
+    if experiment_note is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            client.set_experiment_tag(found.experiment_id, NOTE_TAG, _clip(experiment_note))
+
+
+def _clip(text: str) -> str:
+    if len(text) <= NOTE_MAX_CHARS:
+        return text
+    return text[:NOTE_MAX_CHARS - 60].rsplit("\n", 1)[0] + "\n\n(cut: see `optimstudy report` for the rest)"

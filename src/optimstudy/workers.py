@@ -1,0 +1,109 @@
+"""Extra sweep workers, forked from the sweep process once its heavy modules are imported.
+
+    pool = fork_workers(workers - 1)   # in the sweep, before any torch work, thread or connection
+    pool[0].start(options)             # later, once the study is planned: it runs study.worker_main
+    pool[1].dismiss()                  # not needed: it exits
+
+A fresh `python -m optimstudy.study` process spends seconds of CPU importing torch, Optuna and
+MLflow before its first trial (3-10 s on 2 busy cores), competing with the first worker's
+training: that start-up is why 2 workers barely beat 1 on a short sweep. A fork of the sweep
+after those imports starts in milliseconds. The fork happens while the sweep is still a single
+thread with no OpenMP pool, no MLflow writer and no database connection, so the child inherits
+nothing that is unsafe across fork. Each child waits on a pipe for its orders: the worker
+options once the study is planned, or the pipe closing (not needed, or the sweep died). The
+same pipe then tells a running child that the sweep is gone.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+_open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
+
+
+class ForkedWorker:
+    """The parent's handle on one forked worker, with the subset of Popen's interface a sweep uses."""
+
+    def __init__(self):
+        read, self.orders = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into the sweep's code (os._exit, no finally blocks)
+            for fd in (*_open_order_pipes, self.orders):
+                os.close(fd)
+            os.setsid()  # its own session, like start_new_session: the sweep relays Ctrl-C itself
+            code = 1
+            try:
+                code = _serve(read)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(read)
+        _open_order_pipes.append(self.orders)
+
+    def start(self, options: dict) -> None:
+        os.write(self.orders, (json.dumps(options) + "\n").encode())
+
+    def dismiss(self) -> None:
+        """Close the orders pipe: an idle child exits; a working one stops after its trial."""
+        if self.orders in _open_order_pipes:
+            _open_order_pipes.remove(self.orders)
+            os.close(self.orders)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, sig) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+        self.wait()
+
+
+def fork_workers(count: int) -> list[ForkedWorker]:
+    if count < 1 or not hasattr(os, "fork"):
+        return []
+    # what every trial needs, imported once here so that each child starts with it
+    import mlflow.entities  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+
+    import optimstudy.runner  # noqa: F401  (torch, the training loop)
+    import optimstudy.tracking  # noqa: F401
+
+    return [ForkedWorker() for _ in range(count)]
+
+
+def _serve(fd: int) -> int:
+    """In the child: wait for the worker options, then work; 0 at once if dismissed."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return 0
+        line += chunk
+    options = {**json.loads(line), "alive_fd": fd}
+    from optimstudy.study import worker_main
+
+    return worker_main([json.dumps(options)])
