@@ -2,7 +2,6 @@
 
 import seaborn as sns
 
-from optimstudy import plotting
 from optimstudy.plotting import (Drawn, lr_text, new_figure, style, note_in, matching)
 
 TITLE = "Devices: throughput and agreement"
@@ -99,4 +98,6 @@ def _same_seed_on_devices(timed):
 
 
 if __name__ == "__main__":
-    raise SystemExit(plotting.main(figure))
+    from optimstudy.cli import analysis_script_main
+
+    raise SystemExit(analysis_script_main(figure))

@@ -5,7 +5,6 @@ import numpy as np
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from optimstudy import plotting
 from optimstudy.plotting import (WORST_EDGE, SMALL, GOOD, LARGE, LOSS_COLORS, LOSS_NAMES, Drawn, lr_text, new_figure, smoothing_window, style, seed_mean, note_in)
 
 TITLE = "Loss functions: what the measure rewards"
@@ -137,4 +136,6 @@ def _loss_training(study, members, curve_ax, final_ax):
 
 
 if __name__ == "__main__":
-    raise SystemExit(plotting.main(figure))
+    from optimstudy.cli import analysis_script_main
+
+    raise SystemExit(analysis_script_main(figure))

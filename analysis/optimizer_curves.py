@@ -50,4 +50,6 @@ def figure(study) -> Drawn | None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(plotting.main(figure))
+    from optimstudy.cli import analysis_script_main
+
+    raise SystemExit(analysis_script_main(figure))

@@ -121,4 +121,6 @@ def _trajectories(study, valley_runs):
 
 
 if __name__ == "__main__":
-    raise SystemExit(plotting.main(figure))
+    from optimstudy.cli import analysis_script_main
+
+    raise SystemExit(analysis_script_main(figure))

@@ -502,7 +502,9 @@ def figure(study):
 
 
 if __name__ == "__main__":
-    raise SystemExit(plotting.main(figure))
+    from optimstudy.cli import analysis_script_main
+
+    raise SystemExit(analysis_script_main(figure))
 '''
 
 

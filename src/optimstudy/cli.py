@@ -281,10 +281,13 @@ def cmd_report(args) -> int:
                           log_to_store=not args.no_log_to_store)
 
 
-def analysis_script_main(figure, argv) -> int:
-    """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone."""
+def analysis_script_main(figure, argv=None) -> int:
+    """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone.
+    Each analysis script ends with `raise SystemExit(analysis_script_main(figure))`."""
     import inspect
     from pathlib import Path
+
+    argv = sys.argv[1:] if argv is None else argv
 
     name = Path(inspect.getsourcefile(figure)).stem
     parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"Draw the '{name}' figure.")

@@ -15,15 +15,16 @@ of the study's results (see analysis/README.md):
         ...
         return plotting.Drawn(fig, "one sentence: what it shows", run_ids)
 
-    if __name__ == "__main__":
-        plotting.main(figure)   # python analysis/NAME.py --tracking-uri ... --experiment ... --out DIR
+    if __name__ == "__main__":              # python analysis/NAME.py --tracking-uri ... --experiment ... --out DIR
+        from optimstudy.cli import analysis_script_main
+
+        raise SystemExit(analysis_script_main(figure))
 
 Figures use matplotlib's object API (no pyplot state), styled by seaborn, and are averaged with
 pandas first: seaborn's bootstrap intervals on a million points would take minutes. Bands are
 ±1 standard deviation over seeds.
 """
 import math
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,10 +209,3 @@ def panel_sources(main: pd.DataFrame, need_lrs: int = 1) -> dict:
         chosen[problem] = scores.sort_values(["optimizers", "trials"], ascending=False).index[0]
     order = {name: i for i, name in enumerate(PROBLEMS)}
     return dict(sorted(chosen.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
-
-
-def main(figure, argv=None) -> int:
-    """Run one analysis script on its own: draw its figure from a tracking store into --out."""
-    from optimstudy.cli import analysis_script_main
-
-    return analysis_script_main(figure, sys.argv[1:] if argv is None else argv)

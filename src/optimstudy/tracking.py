@@ -19,14 +19,14 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
-from optimstudy.writer import BATCH_POINTS, quiet_store_logs, report_connection_retries
+# the writer's handle lives beside the writer; imported here so that callers find it with the logger
+from optimstudy.writer import (BATCH_POINTS, WriterDied, _writers, quiet_store_logs,  # noqa: F401
+                               report_connection_retries, start_writer, stop_writers)
 
 DEFAULT_STORE_DIR = "mlruns"
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -175,79 +175,6 @@ def system_metrics_s() -> float:
     return seconds
 
 
-# ---- the writer process (its main loop is optimstudy/writer.py) ------------------------
-
-class WriterDied(RuntimeError):
-    """The writer process is gone (killed, out of memory): points it had not stored are lost."""
-
-
-class _Writer:
-    """One per training process, started on first use and shared by its runs.
-
-    A plain subprocess over a socket pair, not multiprocessing: spawning through
-    multiprocessing re-imports the caller's __main__, which breaks unguarded user scripts.
-    """
-
-    def __init__(self, tracking_uri: str):
-        ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__).with_name("writer.py")), tracking_uri, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
-        self.conn = Connection(ours.detach())
-        self.tracking_uri = tracking_uri
-        self.ready = False
-
-    def wait_ready(self) -> None:
-        """Block until the writer has imported MLflow, so that its start-up never overlaps training."""
-        if not self.ready:
-            kind, _, _ = self._recv()
-            self.ready = kind == "ready"
-
-    def _recv(self):
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            raise self._died() from None
-
-    def send(self, message) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:  # BrokenPipeError: the writer is gone
-            raise self._died() from None
-
-    def _died(self) -> WriterDied:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        return WriterDied(f"the MLflow writer process exited (code {self.process.poll()})")
-
-    def end_run(self, run_id: str, status: str, tags: dict) -> None:
-        self.send(("end", run_id, status, tags))
-        problems = []
-        while True:
-            kind, acked_run, detail = self._recv()
-            if kind == "error":
-                problems.append(detail)
-            elif kind == "ok" and acked_run == run_id:
-                break
-        if problems:
-            raise RuntimeError(f"MLflow writer failed for run {run_id}: {problems[0]}")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-_writers: dict[str, _Writer] = {}
-
-
-def start_writer(tracking_uri: str) -> _Writer:
-    """Start the writer early (it takes ~1.5 s to import MLflow) so it overlaps data loading."""
-    writer = _writers.get(tracking_uri)
-    if writer is None or not writer.alive():
-        writer = _writers[tracking_uri] = _Writer(tracking_uri)
-    return writer
-
-
 # ---- the logger ---------------------------------------------------------------------------
 
 class MlflowLogger:
@@ -377,14 +304,6 @@ def sql_engine_url(tracking_uri: str) -> str | None:
     if scheme.startswith(("sqlite", "postgresql", "mysql", "mssql")):
         return tracking_uri
     return None
-
-
-def stop_writers() -> None:
-    for writer in list(_writers.values()):
-        with contextlib.suppress(Exception):
-            writer.send(("stop", None))
-            writer.process.wait(timeout=10)
-    _writers.clear()
 
 
 

@@ -83,8 +83,8 @@ class ForkedWorker:
 
 
 def fork_workers(count: int) -> list[ForkedWorker]:
-    if count < 1 or not hasattr(os, "fork"):
-        return []
+    if count < 1 or sys.platform != "linux":
+        return []  # macOS: forking after torch and the Objective-C runtime start is unsafe; fresh processes then
     # what every trial needs, imported once here so that each child starts with it
     import mlflow.entities  # noqa: F401
     import mlflow.tracking  # noqa: F401

@@ -12,14 +12,20 @@ With `system_metrics_s`, the writer also samples the machine for that run every 
 through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, memory, disk,
 network; GPU utilisation and memory with nvidia-ml-py): CPU and memory are machine-wide, so a
 sampler here sees what one in the training process would, and the training thread pays nothing.
+
+The bottom of this file is the training process's side: `start_writer(uri)` starts (once per
+store) the process and returns its handle, which tracking.MlflowLogger sends its points through.
 """
 import contextlib
 import logging
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
 
@@ -176,6 +182,87 @@ def receive(conn: Connection):
         return conn.recv()
     except (EOFError, OSError):
         return None
+
+
+# ---- the training process's side: one writer per tracking store, and its pipe ----------
+
+class WriterDied(RuntimeError):
+    """The writer process is gone (killed, out of memory): points it had not stored are lost."""
+
+
+class _Writer:
+    """One per training process, started on first use and shared by its runs.
+
+    A plain subprocess over a socket pair, not multiprocessing: spawning through
+    multiprocessing re-imports the caller's __main__, which breaks unguarded user scripts.
+    """
+
+    def __init__(self, tracking_uri: str):
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__)), tracking_uri, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.tracking_uri = tracking_uri
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the writer has imported MLflow, so that its start-up never overlaps training."""
+        if not self.ready:
+            kind, _, _ = self._recv()
+            self.ready = kind == "ready"
+
+    def _recv(self):
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def send(self, message) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:  # BrokenPipeError: the writer is gone
+            raise self._died() from None
+
+    def _died(self) -> WriterDied:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        return WriterDied(f"the MLflow writer process exited (code {self.process.poll()})")
+
+    def end_run(self, run_id: str, status: str, tags: dict) -> None:
+        self.send(("end", run_id, status, tags))
+        problems = []
+        while True:
+            kind, acked_run, detail = self._recv()
+            if kind == "error":
+                problems.append(detail)
+            elif kind == "ok" and acked_run == run_id:
+                break
+        if problems:
+            raise RuntimeError(f"MLflow writer failed for run {run_id}: {problems[0]}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+_writers: dict[str, _Writer] = {}
+
+
+def start_writer(tracking_uri: str) -> _Writer:
+    """Start the writer early (it takes ~1.5 s to import MLflow) so it overlaps data loading."""
+    writer = _writers.get(tracking_uri)
+    if writer is None or not writer.alive():
+        writer = _writers[tracking_uri] = _Writer(tracking_uri)
+    return writer
+
+
+def stop_writers() -> None:
+    for writer in list(_writers.values()):
+        with contextlib.suppress(Exception):
+            writer.send(("stop", None))
+            writer.process.wait(timeout=10)
+    _writers.clear()
 
 
 if __name__ == "__main__":
