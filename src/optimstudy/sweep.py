@@ -100,9 +100,10 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         if final["running"] == 0 or status == "KILLED":  # another command's workers may still be running
             update_run(tracking_uri, parent_run_id, status=status)
         stop_writers()
+    from optimstudy.results import edge_warnings
+
     outcome = study_results(spec, tracking_uri)
-    best = outcome.best.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
-    warnings = edge_warnings(best)
+    warnings = edge_warnings(outcome.best.sort_values(["problem", "optimizer"], kind="stable"))
     update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
@@ -115,8 +116,8 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         print(f"warning: {warning}", file=sys.stderr)
     for line in deaths:
         print(f"warning: {line}", file=sys.stderr)
-    for reason, numbers in failures.items():
-        print(f"failed: {len(numbers)} trial(s) ({_numbers(numbers)}): {reason}", file=sys.stderr)
+    for reason, trial_numbers in failures.items():
+        print(f"failed: {len(trial_numbers)} trial(s) ({_numbers(trial_numbers)}): {reason}", file=sys.stderr)
     print(f"sweep '{spec.name}': {new} trials run now in {time.perf_counter() - started:.1f} s; study totals: "
           f"{final['complete']} complete, {final['pruned']} pruned, {final['failed']} failed; "
           f"parent run {parent_run_id}; see `optimstudy ui` and `optimstudy report`", file=sys.stderr)
@@ -296,33 +297,13 @@ def study_results(spec: Spec, tracking_uri: str):
     return results.Study(frame[frame["study"] == spec.name] if not frame.empty else frame)
 
 
-def best_rows(spec: Spec, tracking_uri: str) -> list[dict]:
-    """results.best_configurations of this study's runs, one dict per row."""
-    from optimstudy import results
-    from optimstudy.store import load_runs
-
-    frame = load_runs(tracking_uri, experiments=[spec.name], metrics=list(results.RUN_METRICS))
-    if frame.empty:
-        return []
-    frame = frame[frame["study"] == spec.name]
-    best = results.best_configurations(results.run_table(frame))
-    return best.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
-
-
-def edge_warnings(best: list[dict]) -> list[str]:
-    from optimstudy import results
-    import pandas as pd
-
-    return results.edge_warnings(pd.DataFrame(best)) if best else []
-
-
 def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
     """(label, RunConfig) of each best configuration: the trial that ran its first run holds the config."""
     if not spec.confirm_seeds:
         return []
     by_run = {t.user_attrs.get(studies.RUN_ID): t for t in study.get_trials(deepcopy=False)}
     picks = []
-    for row in best_rows(spec, tracking_uri):
+    for row in study_results(spec, tracking_uri).best.to_dict("records"):
         trial = next((by_run[r] for r in row["run_ids"] if r in by_run), None)
         if trial is not None and trial.user_attrs.get(studies.PHASE) in ("grid", "search") \
                 and not row.get("all_diverged"):
