@@ -63,7 +63,7 @@ def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) ->
     from optimstudy.data import Batches
     from optimstudy.losses import cross_entropy
     from optimstudy.problems import mlp
-    from optimstudy.train import evaluate
+    from optimstudy.training import evaluate
 
     torch.manual_seed(SEED)
     model = mlp()
@@ -122,7 +122,7 @@ def recorder_diagnostics(params):
     """The StepRecorder alone, flushed every 50 steps into a throwaway history."""
     from optimstudy.diagnostics import StepRecorder
     from optimstudy.loggers import NullLogger
-    from optimstudy.train import History, SYNC_EVERY
+    from optimstudy.training import History, SYNC_EVERY
 
     recorder, history, logger = StepRecorder(params, diverge_factor=100.0), History(config=None), NullLogger()
 
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
     info = machine()
     from optimstudy import RunConfig, train
     from optimstudy.runner import load_data
-    from optimstudy.train import total_steps
+    from optimstudy.training import total_steps
 
     torch_threads = args.threads or 1  # the issue's setting: one thread
     torch.set_num_threads(torch_threads)

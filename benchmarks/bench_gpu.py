@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     from optimstudy import RunConfig
     from optimstudy.data import steps_per_epoch
     from optimstudy.runner import load_data
-    from optimstudy.train import SYNC_EVERY
+    from optimstudy.training import SYNC_EVERY
 
     steps, repeats = (300, 2) if args.quick or dry_run else (2000, 5)
     sync_steps = 200 if args.quick or dry_run else 400

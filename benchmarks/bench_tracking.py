@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     from optimstudy import RunConfig
     from optimstudy.runner import Tracking, execute, load_data
     from optimstudy.tracking import SYSTEM_METRICS_ENV, ensure_store, start_writer, stop_writers
-    from optimstudy.train import total_steps
+    from optimstudy.training import total_steps
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)

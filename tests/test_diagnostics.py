@@ -12,7 +12,7 @@ from optimstudy import RunConfig, train
 from optimstudy.diagnostics import StepRecorder
 from optimstudy.loggers import NullLogger
 from optimstudy.problems import resolve_problem
-from optimstudy.train import History, load_data, set_up
+from optimstudy.training import History, load_data, set_up
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from optimstudy.config import RunConfig
 from optimstudy.data import Data
-from optimstudy.train import History, train
-from optimstudy.train import load_data as _load_data
+from optimstudy.training import History, train
+from optimstudy.training import load_data as _load_data
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ def run_trial(spec: Spec, storage, study, trial, trial_id: int, tracking, parent
     """Run one claimed trial to a final state; returns that state's name."""
     from optimstudy.results import objective_value
     from optimstudy.runner import execute
-    from optimstudy.train import Stop
+    from optimstudy.training import Stop
 
     for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
         trial.set_user_attr(name, value)

@@ -276,7 +276,7 @@ def tracked_run(logger: MlflowLogger):
         logger.close("KILLED", {TAG_ERROR: "interrupted (Ctrl-C)"})
         raise
     except BaseException as error:
-        from optimstudy.train import Stop
+        from optimstudy.training import Stop
 
         if isinstance(error, Stop):
             logger.close("KILLED", {TAG_PRUNED: str(error)})
