@@ -28,7 +28,7 @@ demo: $(STAMP)
 # two pytest-xdist workers: most tests wait on real processes, stores and servers, so two run in
 # the time of one on 2 cores
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -1,8 +1,8 @@
 """Throughput per device and batch size; loss curves of the same seed on each device."""
 
-import seaborn as sns
+import numpy as np
 
-from optimstudy.plotting import (Drawn, lr_text, new_figure, style, note_in, matching)
+from optimstudy.plotting import (Drawn, lr_text, new_figure, palette, style, note_in, matching)
 
 TITLE = "Devices: throughput and agreement"
 SPEC = "experiments/devices.toml"
@@ -14,6 +14,22 @@ def _device_label(row) -> str:
     name = str(row.get("device_name") or "")
     name = name if len(name) <= 34 else name[:32] + "…"
     return f"{row['device']}: {name}" if name else str(row["device"])
+
+
+def _throughput(ax, shown, labels) -> None:
+    """Mean ± sd throughput per batch size (as categories), one line per device (seaborn's pointplot)."""
+    batches = list(dict.fromkeys(shown["batch"]))  # in batch-size order: `shown` is sorted by it
+    for label, color in zip(labels, palette("Set2", len(labels))):
+        stats = shown[shown["device_label"] == label].groupby("batch", sort=False)["samples_per_s"].agg(["mean", "std"])
+        x = [batches.index(b) for b in stats.index]
+        ax.plot(x, stats["mean"], color=color, marker="o", ms=9, lw=2.7, label=label)
+        spread = stats["std"].notna().to_numpy()  # one run at a batch size: no bar, as seaborn draws it
+        if spread.any():
+            ax.errorbar(list(np.compress(spread, x)), stats["mean"][spread], yerr=stats["std"][spread], fmt="none",
+                        ecolor=color, elinewidth=2.7, capsize=8, capthick=2.7)
+    ax.set_xticks(range(len(batches)), batches)
+    ax.set_xlim(-0.5, len(batches) - 0.5)
+    ax.grid(False, axis="x")
 
 
 def figure(study) -> Drawn | None:
@@ -36,8 +52,7 @@ def figure(study) -> Drawn | None:
         fig = new_figure(15 if pair else 11, 4.6)
         axes = fig.subplots(1, 3 if pair else 2, width_ratios=None if pair else [1.3, 1])
         speed_ax = axes[0]
-        sns.pointplot(data=shown, x="batch", y="samples_per_s", hue="device_label", hue_order=labels,
-                      errorbar="sd", ax=speed_ax, palette="Set2", markers="o", capsize=0.1)
+        _throughput(speed_ax, shown, labels)
         speed_ax.set_yscale("log")
         speed_ax.set_xlabel("batch size (examples per step)")
         speed_ax.set_ylabel("throughput, training examples per second (log)")

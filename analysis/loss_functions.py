@@ -2,9 +2,9 @@
 import math
 
 import numpy as np
-import seaborn as sns
 from matplotlib.lines import Line2D
 
+from optimstudy import plotting
 from optimstudy.plotting import (WORST_EDGE, SMALL, GOOD, LARGE, LOSS_COLORS, LOSS_NAMES, Drawn, lr_text, new_figure, smoothing_window, style, seed_mean, note_in)
 
 TITLE = "Loss functions: what the measure rewards"
@@ -13,11 +13,22 @@ ORDER = 60
 METRICS = ("train_loss",)  # per-step metrics it reads (the report loads only these)
 
 
-def _loss_runs(runs):
-    """Runs of one regression problem with a known optimum trained under several losses."""
-    from optimstudy.problems import PROBLEMS
+# The lesson's pairs, as (prediction, target): errors +2 and -2 (optimstudy.losses.LESSON_PAIRS).
+LESSON_PAIRS = ((6.0, 4.0), (3.0, 5.0))
 
-    optimum = [p for p, problem in PROBLEMS.items() if problem.has_optimum]
+
+def lesson_numbers() -> dict:
+    """The numbers optimstudy.losses.lesson_numbers() computes with the training losses, here without
+    torch (tests/test_report.py checks they agree)."""
+    errors = np.array([prediction - target for prediction, target in LESSON_PAIRS])
+    return {"mean_error": float(errors.mean()), "mse": float((errors ** 2).mean()), "mae": float(abs(errors).mean()),
+            # ten classes; "95% sure it is a 7" when it is a 3 leaves 5% on the truth, 55% sure leaves 45%
+            "cross_entropy_95_sure_wrong": -math.log(0.05), "cross_entropy_55_sure_wrong": -math.log(0.45)}
+
+
+def _loss_runs(runs, facts):
+    """Runs of one regression problem with a known optimum trained under several losses."""
+    optimum = [p for p, found in facts.items() if found is not None and found.has_optimum]
     candidates = runs[runs["problem"].isin(optimum) & (runs["last_step"] > 0) & runs["zero_grad"].ne(False)
                       & (runs["accumulate"].fillna(1) == 1)]
     best, best_count = None, 1
@@ -29,11 +40,9 @@ def _loss_runs(runs):
 
 def figure(study) -> Drawn | None:
     """The lesson's numbers (mean error vs MSE, cross-entropy vs p) and what training on each loss does."""
-    from optimstudy.losses import LESSON_PAIRS, lesson_numbers
-
     numbers = lesson_numbers()
     runs = study.runs
-    members = _loss_runs(runs)
+    members = _loss_runs(runs, study.facts)
     used, note = [], ""
     with style():
         fig = new_figure(13, 8.6)
@@ -70,7 +79,7 @@ def figure(study) -> Drawn | None:
         else:
             outcome = _loss_training(study, members, curve_ax, final_ax)
             used = list(members["run_id"])
-    caption = ("Top: the lesson's numbers, computed by the training code's own loss functions: mean error scores "
+    caption = ("Top: the lesson's numbers, as the training code's own loss functions give them: mean error scores "
                f"the two misses (+2, −2) {numbers['mean_error']:g}, a perfect model, while MSE charges "
                f"{numbers['mse']:g}; "
                f"cross-entropy (−ln p) charges {numbers['cross_entropy_95_sure_wrong']:.2f} for a 95%-sure wrong "
@@ -83,7 +92,7 @@ def figure(study) -> Drawn | None:
 
 def _loss_training(study, members, curve_ax, final_ax):
     losses = sorted(members["loss"].unique(), key=lambda n: (n != "mse", n))
-    extra = iter(sns.color_palette("Dark2", 8))
+    extra = iter(plotting.palette("Dark2", 8))
     palette = {name: LOSS_COLORS.get(name) or next(extra) for name in losses}
     problem = members["problem"].iloc[0]
     mse_runs = members[members["loss"] == "mse"]

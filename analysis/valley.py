@@ -1,11 +1,12 @@
 """Loss against one weight with gradient-descent steps; the 2-weight valley with optimizer trajectories."""
+import json
 
 import numpy as np
 import pandas as pd
 
 from optimstudy import plotting
 from optimstudy.plotting import (SMALL, GOOD, LARGE, Drawn, lr_text, new_figure, style)
-from optimstudy.problems import VALLEY_START
+from optimstudy.problem_facts import VALLEY_START, expected_valley_quadratic
 from optimstudy.results import group_runs
 
 TITLE = "The loss landscape: steps down a valley"
@@ -24,16 +25,9 @@ def _descend_1d(lr: float, steps: int = 12, start: float = -2.0, optimum: float 
 
 def figure(study) -> Drawn | None:
     """Loss against one weight with gradient-descent steps; the 2-weight valley with optimizer trajectories."""
-    from optimstudy.data import load_problem_data
-
     runs = study.runs
     valley_runs = runs[(runs["problem"] == "valley") & (runs["last_step"] > 0)]
-    split_seed = int(valley_runs["split_seed"].dropna().iloc[0]) if valley_runs["split_seed"].notna().any() else 0
-    val_fraction = float(valley_runs["val_fraction"].dropna().iloc[0]) if valley_runs["val_fraction"].notna().any() \
-        else 0.0625
-    data = load_problem_data("valley", split_seed=split_seed, val_fraction=val_fraction, device="cpu")
-    x, y = data.train.x.double().numpy(), data.train.y.double().numpy()
-    a, b, c = x.T @ x / len(y), x.T @ y / len(y), float(y @ y / len(y))
+    a, b, c, source = _training_loss(valley_runs)
     optimum = np.linalg.solve(a, b)
     used, note = [], ""
     with style():
@@ -91,11 +85,33 @@ def figure(study) -> Drawn | None:
             note = "the valley panel has no trajectories yet: run `optimstudy sweep experiments/landscape.toml`"
         ax.legend(fontsize=8, loc="lower left")
     caption = ("Left: gradient descent on one weight, f(w) = (w−1)², with a too small, a good and a too large lr. "
-               "Right: the valley problem's training loss over its two weights (curvatures 25:1), regenerated from "
-               "its data")
+               f"Right: the valley problem's training loss over its two weights (curvatures 25:1), {source}")
     caption += (", with the path (w1, w2 after every step, dots every few steps) each optimizer took from (−2, 4) "
                 "at its best lr." if trajectories else ".")
     return Drawn(fig, caption, used, note=note)
+
+
+def _training_loss(valley_runs):
+    """(A, b, c, where from) of the training MSE w'Aw - 2b'w + c: as the runs recorded it (tag
+    optimstudy.problem.quadratic); for runs older than that tag, regenerated from the data (imports
+    torch); with no runs, its expectation."""
+    recorded = valley_runs.get("problem_quadratic", pd.Series(dtype=object)).dropna()
+    if len(recorded):
+        form = json.loads(recorded.iloc[0])
+        source = "as its runs measured it on their training split"
+    elif len(valley_runs):
+        from optimstudy.data import load_problem_data
+
+        split_seed = int(valley_runs["split_seed"].dropna().iloc[0]) if valley_runs["split_seed"].notna().any() else 0
+        val_fraction = float(valley_runs["val_fraction"].dropna().iloc[0]) \
+            if valley_runs["val_fraction"].notna().any() else 0.0625
+        data = load_problem_data("valley", split_seed=split_seed, val_fraction=val_fraction, device="cpu")
+        x, y = data.train.x.double().numpy(), data.train.y.double().numpy()
+        form = {"a": x.T @ x / len(y), "b": x.T @ y / len(y), "c": float(y @ y / len(y))}
+        source = "regenerated from its data"
+    else:
+        form, source = expected_valley_quadratic(), "its expectation over the data"
+    return np.asarray(form["a"], dtype=float), np.asarray(form["b"], dtype=float), float(form["c"]), source
 
 
 def _trajectories(study, valley_runs):

@@ -2,12 +2,15 @@
 
 Each sweep is the real command (`python -m optimstudy sweep SPEC --workers N --json`) run
 as a subprocess in a fresh temporary folder, so it creates its own tracking store
-(./mlruns/mlflow.db) and Optuna journal there, on a generated grid spec: mnist_mlp, SGD,
-a few learning rates x seeds, a fixed step budget, tracked as usual. Both sides use the
-same torch threads per worker (set in the spec), the count that keeps 2 workers within
-the cores. Sweeps alternate 1, 2, 2, 1, ... Throughput is counted two ways: from the wall
-time of the whole command (process start, imports, data, store and study set-up included)
-and from the sweep's own "N trials run now in X s" (trials only, set-up excluded).
+(./mlruns/mlflow.db) and Optuna journal there. Two specs: experiments/quickstart.toml as a
+user runs it (76 short trials: MNIST MLP, linreg, the valley), and a generated grid of longer
+MNIST MLP trials (SGD, a few learning rates x seeds, the torch threads per worker set in the
+spec). Sweeps alternate 1, 2, 2, 1, ... Throughput is counted from the wall time of the whole
+command (process start, imports, data, store and study set-up included), from the sweep's own
+"N trials run now in X s" (trials only), and in steady state (after every worker's first
+trial). The set-up that no worker can share (everything before the first trial and after the
+last) bounds what 2 workers can do on 2 cores: (set-up + trials) / (set-up + trials / 2),
+printed beside the whole-command ratio.
 
     python benchmarks/bench_workers.py [--quick]
 """
@@ -47,10 +50,13 @@ lr = [{", ".join(f"{lr:g}" for lr in LRS)}]
 """
 
 
-def run_sweep(spec: str, workers: int, expected: int, data_dir: str | None) -> dict:
+QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.toml"
+
+
+def run_sweep(spec: str, study: str, workers: int, expected: int, data_dir: str | None) -> dict:
     """One sweep in a fresh folder; seconds for the whole command and for the trials alone."""
     with tempfile.TemporaryDirectory(prefix=f"optimstudy-bench-workers{workers}-") as folder:
-        spec_path = Path(folder) / "bench_workers.toml"
+        spec_path = Path(folder) / f"{study}.toml"
         spec_path.write_text(spec)
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         if data_dir:
@@ -59,9 +65,9 @@ def run_sweep(spec: str, workers: int, expected: int, data_dir: str | None) -> d
         started = time.perf_counter()
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
         command_s = time.perf_counter() - started
-        steady_per_minute = steady_throughput(Path(folder) / "mlruns" / "optuna" / "bench-workers.journal")
-    if done.returncode != 0:
-        raise SystemExit(f"{NAME}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        if done.returncode != 0:
+            raise SystemExit(f"{NAME}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        steady_per_minute = steady_throughput(Path(folder) / "mlruns" / "optuna" / f"{study}.journal", study)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     complete = summary["trials"]["complete"]
     if complete != expected or summary["trials"]["failed"]:
@@ -74,7 +80,7 @@ def run_sweep(spec: str, workers: int, expected: int, data_dir: str | None) -> d
             "steady_per_minute": steady_per_minute}
 
 
-def steady_throughput(journal: Path) -> float:
+def steady_throughput(journal: Path, study_name: str) -> float:
     """Trials per minute once every worker has finished its first trial (start-up excluded).
 
     Counted from the study's own completion times: the trials completed after the moment the
@@ -83,7 +89,7 @@ def steady_throughput(journal: Path) -> float:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="bench-workers", storage=optuna.storages.JournalStorage(
+    study = optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
     finished = sorted((t.datetime_complete, t.user_attrs.get("pid")) for t in study.trials if t.datetime_complete)
     first_per_worker = {}
@@ -94,6 +100,40 @@ def steady_throughput(journal: Path) -> float:
     if not later:
         return float("nan")
     return 60 * len(later) / (later[-1] - warm).total_seconds()
+
+
+def compare(label: str, spec: str, study: str, trials: int, repeats: int, data_dir) -> tuple[list[dict], dict]:
+    """Rows and measurements of 1 vs 2 workers on one spec, `repeats` sweeps per side, interleaved."""
+    sides = {f"{n}_worker{'s' if n > 1 else ''}": (lambda n=n: run_sweep(spec, study, n, trials, data_dir))
+             for n in (1, 2)}
+    times = interleave(sides, repeats, warmup=False)
+    one, two = times["1_worker"], times["2_workers"]
+    per_minute = {side: {"command": 60 * trials / median(values["command_s"]),
+                         "trials_only": 60 * trials / median(values["trials_s"])} for side, values in times.items()}
+    setup, work = median(one["setup_s"]), median(one["trials_s"])
+    bound = (setup + work) / (setup + work / 2)  # 2 workers halving the trials, the set-up unchanged
+    rows = [
+        comparison(f"sweep throughput, {label}: 2 workers / 1 worker (whole command, trials per minute)",
+                   median(one["command_s"]) / median(two["command_s"]), TARGET, at_least=True,
+                   context=f"{per_minute['2_workers']['command']:.0f} vs {per_minute['1_worker']['command']:.0f} "
+                           f"trials/min, {trials} trials; {median(two['command_s']):.1f} vs "
+                           f"{median(one['command_s']):.1f} s; set-up outside the trials {setup:.1f} s of "
+                           f"{setup + work:.1f} s, so at most {bound:.2f}x on 2 cores"),
+        comparison(f"sweep throughput, {label}: 2 workers / 1 worker (trials only, process start-up and set-up "
+                   "excluded)", median(one["trials_s"]) / median(two["trials_s"]), TARGET, at_least=True,
+                   context=f"{per_minute['2_workers']['trials_only']:.0f} vs "
+                           f"{per_minute['1_worker']['trials_only']:.0f} trials/min"),
+        comparison(f"sweep throughput, {label}: 2 workers / 1 worker (steady state, after every worker's first "
+                   "trial)", median(two["steady_per_minute"]) / median(one["steady_per_minute"]), TARGET,
+                   at_least=True, context=f"{median(two['steady_per_minute']):.0f} vs "
+                                          f"{median(one['steady_per_minute']):.0f} trials/min"),
+    ]
+    measurements = {
+        "trials_per_sweep": trials, "sweeps_per_side": repeats, "amdahl_bound_2_workers": round(bound, 3),
+        "seconds": {side: {k: spread(v) for k, v in values.items()} for side, values in times.items()},
+        "trials_per_minute": {side: {k: round(v, 1) for k, v in values.items()} for side, values in per_minute.items()},
+    }
+    return rows, measurements
 
 
 def main(argv=None) -> dict:
@@ -107,37 +147,17 @@ def main(argv=None) -> dict:
     trials = len(LRS) * seeds
     spec = spec_text(seeds, torch_threads)
     data_dir = args.data_dir or os.environ.get("OPTIMSTUDY_DATA_DIR")
-    say(f"{NAME}: sweeps of {trials} trials (mnist_mlp, {STEPS} steps each), {repeats} per side, "
-        f"{torch_threads} torch thread(s) per worker")
-
-    sides = {f"{n}_worker{'s' if n > 1 else ''}": (lambda n=n: run_sweep(spec, n, trials, data_dir))
-             for n in (1, 2)}
-    times = interleave(sides, repeats, warmup=False)
-    one, two = times["1_worker"], times["2_workers"]
-    per_minute = {side: {"command": 60 * trials / median(values["command_s"]),
-                         "trials_only": 60 * trials / median(values["trials_s"])} for side, values in times.items()}
-    rows = [
-        comparison("sweep throughput: 2 workers / 1 worker (whole command, trials per minute)",
-                   median(one["command_s"]) / median(two["command_s"]), TARGET, at_least=True,
-                   context=f"{per_minute['2_workers']['command']:.0f} vs {per_minute['1_worker']['command']:.0f} "
-                           f"trials/min, {trials} trials"),
-        comparison("sweep throughput: 2 workers / 1 worker (trials only, process start-up and set-up excluded)",
-                   median(one["trials_s"]) / median(two["trials_s"]), TARGET, at_least=True,
-                   context=f"{per_minute['2_workers']['trials_only']:.0f} vs "
-                           f"{per_minute['1_worker']['trials_only']:.0f} trials/min"),
-        comparison("sweep throughput: 2 workers / 1 worker (steady state, after every worker's first trial)",
-                   median(two["steady_per_minute"]) / median(one["steady_per_minute"]), TARGET, at_least=True,
-                   context=f"{median(two['steady_per_minute']):.0f} vs {median(one['steady_per_minute']):.0f} trials/min"),
-    ]
-    measurements = {
-        "trials_per_sweep": trials, "sweeps_per_side": repeats,
-        "seconds": {side: {k: spread(v) for k, v in values.items()} for side, values in times.items()},
-        "trials_per_minute": {side: {k: round(v, 1) for k, v in values.items()} for side, values in per_minute.items()},
-    }
-    settings = {"spec": spec, "command": "python -m optimstudy sweep SPEC --workers N --json",
-                "torch_threads_per_worker": torch_threads, "tracking": "each sweep's own fresh ./mlruns (SQLite)",
+    say(f"{NAME}: the quickstart (76 trials), then sweeps of {trials} trials (mnist_mlp, {STEPS} steps each); "
+        f"{repeats} per side")
+    quick_rows, quick_measured = compare("quickstart", QUICKSTART.read_text(), "quickstart", 76, repeats, data_dir)
+    grid_rows, grid_measured = compare(f"{trials} MNIST trials", spec, "bench-workers", trials, repeats, data_dir)
+    settings = {"specs": {"quickstart": str(QUICKSTART.relative_to(QUICKSTART.parent.parent)), "grid": spec},
+                "command": "python -m optimstudy sweep SPEC --workers N --json",
+                "torch_threads_per_worker": f"the quickstart: optimstudy's default; the grid: {torch_threads}",
+                "tracking": "each sweep's own fresh ./mlruns (SQLite)",
                 "trials_only": "the sweep's 'trials run now in X s' (after store, study and data set-up)"}
-    return write_result(NAME, args, rows, settings, measurements, started, info)
+    return write_result(NAME, args, quick_rows + grid_rows, settings,
+                        {"quickstart": quick_measured, "grid": grid_measured}, started, info)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,30 @@ def best_of(store, experiment) -> pd.DataFrame:
     return best_configurations(run_table(load_runs(store, experiments=[experiment]))).set_index("optimizer")
 
 
+
+def test_a_store_whose_tables_differ_is_read_through_mlflow_with_the_same_result(store, monkeypatch):
+    """The SQL reader knows MLflow's tables as they are today; where a query fails on a store that
+    answers (another MLflow version), the reader falls back to MlflowClient and gets the same table."""
+    from optimstudy import store as stores
+
+    by_sql = load_runs(store, experiments=["grid"])
+    found_sql_tables = []
+
+    def a_newer_schema(url, *args):
+        with stores._sql_cursor(url) as (cursor, _):
+            found_sql_tables.append(cursor.execute("SELECT count(*) FROM runs").fetchone()[0])
+            cursor.execute("SELECT run_uuid, renamed_column FROM metrics")  # no such column here
+    monkeypatch.setattr(stores, "_run_rows_by_sql", a_newer_schema)
+    monkeypatch.setattr(stores, "_metric_points_by_sql", a_newer_schema)
+    by_api = load_runs(store, experiments=["grid"])
+    assert found_sql_tables, "the SQL path was tried first"
+    key = ["run_id", "metric", "step"]
+    pd.testing.assert_frame_equal(by_sql.sort_values(key).reset_index(drop=True)[by_api.columns],
+                                  by_api.sort_values(key).reset_index(drop=True), check_dtype=False,
+                                  check_categorical=False)
+    with pytest.raises(Exception):  # a store that does not answer is an error, not a fallback
+        stores._by_sql_unless_schema_differs(a_newer_schema, "postgresql+psycopg://nobody:pw@127.0.0.1:1/none")
+
 # ---- the numbers ----------------------------------------------------------------------------
 
 def test_run_table_has_one_row_per_training_run(grid_frame):
@@ -312,6 +336,36 @@ def test_a_val_loss_target_applies_only_to_runs_trained_on_the_problems_own_loss
     assert target_for("linreg", "mean_error") is None  # its val_loss is a mean error: can be negative
     assert target_for("mnist_mlp", "cross_entropy") == PROBLEMS["mnist_mlp"].target  # accuracy needs no loss
     assert target_for("nowhere.module:problem") is None  # a problem that does not import here has none
+
+
+def test_the_reports_torch_free_tables_match_the_registries():
+    """The report never imports torch: what it knows of built-in problems, optimizers and the lesson's
+    numbers without it must equal the real thing."""
+    import importlib.util
+
+    from optimstudy import data
+    from optimstudy.losses import LESSON_PAIRS, lesson_numbers
+    from optimstudy.optimizers import OPTIMIZERS
+    from optimstudy.problem_facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
+
+    assert BUILTIN_PROBLEMS == {name: ProblemFacts(p.task, p.default_loss, p.target, p.has_optimum)
+                                for name, p in PROBLEMS.items()}
+    assert list(BUILTIN_PROBLEMS) == list(PROBLEMS) and BUILTIN_OPTIMIZERS == tuple(OPTIMIZERS)
+    assert (VALLEY_SCALES, NOISE_STD) == (data.VALLEY_SCALES, data.NOISE_STD)
+    spec = importlib.util.spec_from_file_location("loss_functions_script", REPO / "analysis" / "loss_functions.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.LESSON_PAIRS == LESSON_PAIRS
+    expected = lesson_numbers()
+    assert script.lesson_numbers() == {key: pytest.approx(expected[key], rel=1e-9) for key in script.lesson_numbers()}
+    import seaborn as sns  # the figures' style, copied so that the report does not import seaborn (and scipy)
+
+    from optimstudy import plotting
+
+    assert plotting.WHITEGRID == {k: v for k, v in sns.axes_style("whitegrid").items() if k != "image.cmap"}
+    assert plotting.NOTEBOOK_085 == sns.plotting_context("notebook", font_scale=0.85)
+    for name, colors in (("tab10", 10), ("Dark2", 8), ("Set2", 2)):
+        assert plotting.palette(name, colors) == sns.color_palette(name, colors)
 
 
 def test_the_summary_shows_the_median_its_interval_and_the_robust_lr_range(grid_frame):
@@ -596,8 +650,17 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
                 tags={"optimstudy.kind": "trial", "optimstudy.study": "tiny", "optimstudy.trial": trial})
         trial += 1
     stop_writers()
-    result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "analysis", check_exit=0, cwd=REPO)
+    # -X importtime in every process of the report, the forks that draw included: torch is never imported
+    result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "analysis", check_exit=0, cwd=REPO,
+                 env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert "report.html" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "optimstudy.report" in imported and "matplotlib" in imported  # the timing covers the command
+    assert not [name for name in imported if name == "torch" or name.startswith("torch.")]
+    valley = next(r for r in client.search_runs([client.get_run(parent).info.experiment_id])
+                  if r.data.params.get("problem") == "valley")
+    assert json.loads(valley.data.tags["optimstudy.problem.target"]) == ["val_loss", 0.02]
+    assert "as its runs measured it" in (tmp_path / "analysis" / "report.html").read_text()
     for name in ("optimizer_curves", "lr_sensitivity", "lr_matters", "gradient_norms", "valley"):
         assert_real_png(tmp_path / "analysis" / "figures" / f"{name}.png")
     logged = {a.path for a in client.list_artifacts(parent, "report")}

@@ -59,6 +59,15 @@ def steps_of(client, run_id, key):
     return [step for step, _ in points(client, run_id, key)]
 
 
+def run_status(client, run_id) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:  # not stored yet
+        return None
+
+
 def git_head() -> str | None:
     head = subprocess.run(["git", "-C", str(SOURCE), "rev-parse", "HEAD"], capture_output=True, text=True)
     return head.stdout.strip() if head.returncode == 0 else None
@@ -178,7 +187,8 @@ def test_a_sigkilled_training_process_leaves_a_killed_run_not_a_running_one(shar
         client = MlflowClient(shared_store)
         if when == "mid-run":
             assert wait_for(lambda: len(steps_of(client, run_id, "train_loss")) >= 500, timeout=90)
-        assert client.get_run(run_id).info.status == "RUNNING"
+        # the writer process stores the run (on_start has its id at once, not its row)
+        assert wait_for(lambda: run_status(client, run_id) == "RUNNING", timeout=30, every=0.05)
     finally:
         process.kill()
         process.wait()
@@ -254,7 +264,9 @@ def test_a_run_whose_points_cannot_be_stored_ends_failed_not_finished(shared_sto
 
 def test_a_run_deleted_while_it_trains_raises_instead_of_hanging(shared_store):
     logger = MlflowLogger(shared_store, "deleted", {"lr": 0.1}, {})
-    MlflowClient(shared_store).delete_run(logger.run_id)  # e.g. from the UI, while training goes on
+    client = MlflowClient(shared_store)
+    assert wait_for(lambda: run_status(client, logger.run_id) == "RUNNING", timeout=30, every=0.05)  # stored
+    client.delete_run(logger.run_id)  # e.g. from the UI, while training goes on
     for step in range(1, 301):
         logger.log(step, {"train_loss": 1.0, "grad_norm": 1.0, "update_norm": 1.0, "lr": 0.1})
     outcome = []

@@ -20,7 +20,7 @@ of the study's results (see analysis/README.md):
 
         raise SystemExit(analysis_script_main(figure))
 
-Figures use matplotlib's object API (no pyplot state), styled by seaborn, and are averaged with
+Figures use matplotlib's object API (no pyplot state), in seaborn's whitegrid style, and are averaged with
 pandas first: seaborn's bootstrap intervals on a million points would take minutes. Bands are
 ±1 standard deviation over seeds.
 """
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib import rc_context
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
+
+from optimstudy.problem_facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS  # registry order, without torch
 
 DPI = 110
 WORST_EDGE = 0.96  # where diverged runs are drawn, as a fraction of the axis height from the best end
@@ -89,18 +90,42 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+# seaborn 0.13's "whitegrid" style with its "notebook" context at font_scale 0.85, copied (less its
+# image.cmap, a colormap only seaborn registers): importing seaborn costs the report ~1 s and ~60 MB
+# (it imports scipy.stats); tests/test_report.py checks the copy against seaborn.
+WHITEGRID = {
+    "figure.facecolor": "white", "axes.labelcolor": ".15", "xtick.direction": "out", "ytick.direction": "out",
+    "xtick.color": ".15", "ytick.color": ".15", "axes.axisbelow": True, "grid.linestyle": "-", "text.color": ".15",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "lines.solid_capstyle": "round", "patch.edgecolor": "w", "patch.force_edgecolor": True, "xtick.top": False,
+    "ytick.right": False, "axes.grid": True, "axes.facecolor": "white", "axes.edgecolor": ".8", "grid.color": ".8",
+    "axes.spines.left": True, "axes.spines.bottom": True, "axes.spines.right": True, "axes.spines.top": True,
+    "xtick.bottom": False, "ytick.left": False}
+NOTEBOOK_085 = {
+    "axes.linewidth": 1.25, "grid.linewidth": 1, "lines.linewidth": 1.5, "lines.markersize": 6, "patch.linewidth": 1,
+    "xtick.major.width": 1.25, "ytick.major.width": 1.25, "xtick.minor.width": 1, "ytick.minor.width": 1,
+    "xtick.major.size": 6, "ytick.major.size": 6, "xtick.minor.size": 4, "ytick.minor.size": 4, "font.size": 10.2,
+    "axes.labelsize": 10.2, "axes.titlesize": 10.2, "xtick.labelsize": 9.35, "ytick.labelsize": 9.35,
+    "legend.fontsize": 9.35, "legend.title_fontsize": 10.2}
+
+
 def style():
-    return rc_context({**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
-                       "legend.framealpha": 0.85, "axes.titleweight": "bold"})
+    return rc_context({**WHITEGRID, **NOTEBOOK_085, "legend.framealpha": 0.85, "axes.titleweight": "bold"})
+
+
+def palette(name: str, colors: int) -> list:
+    """The first `colors` colours of a qualitative matplotlib colormap (tab10, Dark2, Set2), as RGB tuples:
+    what seaborn.color_palette(name, colors) gives for them."""
+    listed = colormaps[name].colors
+    return [tuple(float(v) for v in listed[i % len(listed)]) for i in range(colors)]
 
 
 def optimizer_colors(names) -> dict:
     """The same colour for an optimizer label in every figure: registry names first, in registry order."""
-    from optimstudy.optimizers import OPTIMIZERS
-
-    palette = sns.color_palette("tab10", 10) + sns.color_palette("Dark2", 8)
-    order = list(OPTIMIZERS) + sorted(set(map(str, names)) - set(OPTIMIZERS))
-    return {name: palette[i % len(palette)] for i, name in enumerate(order)}
+    palette_ = palette("tab10", 10) + palette("Dark2", 8)
+    order = list(BUILTIN_OPTIMIZERS) + sorted(set(map(str, names)) - set(BUILTIN_OPTIMIZERS))
+    return {name: palette_[i % len(palette_)] for i, name in enumerate(order)}
 
 
 def loss_label(runs: pd.DataFrame) -> str:
@@ -198,8 +223,6 @@ def ends(stats: pd.DataFrame) -> tuple:
 
 def panel_sources(main: pd.DataFrame, need_lrs: int = 1) -> dict:
     """problem -> the experiment that shows it best (most optimizers, then most trials)."""
-    from optimstudy.problems import PROBLEMS
-
     if main.empty:
         return {}
     usable = main[main["lrs"].map(len) >= need_lrs]
@@ -207,5 +230,5 @@ def panel_sources(main: pd.DataFrame, need_lrs: int = 1) -> dict:
     for problem, rows in usable.groupby("problem", sort=False):
         scores = rows.groupby("experiment").agg(optimizers=("optimizer", "nunique"), trials=("trials", "sum"))
         chosen[problem] = scores.sort_values(["optimizers", "trials"], ascending=False).index[0]
-    order = {name: i for i, name in enumerate(PROBLEMS)}
+    order = {name: i for i, name in enumerate(BUILTIN_PROBLEMS)}
     return dict(sorted(chosen.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))

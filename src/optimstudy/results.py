@@ -17,12 +17,13 @@ intervals, verdicts, profiles, tuning curves) are in optimstudy.verdicts.
 """
 import json
 import math
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from optimstudy import comparison
+from optimstudy.problem_facts import ProblemFacts, facts_for, problem_facts
 
 # logged once per run, at its last step
 RUN_METRICS = ("final_train_loss", "final_val_loss", "final_val_accuracy", "final_test_loss",
@@ -218,7 +219,8 @@ def main_configurations(best: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     clipping; per (experiment, problem, label) the setting with the most trials."""
     if best.empty:
         return best
-    default_loss = best["problem"].map(lambda p: getattr(_problem(p), "default_loss", None))
+    facts = problem_facts(runs)
+    default_loss = best["problem"].map(lambda p: getattr(facts.get(p), "default_loss", None))
     plain = ((best["zero_grad"].fillna(True).astype(bool)) & (best["accumulate"].fillna(1) == 1)
              & (best["clip_grad_norm"].isna()) & (default_loss.isna() | (best["loss"] == default_loss)))
     chosen = best[plain & (best["seeds"] > 0)].sort_values("trials", ascending=False, kind="stable")
@@ -235,22 +237,11 @@ def group_runs(runs: pd.DataFrame, row) -> pd.DataFrame:
 
 # ---- time to target --------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
-def _problem(name: str):
-    """The Problem for a name or import path; None when it does not resolve here (a user's problem
-    may not import at report time: then there is no target)."""
-    from optimstudy.problems import resolve_problem
-
-    try:
-        return resolve_problem(name)
-    except Exception:  # noqa: BLE001  any failure to import a user's problem just means "no target"
-        return None
-
-
-def target_for(problem: str, loss=None):
+def target_for(problem: str, loss=None, facts: ProblemFacts | None = None):
     """(metric, value) of the problem's validation target (Problem.target), or None. A val_loss target
-    is stated in the problem's own loss: a run trained on another loss (mean_error) has no target."""
-    found = _problem(problem)
+    is stated in the problem's own loss: a run trained on another loss (mean_error) has no target.
+    `facts`: the problem's, as its runs recorded them (default: facts_for(problem))."""
+    found = facts if facts is not None else facts_for(problem)
     target = getattr(found, "target", None)
     default = getattr(found, "default_loss", None)
     if target and target[0] == "val_loss" and isinstance(loss, str) and loss and default and loss != default:
@@ -268,8 +259,9 @@ def time_to_target(study_or_frame, runs: pd.DataFrame | None = None) -> pd.DataF
     study = study_or_frame if isinstance(study_or_frame, Study) else Study(study_or_frame)
     runs = study.runs if runs is None else runs
     wanted: dict = {}
+    facts = study.facts if runs is study.runs else problem_facts(runs)
     for (problem, loss), members in runs.assign(loss=runs["loss"].fillna("")).groupby(["problem", "loss"]):
-        target = target_for(problem, loss or None)
+        target = target_for(problem, loss or None, facts.get(problem))
         if target:
             wanted.setdefault(target, []).extend(members["run_id"])
     rows = []
@@ -306,7 +298,7 @@ def summary_table(study: "Study") -> pd.DataFrame:
                for key, rows in best.groupby(["experiment", "problem"])}
     rows = []
     for _, row in best.iterrows():
-        target = target_for(row["problem"], row.get("loss"))
+        target = target_for(row["problem"], row.get("loss"), study.facts.get(row["problem"]))
         at_best = reach.reindex(row["run_ids"])
         reached = int(at_best["steps_to_target"].notna().sum())
         values = np.asarray([v for v in row["values"] if np.isfinite(v)], dtype=float)
@@ -351,7 +343,7 @@ class Study:
     """The tidy frame and every result derived from it, each computed on first use.
 
     What an analysis script receives: study.frame, study.runs, study.best, study.main,
-    study.summary, study.verdicts, study.points(run_ids, metrics).
+    study.summary, study.verdicts, study.facts, study.points(run_ids, metrics).
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -360,6 +352,11 @@ class Study:
     @cached_property
     def runs(self) -> pd.DataFrame:
         return run_table(self.frame)
+
+    @cached_property
+    def facts(self) -> dict:
+        """problem name -> ProblemFacts (task, default loss, target, known optimum)."""
+        return problem_facts(self.runs)
 
     @cached_property
     def best(self) -> pd.DataFrame:
@@ -396,13 +393,20 @@ class Study:
         """The (run_id, step, metric, value) points of some runs; MLflow's +-1.8e308 are +-inf."""
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         run_ids = [str(r) for r in dict.fromkeys(run_ids)]
-        index = self._slices
+        index, frame = self._slices, self.frame
         if index is None:
-            chosen = self.frame[self.frame["run_id"].astype(str).isin(run_ids)]
-        else:
-            parts = [self.frame.iloc[index[r]] for r in run_ids if r in index]
-            chosen = pd.concat(parts, ignore_index=True) if parts else self.frame.iloc[:0]
-        chosen = chosen.loc[chosen["metric"].isin(metrics), ["run_id", "step", "metric", "value"]]
+            chosen = frame[frame["run_id"].astype(str).isin(run_ids)]
+            chosen = chosen.loc[chosen["metric"].isin(metrics), ["run_id", "step", "metric", "value"]]
+        else:  # positions, not frames: one take of four columns instead of a concat of 38 per run
+            spans = [index[r] for r in run_ids if r in index]
+            rows = np.concatenate([np.arange(s.start, s.stop) for s in spans]) if spans else np.array([], dtype=int)
+            metric = frame["metric"]
+            if isinstance(metric.dtype, pd.CategoricalDtype):
+                wanted = np.flatnonzero(metric.cat.categories.isin(metrics))
+                rows = rows[np.isin(metric.cat.codes.to_numpy()[rows], wanted)]
+            else:
+                rows = rows[metric.iloc[rows].isin(metrics).to_numpy()]
+            chosen = frame[["run_id", "step", "metric", "value"]].iloc[rows]
         chosen = chosen.astype({"run_id": str, "metric": str})
         huge = chosen["value"].abs() >= HUGE
         return chosen.assign(value=chosen["value"].where(~huge, np.inf * np.sign(chosen["value"]))).reset_index(

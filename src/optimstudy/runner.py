@@ -16,6 +16,7 @@ from optimstudy.training import load_data as _load_data
 class Tracking:
     tracking_uri: str
     experiment: str
+    experiment_id: str | None = None  # when known (a sweep worker looks it up once, not per trial)
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
@@ -34,7 +35,9 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
             on_start=None) -> tuple[History, str | None]:
     """Train `config` (resolved first); returns the history and the MLflow run id (None untracked).
 
-    `on_start(run_id)` is called once the run exists, before training starts.
+    `on_start(run_id)` is called with the run's id before training starts. On a SQL store the
+    writer process stores the run meanwhile (tracking.MlflowLogger): before any of its points,
+    but perhaps a few milliseconds after this call.
     """
     config = config.resolved()
     data = data or load_data(config, data_dir)
@@ -44,14 +47,19 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
         history.note = note or history.note
         return history, None
 
+    from optimstudy.problem_facts import problem_tags
+    from optimstudy.problems import resolve_problem
     from optimstudy.tracking import MlflowLogger, environment_tags, tracked_run
 
-    run_tags = {**environment_tags(config.device), "dataset": data.name,
+    # problem_tags: what the report needs about the problem, so that it never imports torch
+    run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),
+                "dataset": data.name,
                 **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
     if note:
         run_tags["optimstudy.batch_note"] = note
     logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
-                          run_name=run_name(config), parent_run_id=parent_run_id)
+                          run_name=run_name(config), parent_run_id=parent_run_id,
+                          known_experiment_id=tracking.experiment_id)
     with tracked_run(logger):
         logger.log_dataset(data.name, data.digest, data.source_type, data.source,
                            {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem})

@@ -6,14 +6,17 @@ Every report figure and every test that reads results goes through `load_runs`:
     frame = load_runs(experiments=["quickstart"])
     frame.columns  # run_id, step, metric, value, then run columns: experiment, status,
                    # parent_run_id, run_name, study, trial, kind, phase, optimizer_label,
-                   # objective_metric, objective_direction, lr_space, and every param
-                   # (lr, seed, batch_size as numbers), device_name, dataset
+                   # objective_metric, objective_direction, lr_space, device_name, dataset,
+                   # problem_task, problem_default_loss, problem_target, ... (optimstudy.problem_facts)
+                   # and every param (lr, seed, batch_size as numbers)
 
-Text columns that repeat on every point (run_id, metric and the run columns) are categorical,
-so 2M points of 500 runs stay well under a gigabyte.
+Text columns that repeat on every point (run_id, metric and the run columns) are categorical
+with compact=True, so 1M points of 500 runs take ~55 MB.
 
-On a SQL store (SQLite, PostgreSQL) the metric points come in one query per 500 runs: a
-per-run get_metric_history loop is two orders of magnitude slower at report sizes.
+On a SQL store (SQLite, PostgreSQL) runs, tags and params come from MLflow's tables in three
+queries and the points in one query per run, through the DB-API cursor: no MLflow import
+(~1 s with its store set-up), no Run objects, no run id string per point. A tracking server
+(http://) is read through MlflowClient.
 """
 import contextlib
 import gc
@@ -22,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from optimstudy.problem_facts import TAG_COLUMNS
 from optimstudy.tracking import TAG_KIND, TAG_STUDY, TAG_TRIAL, _client, resolve_tracking_uri, sql_engine_url
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
@@ -33,7 +37,8 @@ RUN_TAGS = {"mlflow.parentRunId": "parent_run_id", "mlflow.runName": "run_name",
             "optimstudy.optimizer_label": "optimizer_label", "optimstudy.objective_metric": "objective_metric",
             "optimstudy.objective_direction": "objective_direction", "optimstudy.lr_space": "lr_space",
             "device.name": "device_name", "dataset": "dataset", "optimstudy.error": "error", "host": "host",
-            "optimstudy.pid": "pid"}  # pid: a sweep parent run's process, for `optimstudy check`
+            "optimstudy.pid": "pid",  # pid: a sweep parent run's process, for `optimstudy check`
+            **TAG_COLUMNS}  # the problem's task, loss, target...: what the report knows without torch
 RUN_COLUMNS = ["run_id", "experiment", "status", "start_time", "end_time", *RUN_TAGS.values()]
 FLOAT_MAX = np.finfo(np.float64).max
 
@@ -52,31 +57,23 @@ def load_runs(tracking_uri: str | None = None, *, experiments=None, parent_run_i
         runs = run_table(tracking_uri, experiments, parent_run_id, filter_string)
         if not with_metrics:
             return runs
-        points = _metric_points(tracking_uri, list(runs["run_id"]), metrics)
+        codes, steps, metric, values = _metric_points(tracking_uri, list(runs["run_id"]), metrics)
     # MLflow stores +-inf as +-float max (SQL has no infinity): a diverged loss is inf again here
-    values = points["value"].to_numpy(copy=True)
     values[values >= FLOAT_MAX] = np.inf
     values[values <= -FLOAT_MAX] = -np.inf
-    points["value"] = values
     runs = runs.rename(columns={c: f"param.{c}" for c in ("step", "metric", "value") if c in runs})
-    run_ids = pd.Index(runs["run_id"])
-    codes = run_ids.get_indexer(points["run_id"])  # every point's row in `runs` (-1: a run not listed)
-    keep = codes >= 0
-    points, codes = points[keep], codes[keep]
+    # sorted by run id, metric, step (figures slice a run's points by position): one lexsort on codes
+    # (the metric's categories are in name order, so its codes sort by name)
+    run_rank = np.asarray(pd.Index(runs["run_id"]).argsort().argsort())
+    order = np.lexsort((steps, metric.codes, run_rank[codes]))
+    codes, steps, metric, values = codes[order], steps[order], metric.take(order), values[order]
     if compact:  # the run columns repeat on every point: as categories they cost a byte or two each
         runs = runs.astype({c: "category" for c in runs.columns if c != "run_id"})
         runs["run_id"] = pd.Categorical(runs["run_id"])
-        points = points.assign(metric=points["metric"].astype("category"))
+        columns = {"run_id": runs["run_id"].array.take(codes), "step": steps, "metric": metric, "value": values}
     else:
-        points = points.assign(metric=points["metric"].astype(object))
-    # sorted by run, metric, step (figures slice a run's points by position): one lexsort on codes
-    metric = pd.Categorical(points["metric"])
-    metric_codes = np.argsort(np.argsort(np.asarray(metric.categories)))[metric.codes]
-    order = np.lexsort((points["step"].to_numpy(), metric_codes, run_ids.argsort().argsort()[codes]))
-    points, codes = points.iloc[order], codes[order]
-    columns = {"run_id": runs["run_id"].take(codes).to_numpy() if not compact else runs["run_id"].array.take(codes),
-               "step": points["step"].to_numpy(), "metric": points["metric"].array,
-               "value": points["value"].to_numpy()}
+        columns = {"run_id": runs["run_id"].to_numpy()[codes], "step": steps, "metric": metric.astype(object),
+                   "value": values}
     for column in runs.columns:
         if column != "run_id":
             columns[column] = runs[column].array.take(codes)
@@ -97,27 +94,13 @@ def _collector_paused():
 
 
 def run_table(tracking_uri, experiments=None, parent_run_id=None, filter_string="") -> pd.DataFrame:
-    client = _client(tracking_uri)
-    found = client.search_experiments(max_results=50000)
-    names = {e.experiment_id: e.name for e in found}
-    ids = [e.experiment_id for e in found if experiments is None or e.name in set(experiments)]
-    if parent_run_id:
-        clause = f"tags.mlflow.parentRunId = '{parent_run_id}'"
-        filter_string = f"{filter_string} and {clause}" if filter_string else clause
-    rows, token = [], None
-    while ids:
-        page = client.search_runs(ids, filter_string, max_results=50000, page_token=token)
-        for run in page:
-            row = {"run_id": run.info.run_id, "experiment": names.get(run.info.experiment_id),
-                   "status": run.info.status,
-                   "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
-                   "end_time": pd.Timestamp(run.info.end_time, unit="ms", tz="UTC") if run.info.end_time else pd.NaT}
-            row.update({column: run.data.tags.get(tag) for tag, column in RUN_TAGS.items()})
-            row.update(run.data.params)
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
+    """One row per active run: run_id, experiment, status, times, the RUN_TAGS columns, every param."""
+    url = sql_engine_url(tracking_uri)
+    rows = None
+    if url is not None and not filter_string:
+        rows = _by_sql_unless_schema_differs(_run_rows_by_sql, url, experiments, parent_run_id)
+    if rows is None:
+        rows = _run_rows_by_api(tracking_uri, experiments, parent_run_id, filter_string)
     frame = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
     for column in NUMERIC_PARAMS:
         if column in frame:
@@ -130,51 +113,156 @@ def run_table(tracking_uri, experiments=None, parent_run_id=None, filter_string=
     return frame
 
 
-def _metric_points(tracking_uri: str, run_ids: list[str], metrics=None) -> pd.DataFrame:
-    columns = ["run_id", "step", "metric", "value"]
-    if not run_ids:
-        return pd.DataFrame({"run_id": pd.Series(dtype=object), "step": pd.Series(dtype="int64"),
-                             "metric": pd.Series(dtype=object), "value": pd.Series(dtype="float64")})
-    url = sql_engine_url(tracking_uri)
-    if url is None:
-        points = _metric_points_by_api(tracking_uri, run_ids)[columns]
-        return points if metrics is None else points[points["metric"].isin(list(metrics))]
+def _run_row(run_id, experiment, status, start_ms, end_ms, tags: dict, params: dict) -> dict:
+    row = {"run_id": run_id, "experiment": experiment, "status": status,
+           "start_time": pd.Timestamp(start_ms, unit="ms", tz="UTC"),
+           "end_time": pd.Timestamp(end_ms, unit="ms", tz="UTC") if end_ms else pd.NaT}
+    row.update({column: tags.get(tag) for tag, column in RUN_TAGS.items()})
+    row.update(params)
+    return row
+
+
+def _run_rows_by_api(tracking_uri, experiments, parent_run_id, filter_string) -> list[dict]:
+    client = _client(tracking_uri)
+    found = client.search_experiments(max_results=50000)
+    names = {e.experiment_id: e.name for e in found}
+    ids = [e.experiment_id for e in found if experiments is None or e.name in set(experiments)]
+    if parent_run_id:
+        clause = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        filter_string = f"{filter_string} and {clause}" if filter_string else clause
+    rows, token = [], None
+    while ids:
+        page = client.search_runs(ids, filter_string, max_results=50000, page_token=token)
+        rows += [_run_row(run.info.run_id, names.get(run.info.experiment_id), run.info.status, run.info.start_time,
+                          run.info.end_time, run.data.tags, run.data.params) for run in page]
+        token = page.token
+        if not token:
+            break
+    return rows
+
+
+def _by_sql_unless_schema_differs(read, url, *args):
+    """`read(url, *args)`, or None where MLflow's tables are not the ones read here (another MLflow
+    version): the caller then reads through MlflowClient, slower but always right."""
+    try:
+        return read(url, *args)
+    except Exception:  # the DB-API driver's own errors (sqlite3, psycopg): no common base class
+        if _store_answers(url):
+            return None
+        raise
+
+
+def _store_answers(url: str) -> bool:
+    """True when the database is there (so a failed query means a different schema, not a lost store)."""
+    try:
+        with _sql_cursor(url) as (cursor, _):
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001  any failure to reach it: the original error is the one to show
+        return False
+
+
+@contextlib.contextmanager
+def _sql_cursor(url: str):
+    """(DB-API cursor, its placeholder) on the store's database: reading through MlflowClient costs
+    ~0.8 s of imports and store set-up, and its Run objects ~1 ms per run."""
     import sqlalchemy as sa
 
-    # the DB-API cursor directly: SQLAlchemy's row objects cost 4 µs per point (9 s for 2M points)
     engine = sa.create_engine(url)
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-    runs, keys, steps, values, key_names = [], [], [], [], {}
     raw = engine.raw_connection()
     try:
-        cursor = raw.cursor()
-        for start in range(0, len(run_ids), 500):
-            chunk = run_ids[start:start + 500]
-            where = f"run_uuid IN ({', '.join([mark] * len(chunk))})"
-            bound = list(chunk)
-            if metrics is not None:
-                wanted = list(metrics) or [""]
-                where += f" AND key IN ({', '.join([mark] * len(wanted))})"
-                bound += wanted
-            cursor.execute(f"SELECT run_uuid, key, step, CASE WHEN is_nan THEN NULL ELSE value END FROM metrics "
-                           f"WHERE {where}", bound)
-            while rows := cursor.fetchmany(50_000):
-                run, key, step, value = zip(*rows)
-                # strings as codes chunk by chunk: 2M Python strings would cost ~150 MB at once
-                runs.append(pd.Index(chunk).get_indexer(run))
-                keys.append(np.array([key_names.setdefault(k, len(key_names)) for k in key], dtype=np.int32))
-                steps.append(np.array(step, dtype=np.int64))
-                values.append(np.array(value, dtype=np.float64))  # NULL (is_nan) -> nan
-                runs[-1] = np.asarray(chunk, dtype=object)[runs[-1]]
+        yield raw.cursor(), "?" if engine.dialect.paramstyle == "qmark" else "%s"
     finally:
         raw.close()
         engine.dispose()
-    if not runs:
-        return _metric_points(tracking_uri, [], metrics)
+
+
+def _run_rows_by_sql(url, experiments, parent_run_id) -> list[dict]:
+    """What _run_rows_by_api reads (active runs of active experiments, newest first), straight from
+    MLflow's tables."""
+    with _sql_cursor(url) as (cursor, mark):
+        cursor.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active'")
+        names = {str(i): name for i, name in cursor.fetchall()}
+        ids = [i for i, name in names.items() if experiments is None or name in set(experiments)]
+        if not ids:
+            return []
+        where = f"r.lifecycle_stage = 'active' AND r.experiment_id IN ({', '.join([mark] * len(ids))})"
+        bound = [int(i) for i in ids]
+        if parent_run_id:
+            where += (f" AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' "
+                      f"AND value = {mark})")
+            bound.append(parent_run_id)
+        cursor.execute(f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time, r.name FROM runs r "
+                       f"WHERE {where} ORDER BY r.start_time DESC, r.run_uuid", bound)
+        runs = cursor.fetchall()
+        tags, params = {}, {}
+        wanted = list(RUN_TAGS)
+        cursor.execute(f"SELECT t.run_uuid, t.key, t.value FROM tags t JOIN runs r ON t.run_uuid = "
+                       f"r.run_uuid WHERE {where} AND t.key IN ({', '.join([mark] * len(wanted))})",
+                       bound + wanted)
+        for run_id, key, value in cursor.fetchall():
+            tags.setdefault(run_id, {})[key] = value
+        cursor.execute(f"SELECT p.run_uuid, p.key, p.value FROM params p JOIN runs r ON p.run_uuid = "
+                       f"r.run_uuid WHERE {where}", bound)
+        for run_id, key, value in cursor.fetchall():
+            params.setdefault(run_id, {})[key] = value
+    rows = []
+    for run_id, experiment_id, status, start_ms, end_ms, name in runs:
+        run_tags = tags.get(run_id, {})
+        if name and "mlflow.runName" not in run_tags:
+            run_tags["mlflow.runName"] = name
+        rows.append(_run_row(run_id, names.get(str(experiment_id)), status, start_ms, end_ms, run_tags,
+                             params.get(run_id, {})))
+    return rows
+
+
+def _metric_points(tracking_uri: str, run_ids: list[str], metrics=None) -> tuple:
+    """(run codes: each point's index in run_ids, steps, metric as a Categorical whose categories are
+    in name order, values) of the runs' metric points, NaN where MLflow stored is_nan."""
+    url = sql_engine_url(tracking_uri)
+    if url is not None and run_ids:
+        points = _by_sql_unless_schema_differs(_metric_points_by_sql, url, run_ids, metrics)
+        if points is not None:
+            return points
+    points = _metric_points_by_api(tracking_uri, run_ids) if run_ids else \
+        pd.DataFrame({"run_id": [], "step": [], "metric": [], "value": []})
+    if metrics is not None:
+        points = points[points["metric"].isin(list(metrics))]
+    metric = pd.Categorical(points["metric"].astype(str), categories=sorted(set(points["metric"].astype(str))))
+    return (np.asarray(pd.Index(run_ids).get_indexer(points["run_id"]), dtype=np.int64),
+            points["step"].to_numpy(dtype=np.int64), metric, points["value"].to_numpy(dtype=np.float64, copy=True))
+
+
+def _metric_points_by_sql(url: str, run_ids: list[str], metrics=None) -> tuple:
+    """What _metric_points returns, straight from MLflow's metrics table.
+
+    One query per run, through the DB-API cursor: no run id string per point (1M of them cost
+    ~0.6 s to make and match), and SQLAlchemy's row objects would cost 4 µs per point."""
+    codes, keys, steps, values, key_names = [], [], [], [], {}
+    with _sql_cursor(url) as (cursor, mark):
+        where = f"run_uuid = {mark}"
+        wanted = []
+        if metrics is not None:
+            wanted = list(metrics) or [""]
+            where += f" AND key IN ({', '.join([mark] * len(wanted))})"
+        query = f"SELECT key, step, CASE WHEN is_nan THEN NULL ELSE value END FROM metrics WHERE {where}"
+        for code, run_id in enumerate(run_ids):
+            cursor.execute(query, [run_id, *wanted])
+            rows = cursor.fetchall()
+            if not rows:
+                continue
+            key, step, value = zip(*rows)
+            codes.append(np.full(len(rows), code, dtype=np.int64))
+            local, names = pd.factorize(np.asarray(key, dtype=object))  # a few names, hashed in C
+            keys.append(np.array([key_names.setdefault(k, len(key_names)) for k in names], dtype=np.int32)[local])
+            steps.append(np.array(step, dtype=np.int64))
+            values.append(np.array(value, dtype=np.float64))  # NULL (is_nan) -> nan
+    if not codes:
+        return (np.array([], dtype=np.int64), np.array([], dtype=np.int64), pd.Categorical([]),
+                np.array([], dtype=np.float64))
     metric = pd.Categorical.from_codes(np.concatenate(keys), categories=list(key_names))
     metric = metric.reorder_categories(sorted(key_names))  # codes in name order: sorting by them sorts by name
-    return pd.DataFrame({"run_id": np.concatenate(runs), "step": np.concatenate(steps), "metric": metric,
-                         "value": np.concatenate(values)})
+    return np.concatenate(codes), np.concatenate(steps), metric, np.concatenate(values)
 
 
 def _metric_points_by_api(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:

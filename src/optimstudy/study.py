@@ -29,13 +29,14 @@ from optuna.trial import TrialState
 from optimstudy.errors import UsageError
 from optimstudy.locks import exclusive
 from optimstudy.storages import default_storage_path, storage_url  # noqa: F401  (re-exported)
-from optimstudy.planning import Planned, config_from_json, config_json, plan
+from optimstudy.planning import config_from_json, plan
+from optimstudy.trial_queue import (CONFIG, ERROR, KEY, LIVE, PHASE, SLOT, SPACE, Queue,  # noqa: F401  (re-exported)
+                                    duplicate_of, enqueue_missing, fail_if_running)
 from optimstudy.spec import Spec
 
 HEARTBEAT_S = 10  # a running trial records a heartbeat this often
 STALE_AFTER_S = 60  # a trial on another machine with no heartbeat for this long is dead
-KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
-RUN_ID, ERROR, DIVERGED = "mlflow_run_id", "optimstudy.error", "diverged"
+RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,73 +118,7 @@ def restart_study(storage, name: str, stamp: str) -> str:
     return kept
 
 
-# ---- the queue ------------------------------------------------------------------------------
-
-LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -> list[Planned]:
-    """Queue every planned trial that has no queued, running or finished trial yet (call it under
-    planning_lock: two callers at once would both see a configuration missing)."""
-    present = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=LIVE)}
-    added = []
-    for item in planned:
-        if item.key in present:
-            continue
-        attrs = {KEY: item.key, PHASE: item.phase, CONFIG: config_json(item.config), "optimizer": item.label,
-                 "problem": item.config.problem, "seed": item.config.seed, "device": item.config.device,
-                 "objective_metric": objective[0], "objective_direction": objective[1]}
-        if item.space:
-            attrs[SPACE] = {k: list(v) for k, v in item.space.items()}
-            attrs[SLOT] = item.slot
-        study.enqueue_trial(params={} if item.space else {f"{item.label}.lr": item.config.lr}, user_attrs=attrs)
-        present.add(item.key)
-        added.append(item)
-    return added
-
-
-def claim(spec: Spec, storage):
-    """Take one queued trial atomically (as Study.ask does); (study, trial, trial_id) or None.
-
-    Not Study.ask itself: on an empty queue it creates a new, unplanned trial.
-    """
-    study_id = storage.get_study_id_from_name(spec.name)
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        try:
-            study = open_study(spec, storage, trial_number=frozen.number)  # its sampler sees every finished trial
-            # optuna.Trial(study, id) is how Study.ask wraps a popped trial; there is no public "ask this one"
-            return study, optuna.Trial(study, trial_id), trial_id
-        except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
-            fail_if_running(storage, trial_id, f"{type(error).__name__} before the trial started; queued again on resume")
-            raise
-    return None
-
-
-def fail_if_running(storage, trial_id: int, why: str) -> None:
-    try:
-        if storage.get_trial(trial_id).state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id, ERROR, why)
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # it ended meanwhile
-
-
-def duplicate_of(study, number: int, key: str, started) -> int | None:
-    """Another trial of the same configuration that finished, or started first (a last safety net:
-    the planning lock already queues each configuration once)."""
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-        if other.number == number or other.user_attrs.get(KEY) != key:
-            continue
-        if other.state != TrialState.RUNNING or (other.datetime_start, other.number) < (started, number):
-            return other.number
-    return None
-
+# ---- the queue (trial_queue.py) and what the study's trials say ------------------------------
 
 def trial_config(trial):
     """The RunConfig a (frozen) trial ran: its queued config with its sampled arguments."""
@@ -289,16 +224,18 @@ class Heartbeat:
         return False
 
 
-def run_trial(spec: Spec, storage, study, trial, trial_id: int, tracking, parent_run_id, data_dir, threads) -> str:
+def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
+              threads) -> str:
     """Run one claimed trial to a final state; returns that state's name."""
     from optimstudy.results import objective_value
     from optimstudy.runner import execute
     from optimstudy.training import Stop
 
+    storage = queue.storage
     for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
         trial.set_user_attr(name, value)
     attrs = trial.user_attrs
-    other = duplicate_of(study, trial.number, attrs.get(KEY), storage.get_trial(trial_id).datetime_start)
+    other = queue.duplicate_of(study, trial.number, attrs.get(KEY), storage.get_trial(trial_id).datetime_start)
     if other is not None:
         trial.set_user_attr(ERROR, f"duplicate of trial {other}; not run")
         study.tell(trial, state=TrialState.FAIL)
@@ -348,19 +285,23 @@ def run_trial(spec: Spec, storage, study, trial, trial_id: int, tracking, parent
 
 
 def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | None, data_dir,
-         threads: int | None, on_trial_done=None, stop: threading.Event | None = None, planned=None) -> None:
+         threads: int | None, on_trial_done=None, stop: threading.Event | None = None, planned=None,
+         experiment_id: str | None = None) -> None:
     """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
-    `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase)."""
+    `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
+    `experiment_id`: the study's MLflow experiment, when the caller has it (else looked up once here)."""
     from optimstudy.runner import Tracking
 
     storage = open_storage(url)
-    tracking = Tracking(tracking_uri, spec.name) if tracking_uri else None
+    queue = Queue(spec, storage)
+    tracking = None
     if tracking_uri:
-        from optimstudy.tracking import start_writer
+        from optimstudy.tracking import experiment_id as look_up_experiment, start_writer
 
         start_writer(tracking_uri)
+        tracking = Tracking(tracking_uri, spec.name, experiment_id or look_up_experiment(tracking_uri, spec.name))
     while stop is None or not stop.is_set():
-        claimed = claim(spec, storage)
+        claimed = queue.take()
         if claimed is None:
             # another machine's worker may have died meanwhile: queue its trials again, or stop
             with planning_lock(url, spec.name):
@@ -372,7 +313,7 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
             return
         study, trial, trial_id = claimed
         try:
-            state = run_trial(spec, storage, study, trial, trial_id, tracking, parent_run_id, data_dir, threads)
+            state = run_trial(spec, queue, study, trial, trial_id, tracking, parent_run_id, data_dir, threads)
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             fail_if_running(storage, trial_id, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
             raise
@@ -407,7 +348,7 @@ def worker_main(argv: list[str]) -> int:
         signal.signal(sig, interrupt)
     try:
         work(load_spec(options["spec"]), options["storage"], options["tracking_uri"], options["parent_run_id"],
-             options["data_dir"], options["threads"], stop=stop)
+             options["data_dir"], options["threads"], stop=stop, experiment_id=options.get("experiment_id"))
     except KeyboardInterrupt:
         return 130
     return 0

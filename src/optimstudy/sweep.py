@@ -33,6 +33,19 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
     from optimstudy.tracking import resolve_tracking_uri
+    from optimstudy.writer import start_writer, stop_writers
+
+    if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
+        # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
+        start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
+    try:
+        return _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
+    finally:
+        stop_writers(wait=False)  # a sweep stops its writers itself; this is for bad input, found before
+
+
+def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart) -> int:
+    from optimstudy.tracking import resolve_tracking_uri
 
     spec = load_spec(spec_path)
     if not isinstance(workers, int) or workers < 1:
@@ -162,8 +175,7 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
                         f"{', '.join(differing)} differ. A name is a study's identity: give this spec a new "
                         f"name, or pass --restart to keep the old study as '{spec.name}.replaced-…' and start "
                         f"afresh (only new learning rates, seeds or optimizers extend a study)")
-        ensure_store(tracking_uri)  # created once, here, before any worker starts
-        start_writer(tracking_uri)  # this process is a worker too: the writer's start-up overlaps the rest
+        ensure_store(tracking_uri, start_writer(tracking_uri))  # created once, here, before any worker starts
         if restart and studies.study_exists(storage, spec.name):
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             kept = studies.restart_study(storage, spec.name, stamp)
@@ -237,8 +249,11 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
               f"holds its own copy of the data; --workers {cores} is usually faster", file=sys.stderr)
     done_before = total["complete"] + total["pruned"] + total["failed"]
     alive_read, alive_write = os.pipe()  # closes when we die, however we die: the workers then stop
+    from optimstudy.tracking import experiment_id
+
+    experiment = experiment_id(tracking_uri, spec.name)  # looked up here: a forked worker needs no MLflow client
     options = {"spec": spec.path, "storage": url, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-               "data_dir": data_dir, "threads": threads, "alive_fd": alive_read}
+               "experiment_id": experiment, "data_dir": data_dir, "threads": threads, "alive_fd": alive_read}
     others = []
     for _ in range(workers - 1):
         if pool:
@@ -257,13 +272,13 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
                     progress(now["complete"] + now["pruned"] + now["failed"] - done_before, todo)
 
             studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
-                         planned=planned)
+                         planned=planned, experiment_id=experiment)
             while any(p.poll() is None for p in others):
                 report()
                 time.sleep(0.5)
             if any(p.returncode not in (0, 130) for p in others):  # a dead worker's trial: run it again here
                 studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
-                             planned=planned)
+                             planned=planned, experiment_id=experiment)
             report()
     except KeyboardInterrupt:
         for process in others:  # their own sessions: the terminal's Ctrl-C reached only us

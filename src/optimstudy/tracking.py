@@ -20,6 +20,7 @@ import platform
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -65,9 +66,11 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def ensure_store(tracking_uri: str) -> None:
+def ensure_store(tracking_uri: str, writer=None) -> None:
     """Create the store once, before any worker starts: under a lock, so that two commands starting
-    at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists")."""
+    at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists").
+    With `writer` (started, see writer.py), the writer process creates it, while this process
+    imports MLflow itself: ~1.5 s of migrations on the other core."""
     from optimstudy.connectivity import probe_store
     from optimstudy.locks import exclusive
 
@@ -85,7 +88,12 @@ def ensure_store(tracking_uri: str) -> None:
                 "pass --tracking-uri to a writable place, or --no-track"
             ) from None
     try:
+        if writer is not None:  # our own imports meanwhile, while the writer creates the store
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            import mlflow.tracking  # noqa: F401
         with exclusive(tracking_uri, "optimstudy mlflow store"):
+            if writer is not None:
+                writer.wait_ready()
             _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:
         raise UsageError(f"tracking store '{tracking_uri}' cannot be opened: {str(error)[:300]}") from None
@@ -181,20 +189,29 @@ class MlflowLogger:
     """Creates the run with its params and tags; buffers points; a writer process stores them."""
 
     def __init__(self, tracking_uri: str, experiment: str, params: dict, tags: dict,
-                 run_name: str | None = None, parent_run_id: str | None = None):
-        from mlflow.entities import Param
-
+                 run_name: str | None = None, parent_run_id: str | None = None, known_experiment_id: str | None = None):
+        """`known_experiment_id`: the experiment's id when the caller has it (a sweep's worker looks it up once)."""
         self.tracking_uri = tracking_uri
         sample_every_s = system_metrics_s()  # a bad value is a usage error before anything is written
         self.writer = start_writer(tracking_uri)
         self.writer.wait_ready()  # before the run exists: a writer that cannot start leaves no RUNNING run
-        client = _client(tracking_uri)
         run_tags = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id(tracking_uri, experiment), tags=run_tags, run_name=run_name)
-        self.run_id = run.info.run_id
-        client.log_batch(self.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        experiment = known_experiment_id or experiment_id(tracking_uri, experiment)
+        params = {k: _param_text(v) for k, v in params.items()}
+        if self.writer.creates_runs:  # a SQL store: the writer creates it in one transaction; we do not wait
+            self.run_id = uuid.uuid4().hex  # what MLflow's own create_run picks
+            self._create = {"experiment_id": experiment, "run_name": run_name or f"run-{self.run_id[:8]}",
+                            "tags": run_tags, "params": params, "start_time": int(time.time() * 1000)}
+            self.writer.send(("create", self.run_id, self._create))
+        else:  # a tracking server chooses the run's id: ask it
+            self._create = None
+            from mlflow.entities import Param
+
+            client = _client(tracking_uri)
+            self.run_id = client.create_run(experiment, tags=run_tags, run_name=run_name).info.run_id
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         self._buffer: list[tuple] = []
         self.closed = False
         # from now on the writer ends it if we die, and samples CPU/GPU use and memory for it
@@ -219,14 +236,17 @@ class MlflowLogger:
             self.writer.send(("metrics", self.run_id, chunk))
 
     def log_artifact(self, path: str) -> None:
-        _client(self.tracking_uri).log_artifact(self.run_id, path)
+        self.writer.log_artifact(self.run_id, path)  # through the writer: it may not have created the run yet
 
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: dict) -> None:
         """The run's data set in MLflow's own way (mlflow.log_input), shown in the UI's Datasets column."""
         import json
 
+        if self.writer.creates_runs:
+            self.writer.send(("inputs", self.run_id, (name[:500], digest[:36], source_type, source[:1000],
+                                                      json.dumps(profile))))
+            return
         from mlflow.entities import Dataset, DatasetInput, InputTag
-
         from mlflow.exceptions import MlflowException
 
         dataset = Dataset(name=name[:500], digest=digest[:36], source_type=source_type, source=source[:1000],
@@ -256,10 +276,24 @@ class MlflowLogger:
                 why = f"{why}; {died}" if why else str(died)
             tags[TAG_ERROR] = f"{why} (points after its last stored batch are lost)"
             client = _client(self.tracking_uri)
+            if self._create is not None and not _run_exists(client, self.run_id):  # died before storing it
+                from optimstudy.sql_writes import FastWrites
+
+                FastWrites.for_client(client).create_run(self.run_id, **self._create)
             for key, value in tags.items():
                 client.set_tag(self.run_id, key, str(value)[:5000])
             client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
             raise
+
+
+def _run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _param_text(value) -> str:
@@ -289,10 +323,16 @@ def tracked_run(logger: MlflowLogger):
 
 def end_orphaned_runs(tracking_uri: str, run_ids, reason: str) -> list[str]:
     """End RUNNING runs whose process is gone as KILLED; returns the ids changed."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(tracking_uri)
     changed = []
     for run_id in run_ids:
-        if client.get_run(run_id).info.status == "RUNNING":
+        try:
+            status = client.get_run(run_id).info.status
+        except MlflowException:  # never stored: its worker and the writer died before the writer created it
+            continue
+        if status == "RUNNING":
             client.set_tag(run_id, "optimstudy.error", reason)
             client.set_terminated(run_id, "KILLED")
             changed.append(run_id)
@@ -306,94 +346,6 @@ def sql_engine_url(tracking_uri: str) -> str | None:
     return None
 
 
-
-def log_report(tracking_uri: str, run_ids, folder) -> int:
-    """Attach a report (page, summary.csv, figures/) to each sweep parent run, under 'report/'.
-    Returns how many runs got it; a run that cannot take it is warned about, not fatal."""
-    import sys
-    from pathlib import Path
-
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client, folder, logged = MlflowClient(tracking_uri), Path(folder), 0
-    for run_id in run_ids:
-        try:
-            client.log_artifacts(run_id, str(folder / "figures"), artifact_path="report/figures")
-            for name in ("report.html", "summary.csv"):
-                client.log_artifact(run_id, str(folder / name), artifact_path="report")
-            logged += 1
-        except (MlflowException, OSError) as error:
-            print(f"warning: could not log the report to sweep run {run_id}: {str(error)[:200]}", file=sys.stderr)
-    return logged
-
-
-# ---- sweep parent runs (the sweep's writes; trial runs go through MlflowLogger) -----------
-
-def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict, params: dict,
-                      texts: dict) -> str:
-    """A sweep's parent run, RUNNING, with its params and texts (artifact path -> text)."""
-    from mlflow.entities import Param
-
-    client = _client(tracking_uri)
-    run = client.create_run(experiment_id(tracking_uri, experiment), tags={k: str(v) for k, v in tags.items()},
-                            run_name=run_name)
-    client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
-    for path, text in texts.items():
-        client.log_text(run.info.run_id, text, path)
-    return run.info.run_id
-
-
-def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metrics: dict | None = None,
-               texts: dict | None = None, status: str | None = None) -> bool:
-    """Set tags, log metrics and texts, then set the status (RUNNING reopens an ended run).
-    False when the run is gone (the tracking store was replaced)."""
-    from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
-
-    client = _client(tracking_uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        return False
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                     tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
-    for path, text in (texts or {}).items():
-        client.log_text(run_id, text, path)
-    if status == "RUNNING":
-        client.update_run(run_id, status="RUNNING")
-    elif status:
-        client.set_terminated(run_id, status)
-    return True
-
-
-def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
-    """Move an experiment (and its runs) out of the way of a study that starts afresh."""
-    client = _client(tracking_uri)
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        return False
-    client.rename_experiment(found.experiment_id, new_name)
-    return True
-
-
-NOTE_MAX_CHARS = 7500  # MLflow keeps tag values up to 8,000 characters
-
-
-def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: str,
-              experiment_note: str | None = None) -> None:
-    """The Markdown descriptions the MLflow UI shows: the sweep parent run's and its experiment's."""
-    client = _client(tracking_uri)
-    if run_id:
-        client.set_tag(run_id, NOTE_TAG, _clip(run_note))
-    if experiment_note is not None:
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            client.set_experiment_tag(found.experiment_id, NOTE_TAG, _clip(experiment_note))
-
-
-def _clip(text: str) -> str:
-    if len(text) <= NOTE_MAX_CHARS:
-        return text
-    return text[:NOTE_MAX_CHARS - 60].rsplit("\n", 1)[0] + "\n\n(cut: see `optimstudy report` for the rest)"
+# the sweep parent run's writes and the report's attachments live in parent_runs.py; found here too
+from optimstudy.parent_runs import (NOTE_MAX_CHARS, create_parent_run, log_report, rename_experiment,  # noqa: E402,F401
+                                    set_notes, update_run)

@@ -1,12 +1,18 @@
-"""The MLflow writer process: `python -P .../optimstudy/writer.py TRACKING_URI FD`.
+"""The MLflow writer process: `python -P .../optimstudy/writer.py TRACKING_URI FD[,FD...]`.
 
 It runs as a plain script and imports nothing from optimstudy, so it starts without torch
 (~170 MB and ~1.4 s here, against ~900 MB and 3-5 s through the package).
 
-Receives ("open", run_id, system_metrics_s), ("metrics", run_id, points), ("end", run_id, status, tags)
-and ("stop", None) over the socket FD; answers ("ready"|"ok"|"error", run_id, detail). When the training
-process dies, the socket closes and the runs it left open are ended as KILLED. A run that
-lost a batch of points is ended FAILED, never FINISHED.
+Each FD is one training process's connection: the first is the process that started it, the
+others the workers it forks (one writer per machine, so a second worker does not pay another
+~1.5 s of MLflow imports on a shared core). Receives ("store", None) first (open or create the
+store, answered "ready"), then ("create", run_id, run) (the run with its tags and params, in one
+transaction, under an id the training process chose so that it never waits for it),
+("inputs", run_id, dataset), ("open", run_id, system_metrics_s), ("metrics", run_id, points),
+("artifact", run_id, path), ("end", run_id, status, tags) and ("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
+Metric points go straight into MLflow's tables on a SQL store (sql_writes.py: ~10x less CPU
+than log_batch). When a training process dies, its socket closes and the runs it left open are
+ended as KILLED. A run that lost a batch of points is ended FAILED, never FINISHED.
 
 With `system_metrics_s`, the writer also samples the machine for that run every so many seconds
 through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, memory, disk,
@@ -24,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -68,78 +75,152 @@ def report_connection_retries(tracking_uri: str | None = None) -> None:
         logger.addHandler(_RetryReport(tracking_uri and re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", tracking_uri)))
 
 
-def serve(tracking_uri: str, conn: Connection) -> None:
+class _Store:
+    """The writer's one MLflow client, made on the first "store" message (making it creates and
+    migrates a fresh store) and shared by every connection, one message at a time."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri, self.lock = tracking_uri, threading.Lock()
+        self.client = self.fast = None
+
+    def open(self) -> dict:
+        with self.lock:
+            if self.client is None:
+                from mlflow import MlflowClient
+
+                client = MlflowClient(self.tracking_uri)
+                client.search_experiments(max_results=1)  # a store that cannot be opened says so here
+                self.client, self.fast = client, _load_sql_writes().FastWrites.for_client(client)
+        return {"creates_runs": self.fast is not None}
+
+
+def _load_sql_writes():
+    """sql_writes.py, beside this file, loaded by path: the writer does not import the optimstudy package."""
+    import importlib.util
+
+    if "optimstudy_sql_writes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("optimstudy_sql_writes", Path(__file__).with_name("sql_writes.py"))
+        module = sys.modules["optimstudy_sql_writes"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["optimstudy_sql_writes"]
+
+
+def main(tracking_uri: str, fds: list[int]) -> None:
+    """Serve the owner's connection (the first) here and each other one (a forked worker's) in a
+    thread; once the owner stops or dies, wait for the workers that are still sending runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
     os.nice(10)  # yield the cores to training threads; we only need the gaps between their steps
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    import mlflow.entities  # noqa: F401  (imported now, while the training process sets up)
+    from mlflow import MlflowClient  # noqa: F401
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
 
     quiet_store_logs()
     report_connection_retries(tracking_uri)
+    store = _Store(tracking_uri)
+    owner, *others = [Connection(fd) for fd in fds]
+    sessions = [threading.Event() for _ in others]  # set once a worker starts using its connection
+    threads = [threading.Thread(target=serve, args=(store, conn, started), daemon=True)
+               for conn, started in zip(others, sessions)]
+    for thread in threads:
+        thread.start()
+    serve(store, owner, threading.Event())
+    for thread, started in zip(threads, sessions):
+        if started.is_set():  # idle ones (a worker the sweep did not need) are not waited for
+            thread.join()
 
-    client = MlflowClient(tracking_uri)
-    reply(conn, ("ready", None, None))
+
+def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
+    from mlflow.entities import Metric, RunTag
+
     open_runs: set[str] = set()
     samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
     lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
+    uncreated: set[str] = set()  # runs whose "create" failed
     held = None  # a message read ahead while merging metric messages, handled next
     while True:
         message, held = held or receive(conn), None
         if message is None:
             for run_id in open_runs:  # the training process is gone without closing its runs
                 stop_system_metrics(samplers.pop(run_id, None))
-                with contextlib.suppress(Exception):
-                    client.set_tag(run_id, "optimstudy.error", "the training process died mid-run")
-                    client.set_terminated(run_id, "KILLED")
+                with contextlib.suppress(Exception), store.lock:
+                    store.client.set_tag(run_id, "optimstudy.error", "the training process died mid-run")
+                    store.client.set_terminated(run_id, "KILLED")
             return
         kind, run_id = message[0], message[1]
-        try:
-            if kind == "open":
-                open_runs.add(run_id)
-                if len(message) > 2 and message[2]:
-                    samplers[run_id] = start_system_metrics(tracking_uri, run_id, message[2])
-            elif kind == "metrics":
-                open_runs.add(run_id)
-                points = list(message[2])
-                # behind? merge what is already waiting for the same run: one transaction, not many
-                while len(points) < BATCH_POINTS and conn.poll():
-                    held = receive(conn)
-                    if held is None or held[0] != "metrics" or held[1] != run_id:
-                        break
-                    points.extend(held[2])
-                    held = None
-                for start in range(0, len(points), BATCH_POINTS):
-                    client.log_batch(run_id, metrics=[Metric(*p) for p in points[start:start + BATCH_POINTS]])
-            elif kind == "end":
-                _, _, status, tags = message
-                if run_id in lost:
-                    status = "FAILED" if status == "FINISHED" else status
-                    why = tags.get("optimstudy.error")
-                    tags = {**tags, "optimstudy.error": "; ".join(
-                        filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
-                for key, value in tags.items():
-                    client.set_tag(run_id, key, str(value)[:5000])
-                client.set_terminated(run_id, status)
-                open_runs.discard(run_id)
-                reply(conn, ("ok", run_id, None))
-                # after the answer, so the training process does not wait for it (~20 ms a run):
-                # the last sample is stored into the ended run before the next message is read
-                stop_system_metrics(samplers.pop(run_id, None))
-            elif kind == "stop":
-                for sampler in samplers.values():
-                    stop_system_metrics(sampler)
-                reply(conn, ("ok", None, None))
-                return
-        except Exception as error:  # reported back to the training process at the run's end
-            detail = f"{type(error).__name__}: {str(error)[:1000]}"
-            if kind == "metrics":
-                if run_id in lost:
-                    continue  # one report per run: unread reports would fill the socket and block us both
-                lost[run_id] = detail
-            reply(conn, ("error", run_id, detail))
-            if kind == "end":  # the training process waits for this answer (a deleted run ends here)
-                reply(conn, ("ok", run_id, None))
-                stop_system_metrics(samplers.pop(run_id, None))
+        if kind == "store":
+            started.set()
+            try:
+                reply(conn, ("ready", None, store.open()))
+            except Exception as error:
+                reply(conn, ("error", None, f"{type(error).__name__}: {str(error)[:1000]}"))
+            continue
+        client, fast, ended_sampler = store.client, store.fast, None
+        with store.lock:
+            try:
+                if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
+                    fast.create_run(run_id, **message[2])
+                    open_runs.add(run_id)
+                elif kind == "inputs":
+                    fast.log_dataset(run_id, *message[2])
+                elif kind == "open":
+                    open_runs.add(run_id)
+                    if len(message) > 2 and message[2]:
+                        samplers[run_id] = start_system_metrics(store.tracking_uri, run_id, message[2])
+                elif kind == "metrics":
+                    if run_id in uncreated:
+                        continue  # its creation failed (reported once); its points have nowhere to go
+                    open_runs.add(run_id)
+                    points = list(message[2])
+                    # behind? merge what is already waiting for the same run: one transaction, not many
+                    while len(points) < BATCH_POINTS and conn.poll():
+                        held = receive(conn)
+                        if held is None or held[0] != "metrics" or held[1] != run_id:
+                            break
+                        points.extend(held[2])
+                        held = None
+                    for start in range(0, len(points), BATCH_POINTS):
+                        chunk = points[start:start + BATCH_POINTS]
+                        if fast is None or not fast.log_metrics(run_id, chunk):
+                            client.log_batch(run_id, metrics=[Metric(*p) for p in chunk])
+                elif kind == "artifact":  # after the run's creation, which is queued before it; the trainer waits
+                    client.log_artifact(run_id, message[2])
+                    reply(conn, ("ok", run_id, None))
+                elif kind == "end":
+                    _, _, status, tags = message
+                    if run_id in lost:
+                        status = "FAILED" if status == "FINISHED" else status
+                        why = tags.get("optimstudy.error")
+                        tags = {**tags, "optimstudy.error": "; ".join(
+                            filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
+                    if tags:
+                        client.log_batch(run_id, tags=[RunTag(key, str(value)[:5000]) for key, value in tags.items()])
+                    client.set_terminated(run_id, status)
+                    open_runs.discard(run_id)
+                    if fast is not None:
+                        fast.forget(run_id)
+                    reply(conn, ("ok", run_id, None))
+                    ended_sampler = samplers.pop(run_id, None)
+                elif kind == "stop":
+                    for sampler in samplers.values():
+                        stop_system_metrics(sampler)
+                    reply(conn, ("ok", None, None))
+                    return
+            except Exception as error:  # reported back to the training process at the run's end
+                detail = f"{type(error).__name__}: {str(error)[:1000]}"
+                if kind == "create":
+                    uncreated.add(run_id)
+                    lost[run_id] = f"the run could not be created: {detail}"
+                if kind == "metrics":
+                    if run_id in lost:
+                        continue  # one report per run: unread reports would fill the socket and block us both
+                    lost[run_id] = detail
+                reply(conn, ("error", run_id, detail))
+                if kind in ("end", "artifact"):  # the training process waits for this answer (a deleted run ends here)
+                    reply(conn, ("ok", run_id, None))
+                    ended_sampler = samplers.pop(run_id, None)
+        # after the answer, so the training process does not wait for it (~20 ms a run): the
+        # last sample is stored into the ended run before the next message is read
+        stop_system_metrics(ended_sampler)
 
 
 def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
@@ -191,27 +272,40 @@ class WriterDied(RuntimeError):
 
 
 class _Writer:
-    """One per training process, started on first use and shared by its runs.
+    """The handle on a writer process, started on first use and shared by the process's runs.
 
-    A plain subprocess over a socket pair, not multiprocessing: spawning through
+    A plain subprocess over socket pairs, not multiprocessing: spawning through
     multiprocessing re-imports the caller's __main__, which breaks unguarded user scripts.
+    With `spares`, it also serves that many more connections, one for each worker forked from
+    this process (`spare_connections`, `adopt_writer`): one writer per machine, not per worker.
     """
 
-    def __init__(self, tracking_uri: str):
-        ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__)), tracking_uri, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
-        self.conn = Connection(ours.detach())
-        self.tracking_uri = tracking_uri
+    def __init__(self, tracking_uri: str, spares: int = 0, conn: Connection | None = None):
+        self.tracking_uri, self.process, self.spares = tracking_uri, None, []
         self.ready = False
+        self.creates_runs = False  # a SQL store: the writer creates runs (sql_writes.py), told when ready
+        if conn is not None:  # a forked worker's connection to its parent's writer
+            self.conn = conn
+            return
+        pairs = [socket.socketpair() for _ in range(1 + spares)]
+        fds = [theirs.fileno() for _, theirs in pairs]
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__)), tracking_uri, ",".join(map(str, fds))],
+            pass_fds=fds, stdin=subprocess.DEVNULL)
+        for _, theirs in pairs:
+            theirs.close()
+        self.conn, *self.spares = [Connection(ours.detach()) for ours, _ in pairs]
 
     def wait_ready(self) -> None:
-        """Block until the writer has imported MLflow, so that its start-up never overlaps training."""
+        """Have the writer open (or create) the store, and wait for it: a writer that cannot start
+        fails here, before any run exists. The writer imports MLflow meanwhile: start it early."""
         if not self.ready:
-            kind, _, _ = self._recv()
+            self.send(("store", None))
+            kind, _, detail = self._recv()
+            if kind == "error":
+                raise RuntimeError(f"the MLflow writer cannot open the tracking store: {detail}")
             self.ready = kind == "ready"
+            self.creates_runs = bool(detail and detail.get("creates_runs"))
 
     def _recv(self):
         try:
@@ -226,12 +320,22 @@ class _Writer:
             raise self._died() from None
 
     def _died(self) -> WriterDied:
+        if self.process is None:
+            return WriterDied("the MLflow writer process exited")
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         return WriterDied(f"the MLflow writer process exited (code {self.process.poll()})")
 
     def end_run(self, run_id: str, status: str, tags: dict) -> None:
-        self.send(("end", run_id, status, tags))
+        self._answered(("end", run_id, status, tags))
+
+    def log_artifact(self, run_id: str, path: str) -> None:
+        """Store the file at `path` with the run, once the writer has created the run; waits for it."""
+        self._answered(("artifact", run_id, path))
+
+    def _answered(self, message) -> None:
+        run_id = message[1]
+        self.send(message)
         problems = []
         while True:
             kind, acked_run, detail = self._recv()
@@ -243,27 +347,67 @@ class _Writer:
             raise RuntimeError(f"MLflow writer failed for run {run_id}: {problems[0]}")
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process is None or self.process.poll() is None
+
+    def close_spares(self) -> None:
+        for spare in self.spares:
+            spare.close()
+        self.spares = []
 
 
 _writers: dict[str, _Writer] = {}
 
 
-def start_writer(tracking_uri: str) -> _Writer:
+def start_writer(tracking_uri: str, spares: int = 0) -> _Writer:
     """Start the writer early (it takes ~1.5 s to import MLflow) so it overlaps data loading."""
     writer = _writers.get(tracking_uri)
     if writer is None or not writer.alive():
-        writer = _writers[tracking_uri] = _Writer(tracking_uri)
+        writer = _writers[tracking_uri] = _Writer(tracking_uri, spares)
     return writer
 
 
-def stop_writers() -> None:
+def spare_connections() -> list[tuple[str, Connection]]:
+    """(tracking URI, connection) of every spare connection: one each for the workers about to be forked."""
+    return [(uri, conn) for uri, writer in _writers.items() for conn in writer.spares]
+
+
+def adopt_writer(spare: tuple[str, Connection] | None) -> None:
+    """In a forked worker: use the spare connection (tracking URI, connection) to the parent's
+    writer, if any; close every other inherited connection (the writer must see the parent's
+    close when the parent dies, not wait on our copy). Without one, the worker starts its own."""
+    for writer in list(_writers.values()):
+        for other in (writer.conn, *writer.spares):
+            if spare is None or other is not spare[1]:
+                other.close()
+        writer.process = None  # the parent's child, not ours: never waited on here
+    _writers.clear()
+    if spare is not None:
+        _writers[spare[0]] = _Writer(spare[0], conn=spare[1])
+
+
+def hand_over(spare: tuple[str, Connection]) -> None:
+    """In the parent, once a worker is forked with `spare`: only the worker holds it now, so the
+    writer sees it close when that worker dies."""
+    writer = _writers.get(spare[0])
+    if writer is not None and spare[1] in writer.spares:
+        writer.spares.remove(spare[1])
+    spare[1].close()
+
+
+def stop_writers(wait: bool = True) -> None:
+    """Stop every writer once it has stored what it was sent; `wait=False`: close the connections
+    and go (a writer still importing MLflow exits by itself when it reads them closed)."""
     for writer in list(_writers.values()):
         with contextlib.suppress(Exception):
+            writer.close_spares()
+            if not wait:
+                writer.conn.close()
+                continue
             writer.send(("stop", None))
-            writer.process.wait(timeout=10)
+            if writer.process is not None:
+                writer.process.wait(timeout=10)
     _writers.clear()
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], Connection(int(sys.argv[2])))
+    main(sys.argv[1], [int(fd) for fd in sys.argv[2].split(",")])

@@ -1,0 +1,120 @@
+"""The study's queue: every planned trial queued once, taken by workers one at a time.
+
+    with planning_lock(url, spec.name):           # study.py: one planner, however many commands
+        enqueue_missing(study, planned, ("val_loss", "minimize"))
+    queue = Queue(spec, storage)
+    study, trial, trial_id = queue.take()          # None once nothing is queued
+
+Every configuration is queued (enqueued) once, by whichever command holds the study's planning
+lock; workers take trials from the queue atomically (WAITING -> RUNNING is a compare-and-set in
+every Optuna storage), so no configuration runs twice, even with workers on several machines.
+"""
+import collections
+
+import optuna
+from optuna.trial import TrialState
+
+from optimstudy.planning import Planned, config_json
+from optimstudy.spec import Spec
+
+KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
+ERROR = "optimstudy.error"
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -> list[Planned]:
+    """Queue every planned trial that has no queued, running or finished trial yet (call it under
+    planning_lock: two callers at once would both see a configuration missing)."""
+    present = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=LIVE)}
+    added = []
+    for item in planned:
+        if item.key in present:
+            continue
+        attrs = {KEY: item.key, PHASE: item.phase, CONFIG: config_json(item.config), "optimizer": item.label,
+                 "problem": item.config.problem, "seed": item.config.seed, "device": item.config.device,
+                 "objective_metric": objective[0], "objective_direction": objective[1]}
+        if item.space:
+            attrs[SPACE] = {k: list(v) for k, v in item.space.items()}
+            attrs[SLOT] = item.slot
+        study.enqueue_trial(params={} if item.space else {f"{item.label}.lr": item.config.lr}, user_attrs=attrs)
+        present.add(item.key)
+        added.append(item)
+    return added
+
+
+class Queue:
+    """The study's queue as one worker takes from it.
+
+    One pass over the study's trials finds the waiting ones (lowest number first) and the
+    configurations queued more than once; the worker then takes trials from that list, and reads
+    the study again only once the list is used up. A pass per trial (Study.ask's way) made
+    taking a trial and checking it for twins cost ~10 ms more at 10,000 trials than at 100.
+    Taking stays atomic: WAITING -> RUNNING is a compare-and-set, and one that another worker won
+    is skipped.
+    """
+
+    def __init__(self, spec: Spec, storage):
+        # An RDB storage wrapped once in the trial cache that optuna.load_study would make afresh for
+        # every trial: the trial taken must be in the cache its study writes through (set_trial_param
+        # looks it up there), and this pass's read is what puts it there.
+        self.spec, self.storage = spec, optuna.storages.get_storage(storage)
+        self.study_id = storage.get_study_id_from_name(spec.name)
+        self.waiting: collections.deque = collections.deque()
+        self.twinned: set = set()  # keys of more than one live trial at the last pass: checked afresh
+
+    def read(self) -> None:
+        trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        self.waiting = collections.deque(sorted(t.number for t in trials if t.state == TrialState.WAITING))
+        keys = collections.Counter(t.user_attrs.get(KEY) for t in trials if t.state in LIVE)
+        self.twinned = {key for key, count in keys.items() if count > 1}
+
+    def take(self):
+        """Take one queued trial atomically (as Study.ask does); (study, trial, trial_id) or None.
+
+        Not Study.ask itself: on an empty queue it creates a new, unplanned trial.
+        """
+        for _ in range(2):  # what is left of the last pass, then a new pass
+            while self.waiting:
+                number = self.waiting.popleft()
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+                try:
+                    if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                        continue
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue
+                try:
+                    from optimstudy.study import open_study
+
+                    study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
+                    # optuna.Trial(study, id) is how Study.ask wraps a popped trial; there is no public "ask this one"
+                    return study, optuna.Trial(study, trial_id), trial_id
+                except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
+                    fail_if_running(self.storage, trial_id,
+                                    f"{type(error).__name__} before the trial started; queued again on resume")
+                    raise
+            self.read()
+        return None
+
+    def duplicate_of(self, study, number: int, key: str, started) -> int | None:
+        """duplicate_of, for a configuration queued more than once (the only way to have a twin)."""
+        return duplicate_of(study, number, key, started) if key in self.twinned else None
+
+
+def fail_if_running(storage, trial_id: int, why: str) -> None:
+    try:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, ERROR, why)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # it ended meanwhile
+
+
+def duplicate_of(study, number: int, key: str, started) -> int | None:
+    """Another trial of the same configuration that finished, or started first (a last safety net:
+    the planning lock already queues each configuration once)."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if other.user_attrs.get(KEY) != key or other.number == number:
+            continue
+        if other.state != TrialState.RUNNING or (other.datetime_start, other.number) < (started, number):
+            return other.number
+    return None

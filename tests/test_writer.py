@@ -1,0 +1,126 @@
+"""The writer process's direct SQL writes and its connections shared with forked workers.
+
+Real SQLite stores, a real writer process, real forked processes; nothing is mocked. What the
+writer writes straight into MLflow's tables (sql_writes.py) must read back exactly as what
+MLflow's own client writes.
+"""
+import math
+import os
+import sqlite3
+import time
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from optimstudy.tracking import MlflowLogger, ensure_store, experiment_id, start_writer, stop_writers
+from optimstudy.writer import adopt_writer, hand_over, spare_connections
+
+POINTS = {  # name -> values by step: NaN, ±inf, a repeated step, a step logged out of order
+    "loss": [(0, 2.5), (1, float("nan")), (2, float("inf")), (3, -float("inf")), (5, 0.25), (4, 0.5)],
+    "grad_norm": [(0, 1.0), (1, 1.0), (1, 2.0), (2, 3.0)],
+}
+PARAMS = {"lr": "0.1", "optimizer": "sgd", "note": "None"}
+TAGS = {"optimstudy.kind": "trial", "mlflow.user": "tester"}
+
+
+@pytest.fixture
+def store(tracking_uri, monkeypatch):
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
+    yield tracking_uri
+    stop_writers()
+
+
+def table(tracking_uri, sql, run_id):
+    with sqlite3.connect(tracking_uri[len("sqlite:///"):]) as connection:
+        return sorted(connection.execute(sql, (run_id,)).fetchall(), key=repr)
+
+
+def stored(tracking_uri, run_id) -> dict:
+    """Everything of a run in MLflow's tables but its id, its start and end times."""
+    return {
+        "metrics": table(tracking_uri, "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid=?", run_id),
+        "latest": table(tracking_uri, "SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid=?",
+                        run_id),
+        "params": table(tracking_uri, "SELECT key, value FROM params WHERE run_uuid=?", run_id),
+        "tags": table(tracking_uri, "SELECT key, value FROM tags WHERE run_uuid=?", run_id),
+        "run": table(tracking_uri, "SELECT name, source_type, user_id, status, lifecycle_stage, "
+                                   "replace(artifact_uri, run_uuid, 'ID') FROM runs WHERE run_uuid=?", run_id),
+    }
+
+
+def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    assert writer.creates_runs  # SQLite: the writer creates runs and inserts points itself
+    experiment = experiment_id(store, "same")
+    logger = MlflowLogger(store, "same", PARAMS, TAGS, run_name="a run")
+    for name, values in POINTS.items():
+        for step, value in values:
+            logger._buffer.append((name, value, 1_000 + step, step))  # fixed timestamps: comparable rows
+    logger.close("FINISHED")
+
+    client = MlflowClient(store)  # the same run through MLflow's own client
+    reference = client.create_run(experiment, tags=TAGS, run_name="a run").info.run_id
+    client.log_batch(reference, params=[Param(k, v) for k, v in PARAMS.items()],
+                     metrics=[Metric(name, value, 1_000 + step, step)
+                              for name, values in POINTS.items() for step, value in values])
+    client.set_terminated(reference, "FINISHED")
+
+    ours, theirs = stored(store, logger.run_id), stored(store, reference)
+    assert ours == theirs
+    assert any(is_nan for *_, is_nan in ours["metrics"])
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == PARAMS
+    assert run.data.metrics["loss"] == 0.25 and math.isclose(run.data.metrics["grad_norm"], 3.0)
+
+
+def test_a_forked_worker_shares_the_writer_and_its_death_ends_only_its_run(store):
+    writer = start_writer(store, spares=1)
+    ensure_store(store, writer)
+    (spare,) = spare_connections()
+    experiment = experiment_id(store, "shared")  # before the fork, as a sweep passes it to its workers
+    pid = os.fork()
+    if pid == 0:  # the worker: its run stays open when it dies
+        code = 1
+        try:
+            adopt_writer(spare)
+            child = MlflowLogger(store, "shared", {}, {}, known_experiment_id=experiment)
+            child.log(0, {"loss": 1.0})
+            child._ship()
+            child.writer.end_run("no-such-run", "FINISHED", {})  # a round trip: its run is stored by now
+        except RuntimeError:
+            code = 0  # the writer answers for the unknown run: everything before it is done
+        finally:
+            os._exit(code)
+    hand_over(spare)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ours = MlflowLogger(store, "shared", {}, {})  # the parent's connection still works
+    ours.log(0, {"loss": 2.0})
+    ours.close("FINISHED")
+
+    client = MlflowClient(store)
+    runs = {r.info.run_id: r for r in client.search_runs([experiment])}
+    assert runs[ours.run_id].info.status == "FINISHED"
+    (killed,) = [r for run_id, r in runs.items() if run_id != ours.run_id]
+    deadline = time.monotonic() + 30  # the writer ends it when it reads the worker's closed connection
+    while killed.info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        killed = client.get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.metrics == {"loss": 1.0}
+    assert killed.data.tags["optimstudy.error"] == "the training process died mid-run"
+    assert writer.alive() and len(_writer_processes(store)) == 1
+
+
+def _writer_processes(tracking_uri) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                command = file.read().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"writer.py") for part in command) and tracking_uri.encode() in command:
+            found.append(int(pid))
+    return found
