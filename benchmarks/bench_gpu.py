@@ -22,17 +22,14 @@ Targets (issue 13): eager within 1.10x of the bare loop; captured faster than th
 """
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import comparison, interleave, machine, median, options, say, spread, write_result
+from common import (comparison, interleave, machine, median, options, say, spread, sweep_in_fresh_folder,
+                    write_result)
 
 NAME = "gpu"
 PROBLEMS = ("mnist_mlp", "mnist_cnn")
@@ -132,18 +129,7 @@ lr = [{", ".join(f"{lr:g}" for lr in SWEEP_LRS)}]
 
 def timed_sweep(spec: str, workers: int, data_dir: str | None) -> float:
     """Seconds for the whole `optimstudy sweep --workers N` command, in a fresh folder and store."""
-    with tempfile.TemporaryDirectory(prefix=f"optimstudy-bench-gpu-workers{workers}-") as folder:
-        spec_path = Path(folder) / "bench_gpu_workers.toml"
-        spec_path.write_text(spec)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        if data_dir:
-            env["OPTIMSTUDY_DATA_DIR"] = data_dir
-        command = [sys.executable, "-m", "optimstudy", "sweep", str(spec_path), "--workers", str(workers), "--json"]
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-        seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{NAME}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    seconds, done, _ = sweep_in_fresh_folder(NAME, spec, "bench-gpu-workers", workers, data_dir)
     trials = json.loads(done.stdout.strip().splitlines()[-1])["trials"]
     if trials["failed"]:
         raise SystemExit(f"{NAME}: {trials['failed']} trial(s) failed with {workers} workers: {trials}")

@@ -12,13 +12,9 @@ tags, Optuna's ask/tell and the storage writes.
     python benchmarks/bench_trials.py [--quick]      # quick: 300 trials (points at 100 and 300)
 """
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import comparison, machine, median, options, say, spread, write_result
+from common import comparison, machine, median, options, say, spread, sweep_in_fresh_folder, write_result
 
 NAME = "trials"
 TARGET_MS = 40.0  # bookkeeping per trial
@@ -48,28 +44,8 @@ lr = {{ log = [1e-4, 1e-1], points = {points} }}
 
 def run_sweep(spec: str, data_dir: str | None) -> tuple[float, list[float]]:
     """(seconds of the whole command, completion times of the trials in order, in seconds)."""
-    with tempfile.TemporaryDirectory(prefix="optimstudy-bench-trials-") as folder:
-        spec_path = Path(folder) / "bench_trials.toml"
-        spec_path.write_text(spec)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        if data_dir:
-            env["OPTIMSTUDY_DATA_DIR"] = data_dir
-        command = [sys.executable, "-m", "optimstudy", "sweep", str(spec_path), "--workers", "1", "--json"]
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-        command_s = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{NAME}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        return command_s, completion_times(Path(folder) / "mlruns" / "optuna" / "bench-trials.journal")
-
-
-def completion_times(journal: Path) -> list[float]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="bench-trials", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))
-    return sorted(t.datetime_complete.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_complete)
+    command_s, _, trials = sweep_in_fresh_folder(NAME, spec, "bench-trials", 1, data_dir)
+    return command_s, sorted(t.datetime_complete.timestamp() for t in trials if t.datetime_complete)
 
 
 def ms_per_trial_at(done: list[float], n: int) -> float:

@@ -17,13 +17,10 @@ printed beside the whole-command ratio.
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import comparison, interleave, machine, median, options, say, spread, write_result
+from common import comparison, interleave, machine, median, options, say, spread, sweep_in_fresh_folder, write_result
 
 NAME = "workers"
 TARGET = 1.7  # 2 workers at least 1.7x the trials per minute of 1 on 2 cores
@@ -55,19 +52,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstar
 
 def run_sweep(spec: str, study: str, workers: int, expected: int, data_dir: str | None) -> dict:
     """One sweep in a fresh folder; seconds for the whole command and for the trials alone."""
-    with tempfile.TemporaryDirectory(prefix=f"optimstudy-bench-workers{workers}-") as folder:
-        spec_path = Path(folder) / f"{study}.toml"
-        spec_path.write_text(spec)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        if data_dir:
-            env["OPTIMSTUDY_DATA_DIR"] = data_dir
-        command = [sys.executable, "-m", "optimstudy", "sweep", str(spec_path), "--workers", str(workers), "--json"]
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
-        command_s = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{NAME}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        steady_per_minute = steady_throughput(Path(folder) / "mlruns" / "optuna" / f"{study}.journal", study)
+    command_s, done, trials = sweep_in_fresh_folder(NAME, spec, study, workers, data_dir, timeout=600)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     complete = summary["trials"]["complete"]
     if complete != expected or summary["trials"]["failed"]:
@@ -77,21 +62,16 @@ def run_sweep(spec: str, study: str, workers: int, expected: int, data_dir: str 
         raise SystemExit(f"{NAME}: no 'trials run now in' line in the sweep's output:\n{done.stderr[-2000:]}")
     trials_s = float(match.group(2))
     return {"command_s": command_s, "trials_s": trials_s, "setup_s": command_s - trials_s,
-            "steady_per_minute": steady_per_minute}
+            "steady_per_minute": steady_throughput(trials)}
 
 
-def steady_throughput(journal: Path, study_name: str) -> float:
+def steady_throughput(trials: list) -> float:
     """Trials per minute once every worker has finished its first trial (start-up excluded).
 
     Counted from the study's own completion times: the trials completed after the moment the
     slowest worker finished its first one, over the time from then to the last completion.
     """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))
-    finished = sorted((t.datetime_complete, t.user_attrs.get("pid")) for t in study.trials if t.datetime_complete)
+    finished = sorted((t.datetime_complete, t.user_attrs.get("pid")) for t in trials if t.datetime_complete)
     first_per_worker = {}
     for completed, pid in finished:
         first_per_worker.setdefault(pid, completed)

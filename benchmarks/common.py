@@ -128,6 +128,39 @@ def print_comparisons(rows: list[dict]) -> None:
         print(f"  {row['name']}: {row['measured_text']}   target {row['target_text']}   {met}", flush=True)
 
 
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+def sweep_in_fresh_folder(bench: str, spec: str, study: str, workers: int, data_dir: str | None,
+                          timeout: int = 900) -> tuple[float, subprocess.CompletedProcess, list]:
+    """(seconds, the finished command, the study's trials) of the real `optimstudy sweep SPEC
+    --workers N --json` in a fresh temporary folder: its own ./mlruns store and Optuna journal.
+
+    The trials are read from the journal before the folder goes; a failed command ends the
+    benchmark `bench` with the command's last output.
+    """
+    import tempfile
+
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix=f"optimstudy-{bench}-{study}-{workers}w-") as folder:
+        spec_path = Path(folder) / f"{study}.toml"
+        spec_path.write_text(spec)
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        if data_dir:
+            env["OPTIMSTUDY_DATA_DIR"] = data_dir
+        command = [sys.executable, "-m", "optimstudy", "sweep", str(spec_path), "--workers", str(workers), "--json"]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"{bench}: `{' '.join(command[1:])}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        journal = Path(folder) / "mlruns" / "optuna" / f"{study}.journal"
+        trials = optuna.load_study(study_name=study, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal)))).get_trials(deepcopy=False)
+    return seconds, done, trials
+
 # ---- the machine -----------------------------------------------------------------------------
 
 def load_average() -> list[float] | None:
