@@ -163,7 +163,9 @@ def test_diverging_and_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tm
     assert [m.step for m in history] == [1, 2, 3, 4]  # the steps before the fault are kept
 
 
-def wait_for(predicate, timeout=60.0):
+def wait_for(predicate, timeout=180.0):
+    """Poll until `predicate()`; the timeout only bounds a hang. CI runs two test workers on 2 cores,
+    and a CLI process started beside a busy sweep has taken over 60 s to log its first step."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -254,7 +256,7 @@ def test_sweep_killed_with_sigkill_resumes_and_check_confirms(cli, tmp_path):
     process.communicate(timeout=30)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     # the killed process's writer notices and ends its open trial run; the sweep's parent run stays RUNNING
-    assert wait_for(lambda: set(load_runs(uri, with_metrics=False).query("kind == 'trial'")["status"]) == {"KILLED"}, 20)
+    assert wait_for(lambda: set(load_runs(uri, with_metrics=False).query("kind == 'trial'")["status"]) == {"KILLED"}, 60)
     dry = cli("check", spec, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 1 and "RUNNING but its worker is gone" in dry.stdout
 

@@ -1,4 +1,4 @@
-from optimstudy.cli import main
+from optimstudy.cli import entry
 
 if __name__ == "__main__":  # guarded: the tracking writer process re-imports __main__
-    raise SystemExit(main())
+    entry()

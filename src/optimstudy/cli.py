@@ -125,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The `optimstudy` command (and `python -m optimstudy`): main(), then a quick exit."""
+    exit_without_teardown(main())
+
+
+def exit_without_teardown(code: int) -> None:
+    """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
+    module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
+    every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
+    import atexit
+    import threading
+
+    if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream: nothing to flush to
+            pass
+    os._exit(code)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -156,12 +179,27 @@ def main(argv=None) -> int:
 
 
 def cmd_run(args) -> int:
-    from optimstudy.config import RunConfig
-    from optimstudy.optimizers import parse_opt, parse_opt_value
-
     for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if args.no_track:
+        return _run(args, None)
+    from optimstudy.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri, start_writer, stop_writers
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
+    # it opens the store only when ensure_store asks, so bad input found before leaves none behind
+    start_writer(tracking_uri)
+    try:
+        return _run(args, (tracking_uri, args.experiment or DEFAULT_EXPERIMENT))
+    finally:
+        stop_writers(wait=False)
+
+
+def _run(args, tracking_at: tuple[str, str] | None) -> int:
+    from optimstudy.config import RunConfig
+    from optimstudy.optimizers import parse_opt, parse_opt_value
+
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
@@ -175,12 +213,11 @@ def cmd_run(args) -> int:
 
     data = load_data(config, args.data_dir)
     tracking = None
-    if not args.no_track:
-        from optimstudy.tracking import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri, start_writer
+    if tracking_at is not None:
+        from optimstudy.tracking import ensure_store, start_writer
 
-        tracking = Tracking(resolve_tracking_uri(args.tracking_uri), args.experiment or DEFAULT_EXPERIMENT)
-        ensure_store(tracking.tracking_uri)
-        start_writer(tracking.tracking_uri)
+        tracking = Tracking(*tracking_at)
+        ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
     from optimstudy.progress import progress_bar
 
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:

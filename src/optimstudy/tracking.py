@@ -26,8 +26,9 @@ from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
 # the writer's handle lives beside the writer; imported here so that callers find it with the logger
-from optimstudy.writer import (BATCH_POINTS, WriterDied, _writers, quiet_store_logs,  # noqa: F401
-                               report_connection_retries, start_writer, stop_writers)
+from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, WriterDied,  # noqa: F401
+                               _writers, find_or_create_experiment, quiet_store_logs, report_connection_retries,
+                               start_writer, stop_writers)
 
 DEFAULT_STORE_DIR = "mlruns"
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -36,9 +37,6 @@ SHIP_POINTS = 200
 DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
 TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
-# MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
-# training runs; with it, the experiment opens on its runs table.
-EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the Markdown description MLflow's UI shows on a run or experiment
 
 # MLflow's system metrics (system/cpu_utilization_percentage, GPU use, memory): seconds between
@@ -66,11 +64,12 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def ensure_store(tracking_uri: str, writer=None) -> None:
+def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> None:
     """Create the store once, before any worker starts: under a lock, so that two commands starting
     at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists").
-    With `writer` (started, see writer.py), the writer process creates it, while this process
-    imports MLflow itself: ~1.5 s of migrations on the other core."""
+    With `writer` (started, see writer.py), the writer process creates it (~1.5 s of migrations on
+    the other core) and this process needs no MLflow; `client_here`: this process will use MLflow
+    too, and imports it meanwhile."""
     from optimstudy.connectivity import probe_store
     from optimstudy.locks import exclusive
 
@@ -88,13 +87,15 @@ def ensure_store(tracking_uri: str, writer=None) -> None:
                 "pass --tracking-uri to a writable place, or --no-track"
             ) from None
     try:
-        if writer is not None:  # our own imports meanwhile, while the writer creates the store
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-            import mlflow.tracking  # noqa: F401
         with exclusive(tracking_uri, "optimstudy mlflow store"):
-            if writer is not None:
-                writer.wait_ready()
-            _client(tracking_uri).search_experiments(max_results=1)
+            if writer is None:
+                _client(tracking_uri).search_experiments(max_results=1)
+                return
+            writer.open_store()
+            if client_here:
+                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+                import mlflow.tracking  # noqa: F401
+            writer.wait_ready()
     except Exception as error:
         raise UsageError(f"tracking store '{tracking_uri}' cannot be opened: {str(error)[:300]}") from None
 
@@ -108,22 +109,12 @@ def _client(tracking_uri: str):
 
 def experiment_id(tracking_uri: str, name: str) -> str:
     """The experiment's id, created (safely against a concurrent creator) when missing."""
-    from mlflow.exceptions import MlflowException
+    return find_or_create_experiment(_client(tracking_uri), name, artifact_location(tracking_uri, name))
 
-    client = _client(tracking_uri)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
-        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-        return found.experiment_id
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     root = artifact_root(tracking_uri)
-    try:
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
-    except MlflowException:
-        return client.get_experiment_by_name(name).experiment_id
+    return f"{root}/{experiment}" if root else None
 
 
 # ---- what a run records beside its config -----------------------------------------------
@@ -198,7 +189,8 @@ class MlflowLogger:
         run_tags = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
-        experiment = known_experiment_id or experiment_id(tracking_uri, experiment)
+        experiment = known_experiment_id or self.writer.experiment_id(
+            experiment, artifact_location(tracking_uri, experiment))
         params = {k: _param_text(v) for k, v in params.items()}
         if self.writer.creates_runs:  # a SQL store: the writer creates it in one transaction; we do not wait
             self.run_id = uuid.uuid4().hex  # what MLflow's own create_run picks

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -35,6 +36,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
+# MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
+# training runs; with it, the experiment opens on its runs table.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def quiet_store_logs() -> None:
@@ -94,6 +98,25 @@ class _Store:
         return {"creates_runs": self.fast is not None}
 
 
+def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created (safely against a concurrent creator) when missing, restored
+    when deleted, and tagged as training runs for MLflow's UI."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def _load_sql_writes():
     """sql_writes.py, beside this file, loaded by path: the writer does not import the optimstudy package."""
     import importlib.util
@@ -110,6 +133,7 @@ def main(tracking_uri: str, fds: list[int]) -> None:
     thread; once the owner stops or dies, wait for the workers that are still sending runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
     os.nice(10)  # yield the cores to training threads; we only need the gaps between their steps
+    threading.Thread(target=exit_if_dismissed_early, args=(fds[0],), daemon=True).start()
     import mlflow.entities  # noqa: F401  (imported now, while the training process sets up)
     from mlflow import MlflowClient  # noqa: F401
     from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
@@ -127,6 +151,20 @@ def main(tracking_uri: str, fds: list[int]) -> None:
     for thread, started in zip(threads, sessions):
         if started.is_set():  # idle ones (a worker the sweep did not need) are not waited for
             thread.join()
+
+
+def exit_if_dismissed_early(fd: int) -> None:
+    """Exit at once if the owner closes its connection before sending anything (bad input found
+    while we import MLflow): niced on a busy machine, the imports can take many seconds, and
+    meanwhile we would hold the command's stdout and stderr open for whoever reads them."""
+    with socket.socket(fileno=os.dup(fd)) as watched:
+        select.select([watched], [], [])
+        try:
+            dismissed = watched.recv(1, socket.MSG_PEEK) == b""  # readable and empty: closed
+        except OSError:
+            dismissed = True
+    if dismissed:
+        os._exit(0)
 
 
 def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
@@ -182,6 +220,8 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                         chunk = points[start:start + BATCH_POINTS]
                         if fast is None or not fast.log_metrics(run_id, chunk):
                             client.log_batch(run_id, metrics=[Metric(*p) for p in chunk])
+                elif kind == "experiment":  # run_id is the experiment's name here; the trainer waits
+                    reply(conn, ("ok", run_id, find_or_create_experiment(client, run_id, message[2])))
                 elif kind == "artifact":  # after the run's creation, which is queued before it; the trainer waits
                     client.log_artifact(run_id, message[2])
                     reply(conn, ("ok", run_id, None))
@@ -215,7 +255,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                         continue  # one report per run: unread reports would fill the socket and block us both
                     lost[run_id] = detail
                 reply(conn, ("error", run_id, detail))
-                if kind in ("end", "artifact"):  # the training process waits for this answer (a deleted run ends here)
+                if kind in ("end", "artifact", "experiment"):  # the training process waits for this answer
                     reply(conn, ("ok", run_id, None))
                     ended_sampler = samplers.pop(run_id, None)
         # after the answer, so the training process does not wait for it (~20 ms a run): the
@@ -282,7 +322,7 @@ class _Writer:
 
     def __init__(self, tracking_uri: str, spares: int = 0, conn: Connection | None = None):
         self.tracking_uri, self.process, self.spares = tracking_uri, None, []
-        self.ready = False
+        self.ready = self.store_asked = False
         self.creates_runs = False  # a SQL store: the writer creates runs (sql_writes.py), told when ready
         if conn is not None:  # a forked worker's connection to its parent's writer
             self.conn = conn
@@ -296,11 +336,17 @@ class _Writer:
             theirs.close()
         self.conn, *self.spares = [Connection(ours.detach()) for ours, _ in pairs]
 
+    def open_store(self) -> None:
+        """Have the writer open (or create) the store, without waiting for it (see wait_ready)."""
+        if not self.store_asked:
+            self.send(("store", None))
+            self.store_asked = True
+
     def wait_ready(self) -> None:
         """Have the writer open (or create) the store, and wait for it: a writer that cannot start
         fails here, before any run exists. The writer imports MLflow meanwhile: start it early."""
         if not self.ready:
-            self.send(("store", None))
+            self.open_store()
             kind, _, detail = self._recv()
             if kind == "error":
                 raise RuntimeError(f"the MLflow writer cannot open the tracking store: {detail}")
@@ -333,18 +379,26 @@ class _Writer:
         """Store the file at `path` with the run, once the writer has created the run; waits for it."""
         self._answered(("artifact", run_id, path))
 
-    def _answered(self, message) -> None:
-        run_id = message[1]
+    def experiment_id(self, name: str, artifact_location: str | None) -> str:
+        """The experiment's id (find_or_create_experiment), looked up by the writer: this process
+        then needs no MLflow client of its own (~2 s of imports)."""
+        self.wait_ready()
+        return self._answered(("experiment", name, artifact_location))
+
+    def _answered(self, message):
+        """Send `message` and wait for its answer; returns the answer's detail."""
+        key = message[1]
         self.send(message)
         problems = []
         while True:
-            kind, acked_run, detail = self._recv()
+            kind, acked, detail = self._recv()
             if kind == "error":
                 problems.append(detail)
-            elif kind == "ok" and acked_run == run_id:
+            elif kind == "ok" and acked == key:
                 break
         if problems:
-            raise RuntimeError(f"MLflow writer failed for run {run_id}: {problems[0]}")
+            raise RuntimeError(f"MLflow writer failed for {message[0]} {key}: {problems[0]}")
+        return detail
 
     def alive(self) -> bool:
         return self.process is None or self.process.poll() is None
@@ -411,3 +465,8 @@ def stop_writers(wait: bool = True) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], [int(fd) for fd in sys.argv[2].split(",")])
+    # Everything is committed by now. A normal exit tears MLflow and SQLAlchemy down for ~0.7 s,
+    # which a sweep would wait for before it reads its results.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
