@@ -4,6 +4,7 @@ Real SQLite stores, a real writer process, real forked processes; nothing is moc
 writer writes straight into MLflow's tables (sql_writes.py) must read back exactly as what
 MLflow's own client writes.
 """
+import json
 import math
 import os
 import sqlite3
@@ -11,7 +12,7 @@ import time
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from optimstudy.tracking import MlflowLogger, ensure_store, experiment_id, start_writer, stop_writers
 from optimstudy.writer import adopt_writer, hand_over, spare_connections
@@ -21,6 +22,8 @@ POINTS = {  # name -> values by step: NaN, ±inf, a repeated step, a step logged
     "grad_norm": [(0, 1.0), (1, 1.0), (1, 2.0), (2, 3.0)],
 }
 PARAMS = {"lr": "0.1", "optimizer": "sgd", "note": "None"}
+DATASET = {"name": "mnist", "digest": "0123abcd", "source_type": "local", "source": "/data/MNIST",
+           "profile": {"shapes": {"train": [8000, 1, 28, 28]}, "classes": 10}}
 TAGS = {"optimstudy.kind": "trial", "mlflow.user": "tester"}
 
 
@@ -45,7 +48,13 @@ def stored(tracking_uri, run_id) -> dict:
         "params": table(tracking_uri, "SELECT key, value FROM params WHERE run_uuid=?", run_id),
         "tags": table(tracking_uri, "SELECT key, value FROM tags WHERE run_uuid=?", run_id),
         "run": table(tracking_uri, "SELECT name, source_type, user_id, status, lifecycle_stage, "
-                                   "replace(artifact_uri, run_uuid, 'ID') FROM runs WHERE run_uuid=?", run_id),
+                                   "replace(artifact_uri, run_uuid, 'ID'), end_time IS NOT NULL FROM runs "
+                                   "WHERE run_uuid=?", run_id),
+        "inputs": table(tracking_uri, "SELECT i.source_type, i.destination_type, i.step, t.name, t.value, d.name, "
+                                      "d.digest, d.dataset_source_type, d.dataset_source, d.dataset_schema, "
+                                      "d.dataset_profile, d.experiment_id FROM inputs i "
+                                      "JOIN input_tags t ON t.input_uuid = i.input_uuid "
+                                      "JOIN datasets d ON d.dataset_uuid = i.source_id WHERE i.destination_id=?", run_id),
     }
 
 
@@ -54,25 +63,32 @@ def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
     ensure_store(store, writer)
     assert writer.creates_runs  # SQLite: the writer creates runs and inserts points itself
     experiment = experiment_id(store, "same")
-    logger = MlflowLogger(store, "same", PARAMS, TAGS, run_name="a run")
-    for name, values in POINTS.items():
-        for step, value in values:
-            logger._buffer.append((name, value, 1_000 + step, step))  # fixed timestamps: comparable rows
-    logger.close("FINISHED")
+    client = MlflowClient(store)
+    for status, end_tags in (("FINISHED", {}), ("KILLED", {"optimstudy.error": "interrupted (Ctrl-C)"})):
+        logger = MlflowLogger(store, "same", PARAMS, TAGS, run_name="a run", dataset=DATASET)
+        for name, values in POINTS.items():
+            for step, value in values:
+                logger._buffer.append((name, value, 1_000 + step, step))  # fixed timestamps: comparable rows
+        logger.close(status, end_tags)
 
-    client = MlflowClient(store)  # the same run through MLflow's own client
-    reference = client.create_run(experiment, tags=TAGS, run_name="a run").info.run_id
-    client.log_batch(reference, params=[Param(k, v) for k, v in PARAMS.items()],
-                     metrics=[Metric(name, value, 1_000 + step, step)
-                              for name, values in POINTS.items() for step, value in values])
-    client.set_terminated(reference, "FINISHED")
+        # the same run through MLflow's own client
+        reference = client.create_run(experiment, tags=TAGS, run_name="a run").info.run_id
+        client.log_batch(reference, params=[Param(k, v) for k, v in PARAMS.items()],
+                         metrics=[Metric(name, value, 1_000 + step, step)
+                                  for name, values in POINTS.items() for step, value in values])
+        client.log_inputs(reference, datasets=[DatasetInput(Dataset(**{**DATASET, "profile": json.dumps(
+            DATASET["profile"])}), tags=[InputTag("mlflow.data.context", "training")])])
+        client.log_batch(reference, tags=[RunTag(k, v) for k, v in end_tags.items()])
+        client.set_terminated(reference, status)
 
-    ours, theirs = stored(store, logger.run_id), stored(store, reference)
-    assert ours == theirs
-    assert any(is_nan for *_, is_nan in ours["metrics"])
-    run = client.get_run(logger.run_id)
-    assert run.info.status == "FINISHED" and run.data.params == PARAMS
-    assert run.data.metrics["loss"] == 0.25 and math.isclose(run.data.metrics["grad_norm"], 3.0)
+        ours, theirs = stored(store, logger.run_id), stored(store, reference)
+        assert ours == theirs
+        assert any(is_nan for *_, is_nan in ours["metrics"]) and len(ours["inputs"]) == 1
+        run = client.get_run(logger.run_id)
+        assert run.info.status == status and run.data.params == PARAMS and run.inputs.dataset_inputs[0].dataset.name == "mnist"
+        assert run.data.metrics["loss"] == 0.25 and math.isclose(run.data.metrics["grad_norm"], 3.0)
+    with sqlite3.connect(store[len("sqlite:///"):]) as connection:  # one data set, however many runs use it
+        assert connection.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
 
 
 def test_a_forked_worker_shares_the_writer_and_its_death_ends_only_its_run(store):

@@ -57,12 +57,12 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
                 **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
     if note:
         run_tags["optimstudy.batch_note"] = note
+    dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
+               "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
     logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
                           run_name=run_name(config), parent_run_id=parent_run_id,
-                          known_experiment_id=tracking.experiment_id)
+                          known_experiment_id=tracking.experiment_id, dataset=dataset)
     with tracked_run(logger):
-        logger.log_dataset(data.name, data.digest, data.source_type, data.source,
-                           {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem})
         if on_start is not None:
             on_start(logger.run_id)
         history = train(config, logger, data=data, on_eval=on_eval, progress=progress)

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import getpass
 import itertools
+import json
 import os
 import platform
 import socket
@@ -180,8 +181,11 @@ class MlflowLogger:
     """Creates the run with its params and tags; buffers points; a writer process stores them."""
 
     def __init__(self, tracking_uri: str, experiment: str, params: dict, tags: dict,
-                 run_name: str | None = None, parent_run_id: str | None = None, known_experiment_id: str | None = None):
-        """`known_experiment_id`: the experiment's id when the caller has it (a sweep's worker looks it up once)."""
+                 run_name: str | None = None, parent_run_id: str | None = None, known_experiment_id: str | None = None,
+                 dataset: dict | None = None):
+        """`known_experiment_id`: the experiment's id when the caller has it (a sweep's worker looks it up once).
+        `dataset`: the run's data set (name, digest, source_type, source, profile: a dict), shown in
+        the UI's Datasets column: stored with the run (a SQL store), else by `start`."""
         self.tracking_uri = tracking_uri
         sample_every_s = system_metrics_s()  # a bad value is a usage error before anything is written
         self.writer = start_writer(tracking_uri)
@@ -192,11 +196,16 @@ class MlflowLogger:
         experiment = known_experiment_id or self.writer.experiment_id(
             experiment, artifact_location(tracking_uri, experiment))
         params = {k: _param_text(v) for k, v in params.items()}
+        self._dataset = None if dataset is None else {
+            "name": dataset["name"][:500], "digest": dataset["digest"][:36], "source_type": dataset["source_type"],
+            "source": dataset["source"][:1000], "profile": json.dumps(dataset["profile"])}
         if self.writer.creates_runs:  # a SQL store: the writer creates it in one transaction; we do not wait
             self.run_id = uuid.uuid4().hex  # what MLflow's own create_run picks
             self._create = {"experiment_id": experiment, "run_name": run_name or f"run-{self.run_id[:8]}",
-                            "tags": run_tags, "params": params, "start_time": int(time.time() * 1000)}
+                            "tags": run_tags, "params": params, "start_time": int(time.time() * 1000),
+                            "dataset": self._dataset}
             self.writer.send(("create", self.run_id, self._create))
+            self._dataset = None  # stored with the run
         else:  # a tracking server chooses the run's id: ask it
             self._create = None
             from mlflow.entities import Param
@@ -230,19 +239,15 @@ class MlflowLogger:
     def log_artifact(self, path: str) -> None:
         self.writer.log_artifact(self.run_id, path)  # through the writer: it may not have created the run yet
 
-    def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: dict) -> None:
-        """The run's data set in MLflow's own way (mlflow.log_input), shown in the UI's Datasets column."""
-        import json
-
-        if self.writer.creates_runs:
-            self.writer.send(("inputs", self.run_id, (name[:500], digest[:36], source_type, source[:1000],
-                                                      json.dumps(profile))))
+    def start(self) -> None:
+        """Log the run's data set where the writer did not store it with the run (a tracking server),
+        in MLflow's own way (mlflow.log_input)."""
+        if self._dataset is None:
             return
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.exceptions import MlflowException
 
-        dataset = Dataset(name=name[:500], digest=digest[:36], source_type=source_type, source=source[:1000],
-                          profile=json.dumps(profile))
+        dataset, self._dataset = Dataset(**self._dataset), None
         inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
         try:
             _client(self.tracking_uri).log_inputs(self.run_id, datasets=inputs)
@@ -295,8 +300,10 @@ def _param_text(value) -> str:
 
 @contextlib.contextmanager
 def tracked_run(logger: MlflowLogger):
-    """End the run FINISHED, KILLED on Ctrl-C, FAILED with the message on an exception."""
+    """Start the run (`MlflowLogger.start`); end it FINISHED, KILLED on Ctrl-C, FAILED with the
+    message on an exception."""
     try:
+        logger.start()
         yield logger
     except KeyboardInterrupt:
         logger.close("KILLED", {TAG_ERROR: "interrupted (Ctrl-C)"})

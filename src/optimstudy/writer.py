@@ -6,10 +6,11 @@ It runs as a plain script and imports nothing from optimstudy, so it starts with
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
 ~1.5 s of MLflow imports on a shared core). Receives ("store", None) first (open or create the
-store, answered "ready"), then ("create", run_id, run) (the run with its tags and params, in one
-transaction, under an id the training process chose so that it never waits for it),
-("inputs", run_id, dataset), ("open", run_id, system_metrics_s), ("metrics", run_id, points),
-("artifact", run_id, path), ("end", run_id, status, tags) and ("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
+store, answered "ready"), then ("experiment", name, artifact_location) (answered with its id),
+("create", run_id, run) (the run with its tags, params and data set, in one transaction, under an
+id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
+("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
+("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
 Metric points go straight into MLflow's tables on a SQL store (sql_writes.py: ~10x less CPU
 than log_batch). When a training process dies, its socket closes and the runs it left open are
 ended as KILLED. A run that lost a batch of points is ended FAILED, never FINISHED.
@@ -198,8 +199,6 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                 if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
                     fast.create_run(run_id, **message[2])
                     open_runs.add(run_id)
-                elif kind == "inputs":
-                    fast.log_dataset(run_id, *message[2])
                 elif kind == "open":
                     open_runs.add(run_id)
                     if len(message) > 2 and message[2]:
@@ -232,9 +231,11 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                         why = tags.get("optimstudy.error")
                         tags = {**tags, "optimstudy.error": "; ".join(
                             filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
-                    if tags:
-                        client.log_batch(run_id, tags=[RunTag(key, str(value)[:5000]) for key, value in tags.items()])
-                    client.set_terminated(run_id, status)
+                    tags = {key: str(value)[:5000] for key, value in tags.items()}
+                    if fast is None or not fast.end_run(run_id, status, tags):
+                        if tags:
+                            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+                        client.set_terminated(run_id, status)
                     open_runs.discard(run_id)
                     if fast is not None:
                         fast.forget(run_id)
