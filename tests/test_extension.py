@@ -6,6 +6,7 @@ byte-exact copies of torchvision data sets in their on-disk layout.
 import json
 import os
 import struct
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -394,3 +395,38 @@ def test_the_readme_user_problem_trains_from_its_folder(monkeypatch):
     monkeypatch.delitem(sys.modules, "user_problem", raising=False)
     history = train(RunConfig(problem="user_problem:blobs", optimizer="adam", lr=1e-2, steps=100))
     assert history.final["val_accuracy"] > 0.9 and resolve_problem("user_problem:blobs").target[1] == 0.95
+
+
+def test_the_quick_exit_keeps_the_users_atexit_handlers_output_and_threads(tmp_path):
+    """Commands end without the interpreter's teardown (cli.exit_without_teardown): the user's own
+    code still gets its atexit handlers run, its printed output flushed, and a non-daemon thread
+    it left running waited for."""
+    (tmp_path / "leaves_work.py").write_text(textwrap.dedent("""\
+        import atexit, pathlib, sys, threading, time
+        import torch
+
+        atexit.register(lambda: pathlib.Path("atexit-ran").write_text("yes"))
+        sys.stdout.write("unflushed line from the user's module\\n")  # buffered: a pipe is not a tty
+
+        def finish_later():
+            time.sleep(1.0)
+            pathlib.Path("thread-finished").write_text("yes")
+
+        class Slow(torch.optim.SGD):
+            def __init__(self, params, lr=0.1, linger=False):
+                super().__init__(params, lr=lr)
+                if linger:
+                    threading.Thread(target=finish_later).start()
+        """))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # buffered, as a user's shell has it
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    for linger in (False, True):
+        result = subprocess.run([sys.executable, "-m", "optimstudy", "run", "--problem", "linreg", "--steps", "3",
+                                 "--no-track", "--json", "--optimizer", "leaves_work:Slow", "--opt",
+                                 f"linger={linger}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "unflushed line from the user's module" in result.stdout
+        assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 3
+        assert (tmp_path / "atexit-ran").read_text() == "yes"
+        assert (tmp_path / "thread-finished").exists() == linger
+        (tmp_path / "atexit-ran").unlink()

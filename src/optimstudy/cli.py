@@ -130,7 +130,7 @@ def entry() -> None:
     exit_without_teardown(main())
 
 
-def exit_without_teardown(code: int) -> None:
+def exit_without_teardown(code: int | None) -> None:
     """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
     module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
     every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
@@ -139,6 +139,7 @@ def exit_without_teardown(code: int) -> None:
 
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
+    code = 0 if code is None else code  # what SystemExit(None) exits with
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
