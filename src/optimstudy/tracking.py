@@ -2,9 +2,10 @@
 
 Writing a metric point to MLflow's SQL store costs ~0.1 ms, about a third of an MNIST MLP
 step if paid on the training thread. So the training process only buffers points and hands
-them, 1,000 at a time, to one writer process per training process (the way W&B's service
-works); the writer calls `log_batch` and ends runs. If the training process dies, the writer
-sees the pipe close and ends that process's open runs as KILLED, so no run stays RUNNING.
+them to a writer process (one per sweep, shared by its workers; the way W&B's service works),
+which creates the runs, inserts the points in bulk and ends the runs (writer.py). If a training
+process dies, the writer sees its pipe close and ends its open runs as KILLED, so no run stays
+RUNNING.
 
     from optimstudy.tracking import tracked_run, load_runs
     with tracked_run(config, experiment="demo") as logger:
