@@ -132,7 +132,6 @@ class FastWrites:
                                                               for k, v in tags.items()])
         except _NotActive:  # deleted, or not there: MLflow's own calls say which
             return False
-        self.forget(run_id)
         return True
 
     def log_metrics(self, run_id: str, points) -> bool:
