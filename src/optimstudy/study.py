@@ -296,10 +296,11 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
     queue = Queue(spec, storage)
     tracking = None
     if tracking_uri:
-        from optimstudy.tracking import experiment_id as look_up_experiment, start_writer
+        from optimstudy.tracking import artifact_location, start_writer
 
-        start_writer(tracking_uri)
-        tracking = Tracking(tracking_uri, spec.name, experiment_id or look_up_experiment(tracking_uri, spec.name))
+        writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
+        tracking = Tracking(tracking_uri, spec.name, experiment_id or writer.experiment_id(
+            spec.name, artifact_location(tracking_uri, spec.name)))
     while stop is None or not stop.is_set():
         claimed = queue.take()
         if claimed is None:

@@ -323,6 +323,9 @@ def tracked_run(logger: MlflowLogger):
 
 def end_orphaned_runs(tracking_uri: str, run_ids, reason: str) -> list[str]:
     """End RUNNING runs whose process is gone as KILLED; returns the ids changed."""
+    run_ids = list(run_ids)
+    if not run_ids:  # every worker asks when its queue runs dry: no client (~1 s of MLflow imports) for nothing
+        return []
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
