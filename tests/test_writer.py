@@ -91,6 +91,19 @@ def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
         assert connection.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
 
 
+def test_the_writer_starts_at_full_priority_and_yields_the_cores_once_steps_flow(store):
+    """The trainer waits for the writer's start-up: niced from the start, it took minutes beside busy processes."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    experiment_id(store, "priority")
+    logger = MlflowLogger(store, "priority", {}, {})
+    assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == ours  # pid: the thread serving us
+    logger.log(0, {"loss": 1.0})
+    logger.close("FINISHED")  # answered: the writer has handled the step before it
+    assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == max(10, ours)
+
+
 def test_a_forked_worker_shares_the_writer_and_its_death_ends_only_its_run(store):
     writer = start_writer(store, spares=1)
     ensure_store(store, writer)

@@ -133,7 +133,6 @@ def main(tracking_uri: str, fds: list[int]) -> None:
     """Serve the owner's connection (the first) here and each other one (a forked worker's) in a
     thread; once the owner stops or dies, wait for the workers that are still sending runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
-    os.nice(10)  # yield the cores to training threads; we only need the gaps between their steps
     threading.Thread(target=exit_if_dismissed_early, args=(fds[0],), daemon=True).start()
     import mlflow.entities  # noqa: F401  (imported now, while the training process sets up)
     from mlflow import MlflowClient  # noqa: F401
@@ -156,8 +155,8 @@ def main(tracking_uri: str, fds: list[int]) -> None:
 
 def exit_if_dismissed_early(fd: int) -> None:
     """Exit at once if the owner closes its connection before sending anything (bad input found
-    while we import MLflow): niced on a busy machine, the imports can take many seconds, and
-    meanwhile we would hold the command's stdout and stderr open for whoever reads them."""
+    while we import MLflow): on a busy machine the imports can take many seconds, and meanwhile
+    we would hold the command's stdout and stderr open for whoever reads them."""
     with socket.socket(fileno=os.dup(fd)) as watched:
         select.select([watched], [], [])
         try:
@@ -168,6 +167,14 @@ def exit_if_dismissed_early(fd: int) -> None:
         os._exit(0)
 
 
+def yield_cores_to_training() -> None:
+    """Lower this thread's priority (Linux: per thread) once its trainer steps: from then on we
+    only need the gaps between steps. Not before: the trainer waits for our start-up, and a niced
+    start-up beside busy processes took minutes."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no setpriority (Windows)
+        os.setpriority(os.PRIO_PROCESS, 0, max(10, os.getpriority(os.PRIO_PROCESS, 0)))
+
+
 def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     from mlflow.entities import Metric, RunTag
 
@@ -176,6 +183,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
     uncreated: set[str] = set()  # runs whose "create" failed
     held = None  # a message read ahead while merging metric messages, handled next
+    stepping = False  # whether a trainer has sent steps yet
     while True:
         message, held = held or receive(conn), None
         if message is None:
@@ -204,6 +212,9 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     if len(message) > 2 and message[2]:
                         samplers[run_id] = start_system_metrics(store.tracking_uri, run_id, message[2])
                 elif kind == "metrics":
+                    if not stepping:
+                        yield_cores_to_training()
+                        stepping = True
                     if run_id in uncreated:
                         continue  # its creation failed (reported once); its points have nowhere to go
                     open_runs.add(run_id)
