@@ -295,13 +295,17 @@ def cmd_ui(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from optimstudy.sweep import sweep
-
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
         from optimstudy.connectivity import probe_store
         from optimstudy.tracking import resolve_tracking_uri
+        from optimstudy.writer import start_writer
 
-        probe_store(resolve_tracking_uri(args.tracking_uri))
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+        probe_store(tracking_uri)
+        # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
+        start_writer(tracking_uri, spares=max(0, args.workers - 1))
+    from optimstudy.sweep import sweep
+
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
                  data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
 
