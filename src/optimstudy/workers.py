@@ -96,9 +96,9 @@ def fork_workers(count: int) -> list[ForkedWorker]:
     # what every trial needs, imported once here so that each child starts with it
     import mlflow.entities  # noqa: F401
     import mlflow.tracking  # noqa: F401
+    import torch._dynamo  # noqa: F401  (every torch optimizer's constructor imports it: ~1.2 s per process)
 
     import optimstudy.runner  # noqa: F401  (torch, the training loop)
-    import torch._dynamo  # noqa: F401  (every torch optimizer's constructor imports it: ~1.2 s per process)
     import optimstudy.tracking  # noqa: F401
     from optimstudy.writer import spare_connections
 
