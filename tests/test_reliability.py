@@ -215,7 +215,9 @@ def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path):
         except Exception:
             return False
 
-    assert wait_for(has_steps)
+    if not wait_for(has_steps):
+        process.kill()
+        pytest.fail(f"the run logged no step; it printed: {process.communicate()[1][-3000:]}")
     seen = len(MlflowClient(uri).get_metric_history(load_runs(uri, with_metrics=False)["run_id"][0], "train_loss"))
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)

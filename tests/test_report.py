@@ -247,6 +247,21 @@ def test_a_store_whose_tables_differ_is_read_through_mlflow_with_the_same_result
     with pytest.raises(Exception):  # a store that does not answer is an error, not a fallback
         stores._by_sql_unless_schema_differs(a_newer_schema, "postgresql+psycopg://nobody:pw@127.0.0.1:1/none")
 
+def test_reading_a_store_that_is_missing_or_still_being_created_never_creates_it(tmp_path):
+    """A reader polling a store that another command is creating must neither create the file nor
+    run MLflow's migrations (MlflowClient would, racing the creator without its lock: one fails)."""
+    import sqlite3
+
+    path = tmp_path / "mlruns" / "mlflow.db"
+    path.parent.mkdir()
+    uri = f"sqlite:///{path}"
+    assert load_runs(uri).empty and not path.exists()
+    sqlite3.connect(path).close()  # the creator has opened the file, and made no table yet
+    assert load_runs(uri).empty and load_runs(uri, with_metrics=False).empty
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+
 # ---- the numbers ----------------------------------------------------------------------------
 
 def test_run_table_has_one_row_per_training_run(grid_frame):

@@ -21,6 +21,7 @@ queries and the points in one query per run, through the DB-API cursor: no MLflo
 import contextlib
 import gc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,10 @@ def run_table(tracking_uri, experiments=None, parent_run_id=None, filter_string=
     url = sql_engine_url(tracking_uri)
     rows = None
     if url is not None and not filter_string:
-        rows = _by_sql_unless_schema_differs(_run_rows_by_sql, url, experiments, parent_run_id)
+        try:
+            rows = _by_sql_unless_schema_differs(_run_rows_by_sql, url, experiments, parent_run_id)
+        except _NoStoreYet:
+            rows = []
     if rows is None:
         rows = _run_rows_by_api(tracking_uri, experiments, parent_run_id, filter_string)
     frame = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
@@ -141,25 +145,47 @@ def _run_rows_by_api(tracking_uri, experiments, parent_run_id, filter_string) ->
     return rows
 
 
+class _NoStoreYet(Exception):
+    """No MLflow store to read at a SQL URL: the SQLite file is missing, or the database holds no
+    finished MLflow store (another command is creating it)."""
+
+
 def _by_sql_unless_schema_differs(read, url, *args):
     """`read(url, *args)`, or None where MLflow's tables are not the ones read here (another MLflow
-    version): the caller then reads through MlflowClient, slower but always right."""
+    version): the caller then reads through MlflowClient, slower but always right.
+
+    Raises _NoStoreYet where there is no finished store: never MlflowClient then, since making one
+    creates and migrates the store, without the lock that ensure_store holds for that, at the same
+    moment as the command that is creating it (one of the two then fails)."""
     try:
         return read(url, *args)
+    except _NoStoreYet:
+        raise
     except Exception:  # the DB-API driver's own errors (sqlite3, psycopg): no common base class
-        if _store_answers(url):
+        state = _store_state(url)
+        if state == "mlflow":
             return None
+        if state == "empty":
+            raise _NoStoreYet(url) from None
         raise
 
 
-def _store_answers(url: str) -> bool:
-    """True when the database is there (so a failed query means a different schema, not a lost store)."""
+def _store_state(url: str) -> str:
+    """"mlflow": the database answers and MLflow has migrated its tables there (a failed query then
+    means a different schema, not a lost store); "empty": it answers but holds no finished store;
+    "unreachable": any failure to reach it (the original error is then the one to show)."""
     try:
         with _sql_cursor(url) as (cursor, _):
             cursor.execute("SELECT 1")
-        return True
-    except Exception:  # noqa: BLE001  any failure to reach it: the original error is the one to show
-        return False
+            try:
+                cursor.execute("SELECT version_num FROM alembic_version")  # written as MLflow's migrations end
+                return "mlflow" if cursor.fetchall() else "empty"
+            except Exception:  # noqa: BLE001  no such table
+                return "empty"
+    except _NoStoreYet:
+        return "empty"
+    except Exception:  # noqa: BLE001
+        return "unreachable"
 
 
 @contextlib.contextmanager
@@ -169,6 +195,8 @@ def _sql_cursor(url: str):
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite" and not Path(engine.url.database or "").is_file():
+        raise _NoStoreYet(url)  # connecting would create an empty database file: a reader never writes
     raw = engine.raw_connection()
     try:
         yield raw.cursor(), "?" if engine.dialect.paramstyle == "qmark" else "%s"
@@ -221,7 +249,10 @@ def _metric_points(tracking_uri: str, run_ids: list[str], metrics=None) -> tuple
     in name order, values) of the runs' metric points, NaN where MLflow stored is_nan."""
     url = sql_engine_url(tracking_uri)
     if url is not None and run_ids:
-        points = _by_sql_unless_schema_differs(_metric_points_by_sql, url, run_ids, metrics)
+        try:
+            points = _by_sql_unless_schema_differs(_metric_points_by_sql, url, run_ids, metrics)
+        except _NoStoreYet:  # replaced since its runs were read
+            points, run_ids = None, []
         if points is not None:
             return points
     points = _metric_points_by_api(tracking_uri, run_ids) if run_ids else \
@@ -286,8 +317,6 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
 
     Reading never creates a store: a missing SQLite file is an error, not an empty store.
     """
-    from pathlib import Path
-
     from optimstudy.errors import UsageError, near
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
