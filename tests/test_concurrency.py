@@ -123,3 +123,38 @@ def test_two_machines_start_at_once_on_postgresql_and_an_mlflow_server(tmp_path,
     assert not any((m / "mlruns").exists() for m in machines)  # nothing local: both stores are remote
     checked = cli("check", spec, "--storage", optuna_url, "--tracking-uri", mlflow_server, cwd=tmp_path)
     assert checked.returncode == 0 and "ok:" in checked.stdout, checked.stdout
+
+
+@pytest.mark.postgres
+def test_two_sweeps_ending_together_both_set_their_notes_on_postgresql(postgres_database):
+    """Two machines' sweeps of one study end at once: both write the experiment's and the parent
+    run's notes. MLflow sets a tag by reading, then inserting; without a second try, about half of
+    such pairs failed here on the unique key (39 of 80 calls)."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from optimstudy.tracking import NOTE_TAG, set_notes
+
+    uri = postgres_database()
+    client = MlflowClient(uri)
+    for attempt in range(15):
+        experiment = f"ending-{attempt}"
+        parent = client.create_run(client.create_experiment(experiment)).info.run_id
+        together, failures = threading.Barrier(2), []
+
+        def end_sweep(machine):
+            together.wait()
+            try:
+                set_notes(uri, parent, f"run note {machine}", experiment, f"experiment note {machine}")
+            except Exception as error:  # noqa: BLE001  what the sweep would have died of
+                failures.append(error)
+
+        machines = [threading.Thread(target=end_sweep, args=(machine,)) for machine in range(2)]
+        for machine in machines:
+            machine.start()
+        for machine in machines:
+            machine.join()
+        assert not failures, failures
+        assert client.get_run(parent).data.tags[NOTE_TAG] in ("run note 0", "run note 1")
+        assert client.get_experiment_by_name(experiment).tags[NOTE_TAG] in ("experiment note 0", "experiment note 1")

@@ -247,6 +247,7 @@ def test_a_store_whose_tables_differ_is_read_through_mlflow_with_the_same_result
     with pytest.raises(Exception):  # a store that does not answer is an error, not a fallback
         stores._by_sql_unless_schema_differs(a_newer_schema, "postgresql+psycopg://nobody:pw@127.0.0.1:1/none")
 
+
 def test_reading_a_store_that_is_missing_or_still_being_created_never_creates_it(tmp_path):
     """A reader polling a store that another command is creating must neither create the file nor
     run MLflow's migrations (MlflowClient would, racing the creator without its lock: one fails)."""

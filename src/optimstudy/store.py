@@ -171,9 +171,10 @@ def _by_sql_unless_schema_differs(read, url, *args):
 
 
 def _store_state(url: str) -> str:
-    """"mlflow": the database answers and MLflow has migrated its tables there (a failed query then
-    means a different schema, not a lost store); "empty": it answers but holds no finished store;
-    "unreachable": any failure to reach it (the original error is then the one to show)."""
+    """What the database holds: "mlflow" where it answers and MLflow has migrated its tables there
+    (a failed query then means a different schema, not a lost store); "empty" where it answers but
+    holds no finished store; "unreachable" on any failure to reach it (the original error is then
+    the one to show)."""
     try:
         with _sql_cursor(url) as (cursor, _):
             cursor.execute("SELECT 1")
