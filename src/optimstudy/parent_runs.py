@@ -51,7 +51,7 @@ def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metr
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
 
-    from optimstudy.tracking import _client
+    from optimstudy.tracking import _client, _once_more_if_raced
 
     client = _client(tracking_uri)
     try:
@@ -59,8 +59,9 @@ def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metr
     except MlflowException:
         return False
     now = int(time.time() * 1000)
-    _once_more_if_raced(client.log_batch, run_id, [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                        [], [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
+    _once_more_if_raced(client.log_batch, run_id,
+                        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                        tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
     for path, text in (texts or {}).items():
         client.log_text(run_id, text, path)
     if status == "RUNNING":
@@ -88,7 +89,7 @@ NOTE_MAX_CHARS = 7500  # MLflow keeps tag values up to 8,000 characters
 def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: str,
               experiment_note: str | None = None) -> None:
     """The Markdown descriptions the MLflow UI shows: the sweep parent run's and its experiment's."""
-    from optimstudy.tracking import NOTE_TAG, _client
+    from optimstudy.tracking import NOTE_TAG, _client, _once_more_if_raced
 
     client = _client(tracking_uri)
     if run_id:
@@ -97,24 +98,6 @@ def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: 
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             _once_more_if_raced(client.set_experiment_tag, found.experiment_id, NOTE_TAG, _clip(experiment_note))
-
-
-RACED = ("UniqueViolation", "duplicate key", "UNIQUE constraint", "Duplicate entry")  # PostgreSQL, SQLite, MySQL
-
-
-def _once_more_if_raced(call, *args):
-    """`call(*args)`, and once more where another machine wrote the same tag at the same moment.
-    MLflow sets a tag by reading, then inserting (SQLAlchemy's merge): two sweeps of one study that
-    end together both insert the experiment's note, and one fails on the unique key. Tried again,
-    it finds the row and updates it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return call(*args)
-    except MlflowException as error:
-        if not any(marker in str(error) for marker in RACED):
-            raise
-        return call(*args)
 
 
 def _clip(text: str) -> str:

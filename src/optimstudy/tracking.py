@@ -109,6 +109,21 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
+def _once_more_if_raced(call, *args, **kwargs):
+    """`call(...)`, and once more where another process wrote the same row at the same moment.
+    MLflow's SQL store writes a tag or a data set by looking it up, then inserting it: two sweeps of
+    one study that end together both insert the experiment's note, two workers the same data set,
+    and the loser fails on the unique key. Tried again, it finds the row."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args, **kwargs)
+    except MlflowException as error:
+        if "UNIQUE" not in str(error).upper() and "DUPLICATE" not in str(error).upper():
+            raise
+        return call(*args, **kwargs)
+
+
 def experiment_id(tracking_uri: str, name: str) -> str:
     """The experiment's id, created (safely against a concurrent creator) when missing."""
     return find_or_create_experiment(_client(tracking_uri), name, artifact_location(tracking_uri, name))
@@ -246,18 +261,11 @@ class MlflowLogger:
         if self._dataset is None:
             return
         from mlflow.entities import Dataset, DatasetInput, InputTag
-        from mlflow.exceptions import MlflowException
 
         dataset, self._dataset = Dataset(**self._dataset), None
         inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
-        try:
-            _client(self.tracking_uri).log_inputs(self.run_id, datasets=inputs)
-        except MlflowException as error:
-            # MLflow's SQL store looks the data set up, then inserts it: two workers logging the same
-            # data set at once race, and the loser hits the unique key. Then it exists: link to it.
-            if "UNIQUE" not in str(error).upper() and "DUPLICATE" not in str(error).upper():
-                raise
-            _client(self.tracking_uri).log_inputs(self.run_id, datasets=inputs)
+        # two workers logging the same data set at once race; the loser's second try links to it
+        _once_more_if_raced(_client(self.tracking_uri).log_inputs, self.run_id, datasets=inputs)
 
     def close(self, status="FINISHED", tags: dict | None = None):
         """Ship what is buffered, then end the run with `status`, setting `tags` (why it ended)."""
