@@ -1,6 +1,6 @@
 """Performance profiles (Dolan & Moré, as AlgoPerf scores): the share of problems each optimizer
 reaches its target on within tau x the fastest optimizer's time, in steps and in seconds."""
-from optimstudy import comparison, plotting
+from optimstudy import aggregates, plotting
 from optimstudy.plotting import Drawn, new_figure, style
 
 TITLE = "Performance profiles: how often is each optimizer (nearly) the fastest?"
@@ -11,7 +11,7 @@ TAUS = (1, 1.5, 2, 4, 8)  # the table's columns
 
 
 def figure(study) -> Drawn | None:
-    profiles = comparison.performance_profiles(study.main, study.reach)
+    profiles = aggregates.performance_profiles(study.main, study.reach)
     if profiles.empty or profiles["problems"].max() < 1:
         return None
     colors = plotting.optimizer_colors(study.runs["label"])
@@ -27,7 +27,7 @@ def figure(study) -> Drawn | None:
             ax.set_title(f"time to target in {unit}")
             ax.legend(fontsize=8, loc="lower right")
     problems = int(profiles["problems"].max())
-    at = comparison.performance_profiles(study.main, study.reach, taus=TAUS)
+    at = aggregates.performance_profiles(study.main, study.reach, taus=TAUS)
     at = at[at["unit"] == "steps"].assign(tau=lambda t: [f"τ = {v:g}" for v in t["tau"]])
     table = at.pivot_table(index="optimizer", columns="tau", values="solved", sort=False).map("{:.0%}".format)
     table = table.rename_axis(columns=None).rename_axis("optimizer (steps)").reset_index()

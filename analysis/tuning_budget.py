@@ -3,7 +3,7 @@ import math
 
 from matplotlib.ticker import MaxNLocator
 
-from optimstudy import comparison, plotting
+from optimstudy import aggregates, plotting
 from optimstudy.plotting import Drawn, grid_axes, new_figure, score_axis, style
 
 TITLE = "Tuning budget: how good is each optimizer after k configurations?"
@@ -13,7 +13,7 @@ METRICS = ()  # per-step metrics it reads (the report loads only these)
 
 
 def figure(study) -> Drawn | None:
-    curves = comparison.tuning_curves(study.runs, study.main)
+    curves = aggregates.tuning_curves(study.runs, study.main)
     if curves.empty:
         return None
     colors = plotting.optimizer_colors(study.runs["label"])

@@ -4,6 +4,7 @@ MLflow 3 opens an experiment as a GenAI experiment (traces, token usage) unless 
 `mlflow.experimentKind` tag says it holds model training; these tests read the tags through
 MlflowClient, as the UI does.
 """
+import pytest
 from mlflow import MlflowClient
 
 from optimstudy.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, experiment_id
@@ -58,3 +59,23 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
     assert experiment.tags[NOTE_TAG] == "SGD against Adam on linreg."
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
     assert {(v["a"], v["b"]) for v in summary["verdicts"]} == {("adam", "sgd")}
+
+
+@pytest.mark.slow
+def test_a_description_the_user_wrote_on_the_experiment_survives_the_next_sweep(cli, tmp_path, tracking_uri):
+    from optimstudy.tracking import NOTE_TAG, OWN_NOTE_TAG
+
+    spec = tmp_path / "described.toml"
+    spec.write_text('name = "described"\ndescription = "From the spec."\nproblem = "linreg"\nsteps = 20\n'
+                    'seeds = [0]\n[optimizers.sgd]\nlr = [0.1]\n')
+    cli("sweep", spec, "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("described")
+    assert experiment.tags[NOTE_TAG] == "From the spec."  # empty before: optimstudy's text shows
+    # what an edit of the description in MLflow's UI writes
+    client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, "My notes: rerun after the data fix.")
+    spec.write_text(spec.read_text().replace("From the spec.", "The spec, reworded."))
+    cli("sweep", spec, "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    tags = client.get_experiment_by_name("described").tags
+    assert tags[NOTE_TAG] == "My notes: rerun after the data fix."
+    assert tags[OWN_NOTE_TAG] == "The spec, reworded."  # optimstudy's own text, in its own tag

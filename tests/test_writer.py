@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from optimstudy.tracking import MlflowLogger, ensure_store, experiment_id, start_writer, stop_writers
-from optimstudy.writer import adopt_writer, hand_over, spare_connections
+from optimstudy.writer import URI_VARIABLE, adopt_writer, hand_over, spare_connections
 
 POINTS = {  # name -> values by step: NaN, ±inf, a repeated step, a step logged out of order
     "loss": [(0, 2.5), (1, float("nan")), (2, float("inf")), (3, -float("inf")), (5, 0.25), (4, 0.5)],
@@ -143,13 +143,15 @@ def test_a_forked_worker_shares_the_writer_and_its_death_ends_only_its_run(store
 
 
 def _writer_processes(tracking_uri) -> list[int]:
+    """Writers of this store: the URI is in their environment (never on their command line)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                command = file.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as file, open(f"/proc/{pid}/environ", "rb") as environ:
+                command, variables = file.read().split(b"\0"), environ.read().split(b"\0")
         except OSError:
             continue
-        if any(part.endswith(b"writer.py") for part in command) and tracking_uri.encode() in command:
+        if (any(part.endswith(b"writer.py") for part in command)
+                and f"{URI_VARIABLE}={tracking_uri}".encode() in variables):
             found.append(int(pid))
     return found

@@ -2,16 +2,17 @@
 
     optimstudy check experiments/quickstart.toml            # exit 0 when all agree, 1 if not
 
-Checks that every complete trial has exactly one FINISHED run holding every step; that each
-configuration was queued once (several commands planning at once would queue it twice); that
-the study has one parent run holding all its trial runs; that a search's trials sampled
-different values; and that no trial or run is RUNNING without a live worker (those are ended:
-trials FAIL, runs KILLED; --dry-run only reports them).
+Checks that every complete trial has exactly one FINISHED run holding every step; that every
+optimizer label of the spec has finished runs; that each configuration was queued once (several
+commands planning at once would queue it twice); that the study has one parent run holding all its
+trial runs; that a search's trials sampled different values; and that no trial or run is RUNNING
+without a live worker (those are ended: trials FAIL, runs KILLED; --dry-run only reports them).
 """
 import json
 import socket
 import sys
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 
 
@@ -21,18 +22,19 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
 
     from optimstudy import study as studies
     from optimstudy.spec import load_spec
-    from optimstudy.store import load_runs
+    from optimstudy.store import assert_intact, load_runs
     from optimstudy.tracking import end_orphaned_runs, resolve_tracking_uri
 
     if spec_path is None and experiment is None:
         raise UsageError("give an experiment spec or --experiment NAME")
-    name = load_spec(spec_path).name if spec_path else experiment
+    spec = load_spec(spec_path) if spec_path else None
+    name = spec.name if spec else experiment
     experiment = experiment or name
     tracking_uri = resolve_tracking_uri(tracking_uri)
     url = studies.storage_url(storage, name)
     storage_ = studies.open_existing_storage(url, f"run `optimstudy sweep` for '{name}' first, or pass --storage")
     if not studies.study_exists(storage_, name):
-        raise UsageError(f"no study named '{name}' in '{url}'")
+        raise UsageError(f"no study named '{name}' in '{hide_passwords(url)}'")
     import optuna
 
     study = optuna.load_study(study_name=name, storage=storage_)
@@ -46,7 +48,10 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
     trials = study.get_trials(deepcopy=False)
     frame = load_runs(tracking_uri, experiments=[experiment], metrics=["train_loss", "wall_s"])
     runs = load_runs(tracking_uri, experiments=[experiment], with_metrics=False)
+    if len(runs) < sum(t.state == TrialState.COMPLETE for t in trials):
+        assert_intact(tracking_uri)  # fewer runs than complete trials: is the store damaged?
     problems += _runs_of_complete_trials(trials, frame, runs)
+    problems += _labels_without_runs(spec, trials, runs) if spec else []
     problems += _queued_more_than_once(trials)
     problems += _split_parent_runs(study, trials, runs, name)
     problems += _repeated_samples(trials)
@@ -69,7 +74,8 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
 
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in
               (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
-    print(f"study '{name}' ({url}) and experiment '{experiment}' ({tracking_uri}):")
+    print(f"study '{name}' ({hide_passwords(url)}) and experiment '{experiment}' "
+          f"({hide_passwords(tracking_uri)}):")
     print("  trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; runs: {len(runs)}")
     for line in repairs:
         print(f"  repaired: {line}")
@@ -77,7 +83,8 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
         print(f"  problem: {line}")
     if not problems:
         print("  ok: every complete trial has exactly one finished run with its full step history; every "
-              "configuration queued once; one parent run; no repeated samples; nothing RUNNING without a live process")
+              "label of the spec has runs; every configuration queued once; one parent run; no repeated samples; "
+              "nothing RUNNING without a live process")
         return 0
     print(f"  {len(problems)} problem(s) found", file=sys.stderr)
     return 1
@@ -115,15 +122,34 @@ def _runs_of_complete_trials(trials, frame, runs) -> list[str]:
     return problems
 
 
+def _labels_without_runs(spec, trials, runs) -> list[str]:
+    """A label the spec declares but no finished run carries: its trials never ran (or were never
+    queued, as when two labels of one configuration shared a key), so it is missing from every verdict."""
+    labels = [o.label for o in spec.optimizers] + [run.get("label", run["optimizer"]) for run in spec.runs]
+    finished = set(runs.loc[runs["status"] == "FINISHED", "optimizer_label"].dropna()) if len(runs) else set()
+    problems = []
+    for label in dict.fromkeys(labels):
+        if label in finished:
+            continue
+        states: dict = {}
+        for trial in trials:
+            if trial.user_attrs.get("optimizer") == label:
+                states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+        held = ", ".join(f"{count} {state}" for state, count in states.items()) or "none queued"
+        problems.append(f"label '{label}' of the spec has no finished runs (its trials: {held}); "
+                        f"`optimstudy sweep {spec.path}` queues and runs what is missing")
+    return problems
+
+
 def _queued_more_than_once(trials) -> list[str]:
     """A configuration with two live trials, or a trial failed as a duplicate, was queued twice."""
-    from optimstudy.study import ERROR, KEY, LIVE
+    from optimstudy.study import ERROR, LIVE, trial_key
 
     queued: dict = {}
     for trial in trials:
         duplicate = str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
         if trial.state in LIVE or duplicate:
-            queued.setdefault(trial.user_attrs.get(KEY), []).append(trial)
+            queued.setdefault(trial_key(trial.user_attrs), []).append(trial)
     return [f"configuration queued {len(same)} times (trials {[t.number for t in same]}): {_describe(same[0])}"
             for key, same in queued.items() if key is not None and len(same) > 1]
 

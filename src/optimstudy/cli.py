@@ -10,11 +10,15 @@ import json
 import os
 import sys
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
+# --storage from the environment, like --tracking-uri from MLFLOW_TRACKING_URI: a password on a
+# command line is shown to every user of the machine (ps)
+STORAGE_VARIABLE = "OPTIMSTUDY_STORAGE"
 
 
 def add_tracking_flags(parser, *, allow_no_track=True):
@@ -45,11 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
     run.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                      help="extra optimizer argument, repeatable (e.g. --opt betas=0.9,0.99)")
+    run.add_argument("--rest", action="append", default=[], metavar="KEY=VALUE",
+                     help="a second optimizer for all but the hidden matrices (Muon's AdamW), repeatable: "
+                          "optimizer=adamw, lr=3e-4 or lr_ratio=0.015 (times --lr), and its arguments")
     budget = run.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, help="passes over the training split (default: 3)")
     budget.add_argument("--steps", type=int, help="optimizer updates")
     run.add_argument("--batch-size", type=int, default=64, help="examples per micro-batch (default: 64)")
-    run.add_argument("--seed", type=int, default=0, help="initialisation and data order (default: 0)")
+    run.add_argument("--seed", type=int, default=0, help="what --vary names (default: 0)")
+    run.add_argument("--vary", default="init,order", help="what the seed varies, of init (weights), order "
+                     "(batches), data (the train/validation split) (default: init,order)")
     run.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: cores - 1, at least 1; recorded)")
     run.add_argument("--loss", help="see `optimstudy list losses` (default: the problem's)")
@@ -89,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run experiments/NAME.toml as one Optuna study and one MLflow parent run.")
     sweep.add_argument("spec", help="path to an experiment spec (TOML)")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
-    sweep.add_argument("--storage", help="Optuna storage URL (default: a journal file under mlruns/)")
+    sweep.add_argument("--storage", default=os.environ.get(STORAGE_VARIABLE) or None,
+                       help=f"Optuna storage URL (default: ${STORAGE_VARIABLE}, else a journal file under mlruns/)")
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -100,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser("dashboard", help="open optuna-dashboard on a sweep's study")
     dashboard.add_argument("spec", nargs="?", help="experiment spec whose study to show")
-    dashboard.add_argument("--storage", help="Optuna storage URL (default: the sweep default)")
+    dashboard.add_argument("--storage", default=os.environ.get(STORAGE_VARIABLE) or None,
+                           help=f"Optuna storage URL (default: ${STORAGE_VARIABLE}, else the sweep default)")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.add_argument("--host", default="127.0.0.1")
 
@@ -119,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check that a sweep's study and tracking store agree; repair")
     check.add_argument("spec", nargs="?", help="experiment spec of the sweep")
     check.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
-    check.add_argument("--storage", help="Optuna storage URL (default: the sweep default)")
+    check.add_argument("--storage", default=os.environ.get(STORAGE_VARIABLE) or None,
+                       help=f"Optuna storage URL (default: ${STORAGE_VARIABLE}, else the sweep default)")
     check.add_argument("--dry-run", action="store_true", help="report only, change nothing")
     add_tracking_flags(check, allow_no_track=False)
     return parser
@@ -159,7 +171,7 @@ def main(argv=None) -> int:
             raise
         if args.command == "run" and hasattr(error, "for_source"):  # an optimizer argument: name it as --opt
             error = error.for_source("--opt")
-        print(f"optimstudy {args.command}: error: {error}", file=sys.stderr)
+        print(hide_passwords(f"optimstudy {args.command}: error: {error}"), file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `optimstudy … | head` closed our stdout: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -174,8 +186,9 @@ def main(argv=None) -> int:
     except Exception as error:  # not the user's input: say what broke, keep the traceback for --debug
         if args.debug:
             raise
-        print(f"optimstudy {args.command}: failed: {type(error).__name__}: {error}\n"
-              f"(run again with --debug for the traceback)", file=sys.stderr)
+        # a driver's error can quote the store's URI, password and all
+        print(hide_passwords(f"optimstudy {args.command}: failed: {type(error).__name__}: {error}\n"
+                             f"(run again with --debug for the traceback)"), file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -203,16 +216,23 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
 
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
+        rest=parse_opt(args.rest, "--rest"),
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
         accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
         schedule=args.schedule, schedule_args=_schedule_args(args.schedule_arg, parse_opt_value),
         schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, compile=args.compile,
+        split_seed=args.split_seed, vary=args.vary, compile=args.compile,
     ).resolved()
     from optimstudy.runner import Tracking, execute, load_data
 
     data = load_data(config, args.data_dir)
+    if config.rest:  # a run with a rest optimizer needs hidden matrices: found out before anything is written
+        from optimstudy.parameter_groups import check_hidden_matrices, split_parameters
+        from optimstudy.problems import resolve_problem
+
+        model = resolve_problem(config.problem).build_model(data.info)
+        check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
     tracking = None
     if tracking_at is not None:
         from optimstudy.tracking import ensure_store, start_writer
@@ -255,8 +275,8 @@ def print_run_summary(history, run_id, tracking) -> None:
     if history.note:
         print(f"note: {history.note}", file=sys.stderr)
     if run_id:
-        print(f"tracked as run {run_id} in experiment '{tracking.experiment}' ({tracking.tracking_uri}); "
-              "see it with `optimstudy ui`", file=sys.stderr)
+        print(f"tracked as run {run_id} in experiment '{tracking.experiment}' "
+              f"({hide_passwords(tracking.tracking_uri)}); see it with `optimstudy ui`", file=sys.stderr)
 
 
 def cmd_list(args) -> int:
@@ -276,6 +296,8 @@ def cmd_list(args) -> int:
             low, high, _ = spec.space["lr"]
             print(f"{name:10} {spec.cls.__module__}.{spec.cls.__name__:9} {defaults:28} "
                   f"lr search {low:g}..{high:g} (log)  {spec.description}")
+        print("\nany other: --optimizer package.module:Class, e.g. schedulefree:AdamWScheduleFree, prodigyopt:Prodigy "
+              "(pip install -e '.[optimizers]'); a matrices-only one with --rest optimizer=adamw --rest lr=3e-4")
     elif args.what == "schedules":
         from optimstudy import schedules
 
@@ -346,7 +368,7 @@ def analysis_script_main(figure, argv=None) -> int:
     except UsageError as error:
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        print(hide_passwords(f"{parser.prog}: error: {error}"), file=sys.stderr)
         return EXIT_USAGE
 
 

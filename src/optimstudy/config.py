@@ -10,10 +10,14 @@ from dataclasses import asdict, dataclass, field, replace
 from optimstudy.errors import UsageError, unknown
 from optimstudy.losses import LOSSES
 from optimstudy.optimizers import optimizer_arguments, resolve_optimizer_class
+from optimstudy.parameter_groups import check_rest, rest_params
 from optimstudy.problems import resolve_problem
 from optimstudy.schedules import check_schedule, default_every
 
 DEFAULT_EPOCHS = 3
+VARY_PARTS = ("init", "order", "data")  # what a run's seed may vary: initial weights, batch order, train/val split
+DEFAULT_VARY = "init,order"  # the split fixed by split_seed alone: every run validates on the same rows
+FIXED_SEED = 0  # seeds a part the seed does not vary: the same for every seed
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,13 @@ class RunConfig:
     optimizer: str = "sgd"
     lr: float = 0.1
     opt: dict = field(default_factory=dict)  # extra optimizer arguments, e.g. {"betas": (0.9, 0.99)}
+    # with it, `optimizer` takes the hidden matrices only (Muon) and this one the rest, e.g.
+    # {"optimizer": "adamw", "lr": 3e-4} or lr_ratio = its lr / lr; see parameter_groups
+    rest: dict = field(default_factory=dict)
     epochs: float | None = None  # budget: epochs or steps (optimizer updates), not both
     steps: int | None = None
     batch_size: int = 64  # examples per micro-batch
-    seed: int = 0  # initialisation and data order
+    seed: int = 0  # what `vary` names: by default the initial weights and the batch order
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None = default_threads()
     loss: str | None = None  # None = the problem's default
@@ -38,6 +45,7 @@ class RunConfig:
     schedule_every: str | None = None  # "step" or "epoch"; None = the schedule's usual (resolved)
     shuffle: bool = True  # a fresh order of the training rows each epoch; False: the data's own order
     split_seed: int = 0  # the validation split, fixed so every run validates on the same digits
+    vary: str = DEFAULT_VARY  # what the seed varies (VARY_PARTS); "data": the split drawn from (split_seed, seed)
     val_fraction: float = 0.0625  # 1/16 of the training data: 500 of the 8k fixture; 0: no validation split
     diverge_factor: float = 100.0  # diverged: loss not finite, or |loss| > factor * max(|first loss|, 1)
     compile: bool = False  # captured mode: torch.compile(mode="reduce-overhead") over the step (CUDA graphs on a GPU)
@@ -56,7 +64,8 @@ class RunConfig:
                 )
         _positive("lr", self.lr, float)
         # raises on an unknown optimizer or argument, a wrong type, or one the optimizer itself rejects
-        optimizer_args = optimizer_arguments(self.optimizer, self.opt, lr=self.lr)
+        object.__setattr__(self, "rest", check_rest(self.optimizer, self.rest, self.lr))  # {} -> the registry's
+        optimizer_args = optimizer_arguments(self.optimizer, self.opt, lr=self.lr, rest=self.rest)
         _positive("batch_size", self.batch_size, int)
         _positive("accumulate", self.accumulate, int)
         if self.epochs is not None and self.steps is not None:
@@ -86,9 +95,17 @@ class RunConfig:
             raise UsageError(f"shuffle must be true or false, got {self.shuffle!r}")
         if not isinstance(self.split_seed, int) or isinstance(self.split_seed, bool):
             raise UsageError(f"split_seed must be an integer, got {self.split_seed!r}")
+        object.__setattr__(self, "vary", _vary_text(self.vary))
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
                 or not 0 <= self.val_fraction < 1:
             raise UsageError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction!r}")
+
+    def varies(self, part: str) -> bool:
+        return part in self.vary.split(",")
+
+    def seed_of(self, part: str) -> int:
+        """The seed of "init" or "order": the run's seed where `vary` names it, else FIXED_SEED."""
+        return self.seed if self.varies(part) else FIXED_SEED
 
     def resolved(self) -> "RunConfig":
         """Defaults made explicit (loss, budget, device), so what is logged is what ran."""
@@ -112,9 +129,10 @@ class RunConfig:
         return replace(self, batch_size=n_train), note
 
     def params(self) -> dict:
-        """Flat string-able params for a tracking store: opt.KEY and schedule.KEY for the arguments."""
-        flat = {k: v for k, v in asdict(self).items() if k not in ("opt", "schedule_args")}
+        """Flat string-able params for a tracking store: opt.KEY, rest.KEY and schedule.KEY for the arguments."""
+        flat = {k: v for k, v in asdict(self).items() if k not in ("opt", "rest", "schedule_args")}
         flat.update({f"opt.{k}": v for k, v in sorted(self.opt.items())})
+        flat.update(rest_params(self.rest, self.lr))
         flat.update({f"schedule.{k}": v for k, v in sorted(self.schedule_args.items())})
         return flat
 
@@ -130,6 +148,16 @@ def default_threads(workers: int = 1) -> int:
 
     spare_for_writer = 1 if workers == 1 else 0
     return max(1, cpu_count() // workers - spare_for_writer)
+
+
+def _vary_text(vary) -> str:
+    """"init,order,data" from that text or a list, in VARY_PARTS' order: one logged form, however given."""
+    parts = [part.strip() for part in vary.split(",")] if isinstance(vary, str) else vary
+    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, str) for p in parts) \
+            or not set(parts) <= set(VARY_PARTS) or len(set(parts)) != len(parts):
+        raise UsageError(f"vary must name what the seed varies, one or more of {', '.join(VARY_PARTS)} without "
+                         f"repeats (e.g. vary = [\"init\", \"order\", \"data\"], --vary init,order,data), got {vary!r}")
+    return ",".join(part for part in VARY_PARTS if part in parts)
 
 
 def _positive(name: str, value, kind) -> None:

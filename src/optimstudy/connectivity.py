@@ -5,7 +5,7 @@ MLflow retries a server it cannot reach for minutes before it says anything (mea
 listening). A command should not wait that long to learn that a URI is wrong, so
 `probe_store` opens one TCP connection with a short timeout, then asks the server once
 (MLflow with no retries; the database with a connect timeout), and raises a UsageError that
-names the URI (password hidden) and the reason.
+names the URI (password hidden: `hide_passwords`, the one place that hides them) and the reason.
 
     probe_store("http://127.0.0.1:5000")   # UsageError: ... cannot be reached: Connection refused ...
 """
@@ -21,9 +21,22 @@ PROBE_TIMEOUT_S = 5.0  # a server that takes longer to accept one connection is 
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 
-def shown_uri(uri: str) -> str:
-    """The URI with any password replaced by ***, for messages."""
-    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
+# scheme://user:PASSWORD@host: the password runs to the last "@" before a space or quote, as
+# SQLAlchemy parses it (it may hold "/" or ":"); the user part is whatever precedes the first ":".
+_URI_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/:@'\"]*:)[^\s'\"]*@")
+# libpq's conninfo (psycopg can quote it in an error): password=SECRET or password='SECRET'
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s,;)]+)", re.IGNORECASE)
+
+
+def hide_passwords(text) -> str:
+    """`text` (a URI, or a message, page or command that quotes one) with every password in it
+    replaced by ***. The one place a password is hidden: everything optimstudy prints, logs, tags
+    or writes that could hold a store URI goes through here.
+
+        hide_passwords("postgresql+psycopg://me:pw@db/optuna")   # 'postgresql+psycopg://me:***@db/optuna'
+    """
+    text = _URI_PASSWORD.sub(r"\1***@", str(text))
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 
 def probe_store(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -32,7 +45,7 @@ def probe_store(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     scheme = parsed.scheme.split("+")[0]
     if scheme not in DEFAULT_PORTS or not parsed.hostname:
         return  # sqlite:///, file paths, databricks, a database over a Unix socket: nothing to reach
-    shown = shown_uri(tracking_uri)
+    shown = hide_passwords(tracking_uri)
     try:
         port = parsed.port or DEFAULT_PORTS[scheme]
     except ValueError:
@@ -89,7 +102,7 @@ def _first_line(error: Exception) -> str:
     text = str(error).strip()
     if hasattr(error, "orig") and error.orig is not None:  # SQLAlchemy wraps the driver's own message
         text = str(error.orig).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    return hide_passwords(f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}")
 
 
 @contextlib.contextmanager

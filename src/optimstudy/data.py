@@ -233,36 +233,59 @@ def _image_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return images.contiguous(), labels.long()
 
 
-def _load_torchvision(spec: TorchvisionData, root: str, split_seed: int, val_fraction: float, device: str) -> Data:
+@functools.lru_cache(maxsize=2)  # read from disk once per process, however many splits its runs draw
+def _read_torchvision(spec: TorchvisionData, root: str):
+    """(images, labels, test images, test labels, classes) as they are stored: uint8 images, on the CPU."""
     train_set = _open_torchvision(spec, Path(root), True)
     images, labels = _image_tensors(train_set)
     test_images, test_labels = _image_tensors(_open_torchvision(spec, Path(root), False))
     if labels.min() < 0:  # e.g. EMNIST letters count from 1; shift so classes are 0..C-1
         raise UsageError(f"data set {spec.label} has negative labels; expected classes 0..C-1")
-    train_rows, val_rows = split_indices(len(labels), val_fraction, split_seed)
+    classes = len(getattr(train_set, "classes", []) or []) or int(max(labels.max(), test_labels.max())) + 1
+    return images, labels, test_images, test_labels, classes
+
+
+def _load_torchvision(spec: TorchvisionData, root: str, split_seed: int, val_fraction: float, device: str,
+                      run_seed: int | None = None) -> Data:
+    images, labels, test_images, test_labels, classes = _read_torchvision(spec, root)
+    train_rows, val_rows = split_indices(len(labels), val_fraction, split_seed, run_seed)
     if spec.name in KNOWN_STATS:
         mean, std = KNOWN_STATS[spec.name]
     else:  # from the training rows only
         pixels = images[train_rows].float().div_(255.0)
         mean, std = pixels.mean().item(), pixels.std().item()
 
-    def normalized(rows_images):
-        return rows_images.to(device=device, dtype=torch.float32).div_(255.0).sub_(mean).div_(std)
-
-    classes = len(getattr(train_set, "classes", []) or []) or int(max(labels.max(), test_labels.max())) + 1
+    x, y, test_x, test_y = _normalized(spec, root, device, mean, std)
+    train_rows, val_rows = train_rows.to(device), val_rows.to(device)
     return Data(
         spec.label,
-        Split(normalized(images[train_rows]), labels[train_rows].to(device)),
-        Split(normalized(images[val_rows]), labels[val_rows].to(device)),
-        Split(normalized(test_images), test_labels.to(device)),
+        Split(x.index_select(0, train_rows), y.index_select(0, train_rows)),
+        Split(x.index_select(0, val_rows), y.index_select(0, val_rows)),
+        Split(test_x, test_y),
         DataInfo(tuple(images.shape[1:]), classes, classes),
         source=str(Path(root) / spec.name), source_type="local",
         digest=digest(images, labels, test_images, test_labels, train_rows, val_rows),
     )
 
 
-def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training rows, validation rows), each in the data's own order; fixed by split_seed."""
+@functools.lru_cache(maxsize=2)  # normalized once, not per split: a run whose seed varies "data" only indexes
+def _normalized(spec: TorchvisionData, root: str, device: str, mean: float, std: float):
+    """(images, labels, test images, test labels) on `device`, the images as float32 (x / 255 - mean) / std."""
+    images, labels, test_images, test_labels, _ = _read_torchvision(spec, root)
+
+    def normalized(uint8_images):
+        return uint8_images.to(device=device, dtype=torch.float32).div_(255.0).sub_(mean).div_(std)
+
+    return normalized(images), labels.to(device), normalized(test_images), test_labels.to(device)
+
+
+def split_indices(n: int, val_fraction: float, split_seed: int,
+                  run_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows), each in the data's own order; fixed by split_seed, or, with
+    a run_seed (its seed varies "data"), drawn anew for each (split_seed, run_seed)."""
+    if run_seed is not None:  # a digest of the pair: split_seed 0 with seed 1 and split_seed 1 with seed 0 differ
+        pair = hashlib.blake2b(f"split {split_seed} seed {run_seed}".encode(), digest_size=8).digest()
+        split_seed = int.from_bytes(pair, "big") >> 1  # a non-negative 63-bit seed
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     n_val = int(round(n * val_fraction))
     return order[n_val:].sort().values, order[:n_val].sort().values
@@ -328,8 +351,9 @@ def _labels(y: torch.Tensor, task: str, where: str) -> torch.Tensor:
     return y.float()
 
 
-def _load_tensors(make, task: str | None, test_fraction: float, split_seed: int, val_fraction: float,
-                  device: str, name: str) -> Data:
+@functools.lru_cache(maxsize=8)  # made once per process, however many splits its runs draw
+def _made_tensors(make, task: str | None, test_fraction: float, split_seed: int, name: str):
+    """(x, y, test split, task): the rows to split into training and validation, and the test rows."""
     made = make(torch.Generator().manual_seed(1000 + split_seed)) if callable(make) else make
     where = f"data '{name}'"
     if not _is_tensor_tuple(made) or len(made[0]) != len(made[1]) or (len(made) == 4 and len(made[2]) != len(made[3])):
@@ -342,7 +366,13 @@ def _load_tensors(make, task: str | None, test_fraction: float, split_seed: int,
     else:  # hold out a fixed test split
         keep, held = split_indices(len(y), test_fraction, HELD_OUT_SEED)
         x, y, test = x[keep], y[keep], Split(x[held], y[held])
-    train_rows, val_rows = split_indices(len(y), val_fraction, split_seed)
+    return x, y, test, task
+
+
+def _load_tensors(make, task: str | None, test_fraction: float, split_seed: int, val_fraction: float,
+                  device: str, name: str, run_seed: int | None = None) -> Data:
+    x, y, test, task = _made_tensors(make, task, test_fraction, split_seed, name)
+    train_rows, val_rows = split_indices(len(y), val_fraction, split_seed, run_seed)
     classes = int(max(y.max(), test.y.max())) + 1 if task == "classification" else (2 if task == "binary" else None)
     source = f"{getattr(make, '__module__', '')}:{getattr(make, '__qualname__', '')}" if callable(make) else name
     to = lambda tensor: tensor.to(device)  # noqa: E731
@@ -353,15 +383,20 @@ def _load_tensors(make, task: str | None, test_fraction: float, split_seed: int,
 
 
 def load_problem_data(data, *, split_seed: int, val_fraction: float, device: str, data_dir=None,
-                      task: str | None = None, test_fraction: float = 0.2, name: str | None = None) -> Data:
-    """The three splits of `data` (a Problem's data), read once per process and shared by its runs."""
+                      task: str | None = None, test_fraction: float = 0.2, name: str | None = None,
+                      run_seed: int | None = None) -> Data:
+    """The three splits of `data` (a Problem's data), read once per process and shared by its runs.
+
+    The test split is fixed by the data (or split_seed, for generated data); the validation split by
+    split_seed, or with `run_seed` (a run whose seed varies "data") by (split_seed, run_seed).
+    """
     spec = as_torchvision(data)
     if spec is not None:
-        return _cached_torchvision(spec, str(data_root(data_dir)), split_seed, val_fraction, device)
+        return _cached_torchvision(spec, str(data_root(data_dir)), split_seed, val_fraction, device, run_seed)
     check_data(data)
     make = GENERATED.get(data, data) if isinstance(data, str) else data
     label = data if isinstance(data, str) else name or getattr(data, "__name__", "tensors")  # a user's: the problem
-    return _cached_tensors(make, task, test_fraction, split_seed, val_fraction, device, label)
+    return _cached_tensors(make, task, test_fraction, split_seed, val_fraction, device, label, run_seed)
 
 
 _cached_torchvision = functools.lru_cache(maxsize=4)(_load_torchvision)  # every run of a worker shares the tensors

@@ -27,23 +27,24 @@ def study_note(study, experiment: str, description: str = "") -> str:
     warnings = [w for w in summary.get("edge_warning", pd.Series(dtype=str)) if w]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
-    verdicts = study.verdicts
+    verdicts, answers = study.verdicts, study.answers
     if not verdicts.empty and "experiment" in verdicts:
         verdicts = verdicts[verdicts["experiment"] == experiment]
+        answers = answers[answers["experiment"] == experiment]
         if not verdicts.empty:
-            decided = verdicts[~verdicts["verdict"].str.startswith("not distinguishable")]
-            lines += ["", "**Verdicts** (pairs at their best configurations, 95%)", ""]
-            lines += [f"- {row.problem}: {row.a} vs {row.b}: {row.verdict}" for row in decided.itertuples()]
+            lines += ["", "**The answer** (best first; `>`: decided apart, Holm 5% over each problem's pairs)", ""]
+            lines += [f"- {row.problem}: {row.ranking} ({row.basis})" for row in answers.itertuples()]
+            decided = verdicts[verdicts["decided"].astype(bool)]
             if len(decided) < len(verdicts):
-                lines.append(f"- {len(verdicts) - len(decided)} of {len(verdicts)} pairs are not distinguishable "
-                             "with the seeds run (see the report's verdict tables for the seeds each would need)")
+                lines.append(f"- {len(verdicts) - len(decided)} of {len(verdicts)} pairs are not decided with the "
+                             "seeds run (see the report's verdict tables for the seeds each would need)")
     lines += ["", f"Figures and the full table: `optimstudy report --experiment {experiment}` "
                   "(analysis/report.html)."]
     return "\n".join(lines)
 
 
 def _best_table(summary: pd.DataFrame) -> list[str]:
-    header = ["problem", "optimizer", "best lr", "objective: median [95% CI] (seeds)", "mean ± std",
+    header = ["problem", "optimizer", "best lr", "objective: mean [95% interval of the mean] (seeds)", "mean ± std",
               "confirmed on new seeds", "steps to target"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.itertuples():
@@ -51,8 +52,9 @@ def _best_table(summary: pd.DataFrame) -> list[str]:
         lr = f"{row.best_lr:.3g}" if _finite(row.best_lr) else "all diverged"
         if row.optimizer_args:
             lr += f" {row.optimizer_args}"
-        interval = (f"{_number(row.median)} [{_number(row.ci_low)}, {_number(row.ci_high)}] (n={row.seeds})"
-                    if _finite(row.median) else "n/a")
+        interval = (f"{_number(row.mean)} [{_number(row.ci_low)}, {_number(row.ci_high)}"
+                    f"{' (range)' if row.ci_kind == 'range' else ''}] (n={row.seeds})" if _finite(row.ci_low)
+                    else f"{_number(row.mean)} (n={row.seeds})")
         spread = f"{_number(row.mean)} ± {_number(row.std if _finite(row.std) else 0.0)}" if _finite(row.mean) else ""
         confirmed = (f"{_number(row.confirm_mean)} ± {_number(row.confirm_std if _finite(row.confirm_std) else 0.0)}"
                      f" (n={int(row.confirm_seeds)})" if _finite(row.confirm_seeds) and row.confirm_seeds else "")

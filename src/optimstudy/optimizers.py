@@ -30,6 +30,7 @@ class OptimizerSpec:
     defaults: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # arg -> (low, high, log)
     description: str = ""
+    rest: dict = field(default_factory=dict)  # an optimizer for what this one does not take (parameter_groups)
 
 
 LR_SPACE_SGD = {"lr": (1e-4, 1.0, True)}
@@ -56,6 +57,24 @@ OPTIMIZERS = {
     ),
     "nadam": OptimizerSpec(torch.optim.NAdam, {}, LR_SPACE_ADAPTIVE, "Adam with Nesterov momentum"),
 }
+if hasattr(torch.optim, "Muon"):  # torch 2.9 and later
+    # Muon's own README (github.com/KellerJordan/Muon): Muon at lr 0.02, weight decay 0.01 on the hidden
+    # matrices; AdamW at lr 3e-4 (0.015 x Muon's, kept as a ratio so an lr grid moves both), betas
+    # (0.9, 0.95), weight decay 0.01 on the rest. torch's own default weight decay for Muon is 0.1.
+    OPTIMIZERS["muon"] = OptimizerSpec(
+        torch.optim.Muon, {"weight_decay": 0.01}, {"lr": (1e-3, 3e-1, True)},
+        "orthogonalized momentum on the hidden matrices; AdamW (lr x 0.015) on the rest",
+        rest={"optimizer": "adamw", "lr_ratio": 0.015, "betas": (0.9, 0.95), "weight_decay": 0.01},
+    )
+
+
+def has_modes(optimizer) -> bool:
+    """Whether `optimizer` has train()/eval() modes (Schedule-Free: schedulefree, heavyball's SF*).
+
+    Such an optimizer keeps the model's weights at the point its gradients are taken while training;
+    eval() moves them to the average that is meant to be evaluated (and saved), train() back.
+    """
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
 
 
 class OptimizerArgumentError(UsageError):
@@ -109,11 +128,12 @@ def resolve_optimizer_class(name: str) -> type:
     return cls
 
 
-def optimizer_arguments(name: str, extra: dict, *, lr: float | None = None) -> dict:
+def optimizer_arguments(name: str, extra: dict, *, lr: float | None = None, rest: dict | None = None) -> dict:
     """The registry defaults updated with `extra`, checked against the class signature.
 
-    With `lr`, the optimizer is also built once on a dummy parameter and stepped, so its own
-    checks run now rather than in the middle of a sweep.
+    With `lr`, the optimizer is also built once on dummy parameters and stepped, so its own
+    checks run now rather than in the middle of a sweep: on a matrix and a bias, or on a matrix
+    alone when a `rest` optimizer (or the registry entry's) takes every parameter but the matrices.
     """
     cls = resolve_optimizer_class(name)
     parameters = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
@@ -137,7 +157,9 @@ def optimizer_arguments(name: str, extra: dict, *, lr: float | None = None) -> d
                                          {key: example} if _worth_showing(example) else {})
     arguments = {**defaults, **extra}
     if lr is not None:
-        _check_by_building(name, cls, lr, arguments, extra)
+        # rest None: the registry entry's own (check_rest gives RunConfig's; {}: none, every parameter here)
+        matrices_only = bool(OPTIMIZERS[name].rest if name in OPTIMIZERS else False) if rest is None else bool(rest)
+        _check_by_building(name, cls, lr, arguments, extra, matrices_only)
     return arguments
 
 
@@ -212,8 +234,8 @@ def _worth_showing(value) -> bool:
 _checked: set = set()  # (name, lr, arguments) already built: RunConfig is made often (replace, every trial)
 
 
-def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: dict) -> None:
-    key = (name, lr, repr(sorted(arguments.items())))
+def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: dict, matrices_only: bool) -> None:
+    key = (name, lr, repr(sorted(arguments.items())), matrices_only)
     if key in _checked:
         return
     step = inspect.signature(cls.step).parameters.get("closure")
@@ -225,13 +247,25 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
             f"without one. Use an optimizer whose step() works without a closure: {', '.join(OPTIMIZERS)}, "
             "or a class of your own")
     weight = torch.nn.Parameter(torch.zeros(2, 2))  # 2-D: some optimizers (Muon) take matrices only
+    bias = torch.nn.Parameter(torch.zeros(2))  # and a bias, which such an optimizer needs a `rest` for
+    tested = [weight] if matrices_only else [weight, bias]
     stage = "rejects its arguments"
     try:
-        optimizer = cls([weight], lr=lr, **arguments)
-        stage = "fails on its first step (on a 2x2 test parameter)"
-        weight.grad = torch.ones_like(weight)
+        optimizer = cls(tested, lr=lr, **arguments)
+        stage = f"fails on its first step (on {'a 2x2 test matrix' if matrices_only else 'a 2x2 matrix and a bias'})"
+        for parameter in tested:
+            parameter.grad = torch.ones_like(parameter)
+        if has_modes(optimizer):  # Schedule-Free steps only in train mode, as the loop puts it
+            optimizer.train()
         optimizer.step()
     except Exception as error:
+        if not matrices_only and _takes_matrices_only(cls, lr, arguments):
+            raise UsageError(
+                f"optimizer '{name}' takes only matrices ({type(error).__name__}: {str(error).strip()[:120]}): "
+                "give every other parameter (biases, norms, embeddings, the output layer) an optimizer of its own: "
+                "--rest optimizer=adamw --rest lr=3e-4 (or --rest lr_ratio=0.015: that times --lr), in a spec "
+                "rest = { optimizer = \"adamw\", lr = 3e-4 }; or use the registry's 'muon', which has one"
+            ) from None
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         blamed = tuple(k for k in extra if k.lower() in str(error).lower())
         defaults = {**_signature_defaults(cls), **(OPTIMIZERS[name].defaults if name in OPTIMIZERS else {})}
@@ -239,6 +273,20 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
         raise OptimizerArgumentError(name, blamed, extra, f"{stage} ({reason}) {given}",
                                      {k: defaults[k] for k in blamed if _worth_showing(defaults.get(k))}) from None
     _checked.add(key)
+
+
+def _takes_matrices_only(cls: type, lr: float, arguments: dict) -> bool:
+    """Whether the optimizer that failed on a matrix and a bias builds and steps on the matrix alone."""
+    weight = torch.nn.Parameter(torch.zeros(2, 2))
+    try:
+        optimizer = cls([weight], lr=lr, **arguments)
+        weight.grad = torch.ones_like(weight)
+        if has_modes(optimizer):
+            optimizer.train()
+        optimizer.step()
+    except Exception:
+        return False
+    return True
 
 
 def _signature_defaults(cls: type) -> dict:
@@ -267,12 +315,16 @@ def parse_opt_value(text: str):
     return text.strip()
 
 
-def parse_opt(items: list[str]) -> dict:
-    """`--opt KEY=VALUE` items into typed keyword arguments."""
+OPT_EXAMPLES = {"--opt": "--opt momentum=0.9 --opt betas=0.9,0.99",
+                "--rest": "--rest optimizer=adamw --rest lr=3e-4 --rest betas=0.9,0.95"}
+
+
+def parse_opt(items: list[str], flag: str = "--opt") -> dict:
+    """`--opt KEY=VALUE` (or `--rest KEY=VALUE`) items into typed keyword arguments."""
     parsed = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--opt '{item}' is not KEY=VALUE (e.g. --opt momentum=0.9 --opt betas=0.9,0.99)")
+            raise UsageError(f"{flag} '{item}' is not KEY=VALUE (e.g. {OPT_EXAMPLES[flag]})")
         parsed[key.strip()] = parse_opt_value(value)
     return parsed

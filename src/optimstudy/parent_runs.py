@@ -16,6 +16,8 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from optimstudy.connectivity import hide_passwords
+
     client, folder, logged = MlflowClient(tracking_uri), Path(folder), 0
     for run_id in run_ids:
         try:
@@ -24,7 +26,8 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
                 client.log_artifact(run_id, str(folder / name), artifact_path="report")
             logged += 1
         except (MlflowException, OSError) as error:
-            print(f"warning: could not log the report to sweep run {run_id}: {str(error)[:200]}", file=sys.stderr)
+            print(hide_passwords(f"warning: could not log the report to sweep run {run_id}: {str(error)[:200]}"),
+                  file=sys.stderr)
     return logged
 
 
@@ -84,11 +87,17 @@ def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
 
 
 NOTE_MAX_CHARS = 7500  # MLflow keeps tag values up to 8,000 characters
+# the experiment description optimstudy last wrote: the one it may replace (a user's own it never does)
+OWN_NOTE_TAG = "optimstudy.description"
 
 
 def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: str,
               experiment_note: str | None = None) -> None:
-    """The Markdown descriptions the MLflow UI shows: the sweep parent run's and its experiment's."""
+    """The Markdown descriptions the MLflow UI shows: the sweep parent run's and its experiment's.
+
+    The experiment's description is the user's once they have written one (in the UI, or through
+    MLflow): optimstudy writes it only while it is empty or still the text optimstudy wrote last;
+    its own text is always in the experiment's optimstudy.description tag."""
     from optimstudy.tracking import NOTE_TAG, _client, _once_more_if_raced
 
     client = _client(tracking_uri)
@@ -97,7 +106,10 @@ def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: 
     if experiment_note is not None:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
-            _once_more_if_raced(client.set_experiment_tag, found.experiment_id, NOTE_TAG, _clip(experiment_note))
+            text, shown = _clip(experiment_note), found.tags.get(NOTE_TAG)
+            _once_more_if_raced(client.set_experiment_tag, found.experiment_id, OWN_NOTE_TAG, text)
+            if shown is None or shown == found.tags.get(OWN_NOTE_TAG):
+                _once_more_if_raced(client.set_experiment_tag, found.experiment_id, NOTE_TAG, text)
 
 
 def _clip(text: str) -> str:

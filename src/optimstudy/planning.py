@@ -21,7 +21,7 @@ from optimstudy.spec import Spec, config_key
 class Planned:
     """One trial the spec asks for: a full config, or (search) a config whose `space` is sampled."""
 
-    key: str  # the configuration's identity: what "queued exactly once" is counted by
+    key: str  # the trial's identity (configuration and label): what "queued exactly once" is counted by
     phase: str  # "grid", "run", "search" or "confirm"
     config: RunConfig
     label: str  # the optimizer's label in the spec
@@ -44,24 +44,29 @@ def plan(spec: Spec) -> tuple[list[Planned], dict[str, int]]:
                 for device in devices:
                     planned += _optimizer_trials(spec, problem, optimizer, device, settings)
     for run in spec.runs:
+        fields = {k: v for k, v in run.items() if k != "label"}
+        label = run.get("label", run["optimizer"])
+        # the spec's split_seed reaches [[runs]] as it did when it was one value: one run per value
+        split_seeds = (run["split_seed"],) if "split_seed" in run else spec.settings.get("split_seed", (0,))
         for device in devices:
-            for seed in spec.seeds:
-                fields = {k: v for k, v in run.items() if k != "label"}
-                config = RunConfig(**fields, seed=seed, device=device, **spec.budget,
-                                   **{k: v for k, v in spec.scalar_settings().items() if k not in fields})
-                planned.append(Planned(config_key(config), "run", config, run.get("label", run["optimizer"])))
+            for split_seed in split_seeds:
+                for seed in spec.seeds:
+                    config = RunConfig(**{**fields, "split_seed": split_seed}, seed=seed, device=device,
+                                       **spec.budget, **{k: v for k, v in spec.scalar_settings().items()
+                                                         if k not in fields})
+                    planned.append(Planned(config_key(config, label), "run", config, label))
     per_device = len(planned) // len(devices) if devices else 0
     return planned, {device: per_device for device in absent}
 
 
 def _optimizer_trials(spec, problem, optimizer, device, settings) -> list[Planned]:
     if spec.search is None:
-        return [Planned(config_key(config), "grid", config, optimizer.label)
+        return [Planned(config_key(config, optimizer.label), "grid", config, optimizer.label)
                 for lr in optimizer.lrs for seed in spec.seeds
                 for config in [spec.base_config(problem, optimizer, lr, seed, device, **settings)]]
     # lr here is a placeholder: each trial's sampler chooses it
     config = spec.base_config(problem, optimizer, optimizer.space["lr"][0], spec.seeds[0], device, **settings)
-    slot = config_key(replace(config, lr=1.0))
+    slot = config_key(replace(config, lr=1.0), optimizer.label)
     return [Planned(f"search {index} {slot}", "search", config, optimizer.label, optimizer.space, slot)
             for index in range(spec.search.trials)]
 
@@ -71,7 +76,7 @@ def confirm_plan(spec: Spec, best_configs: list[tuple[str, RunConfig]]) -> list[
     if not spec.confirm_seeds:
         return []
     first_new = max(spec.seeds) + 1
-    return [Planned(config_key(config), "confirm", config, label)
+    return [Planned(config_key(config, label), "confirm", config, label)
             for label, best in best_configs
             for seed in range(first_new, first_new + spec.confirm_seeds)
             for config in [replace(best, seed=seed)]]
@@ -99,11 +104,15 @@ def spec_identity(spec: Spec) -> dict:
 
     The description and the file's path are left out: editing a comment is not a new study.
     """
+    settings = dict(spec.settings)
+    if len(settings.get("split_seed", ())) == 1:  # one value stays a number, as before split_seed could be a list
+        settings["split_seed"] = settings["split_seed"][0]
     identity = {
         "problems": spec.problems, "budget": spec.budget, "metric": spec.metric, "direction": spec.direction,
-        "settings": spec.settings, "devices": spec.devices, "confirm_seeds": spec.confirm_seeds,
+        "settings": settings, "devices": spec.devices, "confirm_seeds": spec.confirm_seeds,
         "search": asdict(spec.search) if spec.search else None, "runs": spec.runs, "seeds": spec.seeds,
-        "optimizers": {o.label: {"optimizer": o.optimizer, "lr": o.lrs, "fixed": o.fixed, "space": o.space}
+        "optimizers": {o.label: {"optimizer": o.optimizer, "lr": o.lrs, "fixed": o.fixed, "space": o.space,
+                                 **({"rest": o.rest} if o.rest else {})}  # a study from before rest keeps its identity
                        for o in spec.optimizers},
     }
     return json.loads(json.dumps(identity, default=str))

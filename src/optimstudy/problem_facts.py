@@ -52,7 +52,8 @@ BUILTIN_PROBLEMS = {
     "regression_mlp": ProblemFacts("regression", "mse", ("val_loss", 0.05)),
     "valley": ProblemFacts("regression", "mse", ("val_loss", 0.02), has_optimum=True),
 }
-BUILTIN_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
+# "muon" is registered where torch ships torch.optim.Muon (2.9 and later)
+BUILTIN_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "muon")
 
 VALLEY_START = (-2.0, 4.0)  # far up the shallow side of the valley; the optimum is near (1, 1)
 VALLEY_SCALES = (1.0, 0.2)  # feature stds: curvatures 1 and 0.04, a 25:1 valley

@@ -88,10 +88,13 @@ class Problem:
             return spec.label
         return self.data if isinstance(self.data, str) else getattr(self.data, "__name__", "custom")
 
-    def load_data(self, *, split_seed: int, val_fraction: float, device: str, data_dir=None, name=None):
-        """Its three splits (train, val, test) as tensors on `device`, read once per process."""
+    def load_data(self, *, split_seed: int, val_fraction: float, device: str, data_dir=None, name=None,
+                  run_seed: int | None = None):
+        """Its three splits (train, val, test) as tensors on `device`, read once per process; with
+        `run_seed` (a run whose seed varies "data") the train/validation split is drawn from (split_seed, run_seed)."""
         return load_problem_data(self.data, split_seed=split_seed, val_fraction=val_fraction, device=device,
-                                 data_dir=data_dir, task=self.task, test_fraction=self.test_fraction, name=name)
+                                 data_dir=data_dir, task=self.task, test_fraction=self.test_fraction, name=name,
+                                 run_seed=run_seed)
 
     def build_model(self, info: DataInfo) -> nn.Module:
         """The model for data shaped as `info`; factories that take no argument are called without it."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.page import html_table, render_page
 from optimstudy.results import RUN_METRICS, Study
@@ -332,5 +333,6 @@ def write_report(study, out, *, analysis=None, scripts=None, tracking_uri: str =
     scripts = load_scripts(analysis_folder(analysis)) if scripts is None else scripts
     sections = draw_all(scripts, study, out / "figures", svg=svg, debug=debug)
     study.summary.to_csv(out / "summary.csv", index=False)
-    (out / "report.html").write_text(render_page(study, sections, tracking_uri), encoding="utf-8")
+    # the page is shared and attached to the parent runs: it names the store, never its password
+    (out / "report.html").write_text(render_page(study, sections, hide_passwords(tracking_uri)), encoding="utf-8")
     return sections

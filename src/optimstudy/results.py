@@ -12,8 +12,8 @@ optimstudy.objective_metric / optimstudy.objective_direction, written by the swe
 val_loss, minimize). A finished run that diverged (or has no finite value) scores the worst value;
 a run with no outcome (pruned, failed, killed) scores NaN and never competes. Configurations are
 keyed by text keys of their full configuration (lr, opt.* arguments, settings), so a missing
-optimizer argument is "" and never a NaN group key. The statistics over seeds (bootstrap
-intervals, verdicts, profiles, tuning curves) are in optimstudy.verdicts.
+optimizer argument is "" and never a NaN group key. The statistics over seeds (intervals,
+verdicts, profiles, tuning curves) are in optimstudy.comparison.
 """
 import json
 import math
@@ -22,20 +22,20 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from optimstudy import comparison
+from optimstudy import aggregates, comparison
+from optimstudy.objectives import FINAL_METRICS, default_direction
 from optimstudy.problem_facts import ProblemFacts, facts_for, problem_facts
 
-# logged once per run, at its last step
-RUN_METRICS = ("final_train_loss", "final_val_loss", "final_val_accuracy", "final_test_loss",
-               "final_test_accuracy", "final_excess_loss", "diverged", "diverged_at_step", "wall_s",
-               "samples_per_s")
+# logged once per run, at its last step (what the report loads; run_table also takes any other final_*)
+RUN_METRICS = (*FINAL_METRICS, "diverged", "diverged_at_step", "wall_s", "samples_per_s")
 # what, besides the optimizer and its hyperparameters, makes two runs different experiments
 SETTING = ("batch_size", "accumulate", "zero_grad", "loss", "schedule", "clip_grad_norm", "steps", "epochs",
-           "device", "split_seed", "val_fraction", "diverge_factor")
+           "device", "split_seed", "val_fraction", "diverge_factor", "vary")
 GROUP = ("experiment", "problem", "label", "setting_key")
 HUGE = 1e300  # MLflow's SQL store keeps +-inf as +-1.8e308: anything this large is a blown-up run
 EDGE = 0.05  # a search's best lr within 5% (of the log range) of its end is "at the edge"
 DEFAULT_METRIC, DEFAULT_DIRECTION = "val_loss", "minimize"
+DEFAULT_VARY = "init,order"  # config.DEFAULT_VARY, what runs logged before `vary` varied (config imports torch)
 
 
 
@@ -57,7 +57,8 @@ def _text(value) -> str:
 
 
 def option_columns(runs: pd.DataFrame) -> list[str]:
-    return sorted(c for c in runs.columns if c.startswith("opt."))
+    """The optimizer's arguments (opt.KEY) and the rest optimizer's (rest.KEY: parameter_groups)."""
+    return sorted(c for c in runs.columns if c.startswith(("opt.", "rest.")))
 
 
 # ---- one row per run --------------------------------------------------------------------------
@@ -76,10 +77,11 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
     if "kind" in runs:
         runs = runs[runs["kind"].fillna("") != "sweep"]
     runs = runs.reset_index(drop=True)
-    finals = frame[frame["metric"].isin(RUN_METRICS)]
+    per_run = list(dict.fromkeys([*RUN_METRICS, *_final_names(frame["metric"])]))
+    finals = frame[frame["metric"].isin(per_run)]
     wide = finals.groupby(["run_id", "metric"], observed=True)["value"].last().unstack()
     wide.index, wide.columns = wide.index.astype(str), wide.columns.astype(str)
-    wide = wide.reindex(columns=list(RUN_METRICS))
+    wide = wide.reindex(columns=per_run)
     wide = wide.where(wide.abs() < HUGE, np.inf * np.sign(wide))
     runs = runs.join(wide, on="run_id")
     train = frame[frame["metric"] == "train_loss"]
@@ -93,11 +95,12 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
         if column not in runs:
             runs[column] = None
     runs["label"] = runs["optimizer_label"].where(runs["optimizer_label"].fillna("") != "", runs["optimizer"])
+    runs["vary"] = runs["vary"].fillna(DEFAULT_VARY)  # runs from before `vary`: the seed varied init and order
     metric = runs["objective_metric"].where(runs["objective_metric"].fillna("") != "", DEFAULT_METRIC)
-    default_direction = np.where(metric.str.endswith("accuracy"), "maximize", DEFAULT_DIRECTION)
+    directions = metric.map(default_direction)
     runs["objective_metric"] = metric
     runs["objective_direction"] = runs["objective_direction"].where(
-        runs["objective_direction"].isin(["minimize", "maximize"]), default_direction)
+        runs["objective_direction"].isin(["minimize", "maximize"]), directions)
     value = pd.Series([runs.at[i, f"final_{m}"] if f"final_{m}" in runs else np.nan
                        for i, m in zip(runs.index, metric)], index=runs.index, dtype="float64")
     finished = runs["status"] == "FINISHED"
@@ -110,12 +113,20 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
         if column in runs and runs[column].notna().all() and (runs[column] % 1 == 0).all():
             runs[column] = runs[column].astype("int64")
     options = option_columns(runs)
-    runs["args"] = [" ".join(f"{c[4:]}={_text(v)}" for c, v in zip(options, values) if _text(v) not in ("", "None"))
+    runs["args"] = [" ".join(f"{c.removeprefix('opt.')}={_text(v)}" for c, v in zip(options, values)
+                             if _text(v) not in ("", "None"))
                     for values in runs[options].itertuples(index=False)] if options else ""
     runs["config_key"] = [f"lr={_text(lr)} {args}" for lr, args in zip(runs["lr"], runs["args"])]
     runs["setting_key"] = [" ".join(f"{c}={_text(v)}" for c, v in zip(SETTING, values) if _text(v))
                            for values in runs[list(SETTING)].itertuples(index=False)]
     return runs.copy()  # one block per dtype again: the columns added one by one fragment the frame
+
+
+def _final_names(metric: pd.Series) -> list[str]:
+    """Every final_* metric name in the frame: from the categories of a compact frame (no pass over
+    the points), else from the distinct names."""
+    names = metric.cat.categories if isinstance(metric.dtype, pd.CategoricalDtype) else pd.unique(metric)
+    return sorted(str(name) for name in names if str(name).startswith("final_"))
 
 
 # ---- best configurations ---------------------------------------------------------------------
@@ -137,11 +148,13 @@ def _lr_space(members: pd.DataFrame):
     return None
 
 
-def edge_warning(row: dict, lrs, space=None) -> str:
-    """'' unless the best lr is at the edge of what was tried: then the optimum may lie outside it."""
+def edge_warning(row: dict, lrs, space=None, tied_lrs=()) -> str:
+    """'' unless the best lr is at the edge of what was tried: then the optimum may lie outside it.
+    `tied_lrs`: the lrs whose mean objective equals the best's (ties): another lr among them means the
+    objective is flat there, and the edge is not strictly best, so the grid need not grow."""
     who = f"{row['problem']}/{row['optimizer']} ({row['experiment']})"
     lr = row["lr"]
-    if not np.isfinite(lr):
+    if not np.isfinite(lr) or any(not math.isclose(other, lr) for other in tied_lrs):
         return ""
     if space is not None:
         low, high, log = space
@@ -155,6 +168,11 @@ def edge_warning(row: dict, lrs, space=None) -> str:
         return ""
     side, where = ("smallest", "below") if math.isclose(lr, lrs[0]) else ("largest", "above")
     return f"{who}: best lr {lr:g} is the {side} tried ({lr_range_text(lrs)}); extend the grid {where} it"
+
+
+def _tied(a: float, b: float) -> bool:
+    """Two mean objectives are equal: exactly, or but for rounding in the sum (relative 1e-12)."""
+    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
 
 def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -194,7 +212,9 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
             row.update(lr=np.nan, edge_warning=f"{key[1]}/{key[2]} ({key[0]}): every lr tried "
                                                 f"({lr_range_text(lrs)}) diverged; try smaller ones")
         else:
-            row["edge_warning"] = edge_warning(row, lrs, _lr_space(members))
+            best_mean = min(c[1] for c in configs if c[0] == diverged_share)
+            tied_lrs = [c[3]["lr"].iloc[0] for c in configs if c[0] == diverged_share and _tied(c[1], best_mean)]
+            row["edge_warning"] = edge_warning(row, lrs, _lr_space(members), tied_lrs)
         rows.append(row)
     best = pd.DataFrame(rows)
     if best.empty:
@@ -280,20 +300,23 @@ def time_to_target(study_or_frame, runs: pd.DataFrame | None = None) -> pd.DataF
 # ---- the summary -----------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ["experiment", "problem", "optimizer", "setting", "best_lr", "optimizer_args", "metric", "direction",
-                   "mean", "std", "median", "ci_low", "ci_high", "seeds", "diverged_seeds", "confirm_mean",
-                   "confirm_std", "confirm_seeds", "lrs_tried", "lr_range", "robust_lr_range", "robust_decades",
-                   "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "seconds_to_target",
+                   "mean", "std", "median", "ci_low", "ci_high", "ci_kind", "seeds", "diverged_seeds", "confirm_mean",
+                   "confirm_std", "confirm_seeds", "test_loss", "test_accuracy", "test_error_rate", "lrs_tried",
+                   "lr_range", "robust_lr_range", "robust_decades",
+                   "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "steps_ci_kind", "seconds_to_target",
                    "target_reached", "edge_warning"]
 
 
 def summary_table(study: "Study") -> pd.DataFrame:
     """Per experiment x problem x optimizer label (x setting where one varies): best lr, the final
-    objective's mean ± std, median and bootstrap 95% interval over seeds, the confirmation on new
+    objective's mean ± std with the t 95% interval of the mean (from 3 seeds; with 2 their range, ci_kind
+    "range"), the median, the confirmation on new
     seeds, the lr range within 10% of the best, median steps (with interval) and seconds to target."""
     best, runs = study.best, study.runs
     if best.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     reach = study.reach.set_index("run_id")
+    by_run = runs.set_index("run_id")
     varying = {key: [c for c in SETTING if rows[c].map(_text).nunique() > 1]
                for key, rows in best.groupby(["experiment", "problem"])}
     rows = []
@@ -302,22 +325,23 @@ def summary_table(study: "Study") -> pd.DataFrame:
         at_best = reach.reindex(row["run_ids"])
         reached = int(at_best["steps_to_target"].notna().sum())
         values = np.asarray([v for v in row["values"] if np.isfinite(v)], dtype=float)
-        low, high = comparison.bootstrap_interval(values)
+        low, high, kind = comparison.mean_interval(values)
         steps = at_best["steps_to_target"].fillna(np.inf).to_numpy(dtype=float) if target else np.array([])
-        steps_low, steps_high = comparison.bootstrap_interval(steps) if len(steps) else (np.nan, np.nan)
+        steps_low, steps_high, steps_kind = comparison.median_interval(steps) if len(steps) else (np.nan, np.nan, "")
         robust = comparison.lr_robustness(group_runs(runs, row), row)
         rows.append({
             "experiment": row["experiment"], "problem": row["problem"], "optimizer": row["optimizer"],
             "setting": " ".join(f"{c}={_text(row[c])}" for c in varying.get((row["experiment"], row["problem"]), [])),
             "best_lr": row["lr"], "optimizer_args": row["args"], "metric": row["metric"],
             "direction": row["direction"], "mean": row["mean"], "std": row["std"],
-            "median": float(np.median(values)) if len(values) else np.nan, "ci_low": low, "ci_high": high,
+            "median": float(np.median(values)) if len(values) else np.nan, "ci_low": low, "ci_high": high, "ci_kind": kind,
             "seeds": row["seeds"], "diverged_seeds": row["diverged_seeds"], "confirm_mean": row["confirm_mean"],
-            "confirm_std": row["confirm_std"], "confirm_seeds": row["confirm_seeds"], "lrs_tried": len(row["lrs"]),
+            "confirm_std": row["confirm_std"], "confirm_seeds": row["confirm_seeds"],
+            **final_test_means(by_run, row["run_ids"]), "lrs_tried": len(row["lrs"]),
             "lr_range": lr_range_text(row["lrs"]), "robust_lr_range": robust[0], "robust_decades": robust[1],
             "trials": row["trials"], "target": target_text(target),
             "steps_to_target": comparison.median_or_nan(steps), "steps_ci_low": _finite(steps_low),
-            "steps_ci_high": _finite(steps_high),
+            "steps_ci_high": _finite(steps_high), "steps_ci_kind": steps_kind,
             "seconds_to_target": comparison.median_or_nan(
                 at_best["seconds_to_target"].fillna(np.inf).to_numpy(dtype=float)) if target else np.nan,
             "target_reached": f"{reached}/{len(at_best)} seeds" if target and len(at_best) else "",
@@ -326,15 +350,74 @@ def summary_table(study: "Study") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+TEST_METRICS = ("test_loss", "test_accuracy", "test_error_rate")  # reported, never ranked by default
+
+
+def final_test_means(by_run: pd.DataFrame, run_ids) -> dict:
+    """A best configuration's final test metrics: each the mean over its seeds that did not diverge
+    (NaN where the task does not log it: no accuracy for a regression)."""
+    finished = by_run.reindex(list(run_ids))
+    finished = finished[finished["diverged"].eq(False)]
+    means = {}
+    for name in TEST_METRICS:
+        values = finished.get(f"final_{name}", pd.Series(dtype=float)).to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        means[name] = float(values.mean()) if len(values) else np.nan
+    return means
+
+
 def _finite(value) -> float:
     return value if np.isfinite(value) else np.nan
 
 
 def verdicts(runs: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per experiment x problem x setting, each pair of optimizer labels at their best configurations:
-    "A better", "B better" or "not distinguishable with N seeds", with the seeds likely needed
-    (see comparison.compare). What the sweep prints and puts in --json."""
+    "A better" (decided after Holm's adjustment over the pairs of that problem and setting), "not
+    distinguishable with N seeds", "no variation…" or "undecidable…", with the evidence and the seeds
+    likely needed (see optimstudy.comparison). What the sweep prints and puts in --json."""
     return comparison.pairwise_verdicts(best_configurations(runs) if best is None else best)
+
+
+ANSWER_COLUMNS = ["experiment", "problem", "setting_key", "metric", "ranking", "basis", "seeds", "pairs", "vary",
+                  "undecided", "no_variation"]
+
+
+def answer_basis(seeds: int, pairs: int, vary: str) -> str:
+    """What a ranking rests on, in words."""
+    if seeds < comparison.MIN_SEEDS:
+        return f"{seeds} seed{'s' * (seeds != 1)}: a verdict needs at least {comparison.MIN_SEEDS}"
+    if not pairs:
+        return f"{seeds} seeds, no pair tested: the seeds did not change the results"
+    return f"{seeds} seeds varying {vary.replace(',', ', ')}; Holm 5% over {pairs} pair{'s' * (pairs != 1)}"
+
+
+def answers(best: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment x problem x setting, the answer in one line: the labels best first, in groups
+    that are decided apart ("rmsprop ≈ sgd > adam"), and what would decide the rest."""
+    rows = []
+    if verdicts.empty:
+        return pd.DataFrame(columns=ANSWER_COLUMNS)
+    for (experiment, problem, setting), family in verdicts.groupby(["experiment", "problem", "setting_key"],
+                                                                    sort=True):
+        members = best[(best["experiment"] == experiment) & (best["problem"] == problem)
+                       & (best["setting_key"] == setting) & (best["seeds"] > 0)]
+        sign = np.where(members["direction"] == "minimize", 1.0, -1.0)
+        order = members.assign(_share=members["diverged_seeds"] / members["seeds"],
+                               _rank=(members["mean"] * sign).fillna(math.inf)).sort_values(["_share", "_rank"])
+        labels = [label for label in order["optimizer"] if label in set(family["a"]) | set(family["b"])]
+        undecided = family[family["outcome"] == "not distinguishable"]
+        rows.append({"experiment": experiment, "problem": problem, "setting_key": setting,
+                     "metric": family["metric"].iloc[0], "ranking": comparison.ranking(labels, family),
+                     "basis": answer_basis(int(family["seeds"].min()), int(family["pairs"].max()),
+                                           family["vary"].iloc[0]),
+                     "seeds": int(family["seeds"].min()), "pairs": int(family["pairs"].max()),
+                     "vary": family["vary"].iloc[0],
+                     "undecided": "; ".join(f"{r.a} vs {r.b}: ~{r.seeds_needed:.0f} seeds" if np.isfinite(r.seeds_needed)
+                                            else f"{r.a} vs {r.b}: no difference seen"
+                                            for r in undecided.itertuples()),
+                     "no_variation": "; ".join(f"{r.a} vs {r.b}" for r in family.itertuples()
+                                               if r.outcome == "no variation")})
+    return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
 
 
 # ---- the study: every result, computed once ---------------------------------------------------
@@ -343,7 +426,7 @@ class Study:
     """The tidy frame and every result derived from it, each computed on first use.
 
     What an analysis script receives: study.frame, study.runs, study.best, study.main,
-    study.summary, study.verdicts, study.facts, study.points(run_ids, metrics).
+    study.summary, study.verdicts, study.answers, study.across, study.facts, study.points(run_ids, metrics).
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -377,6 +460,16 @@ class Study:
     @cached_property
     def verdicts(self) -> pd.DataFrame:
         return verdicts(self.runs, self.best)
+
+    @cached_property
+    def answers(self) -> pd.DataFrame:
+        return answers(self.best, self.verdicts)
+
+    @cached_property
+    def across(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(interquartile means, probabilities of improvement) over the problems of the plain comparison
+        (study.main): aggregates.across_problems."""
+        return aggregates.across_problems(self.main)
 
     @cached_property
     def _slices(self) -> dict | None:

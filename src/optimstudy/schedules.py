@@ -23,6 +23,7 @@ import torch
 
 from optimstudy.errors import UsageError, near
 from optimstudy.imports import import_object, is_import_path
+from optimstudy.optimizers import has_modes
 
 SHORT_NAMES = {"step": "StepLR", "multistep": "MultiStepLR", "exponential": "ExponentialLR",
                "cosine": "CosineAnnealingLR", "onecycle": "OneCycleLR"}
@@ -118,8 +119,10 @@ def check_schedule(name: str, args: dict, every: str, optimizer_class, lr: float
     weight = torch.zeros(1, requires_grad=True)
     try:
         optimizer = optimizer_class([weight], lr=lr, **optimizer_args)
-    except Exception:  # the optimizer's own arguments are checked elsewhere
+    except Exception:  # the optimizer's own arguments are checked elsewhere; a matrices-only one (Muon) lands here
         optimizer = torch.optim.SGD([weight], lr=lr, momentum=0.9)
+    if has_modes(optimizer):  # Schedule-Free steps only in train mode
+        optimizer.train()
     schedule = make_schedule(name, args, optimizer, total=100)
     if schedule is None:
         return

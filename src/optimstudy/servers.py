@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 
 
@@ -30,11 +31,13 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
-        print(f"the store is a tracking server: open {ui_url(tracking_uri.rstrip('/'), tracking_uri, experiment)}")
+        page = ui_url(tracking_uri.rstrip("/"), tracking_uri, experiment)
+        print(f"the store is a tracking server: open {hide_passwords(page)}")
         return 0
     check_port_free(host, port)
-    command = [installed_program("mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", host,
-               "--port", str(port), "--workers", "1"]
+    # the store's URI goes through the environment (`mlflow server` reads MLFLOW_BACKEND_STORE_URI and
+    # hands it to uvicorn the same way): a command line is readable by every user of the machine (ps)
+    command = [installed_program("mlflow"), "server", "--host", host, "--port", str(port), "--workers", "1"]
     root = artifact_root(tracking_uri)
     if root:
         command += ["--default-artifact-root", root, "--serve-artifacts"]
@@ -42,8 +45,9 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
     url = ui_url(f"http://{host}:{port}", tracking_uri, experiment)
     # MLflow's job runner (8 processes, for GenAI jobs such as LLM judges) is of no use to training
     # runs: without it the UI is up in ~6 s instead of 10-16 s on 2 cores. The variable overrides.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    return run_server(command, f"MLflow UI for {tracking_uri}\n  open {url}  (Ctrl-C stops it)", env=env)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
+    return run_server(command, f"MLflow UI for {hide_passwords(tracking_uri)}\n  open {url}  (Ctrl-C stops it)",
+                      env=env)
 
 
 def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
@@ -58,7 +62,8 @@ def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
     if experiment not in found:
         from optimstudy.errors import near
 
-        raise UsageError(f"no experiment '{experiment}'{near(experiment, list(found))} in '{tracking_uri}'; "
+        raise UsageError(f"no experiment '{experiment}'{near(experiment, list(found))} in "
+                         f"'{hide_passwords(tracking_uri)}'; "
                          f"experiments: {', '.join(sorted(found)) or 'none'}")
     return f"{base}/#/experiments/{found[experiment]}/runs?workflowType=machine_learning"
 
@@ -77,8 +82,28 @@ def dashboard(spec_path: str | None = None, storage: str | None = None, host: st
     check_port_free(host, port)
     open_existing_storage(url, f"run `optimstudy sweep {spec_path}` first")
     program = installed_program("optuna-dashboard")
-    return run_server([program, url, "--host", host, "--port", str(port)],
-                      f"optuna-dashboard on {url}\n  open http://{host}:{port}  (Ctrl-C stops it)")
+    with _config_pipe(url) as fd:
+        return run_server([program, "--from-config", f"/dev/fd/{fd}", "--host", host, "--port", str(port)],
+                          f"optuna-dashboard on {hide_passwords(url)}\n  open http://{host}:{port}  (Ctrl-C stops it)",
+                          pass_fds=(fd,))
+
+
+@contextlib.contextmanager
+def _config_pipe(storage_url: str):
+    """optuna-dashboard takes its storage on the command line (readable by every user: ps) or in a
+    TOML file (--from-config) and has no environment variable for it: the file it reads here is a
+    pipe, /dev/fd/N, so the URI is never on a command line nor on disk. It fits the pipe's buffer,
+    so it is written whole before the server starts."""
+    import json
+
+    read, write = os.pipe()
+    text = f"[optuna_dashboard]\nstorage = {json.dumps(storage_url, ensure_ascii=False)}\n"  # a TOML string too
+    with os.fdopen(write, "w") as pipe:
+        pipe.write(text)
+    try:
+        yield read
+    finally:
+        os.close(read)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -110,10 +135,10 @@ def installed_program(name: str) -> str:
     return found
 
 
-def run_server(command: list[str], banner: str, env: dict | None = None) -> int:
+def run_server(command: list[str], banner: str, env: dict | None = None, pass_fds=()) -> int:
     # `kill`, a closed terminal or a CI timeout must stop the server too, not only Ctrl-C
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    process = subprocess.Popen(command, start_new_session=True, env=env)
+    process = subprocess.Popen(command, start_new_session=True, env=env, pass_fds=pass_fds)
     try:
         print(banner, flush=True)
         return process.wait()

@@ -7,19 +7,23 @@
     seeds = [0, 1, 2]
     devices = ["cpu"]             # "cuda", "mps", "auto"; absent devices are skipped
     schedule = "step"             # optimstudy.schedules; with schedule_args = { gamma = 0.7 },
-    schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed
+    schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed (a list too)
+    vary = ["init", "order"]      # what a seed varies; "data": each seed its own train/validation split
 
     [optimizers.sgd]
     lr = [0.01, 0.03, 0.1, 0.3]   # an explicit grid
     [optimizers.adam]
     lr = { log = [1e-4, 1e-1], points = 7 }   # a log-spaced grid
     betas = [0.9, 0.999]                      # fixed optimizer arguments
+    [optimizers.muon]             # Muon on the hidden matrices, AdamW on the rest (parameter_groups)
+    lr = [0.01, 0.02, 0.05]
+    rest = { optimizer = "adamw", lr_ratio = 0.015 }   # or lr = 3e-4; "muon" has this one by default
 
     [search]                      # instead of the grid: an Optuna search per optimizer
     sampler = "tpe"               # tpe, random, gp or grid
     trials = 20                   # per optimizer (and problem, device, setting)
     pruner = "median"             # none, median or hyperband
-    metric = "val_loss"           # the objective, at each evaluation and at the end
+    metric = "val_loss"           # the objective: any metric its runs log at the end (test_*: warned)
     direction = "minimize"
     [optimizers.adam.search]
     lr = { low = 1e-5, high = 1e-1, log = true }
@@ -43,25 +47,26 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optimstudy.config import RunConfig
+from optimstudy.config import DEFAULT_VARY, VARY_PARTS, RunConfig
 from optimstudy.devices import DEVICE_CHOICES
 from optimstudy.errors import UsageError
 from optimstudy.losses import LOSSES
+from optimstudy.objectives import default_direction, evaluation_metric, final_metric_names
 from optimstudy.optimizers import OPTIMIZERS, OptimizerArgumentError, optimizer_arguments
+from optimstudy.parameter_groups import REST_EXAMPLE, check_rest
 from optimstudy.problems import resolve_problem
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("none", "median", "hyperband")
-METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")  # train_*: the whole training split
 DIRECTIONS = ("minimize", "maximize")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}")
-GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate")  # a list here is a grid axis
+GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed")  # a list here is a grid axis
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
-                   "shuffle", "val_fraction", "split_seed")
+                   "shuffle", "val_fraction", "vary")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
             "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
-RUN_KEYS = ("problem", "optimizer", "lr", "opt", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
+RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class OptimizerPlan:
     lrs: tuple  # the grid (empty in search mode when a search space is given)
     fixed: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # argument -> (low, high, log), for [search]
+    rest: dict = field(default_factory=dict)  # rest = { optimizer, lr or lr_ratio, ... }: see parameter_groups
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,11 @@ class Spec:
 
     def base_config(self, problem: str, optimizer: OptimizerPlan, lr: float, seed: int, device: str,
                     **settings) -> RunConfig:
+        """`settings`: one combination of the grid axes (grid_settings); those not given take their first value."""
+        settings = {**next(self.grid_settings()), **settings}
         return RunConfig(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
-                         seed=seed, device=device, **self.budget, **self.scalar_settings(), **settings)
+                         rest=dict(optimizer.rest), seed=seed, device=device, **self.budget, **self.scalar_settings(),
+                         **settings)
 
 
 class SpecError(UsageError):
@@ -203,10 +212,11 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
             search = None  # the grid sampler over the spec's own grid is the grid mode
     if "metric" not in raw and "metric" not in raw.get("search", {}) and settings.get("val_fraction") == 0:
         metric = "train_loss"  # no validation split: the objective says it is the whole training split
-    where.choice("metric", metric, METRICS)
+    if not isinstance(metric, str):
+        where.fail("metric", metric, "a metric name, e.g. \"val_loss\"")
     if metric.startswith("val_") and settings.get("val_fraction") == 0:
-        where.fail("metric", metric, "train_loss or train_accuracy: val_fraction = 0 leaves no validation split")
-    direction = direction or ("maximize" if metric.endswith("accuracy") else "minimize")
+        where.fail("metric", metric, "a train_* metric: val_fraction = 0 leaves no validation split")
+    direction = direction or default_direction(metric)
     where.choice("direction", direction, DIRECTIONS)
 
     optimizers_table = where.table(raw, "optimizers", required=True)
@@ -234,7 +244,10 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         if not isinstance(opt, dict):
             where.fail(f"{key}.opt", opt, "a table of optimizer arguments, e.g. opt = { momentum = 0.9 }")
         run["opt"] = {k: tuple(v) if isinstance(v, list) else v for k, v in opt.items()}
-        where.check_optimizer(f"{key}.optimizer", run["optimizer"], run["opt"], run["lr"], f"{key}.opt")
+        if "rest" in entry:  # only when given: a study's identity from before rest stays the same
+            run["rest"] = where.rest(f"{key}.rest", entry["rest"])
+        where.check_optimizer(f"{key}.optimizer", run["optimizer"], run["opt"], run["lr"], f"{key}.opt",
+                              rest=run.get("rest"))
         for setting in (*GRID_SETTINGS, *SCALAR_SETTINGS):
             if setting in entry:
                 run[setting] = where.setting(f"{key}.{setting}", entry[setting])
@@ -251,6 +264,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
             RunConfig(**config)
         except UsageError as error:
             raise SpecError(f"{source}: {error}") from None
+    where.objective(spec, "search.metric" if "metric" in raw.get("search", {}) else "metric")
     return spec
 
 
@@ -258,7 +272,7 @@ def _every_config(spec: Spec):
     for problem, optimizer, settings in itertools.product(spec.problems, spec.optimizers, spec.grid_settings()):
         lr = optimizer.lrs[0] if optimizer.lrs else optimizer.space.get("lr", (1e-3,))[0]
         yield dict(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
-                   **spec.budget, **spec.scalar_settings(), **settings)
+                   rest=dict(optimizer.rest), **spec.budget, **spec.scalar_settings(), **settings)
     for run in spec.runs:
         yield {**{k: v for k, v in run.items() if k != "label"}, **spec.budget}
 
@@ -365,6 +379,12 @@ class _Where:
             return float(value)
         if leaf == "split_seed":
             return self.integer({leaf: value}, leaf, prefix=key[: -len(leaf)])
+        if leaf == "vary":  # kept as RunConfig logs it: "init,order,data"
+            if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+                    and set(value) <= set(VARY_PARTS) and len(set(value)) == len(value)):
+                self.fail(key, value, f"a non-empty list of {', '.join(VARY_PARTS)} without repeats, e.g. "
+                          "vary = [\"init\", \"order\", \"data\"] (default: [\"init\", \"order\"])")
+            return ",".join(part for part in VARY_PARTS if part in value)
         if leaf in ("zero_grad", "shuffle"):
             if not isinstance(value, bool):
                 self.fail(key, value, "true or false")
@@ -372,6 +392,27 @@ class _Where:
         if leaf == "clip_grad_norm":
             return self.positive({leaf: value}, leaf, float, prefix=key[: -len(leaf)])
         return self.positive({leaf: value}, leaf, int, prefix=key[: -len(leaf)])
+
+    def objective(self, spec: Spec, key: str):
+        """The metric must be one that every run of the spec logs at its end (its problem's task and
+        splits decide which: objectives.final_metric_names); a pruner must see it at each evaluation."""
+        default_val_fraction = RunConfig.__dataclass_fields__["val_fraction"].default
+        pruning = spec.search is not None and spec.search.pruner != "none"
+        for problem_name, val_fraction in dict.fromkeys(
+                (c["problem"], c.get("val_fraction", default_val_fraction)) for c in _every_config(spec)):
+            problem, has_validation = resolve_problem(problem_name), val_fraction > 0
+            logged = final_metric_names(problem.task, problem.has_optimum, has_validation)
+            if spec.metric not in logged:
+                close = difflib.get_close_matches(spec.metric, logged, n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                split = "" if has_validation else " without a validation split (val_fraction = 0)"
+                self.fail(key, spec.metric, f"a metric that {problem.task} problem '{problem_name}' logs at the end "
+                          f"of a run{split}: {', '.join(logged)}{hint}")
+            if pruning and evaluation_metric(spec.metric, has_validation) is None:
+                self.fail("search.pruner", spec.search.pruner,
+                          f"\"none\" with metric {spec.metric}: evaluations do not measure it (they use the "
+                          f"{'validation' if has_validation else 'whole training'} split), so a pruner would never "
+                          "see it")
 
     def problem(self, key, name):
         if not isinstance(name, str):
@@ -382,10 +423,21 @@ class _Where:
             raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error}") from None
         return name
 
-    def check_optimizer(self, key, name, fixed, lr=None, arguments_key=None, searched=()):
+    def rest(self, key, value) -> dict:
+        if not isinstance(value, dict):
+            self.fail(key, value, f"a table: {REST_EXAMPLE}")
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+
+    def check_optimizer(self, key, name, fixed, lr=None, arguments_key=None, searched=(), rest=None):
         """Types, and with `lr` the optimizer built once: an error names the argument's own key."""
         try:
-            optimizer_arguments(name, fixed, lr=lr)
+            if lr is not None:  # the rest optimizer first: without it a matrices-only one fails on a bias
+                rest = check_rest(name, rest or {}, lr)
+        except UsageError as error:
+            rest_key = f"{arguments_key or key}.rest"
+            raise SpecError(f"{self.source}: key '{rest_key}'{self.line_of(rest_key)}: {error}") from None
+        try:
+            optimizer_arguments(name, fixed, lr=lr, rest=rest)
         except OptimizerArgumentError as error:
             if not error.arguments:
                 raise SpecError(f"{self.source}: key '{key}'{self.line_of(key)}: {error.for_source('toml')}") from None
@@ -455,17 +507,30 @@ class _Where:
             raise SpecError(f"{self.source}: key '{key}.lr'{self.line_of(key + '.lr')}: a [search] spec searches lr; "
                             f"give its range as [{key}.search] lr = {{ low = 1e-4, high = 1e-1, log = true }}")
         if "lr" not in entry and not searching:
-            raise SpecError(f"{self.source}: missing required key '{key}.lr' (a grid, e.g. lr = [0.01, 0.1])")
+            raise SpecError(f"{self.source}: missing required key '{key}.lr' (a grid, e.g. lr = [0.01, 0.1]; "
+                            "a learning-rate-free method such as Prodigy: lr = [1.0])")
         lrs = self.lr_grid(f"{key}.lr", entry["lr"]) if "lr" in entry else ()
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()
-                 if k not in ("lr", "optimizer", "search")}
+                 if k not in ("lr", "optimizer", "search", "rest")}
+        rest = self.rest(f"{key}.rest", entry.get("rest", {}))
         lr = lrs[0] if lrs else space["lr"][0] if "lr" in space else None
         searched = [a for a in space if a != "lr"]
         for end in (0, 1):  # both ends of a searched argument's range
-            self.check_optimizer(key, name, {**fixed, **{a: space[a][end] for a in searched}}, lr, key, searched)
-        return OptimizerPlan(label, name, lrs, fixed, space)
+            self.check_optimizer(key, name, {**fixed, **{a: space[a][end] for a in searched}}, lr, key, searched,
+                                 rest)
+        return OptimizerPlan(label, name, lrs, fixed, space, rest)
 
 
-def config_key(config: RunConfig) -> str:
-    """A stable identity for a configuration: what "completed exactly once" is counted by."""
-    return json.dumps(config.params(), sort_keys=True, default=str)
+def config_key(config: RunConfig, label: str | None = None) -> str:
+    """A stable identity for a trial: what "completed exactly once" is counted by.
+
+    The spec's label is part of it: two labels of one configuration are two optimizers to compare,
+    never one trial. It is left out where it is the optimizer's own name, and `vary` where it is
+    the default, so a study queued before either was part of the key keeps its keys and resumes.
+    """
+    params = config.params()
+    if params.get("vary") == DEFAULT_VARY:
+        del params["vary"]
+    if label is not None and label != config.optimizer:
+        params["label"] = label
+    return json.dumps(params, sort_keys=True, default=str)

@@ -7,11 +7,24 @@ A journal file serves the workers of one machine; an RDB (PostgreSQL, MySQL) ser
 The check refuses the MLflow tracking database (Optuna and MLflow each keep an alembic_version
 table), an SQLite file given as a journal path, a folder, an unwritable place and a server that
 does not answer, so a bad --storage never leaves a half-created store behind.
+
+A journal whose last write was cut (a full disk, a killed machine) is repaired before it is
+opened: Optuna would append the next record after the half one, and from then on fail to read
+the file at all. `repair_torn_end` drops a half record at the end, `repair_joined_records` one
+that a later record was written after; both keep the file as it was beside it
+(NAME.journal.torn-TIMESTAMP) and say what they kept. Anything else unreadable is named, with
+what to do, as bad input.
 """
+import contextlib
+import json
 import os
+import shlex
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 
 RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
@@ -30,11 +43,11 @@ def check_storage(url: str, tracking_uri: str) -> None:
     if "://" in url:
         scheme = urlparse(url).scheme
         if not scheme.startswith(RDB_SCHEMES):
-            raise UsageError(f"--storage '{url}': unknown scheme '{scheme}'; expected postgresql+psycopg://…, "
-                             "sqlite:///PATH, mysql://… or a journal file path")
+            raise UsageError(f"--storage '{hide_passwords(url)}': unknown scheme '{scheme}'; expected "
+                             "postgresql+psycopg://…, sqlite:///PATH, mysql://… or a journal file path")
         if _same_database(url, tracking_uri):
-            raise UsageError(f"--storage '{url}' is the MLflow tracking database; Optuna needs a database of its "
-                             "own (both keep an alembic_version table): pass another --storage")
+            raise UsageError(f"--storage '{hide_passwords(url)}' is the MLflow tracking database; Optuna needs "
+                             "a database of its own (both keep an alembic_version table): pass another --storage")
         if scheme == "sqlite":
             _check_writable_folder(_sqlite_path(url).parent, url)
         else:
@@ -93,5 +106,102 @@ def _check_connects(url: str) -> None:
             connection.execute(sa.text("SELECT 1"))
         engine.dispose()
     except Exception as error:  # a missing driver, a bad host, refused credentials: say which
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
-        raise UsageError(f"--storage '{url}' cannot be opened: {reason}") from None
+        reason = hide_passwords(str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300])
+        raise UsageError(f"--storage '{hide_passwords(url)}' cannot be opened: {reason}") from None
+
+
+# ---- journal files cut mid-write -------------------------------------------------------------
+
+RECORD_START = b'{"op_code":'  # how every record of Optuna's journal begins (json.dumps of its dict)
+
+
+def repair_torn_end(path: Path) -> str | None:
+    """Drop a last record that lacks its end (its newline); None when there is none. Under
+    Optuna's own journal lock, so a record being written now is never taken for a cut one."""
+    if not path.is_file() or _ends_whole(path):
+        return None
+    with _journal_lock(path):
+        data = path.read_bytes()
+        if data.endswith(b"\n"):  # a record was being written when we looked: whole now
+            return None
+        keep, records = data.rfind(b"\n") + 1, data.count(b"\n")
+        backup = _backup(path)
+        os.truncate(path, keep)
+    return (f"{path}: its last record was cut off ({len(data) - keep} bytes without an end, as a full disk or a "
+            f"killed machine leaves it) and is dropped; the {records} complete records before it are kept, the "
+            f"file as it was is {backup.name}")
+
+
+def repair_joined_records(path: Path) -> str:
+    """A journal Optuna cannot read: a cut record that the next command wrote a whole record after,
+    on the same line, is replaced by that record (Optuna never counted the cut one, so every later
+    record stays consistent). Anything else unreadable is a UsageError naming the line."""
+    with _journal_lock(path):
+        lines = path.read_bytes().split(b"\n")
+        ends_whole = lines[-1] == b""
+        lines = lines[:-1] if ends_whole else lines
+        repaired = 0
+        for number, line in enumerate(lines, start=1):
+            if _parses(line):
+                continue
+            start = line.rfind(RECORD_START)
+            if start > 0 and _parses(line[start:]):
+                lines[number - 1] = line[start:]
+                repaired += 1
+                continue
+            here, aside = shlex.quote(str(path)), shlex.quote(f"{path}.corrupt")
+            raise UsageError(
+                f"study storage '{path}' is corrupt at line {number} of {len(lines)} (not an Optuna journal "
+                f"record: {line[:80]!r}); the {number - 1} records before it are readable. Restore the file "
+                f"from a backup, or keep those records (the trials recorded after them run again): "
+                f"mv {here} {aside} && head -n {number - 1} {aside} > {here}")
+        if not repaired:
+            raise UsageError(f"study storage '{path}' cannot be read by Optuna, though every line is a record; "
+                             "restore it from a backup or pass another --storage")
+        backup = _backup(path)
+        fixed = path.with_name(f"{path.name}.repairing")
+        fixed.write_bytes(b"\n".join(lines) + (b"\n" if ends_whole else b""))
+        os.replace(fixed, path)
+    return (f"{path}: {repaired} record(s) cut off mid-write had later records written after them on the same "
+            f"line; the cut records are dropped and the {len(lines)} whole records kept, the file as it was "
+            f"is {backup.name}")
+
+
+def _ends_whole(path: Path) -> bool:
+    """Empty, or its last byte ends a record: one byte read, whatever the journal's size."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False
+
+
+def _backup(path: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    backup, number = path.with_name(f"{path.name}.torn-{stamp}"), 1
+    while backup.exists():
+        number += 1
+        backup = path.with_name(f"{path.name}.torn-{stamp}-{number}")
+    shutil.copy2(path, backup)
+    return backup
+
+
+@contextlib.contextmanager
+def _journal_lock(path: Path):
+    """Optuna's own lock on a journal file (what it holds while it appends)."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

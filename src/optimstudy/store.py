@@ -145,6 +145,31 @@ def _run_rows_by_api(tracking_uri, experiments, parent_run_id, filter_string) ->
     return rows
 
 
+def assert_intact(tracking_uri: str) -> None:
+    """A UsageError "the store is corrupt (FILE: ERROR)" when an SQLite store fails SQLite's own
+    check. Asked only when a read fails or finds nothing where something should be: the check
+    reads the whole file (about a second per few hundred MB)."""
+    import sqlite3
+
+    from optimstudy.errors import UsageError
+
+    url = sql_engine_url(tracking_uri)
+    if url is None or not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///"):])
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            found = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+        problem = None if found == ["ok"] else "; ".join(found[:3])
+    except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
+        problem = str(error)
+    if problem:
+        raise UsageError(f"the store is corrupt ({path}: {problem}); restore it from a backup (`sqlite3 {path} "
+                         "'.recover'` may save what is left of it), or pass another --tracking-uri")
+
+
 class _NoStoreYet(Exception):
     """No MLflow store to read at a SQL URL: the SQLite file is missing, or the database holds no
     finished MLflow store (another command is creating it)."""
@@ -162,6 +187,7 @@ def _by_sql_unless_schema_differs(read, url, *args):
     except _NoStoreYet:
         raise
     except Exception:  # the DB-API driver's own errors (sqlite3, psycopg): no common base class
+        assert_intact(url)  # a damaged file fails like a missing table: say which it is
         state = _store_state(url)
         if state == "mlflow":
             return None
@@ -318,6 +344,7 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
 
     Reading never creates a store: a missing SQLite file is an error, not an empty store.
     """
+    from optimstudy.connectivity import hide_passwords
     from optimstudy.errors import UsageError, near
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
@@ -328,12 +355,15 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
         trained = frame["problem"].notna() & (frame["kind"].astype(object).fillna("") != "sweep")
         if trained.any():
             return frame
+    assert_intact(tracking_uri)  # nothing to report from a store that exists: is it damaged?
     if experiments:
         known = sorted(set(load_runs(tracking_uri, with_metrics=False)["experiment"].dropna()))
         missing = ", ".join(f"'{name}'{near(name, known)}" for name in experiments)
-        raise UsageError(f"no runs in experiment {missing} of '{tracking_uri}'; experiments with runs: "
+        raise UsageError(f"no runs in experiment {missing} of '{hide_passwords(tracking_uri)}'; "
+                         "experiments with runs: "
                          f"{', '.join(known) or 'none'}. Run `optimstudy sweep {QUICKSTART}` to make some")
-    raise UsageError(f"no runs in the tracking store '{tracking_uri}'; run `optimstudy sweep {QUICKSTART}` "
+    raise UsageError(f"no runs in the tracking store '{hide_passwords(tracking_uri)}'; run "
+                     f"`optimstudy sweep {QUICKSTART}` "
                      "first (or `optimstudy run`), then `optimstudy report`")
 
 

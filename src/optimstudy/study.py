@@ -26,18 +26,21 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.locks import exclusive
-from optimstudy.storages import default_storage_path, storage_url  # noqa: F401  (re-exported)
+from optimstudy.storages import (default_storage_path, repair_joined_records, repair_torn_end,  # noqa: F401
+                                  storage_url)  # default_storage_path, storage_url: re-exported
 from optimstudy.planning import config_from_json, plan
 from optimstudy.trial_queue import (CONFIG, ERROR, KEY, LIVE, PHASE, SLOT, SPACE, Queue,  # noqa: F401  (re-exported)
-                                    duplicate_of, enqueue_missing, fail_if_running)
+                                    duplicate_of, enqueue_missing, fail_if_running, trial_key)
 from optimstudy.spec import Spec
 
 HEARTBEAT_S = 10  # a running trial records a heartbeat this often
 STALE_AFTER_S = 60  # a trial on another machine with no heartbeat for this long is dead
 RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
+WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,20 +55,45 @@ def open_storage(url: str):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S)
         except Exception as error:
-            raise UsageError(f"--storage '{url}' cannot be opened: {str(error).splitlines()[0][:300]}") from None
+            raise UsageError(hide_passwords(f"--storage '{url}' cannot be opened: "
+                                            f"{str(error).splitlines()[0][:300]}")) from None
     path = Path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        repaired = repair_torn_end(path)  # before anything is appended after a half record
+        try:
+            storage = _journal_storage(path)
+        except ValueError:  # JSONDecodeError, "Invalid log format": a record cut and then written after
+            repaired = repair_joined_records(path)  # or a UsageError naming the line
+            storage = _journal_storage(path)
     except OSError as error:
         raise UsageError(f"study storage '{path}' cannot be written ({error.strerror}); pass --storage") from None
-    return optuna.storages.JournalStorage(backend)
+    if repaired:
+        print(f"optimstudy: repaired {repaired}; {_trials_kept(storage)}", file=sys.stderr, flush=True)
+    return storage
+
+
+def _journal_storage(path: Path):
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _trials_kept(storage) -> str:
+    """What a repaired journal holds: its studies and their trials by state."""
+    parts = []
+    for study in storage.get_all_studies():
+        trials = storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False)
+        states = {}
+        for trial in trials:
+            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+        parts.append(f"study '{study.study_name}': {len(trials)} trials ("
+                     + ", ".join(f"{count} {state}" for state, count in states.items()) + ")")
+    return "kept " + ("; ".join(parts) or "no study")
 
 
 def open_existing_storage(url: str, hint: str):
     """open_storage for commands that read a study: a journal file must already exist."""
     if "://" not in url and not Path(url).exists():
-        raise UsageError(f"no study storage at '{url}': {hint}")
+        raise UsageError(f"no study storage at '{hide_passwords(url)}': {hint}")
     return open_storage(url)
 
 
@@ -143,10 +171,10 @@ def unresolved_failures(study) -> dict[str, list[int]]:
     """Failure reason -> trial numbers, for configurations whose latest attempt failed (a killed
     attempt that ran again since is resolved)."""
     trials = study.get_trials(deepcopy=False)
-    settled = {t.user_attrs.get(KEY) for t in trials if t.state in LIVE}
+    settled = {trial_key(t.user_attrs) for t in trials if t.state in LIVE}
     reasons: dict[str, list[int]] = {}
     for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(KEY) not in settled:
+        if trial.state == TrialState.FAIL and trial_key(trial.user_attrs) not in settled:
             why = str(trial.user_attrs.get(ERROR, "no reason recorded"))
             if not why.startswith("duplicate"):
                 reasons.setdefault(why, []).append(trial.number)
@@ -227,6 +255,7 @@ class Heartbeat:
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
               threads) -> str:
     """Run one claimed trial to a final state; returns that state's name."""
+    from optimstudy.objectives import evaluation_metric
     from optimstudy.results import objective_value
     from optimstudy.runner import execute
     from optimstudy.training import Stop
@@ -235,7 +264,7 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
         trial.set_user_attr(name, value)
     attrs = trial.user_attrs
-    other = queue.duplicate_of(study, trial.number, attrs.get(KEY), storage.get_trial(trial_id).datetime_start)
+    other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
     if other is not None:
         trial.set_user_attr(ERROR, f"duplicate of trial {other}; not run")
         study.tell(trial, state=TrialState.FAIL)
@@ -249,8 +278,10 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
         trial.suggest_float(f"{label}.lr", config.lr, config.lr, log=True)  # the queued value, as the trial's param
     config = replace(config, threads=threads or config.threads)
 
+    at_evaluation = evaluation_metric(spec.metric, config.val_fraction > 0)  # train_loss is train_full_loss there
+
     def on_eval(step, metrics):
-        value = metrics.get(spec.metric)
+        value = metrics.get(at_evaluation)
         # only searches prune: a grid, a [[runs]] entry or a confirmation runs to the end
         if phase == "search" and value is not None and math.isfinite(value) and step > 0:
             trial.report(value, step)
@@ -275,7 +306,8 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
-        trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}"[:2000])
+        # a driver's error can quote the store's URI: the message is shown, tagged, printed at the end
+        trial.set_user_attr(ERROR, hide_passwords(f"{type(error).__name__}: {error}")[:2000])
         study.tell(trial, state=TrialState.FAIL)
         return "failed"
     trial.set_user_attr(DIVERGED, history.diverged)
@@ -323,7 +355,9 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m optimstudy.study WORKER-JSON`: one extra worker process of a sweep.
+    """`python -m optimstudy.study` with WORKER-JSON in OPTIMSTUDY_WORKER_OPTIONS (it holds the store
+    URIs, which a command line would show to every user), or WORKER-JSON as `argv[0]` (a forked
+    worker): one extra worker process of a sweep.
 
     It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
     end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
@@ -332,7 +366,7 @@ def worker_main(argv: list[str]) -> int:
 
     from optimstudy.spec import load_spec
 
-    options = json.loads(argv[0])
+    options = json.loads(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
 
     def watch(fd):

@@ -21,7 +21,9 @@ import time
 from datetime import datetime, timezone
 
 from optimstudy import study as studies
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
+from optimstudy.objectives import selection_warning
 from optimstudy.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
 from optimstudy.progress import progress_bar
 from optimstudy.spec import Spec, load_spec
@@ -48,6 +50,8 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
     from optimstudy.tracking import resolve_tracking_uri
 
     spec = load_spec(spec_path)
+    if selection_warning(spec.metric):  # before any compute is spent on it
+        print(f"warning: {selection_warning(spec.metric)}", file=sys.stderr)
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     planned, skipped = plan(spec)
@@ -124,9 +128,10 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
     new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     verdicts = outcome.verdicts.to_dict("records")
-    print(format_table(summary, verdicts, spec))
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    print(format_table(summary, verdicts, spec, outcome.answers.to_dict("records")))
+    for warning in [*warnings, selection_warning(spec.metric)]:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     for line in deaths:
         print(f"warning: {line}", file=sys.stderr)
     for reason, trial_numbers in failures.items():
@@ -139,8 +144,9 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         print(f"sweep '{spec.name}': {unfinished} configuration(s) not done; fix the cause above if it is "
               "yours, then run the same command again to resume (failed trials are queued again)", file=sys.stderr)
     if as_json:
-        print(json.dumps({"study": spec.name, "storage": url, "tracking_uri": tracking_uri,
-                          "parent_run_id": parent_run_id, "new_trials": new, "added": added,
+        print(json.dumps({"study": spec.name, "storage": hide_passwords(url),
+                          "tracking_uri": hide_passwords(tracking_uri), "parent_run_id": parent_run_id,
+                          "new_trials": new, "added": added,
                           "trials": {"complete": final["complete"], "pruned": final["pruned"],
                                      "failed": final["failed"], "skipped": sum(skipped.values())},
                           "failures": {reason: len(numbers) for reason, numbers in failures.items()},
@@ -149,9 +155,12 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
                                     "median": _number(r["median"]), "ci_low": _number(r["ci_low"]),
                                     "ci_high": _number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
                           "verdicts": [{key: (_number(v[key]) if isinstance(v[key], float) else v[key])
-                                        for key in ("problem", "a", "b", "metric", "verdict", "seeds", "test",
-                                                    "difference", "ci_low", "ci_high", "seeds_needed")}
+                                        for key in ("problem", "a", "b", "metric", "verdict", "decided", "outcome",
+                                                    "seeds", "test", "difference", "ci_low", "ci_high", "p_value",
+                                                    "p_holm", "pairs", "seeds_needed", "vary", "evidence")}
                                        for v in verdicts],
+                          "answers": [{key: a[key] for key in ("problem", "metric", "ranking", "seeds", "pairs",
+                                                               "undecided")} for a in outcome.answers.to_dict("records")],
                           "edge_warnings": warnings}))
     return 1 if unfinished else 0
 
@@ -260,8 +269,10 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
             others.append(pool.pop(0))
             others[-1].start({k: v for k, v in options.items() if k != "alive_fd"})
         else:
-            others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.study", json.dumps(options)],
-                                           pass_fds=[alive_read], start_new_session=True))
+            # the options hold the store URIs (passwords too): in the environment, not on a command line
+            others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.study"], pass_fds=[alive_read],
+                                           start_new_session=True,
+                                           env={**os.environ, studies.WORKER_OPTIONS: json.dumps(options)}))
     os.close(alive_read)
     pids.update(p.pid for p in others)
     try:
@@ -326,9 +337,11 @@ def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
     return picks
 
 
-def format_table(summary: list[dict], verdicts: list[dict], spec: Spec) -> str:
-    """Each optimizer's best configuration (results.summary_table rows), then the decided verdicts."""
-    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, median [95% CI] (seeds)"]
+def format_table(summary: list[dict], verdicts: list[dict], spec: Spec, answers: list[dict] = ()) -> str:
+    """Each optimizer's best configuration (results.summary_table rows), then the answer per problem
+    and the decided verdicts."""
+    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, 95% interval of the mean "
+             "(seeds)"]
     for row in summary:
         lr = f"{row['best_lr']:9.3g}" if _finite(row["best_lr"]) else f"{'diverged':>9}"
         std = row["std"] if _finite(row["std"]) else 0.0
@@ -336,7 +349,7 @@ def format_table(summary: list[dict], verdicts: list[dict], spec: Spec) -> str:
         if _finite(row["mean"]):
             line += f"{row['mean']:.4g} ± {std:.2g}"
             if _finite(row["ci_low"]):
-                line += f", {row['median']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+                line += f", {'range ' if row.get('ci_kind') == 'range' else ''}[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
         line += f" (n={row['seeds']})"
         if row.get("optimizer_args"):
             line += f"  {row['optimizer_args']}"
@@ -347,12 +360,20 @@ def format_table(summary: list[dict], verdicts: list[dict], spec: Spec) -> str:
             line += (f"   confirmed on {int(row['confirm_seeds'])} new seeds: "
                      f"{row['confirm_mean']:.4g} ± {spread:.2g}")
         lines.append(line)
-    decided = [v for v in verdicts if not str(v["verdict"]).startswith("not distinguishable")]
+    for answer in answers:
+        lines.append(f"ranking: {answer['problem']}: {answer['ranking']} ({answer['basis']})")
+    decided = [v for v in verdicts if v["decided"]]
     for verdict in decided:
-        lines.append(f"verdict: {verdict['problem']}: {verdict['a']} vs {verdict['b']}: {verdict['verdict']}")
+        lines.append(f"verdict: {verdict['problem']}: {verdict['a']} vs {verdict['b']}: {verdict['verdict']} "
+                     f"({verdict['evidence']})")
+    for outcome in ("no variation", "undecidable"):
+        for problem in dict.fromkeys(v["problem"] for v in verdicts if v["outcome"] == outcome):
+            found = [v for v in verdicts if v["problem"] == problem and v["outcome"] == outcome]
+            pairs = ", ".join(f"{v['a']} vs {v['b']}" for v in found)
+            lines.append(f"verdict: {problem}: {outcome} ({pairs}): {found[0]['evidence']}")
     if len(decided) < len(verdicts):
         lines.append(f"verdict: {len(verdicts) - len(decided)} of {len(verdicts)} optimizer pairs are not "
-                     "distinguishable with the seeds run (`optimstudy report` shows the seeds each would need)")
+                     "decided with the seeds run (`optimstudy report` shows the seeds each would need)")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 # the writer's handle lives beside the writer; imported here so that callers find it with the logger
 from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, WriterDied,  # noqa: F401
@@ -99,7 +100,8 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
                 import mlflow.tracking  # noqa: F401
             writer.wait_ready()
     except Exception as error:
-        raise UsageError(f"tracking store '{tracking_uri}' cannot be opened: {str(error)[:300]}") from None
+        raise UsageError(hide_passwords(f"tracking store '{tracking_uri}' cannot be opened: "
+                                        f"{str(error)[:300]}")) from None
 
 
 @functools.lru_cache(maxsize=8)  # one client per store and process: building one costs ~7 ms, per trial
@@ -323,7 +325,7 @@ def tracked_run(logger: MlflowLogger):
         if isinstance(error, Stop):
             logger.close("KILLED", {TAG_PRUNED: str(error)})
         else:
-            logger.close("FAILED", {TAG_ERROR: f"{type(error).__name__}: {error}"})
+            logger.close("FAILED", {TAG_ERROR: hide_passwords(f"{type(error).__name__}: {error}")})
         raise
     else:
         logger.close("FINISHED")
@@ -358,5 +360,5 @@ def sql_engine_url(tracking_uri: str) -> str | None:
 
 
 # the sweep parent run's writes and the report's attachments live in parent_runs.py; found here too
-from optimstudy.parent_runs import (NOTE_MAX_CHARS, create_parent_run, log_report, rename_experiment,  # noqa: E402,F401
-                                    set_notes, update_run)
+from optimstudy.parent_runs import (NOTE_MAX_CHARS, OWN_NOTE_TAG, create_parent_run, log_report,  # noqa: E402,F401
+                                    rename_experiment, set_notes, update_run)

@@ -23,7 +23,8 @@ from optimstudy.devices import synchronize
 from optimstudy.diagnostics import StepRecorder, capture
 from optimstudy.loggers import Logger, NullLogger
 from optimstudy.losses import LOSSES, mse
-from optimstudy.optimizers import optimizer_arguments, resolve_optimizer_class
+from optimstudy.optimizers import has_modes
+from optimstudy.parameter_groups import build_optimizer
 from optimstudy.problems import Problem, resolve_problem
 from optimstudy.schedules import make_schedule
 
@@ -99,7 +100,8 @@ def load_data(config: RunConfig, problem: Problem | None = None, data_dir: str |
     """The data of `config`'s problem, split as `config` says (read once per process)."""
     problem = problem or resolve_problem(config.problem)
     return problem.load_data(split_seed=config.split_seed, val_fraction=config.val_fraction,
-                             device=config.device, data_dir=data_dir, name=config.problem)
+                             device=config.device, data_dir=data_dir, name=config.problem,
+                             run_seed=config.seed if config.varies("data") else None)
 
 
 @dataclass
@@ -118,16 +120,16 @@ class Setup:
 
 
 def set_up(config: RunConfig, problem: Problem, data: Data) -> Setup:
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed_of("init"))  # the initial weights, and any randomness of the model's own
     model = problem.build_model(data.info).to(config.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = resolve_optimizer_class(config.optimizer)(
-        params, lr=config.lr, **optimizer_arguments(config.optimizer, config.opt))
+    optimizer = build_optimizer(model, config.optimizer, config.lr, config.opt, config.rest)  # rest: Muon's AdamW
     n_steps = total_steps(config, len(data.train))
     per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.accumulate)
     schedule_steps = n_steps if config.schedule_every == "step" else math.ceil(n_steps / per_epoch)
     schedule = make_schedule(config.schedule, config.schedule_args, optimizer, schedule_steps)
-    batches = Batches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed), config.shuffle)
+    batches = Batches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed_of("order")),
+                      config.shuffle)
     # evaluations: at most 10 a run, one an epoch at most; on the whole training split (no validation
     # split) once an epoch, as pytorch/examples does: a pass over it costs a third of an epoch's training
     eval_every = config.eval_every or (max(1, min(per_epoch, math.ceil(n_steps / 10))) if len(data.val) else per_epoch)
@@ -151,11 +153,18 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
     recorder = StepRecorder(params, diverge_factor=config.diverge_factor, trace_weights=problem.traces_weights,
                             captured=config.compile)
     forward = capture(model, optimizer) if config.compile else model  # compiled forward and step, or eager
+    # Schedule-Free optimizers train at one point of their weight sequence and are evaluated at another
+    # (the average): optimizer.eval() moves the weights there, optimizer.train() moves them back
+    switches_weights = has_modes(optimizer)
 
     def run_eval(step):
         synchronize(device)  # the training steps queued on a GPU are not the evaluation's time
         eval_started = time.perf_counter()
+        if switches_weights:
+            optimizer.eval()
         metrics = evaluate_run(model, data, run.eval_split, loss_fn, problem.task)
+        if switches_weights:
+            optimizer.train()
         history.eval_s += time.perf_counter() - eval_started
         history.evals.append({"step": step, **metrics})
         logger.log(step, metrics)
@@ -163,6 +172,8 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
             on_eval(step, metrics)
 
     model.train()
+    if switches_weights:
+        optimizer.train()
     synchronize(device)
     started = time.perf_counter()
     step = 0
@@ -200,6 +211,8 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
         synchronize(device)
         history.wall_s = time.perf_counter() - started
     recorder.flush(history, logger)
+    if switches_weights:  # the final metrics, and a saved model, are of the evaluation weights; it stays there
+        optimizer.eval()
     return finish(history, model, data, loss_fn, problem, logger)
 
 
@@ -228,9 +241,9 @@ def finish(history: History, model, data: Data, loss_fn, problem: Problem, logge
 def final_metrics(model, data: Data, loss_fn, problem: Problem, last_eval: dict | None = None) -> dict:
     """Losses over whole splits (never the last minibatch); the test split is touched only here.
 
-    Without a validation split, val_* are None: an objective must then name train_loss or
-    train_accuracy (the whole training split). `last_eval`, an evaluation of the final weights,
-    is reused rather than computed again.
+    Without a validation split, val_* are None: an objective must then name a train_* metric (the
+    whole training split). The names are objectives.final_metric_names'. `last_eval`, an evaluation
+    of the final weights, is reused rather than computed again.
     """
     def whole(split: str, prefix: str) -> dict:
         known = {k[len(prefix):]: v for k, v in (last_eval or {}).items() if k.startswith(prefix)}
@@ -251,5 +264,6 @@ def final_metrics(model, data: Data, loss_fn, problem: Problem, last_eval: dict 
     }
     if problem.task == "binary":
         final.update({f"{split}_error_rate": None if accuracy is None else 1.0 - accuracy
-                      for split, accuracy in (("val", final["val_accuracy"]), ("test", final["test_accuracy"]))})
+                      for split, accuracy in (("train", final["train_accuracy"]), ("val", final["val_accuracy"]),
+                                              ("test", final["test_accuracy"]))})
     return final

@@ -10,6 +10,7 @@ lock; workers take trials from the queue atomically (WAITING -> RUNNING is a com
 every Optuna storage), so no configuration runs twice, even with workers on several machines.
 """
 import collections
+import json
 
 import optuna
 from optuna.trial import TrialState
@@ -22,10 +23,25 @@ ERROR = "optimstudy.error"
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def trial_key(attrs: dict) -> str | None:
+    """A queued trial's key (planning.Planned.key), from its user attrs.
+
+    Trials queued before the spec's label was part of the key have it added here, so that a study
+    queued then resumes without running them again: a key without the label is an old one where
+    the label is not the optimizer's own name (spec.config_key leaves only that one out).
+    """
+    key, label = attrs.get(KEY), attrs.get("optimizer")
+    if key is None or label is None or label == (attrs.get(CONFIG) or {}).get("optimizer") \
+            or f'"label": {json.dumps(label)}' in key:
+        return key
+    prefix, brace, rest = key.partition("{")  # a search trial's key: "search N {...}"
+    return prefix + json.dumps({**json.loads(brace + rest), "label": label}, sort_keys=True, default=str)
+
+
 def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -> list[Planned]:
     """Queue every planned trial that has no queued, running or finished trial yet (call it under
     planning_lock: two callers at once would both see a configuration missing)."""
-    present = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=LIVE)}
+    present = {trial_key(t.user_attrs) for t in study.get_trials(deepcopy=False, states=LIVE)}
     added = []
     for item in planned:
         if item.key in present:
@@ -65,7 +81,7 @@ class Queue:
     def read(self) -> None:
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         self.waiting = collections.deque(sorted(t.number for t in trials if t.state == TrialState.WAITING))
-        keys = collections.Counter(t.user_attrs.get(KEY) for t in trials if t.state in LIVE)
+        keys = collections.Counter(trial_key(t.user_attrs) for t in trials if t.state in LIVE)
         self.twinned = {key for key, count in keys.items() if count > 1}
 
     def take(self):
@@ -113,7 +129,7 @@ def duplicate_of(study, number: int, key: str, started) -> int | None:
     """Another trial of the same configuration that finished, or started first (a last safety net:
     the planning lock already queues each configuration once)."""
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-        if other.user_attrs.get(KEY) != key or other.number == number:
+        if trial_key(other.user_attrs) != key or other.number == number:
             continue
         if other.state != TrialState.RUNNING or (other.datetime_start, other.number) < (started, number):
             return other.number

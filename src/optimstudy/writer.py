@@ -1,7 +1,10 @@
-"""The MLflow writer process: `python -P .../optimstudy/writer.py TRACKING_URI FD[,FD...]`.
+"""The MLflow writer process: `python -P .../optimstudy/writer.py FD[,FD...]`, the tracking URI in
+its environment (OPTIMSTUDY_WRITER_TRACKING_URI): a command line is readable by every user of the
+machine (ps), and the URI can hold the database's password.
 
-It runs as a plain script and imports nothing from optimstudy, so it starts without torch
-(~170 MB and ~1.4 s here, against ~900 MB and 3-5 s through the package).
+It runs as a plain script and imports nothing from optimstudy but connectivity.hide_passwords
+(standard library only), so it starts without torch (~170 MB and ~1.4 s here, against ~900 MB
+and 3-5 s through the package).
 
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
@@ -36,6 +39,9 @@ import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from optimstudy.connectivity import hide_passwords
+
+URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
 # MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
 # training runs; with it, the experiment opens on its runs table.
@@ -77,7 +83,7 @@ class _RetryReport(logging.Handler):
 def report_connection_retries(tracking_uri: str | None = None) -> None:
     logger = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(h, _RetryReport) for h in logger.handlers):
-        logger.addHandler(_RetryReport(tracking_uri and re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", tracking_uri)))
+        logger.addHandler(_RetryReport(tracking_uri and hide_passwords(tracking_uri)))
 
 
 class _Store:
@@ -199,7 +205,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
             try:
                 reply(conn, ("ready", None, store.open()))
             except Exception as error:
-                reply(conn, ("error", None, f"{type(error).__name__}: {str(error)[:1000]}"))
+                reply(conn, ("error", None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
             continue
         client, fast, ended_sampler = store.client, store.fast, None
         with store.lock:
@@ -258,7 +264,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     reply(conn, ("ok", None, None))
                     return
             except Exception as error:  # reported back to the training process at the run's end
-                detail = f"{type(error).__name__}: {str(error)[:1000]}"
+                detail = hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")  # it is printed and tagged
                 if kind == "create":
                     uncreated.add(run_id)
                     lost[run_id] = f"the run could not be created: {detail}"
@@ -286,7 +292,7 @@ def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
         sampler.start()
         return sampler
     except Exception as error:  # system metrics are a convenience: a run is never lost for them
-        print(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}",
+        print(hide_passwords(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}"),
               file=sys.stderr, flush=True)
         return None
 
@@ -342,8 +348,8 @@ class _Writer:
         pairs = [socket.socketpair() for _ in range(1 + spares)]
         fds = [theirs.fileno() for _, theirs in pairs]
         self.process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__)), tracking_uri, ",".join(map(str, fds))],
-            pass_fds=fds, stdin=subprocess.DEVNULL)
+            [sys.executable, "-P", str(Path(__file__)), ",".join(map(str, fds))],
+            pass_fds=fds, stdin=subprocess.DEVNULL, env={**os.environ, URI_VARIABLE: tracking_uri})
         for _, theirs in pairs:
             theirs.close()
         self.conn, *self.spares = [Connection(ours.detach()) for ours, _ in pairs]
@@ -476,7 +482,7 @@ def stop_writers(wait: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], [int(fd) for fd in sys.argv[2].split(",")])
+    main(os.environ.pop(URI_VARIABLE), [int(fd) for fd in sys.argv[1].split(",")])
     # Everything is committed by now. A normal exit tears MLflow and SQLAlchemy down for ~0.7 s,
     # which a sweep would wait for before it reads its results.
     sys.stdout.flush()

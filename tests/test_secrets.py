@@ -1,0 +1,192 @@
+"""A store's password is never shown, stored or put on a command line.
+
+One PostgreSQL role with a password that appears nowhere else; a sweep, `run`,
+`report`, `check`, `ui` and `dashboard` on its databases, with the URIs given the way a user keeps
+them off their own command line (MLFLOW_TRACKING_URI, OPTIMSTUDY_STORAGE). Then the password is
+looked for everywhere they could have left it: their output, every file under the working folder
+(the report page, the artifacts attached to the parent run, the journal), MLflow's tags, params
+and descriptions, Optuna's attributes, and the command line of every process on the machine
+while they ran (`ps` shows those to every user).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import missing
+
+SPEC = """
+name = "secretive"
+problem = "linreg"
+steps = 60
+seeds = [0, 1]
+[optimizers.sgd]
+lr = [0.01, 0.1]
+"""
+
+
+@pytest.fixture
+def private_databases(postgres_server):
+    """(optuna URL, mlflow URL, password) on databases owned by a fresh role with a unique password."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    server = make_url(f"{postgres_server}/postgres")
+    role, password = f"optimstudy_secret_{uuid.uuid4().hex[:8]}", f"Pw{uuid.uuid4().hex}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'"))
+    except sa.exc.ProgrammingError:
+        admin.dispose()
+        missing("the test role cannot create roles: run .ci/postgres.sh (it grants CREATEROLE)")
+    owner = sa.create_engine(server.set(username=role, password=password), isolation_level="AUTOCOMMIT")
+    names = [f"{role}_optuna", f"{role}_mlflow"]
+    try:
+        with owner.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield (*[server.set(username=role, password=password, database=name).render_as_string(hide_password=False)
+                 for name in names], password)
+    finally:
+        with owner.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        owner.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every process's command line on this machine, as `ps` would show it."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:  # ended meanwhile
+                continue
+    return found
+
+
+def watch(process, secret: bytes, until=None, timeout=300) -> list[bytes]:
+    """Every distinct command line seen while `process` runs (or until `until()`); fails on one with the secret."""
+    seen, deadline = set(), time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline and not (until and until()):
+        for pid, line in command_lines().items():
+            assert secret not in line, f"process {pid} has the password on its command line: {line!r}"
+            seen.add(line)
+        time.sleep(0.2)
+    return sorted(seen)
+
+
+def responds(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_store_password_appears_in_no_output_file_tag_or_command_line(tmp_path, private_databases):
+    optuna_url, mlflow_url, password = private_databases
+    secret = password.encode()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url, "OPTIMSTUDY_STORAGE": optuna_url}
+    (tmp_path / "secretive.toml").write_text(textwrap.dedent(SPEC))
+    outputs = []
+
+    def optimstudy(*args, until=None):
+        """Run a command, watching every command line on the machine while it runs; its output."""
+        log = tmp_path.parent / f"{tmp_path.name}-output-{len(outputs)}.txt"  # outside the scanned folder
+        with log.open("w") as output:
+            process = subprocess.Popen([sys.executable, "-m", "optimstudy", *map(str, args)], cwd=tmp_path, env=env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+            try:
+                seen = watch(process, secret, until)
+            finally:  # a server, or a command the scan failed on: stopped as `kill` would stop it
+                process.send_signal(signal.SIGTERM)  # (SIGINT may be ignored when the tests run in the background)
+                process.wait(timeout=120)
+        out = log.read_text()
+        outputs.append(out)
+        return process.returncode, out, seen
+
+    code, out, seen = optimstudy("sweep", "secretive.toml", "--json")
+    assert code == 0, out[-3000:]
+    assert any(b"writer.py" in line for line in seen), "the writer was never seen: the scan proved nothing"
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["storage"] == optuna_url.replace(password, "***")
+    assert summary["tracking_uri"] == mlflow_url.replace(password, "***")
+
+    code, out, _ = optimstudy("run", "--problem", "linreg", "--steps", "20")
+    assert code == 0 and "tracked as run" in out and ":***@" in out, out[-3000:]
+    code, out, _ = optimstudy("report", "--out", "analysis")
+    assert code == 0 and (tmp_path / "analysis" / "report.html").exists(), out[-3000:]
+    assert ":***@" in (tmp_path / "analysis" / "report.html").read_text()  # it names the store, masked
+    code, out, _ = optimstudy("check", "secretive.toml")
+    assert code == 0 and ":***@" in out.splitlines()[0], out[-3000:]
+    code, out, _ = optimstudy("report", "--experiment", "nosuch")
+    assert code == 2 and "nosuch" in out and "Traceback" not in out, out[-3000:]
+
+    ui, board = free_port(), free_port()
+    code, out, seen = optimstudy("ui", "--port", ui,
+                                 until=lambda: responds(f"http://127.0.0.1:{ui}/api/2.0/mlflow/experiments/"
+                                                        "search?max_results=1"))
+    assert "MLflow UI for" in out and ":***@" in out, out[-3000:]
+    assert any(b"uvicorn" in line for line in seen), "the UI's server was never seen: the scan proved nothing"
+    code, out, seen = optimstudy("dashboard", "secretive.toml", "--port", board,
+                                 until=lambda: responds(f"http://127.0.0.1:{board}/api/studies"))
+    assert responds(f"http://127.0.0.1:{board}/api/studies") is False  # stopped with the command
+    assert "optuna-dashboard on" in out and ":***@" in out, out[-3000:]
+    assert any(b"optuna-dashboard" in line for line in seen)
+
+    # a database that refuses: the driver's error and our message name the URI, never the password
+    env["OPTIMSTUDY_STORAGE"] = optuna_url.rsplit("/", 1)[0] + "/no_such_database"
+    code, out, _ = optimstudy("check", "secretive.toml")
+    assert code == 2 and "no_such_database" in out and "Traceback" not in out, out[-3000:]
+
+    for index, out in enumerate(outputs):
+        assert password not in out, f"output {index} shows the password"
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    attached = [path for path in files if path.name == "report.html" and "artifacts" in path.parts]
+    assert attached and ":***@" in attached[0].read_text()  # the copy attached to the parent run
+    for path in files:
+        assert secret not in path.read_bytes(), f"{path} holds the password"
+    assert_not_in_the_stores(mlflow_url, optuna_url, password)
+
+
+def assert_not_in_the_stores(mlflow_url: str, optuna_url: str, password: str) -> None:
+    """Every tag, param and description MLflow keeps, and every Optuna attribute, without the password."""
+    import optuna
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_url)
+    texts = []
+    for experiment in client.search_experiments():
+        texts += [experiment.name, experiment.artifact_location, json.dumps(experiment.tags)]
+        for run in client.search_runs([experiment.experiment_id]):
+            texts += [json.dumps(run.data.tags), json.dumps(run.data.params), run.info.artifact_uri]
+    assert len(texts) > 10
+    study = optuna.load_study(study_name="secretive", storage=optuna_url)
+    texts += [json.dumps(study.user_attrs, default=str)]
+    texts += [json.dumps(trial.user_attrs, default=str) for trial in study.trials]
+    for text in texts:
+        assert password not in str(text), text[:500]
