@@ -19,7 +19,8 @@ import time
 
 from common import BENCH_DIR, QUICK_RESULTS_DIR, RESULTS_DIR, load_average, machine
 
-ORDER = ("pipeline", "floor", "tracking", "startup", "workers", "gpu", "memory", "scale")  # the rest follow, by name
+# the rest follow, by name
+ORDER = ("pipeline", "floor", "fullbatch", "tracking", "startup", "workers", "gpu", "memory", "scale")
 BENCHMARKS = tuple(sorted((p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py")),
                           key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name)))
 TIMEOUT_S = 600

@@ -256,3 +256,123 @@ def test_custom_optimizer_in_the_working_directory_imports_everywhere(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert "3 complete" in sweep.stderr and "failed" not in sweep.stderr.replace("0 failed", ""), sweep.stderr
+
+
+# ---- 5. the model meets the data before any run is created ---------------------------------
+
+BAD_PROBLEMS = '''\
+import torch
+from torch import nn
+from optimstudy.problems import Problem
+
+def blobs(generator):
+    x = torch.randn(200, 3, generator=generator)
+    return x, (x[:, 0] > 0).long()
+
+def blobs_in_a_column(generator):
+    x = torch.randn(200, 3, generator=generator)
+    return x, (x[:, 0] > 0).long().unsqueeze(1)
+
+def weights_as_a_dict(data):
+    return {"w": torch.zeros(3)}
+
+def five_inputs(data):
+    return nn.Linear(5, data.outputs)
+
+def one_score(data):
+    return nn.Linear(data.input_size, 1)
+
+def four_values(data):
+    return nn.Linear(data.input_size, 4)
+
+dict_model = Problem(data=blobs, make_model=weights_as_a_dict)
+wrong_width = Problem(data=blobs, make_model=five_inputs)
+column_labels = Problem(data=blobs_in_a_column, make_model=one_score)
+too_few_classes = Problem(data=blobs, make_model=one_score)
+four_outputs = Problem(data="linreg", make_model=four_values, task="regression")
+'''
+
+
+@pytest.fixture
+def bad_problems(tmp_path, monkeypatch):
+    (tmp_path / "bad_problems.py").write_text(BAD_PROBLEMS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("bad_problems", None)
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("dict_model", ["bad_problems:weights_as_a_dict returned a dict, not a torch.nn.Module", "expected make_model"]),
+    ("wrong_width", ["bad_problems:five_inputs cannot take the data", "(2x3 and 5x2)",
+                     "expected a model that takes (3,)"]),
+    ("column_labels", ["labels must be one value per row, shape (200,), got shape (200, 1)", "y.squeeze(1)"]),
+    ("too_few_classes", ["gave outputs of shape (2, 1); expected (2, 2): one score for each of the data's "
+                         "2 classes"]),
+    ("four_outputs", ["gave outputs of shape (2, 4); expected (2, 1) or (2,): one value per example"]),
+])
+def test_a_model_that_does_not_fit_its_data_is_named_before_training(bad_problems, problem, expected):
+    from optimstudy.config import RunConfig
+    from optimstudy.errors import UsageError
+    from optimstudy.runner import check_model, load_data
+
+    config = RunConfig(problem=f"bad_problems:{problem}", steps=5).resolved()
+    with pytest.raises(UsageError) as caught:
+        check_model(config, load_data(config))
+    message = str(caught.value)
+    for part in expected:
+        assert part in message, (part, message)
+    assert f"problem 'bad_problems:{problem}'" in message or "data 'bad_problems:" in message, message
+
+
+def test_the_built_in_problems_pass_the_model_check():
+    from optimstudy.config import RunConfig
+    from optimstudy.runner import check_model, load_data
+
+    for problem in ("linreg", "valley", "regression_mlp"):
+        config = RunConfig(problem=problem, steps=5).resolved()
+        check_model(config, load_data(config))  # raises on a mistake in the check itself
+
+
+def test_run_and_sweep_refuse_a_bad_model_before_writing(bad_problems, capsys):
+    """In process, tracked (the default store in the working folder): exit 2, one message, no store."""
+    from optimstudy.cli import main
+
+    assert main(["run", "--problem", "bad_problems:dict_model", "--steps", "5"]) == 2
+    assert "optimstudy run: error: problem 'bad_problems:dict_model'" in capsys.readouterr().err
+    spec = spec_file(bad_problems, "[optimizers.sgd]\nlr = [0.1, 0.01]\n")
+    spec.write_text(spec.read_text().replace('"linreg"', '"bad_problems:wrong_width"'))
+    assert main(["sweep", str(spec)]) == 2
+    error = capsys.readouterr().err
+    assert "optimstudy sweep: error: problem 'bad_problems:wrong_width'" in error and "Traceback" not in error, error
+    assert_nothing_written(bad_problems)
+
+
+def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
+    from optimstudy.config import RunConfig
+    from optimstudy.errors import UsageError
+    from optimstudy.spec import load_spec
+
+    for seed in (99999999999999999999, 2**63, -1):
+        with pytest.raises(UsageError, match=r"seed must be an integer from 0 to 2\*\*63 - 1"):
+            RunConfig(problem="linreg", seed=seed)
+    with pytest.raises(UsageError, match=r"split_seed must be an integer from 0 to 2\*\*63 - 1"):
+        RunConfig(problem="linreg", split_seed=2**64)
+    RunConfig(problem="linreg", seed=2**63 - 1, split_seed=2**63 - 1)  # the largest there is
+    spec = spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.1]\n")
+    spec.write_text(spec.read_text().replace("seeds = [0]", "seeds = [0, -3]"))
+    with pytest.raises(UsageError, match=r"key 'seeds'.*got -3; expected each seed an integer from 0 to 2\*\*63"):
+        load_spec(spec)
+
+
+def test_a_spec_with_a_byte_order_mark_and_a_name_in_any_script_loads(tmp_path):
+    from optimstudy.errors import UsageError
+    from optimstudy.spec import load_spec
+
+    spec = spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.1]\n", name="ünïcødé études")
+    spec.write_bytes(b"\xef\xbb\xbf" + spec.read_bytes())  # as Notepad saves UTF-8
+    loaded = load_spec(spec)
+    assert loaded.name == "ünïcødé études" and not loaded.text.startswith("\ufeff")
+    spec.write_text(spec.read_text(encoding="utf-8-sig").replace("ünïcødé études", "a/b"), encoding="utf-8")
+    with pytest.raises(UsageError, match=r"key 'name'.*got 'a/b'; expected 1-100 characters: letters, .*\(letters of any script"):
+        load_spec(spec)

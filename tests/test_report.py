@@ -596,7 +596,7 @@ def test_a_script_dropped_into_analysis_appears_on_the_page(store, tmp_path):
     folder = tmp_path / "analysis"
     shutil.copytree(REPO / "analysis", folder, ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
     (folder / "runs_per_optimizer.py").write_text(USER_SCRIPT)
-    (folder / "broken.py").write_text("import no_such_module\n")
+    (folder / "broken.py").write_text("import no_such_module\n\n\ndef figure(study):\n    pass\n")
     sections = {s.name: s for s in write_report(load_runs(store, experiments=["grid"]), tmp_path / "out",
                                                 analysis=folder, svg=False)}
     assert sections["runs_per_optimizer"].caption == "How many runs each optimizer label has."
@@ -739,3 +739,95 @@ def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_p
     assert sorted(sweep["edge_warnings"]) == sorted(warnings) and len(set(warnings)) == len(warnings)
     page = (tmp_path / "out" / "report.html").read_text()
     assert all(page.count(html.escape(w)) == 1 for w in warnings)
+
+
+# ---- a folder of other scripts, a read-only store, an optimizer whose trials all failed ----------
+
+def test_an_analysis_folder_of_other_scripts_is_never_run_and_the_built_in_figures_are_drawn(tmp_path, monkeypatch):
+    from optimstudy.report import analysis_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "analysis").mkdir()
+    ran = tmp_path / "ran"
+    (tmp_path / "analysis" / "train.py").write_text(f"open({str(ran)!r}, 'w').write('top-level code ran')\n")
+    (tmp_path / "analysis" / "old.py").write_text("print 'python 2'\n")
+    chosen = analysis_folder()
+    assert chosen.path == PACKAGE_ANALYSIS and len(chosen.scripts) == len(SCRIPTS)
+    assert "./analysis holds no figure scripts (2 *.py" in chosen.note and str(PACKAGE_ANALYSIS) in chosen.note
+    (tmp_path / "analysis" / "mine.py").write_text(USER_SCRIPT)  # one figure script: this folder, the rest skipped
+    chosen = analysis_folder()
+    assert chosen.path == Path("analysis") and [p.name for p in chosen.scripts] == ["mine.py"] and not chosen.note
+    assert dict(chosen.skipped)["train.py"] == "no top-level figure(study) function"
+    assert dict(chosen.skipped)["old.py"].startswith("does not parse: SyntaxError")
+    assert [section.name for section, _ in load_scripts(chosen)] == ["mine"]
+    assert not ran.exists()
+
+
+@pytest.fixture(scope="module")
+def failed_store(tmp_path_factory):
+    """A sweep whose sgd trials finished and whose adam trials all FAILED; its note is stale, so a report
+    must write to the store."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("failed") / "mlruns"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = new_sweep(client, uri, "mixed")
+    for trial, (optimizer, seed, status) in enumerate([("sgd", 0, "FINISHED"), ("adam", 0, "FAILED"),
+                                                       ("adam", 1, "FAILED")]):
+        log_run(client, uri, "mixed", parent=parent, problem="linreg", optimizer=optimizer, lr=0.1, seed=seed,
+                status=status, steps=10, trial=trial)
+    client.set_tag(parent, "mlflow.note.content", "stale")
+    return uri
+
+
+def test_an_optimizer_whose_trials_all_failed_is_said_so_not_called_diverged(failed_store):
+    from types import SimpleNamespace
+
+    from optimstudy.sweep import format_table
+
+    summary = Study(load_runs(failed_store, experiments=["mixed"])).summary.set_index("optimizer")
+    assert summary.at["adam", "no_outcome"] == "all 2 trials failed" and summary.at["sgd", "no_outcome"] == ""
+    table = format_table(summary.reset_index().to_dict("records"), [], SimpleNamespace(metric="val_loss"))
+    adam = next(line for line in table.splitlines() if line.startswith("linreg          adam"))
+    assert adam.endswith("all 2 trials failed") and "diverged" not in adam, table
+
+
+def test_report_on_a_read_only_store_writes_the_page_and_says_nothing_was_attached(failed_store, tmp_path):
+    """The store's folder read-only: by a bind mount in a mount namespace of the report's own (root
+    ignores file modes), else by its modes."""
+    import os
+    import subprocess
+    import sys
+
+    store = Path(failed_store[len("sqlite:///"):]).parent
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "runs_per_optimizer.py").write_text(USER_SCRIPT)  # one quick figure
+    command = [sys.executable, "-m", "optimstudy", "report", "--tracking-uri", failed_store, "--out",
+               str(tmp_path / "out"), "--analysis", str(tmp_path / "figures")]
+    if os.geteuid() == 0:
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0"', str(store)],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"running as root, and no read-only bind mount here: {probe.stderr.strip()[:200]}")
+        command = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(store), *command]
+    else:
+        for path in (store, *store.rglob("*")):
+            path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        for path in (store, *store.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: the tracking store is read-only (" in result.stderr and "readonly database" in result.stderr
+    assert "nothing was attached to the sweep runs; pass --no-log-to-store" in result.stderr
+    assert "[SQL:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "all 2 trials failed" in (tmp_path / "out" / "report.html").read_text()
+    assert_real_png(tmp_path / "out" / "figures" / "runs_per_optimizer.png")
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(failed_store).search_runs(
+        [experiment_id(failed_store, "mixed")], "tags.`optimstudy.kind` = 'sweep'")[0]
+    assert parent.data.tags["mlflow.note.content"] == "stale"  # the store is as it was

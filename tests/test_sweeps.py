@@ -68,16 +68,25 @@ def test_grid_runs_every_trial_once_as_children_of_one_parent_and_resumes(cli, t
 
 
 def test_best_lr_table_edge_warning_and_confirmation(cli, tmp_path):
-    body = GRID + "\n[confirm]\nseeds = 2\n"
+    body = GRID + "weight_decay = [0.0, 0.1]  # adam's: a grid axis beside lr\n\n[confirm]\nseeds = 2\n"
     spec = write_spec(tmp_path, "confirmed", body)
     summary, result = sweep(cli, spec, tmp_path)
-    assert summary["trials"]["complete"] == 8 + 2 * 2  # the best lr of each optimizer on 2 new seeds
+    assert summary["trials"]["complete"] == 4 + 8 + 2 * 2  # the best of each optimizer on 2 new seeds
     study = study_of(tmp_path, "confirmed")
     confirm = [t for t in study.trials if t.user_attrs["optimstudy.phase"] == "confirm"]
     best = {row["optimizer"]: row["lr"] for row in summary["best"]}
     assert {(t.user_attrs["optimizer"], t.user_attrs["seed"]) for t in confirm} == {
         (o, s) for o in ("sgd", "adam") for s in (2, 3)}
     assert all(t.user_attrs["optimstudy.config"]["lr"] == best[t.user_attrs["optimizer"]] for t in confirm)
+    adam = {}  # (lr, weight_decay) -> the objective of each seed, from the Optuna study alone
+    for trial in study.trials:
+        config = trial.user_attrs["optimstudy.config"]
+        if trial.user_attrs["optimstudy.phase"] == "grid" and config["optimizer"] == "adam":
+            adam.setdefault((config["lr"], config["opt"]["weight_decay"]), []).append(trial.value)
+    assert set(adam) == {(lr, decay) for lr in (0.001, 0.01) for decay in (0.0, 0.1)}
+    best_adam = min(adam, key=lambda k: sum(adam[k]) / len(adam[k]))
+    assert {(t.user_attrs["optimstudy.config"]["lr"], t.user_attrs["optimstudy.config"]["opt"]["weight_decay"])
+            for t in confirm if t.user_attrs["optimizer"] == "adam"} == {best_adam}
     # every best lr here sits on an edge of its 2-point grid, so each must be warned about
     assert len(summary["edge_warnings"]) == 2 and "extend the grid" in result.stderr
     parent = MlflowClient(summary["tracking_uri"]).get_run(summary["parent_run_id"])

@@ -145,3 +145,72 @@ def test_fashion_mnist_loads_from_debians_package(tmp_path):
     assert data.sizes() == {"train": 56250, "val": 3750, "test": 10000}  # the full official set
     assert sorted(p.name for p in (tmp_path / "FashionMNIST" / "raw").iterdir()) == [
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+
+
+# ---- full batches: the split itself, no per-step gather ----------------------------------------
+
+def test_a_full_batch_is_the_split_itself_and_a_minibatch_a_copy():
+    from optimstudy.data import Batches, Split
+
+    split = Split(torch.randn(12, 3), torch.randn(12))
+    whole = Batches(split, 100, torch.Generator().manual_seed(0))
+    for _ in range(3):  # every step, and for every micro-batch of an accumulated step
+        x, y = next(whole)
+        assert x is split.x and y is split.y
+    x, y = next(Batches(split, 5, torch.Generator().manual_seed(0)))
+    assert x.data_ptr() != split.x.data_ptr() and len(y) == 5
+
+
+def test_every_loss_is_a_mean_over_rows_so_a_full_batch_needs_no_order():
+    """Why a full batch may skip the shuffle: each loss in LOSSES gives the same value whatever the row order."""
+    from optimstudy.losses import LOSSES
+
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(64, generator=generator)
+    targets = {"regression": torch.randn(64, generator=generator),
+               "classification": torch.randint(0, 10, (64,), generator=generator),
+               "binary": torch.randint(0, 2, (64,), generator=generator).float() * 2 - 1}
+    for name, (loss_fn, tasks) in LOSSES.items():
+        for task in tasks:
+            output = torch.randn(64, 10 if task == "classification" else 1, generator=generator)
+            y = targets[task]
+            assert torch.allclose(loss_fn(output, y), loss_fn(output[order], y[order]), rtol=1e-5, atol=1e-6), \
+                (name, task)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(problem="linreg", optimizer="sgd", lr=0.1, val_fraction=0),
+    dict(problem="linreg", optimizer="sgd", lr=0.1, loss="mae", accumulate=2),
+    dict(problem="regression_mlp", optimizer="adam", lr=0.01, clip_grad_norm=1.0),
+])
+def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
+    """The old path gathered the whole split in a fresh order every step: the same curve up to summation order."""
+    import optimstudy.training
+    from optimstudy.data import Batches
+
+    config = RunConfig(**settings, steps=15, batch_size=100_000, threads=1)
+    now = train(config)
+
+    class Gathered(Batches):  # the path every full batch took before: a shuffled copy per micro-batch
+        __next__ = Batches.gathered
+
+    monkeypatch.setattr(optimstudy.training, "Batches", Gathered)
+    before = train(config)
+    for metric in ("train_loss", "grad_norm", "update_norm"):
+        assert torch.allclose(torch.tensor(now.step_metrics[metric]), torch.tensor(before.step_metrics[metric]),
+                              rtol=1e-4, atol=1e-7), metric
+    assert len(now.step_metrics["train_loss"]) == 15
+
+
+def test_default_evaluations_are_about_ten_a_run_at_full_batch():
+    from optimstudy.training import default_eval_every
+
+    for val_fraction in (0, 0.1):  # an epoch is one step: evaluating each would be one evaluation per step
+        history = train(RunConfig(problem="linreg", optimizer="sgd", lr=0.1, steps=100, batch_size=100_000,
+                                  val_fraction=val_fraction, threads=1))
+        assert [e["step"] for e in history.evals] == list(range(0, 101, 10)), val_fraction
+    # minibatches as before: with a validation split, each epoch or tenth of the run, whichever is more often;
+    # without one, each epoch, and at most every tenth of the run in runs of more than 10 epochs
+    assert default_eval_every(585, 117, has_val=True) == 59 and default_eval_every(3510, 117, has_val=True) == 117
+    assert default_eval_every(351, 117, has_val=False) == 117 and default_eval_every(3510, 117, has_val=False) == 351
+    assert default_eval_every(7, 1, has_val=False) == 1

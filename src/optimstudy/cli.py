@@ -224,9 +224,10 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
         split_seed=args.split_seed, vary=args.vary, compile=args.compile,
     ).resolved()
-    from optimstudy.runner import Tracking, execute, load_data
+    from optimstudy.runner import Tracking, check_model, execute, load_data
 
     data = load_data(config, args.data_dir)
+    check_model(config, data)  # a model that cannot take the data fails here, not as a FAILED run
     if config.rest:  # a run with a rest optimizer needs hidden matrices: found out before anything is written
         from optimstudy.parameter_groups import check_hidden_matrices, split_parameters
         from optimstudy.problems import resolve_problem

@@ -18,6 +18,8 @@ DEFAULT_EPOCHS = 3
 VARY_PARTS = ("init", "order", "data")  # what a run's seed may vary: initial weights, batch order, train/val split
 DEFAULT_VARY = "init,order"  # the split fixed by split_seed alone: every run validates on the same rows
 FIXED_SEED = 0  # seeds a part the seed does not vary: the same for every seed
+# torch takes seeds up to 2**64 - 1, but a seed must also fit the int64 columns of pandas and the stores
+SEED_RANGE = "an integer from 0 to 2**63 - 1 (9223372036854775807)"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class RunConfig:
     loss: str | None = None  # None = the problem's default
     zero_grad: bool = True  # False reproduces the forgotten-zero_grad bug
     accumulate: int = 1  # micro-batches per optimizer step
-    eval_every: int | None = None  # steps between evaluations; None = each epoch, at most 10 a run (no val split: each epoch)
+    # steps between evaluations; None = training.default_eval_every: each tenth of the run, and each epoch
+    # when more often (no validation split: at most once an epoch); an epoch of one step sets no cadence
+    eval_every: int | None = None
     clip_grad_norm: float | None = None
     schedule: str = "constant"  # see optimstudy.schedules: step, multistep, cosine, ..., or a path
     schedule_args: dict = field(default_factory=dict)  # e.g. {"step_size": 1, "gamma": 0.7}
@@ -80,8 +84,7 @@ class RunConfig:
             _positive("threads", self.threads, int)
         if self.clip_grad_norm is not None:
             _positive("clip_grad_norm", self.clip_grad_norm, float)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+        check_seed("seed", self.seed)
         if not isinstance(self.schedule, str):
             raise UsageError(f"schedule must be a name or 'package.module:name', got {self.schedule!r}")
         if isinstance(self.schedule_args, dict):  # lists (TOML, JSON) as tuples: one logged form, however given
@@ -93,8 +96,7 @@ class RunConfig:
             raise UsageError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.shuffle, bool):
             raise UsageError(f"shuffle must be true or false, got {self.shuffle!r}")
-        if not isinstance(self.split_seed, int) or isinstance(self.split_seed, bool):
-            raise UsageError(f"split_seed must be an integer, got {self.split_seed!r}")
+        check_seed("split_seed", self.split_seed)
         object.__setattr__(self, "vary", _vary_text(self.vary))
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
                 or not 0 <= self.val_fraction < 1:
@@ -148,6 +150,15 @@ def default_threads(workers: int = 1) -> int:
 
     spare_for_writer = 1 if workers == 1 else 0
     return max(1, cpu_count() // workers - spare_for_writer)
+
+
+def is_seed(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def check_seed(name: str, value) -> None:
+    if not is_seed(value):
+        raise UsageError(f"{name} must be {SEED_RANGE}, got {value!r}")
 
 
 def _vary_text(vary) -> str:

@@ -49,7 +49,7 @@ def _best_table(summary: pd.DataFrame) -> list[str]:
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.itertuples():
         optimizer = row.optimizer + (f" ({row.setting})" if row.setting else "")
-        lr = f"{row.best_lr:.3g}" if _finite(row.best_lr) else "all diverged"
+        lr = f"{row.best_lr:.3g}" if _finite(row.best_lr) else (getattr(row, "no_outcome", "") or "all diverged")
         if row.optimizer_args:
             lr += f" {row.optimizer_args}"
         interval = (f"{_number(row.mean)} [{_number(row.ci_low)}, {_number(row.ci_high)}"

@@ -123,8 +123,8 @@ def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as the page shows it: numbers as text, intervals in one column."""
     shown = pd.DataFrame({"experiment": summary["experiment"], "problem": summary["problem"],
                           "optimizer": summary["optimizer"], "setting": summary["setting"]})
-    shown["best lr"] = [f"{v:.3g}" if pd.notna(v) else "all diverged" if d else "no finished run"
-                        for v, d in zip(summary["best_lr"], summary["diverged_seeds"])]
+    shown["best lr"] = [f"{v:.3g}" if pd.notna(v) else "all diverged" if d else (why or "no finished run")
+                        for v, d, why in zip(summary["best_lr"], summary["diverged_seeds"], summary["no_outcome"])]
     shown["arguments"] = summary["optimizer_args"]
     shown["metric"] = [f"{m} ({'higher' if d == 'maximize' else 'lower'} is better)"
                        for m, d in zip(summary["metric"], summary["direction"])]

@@ -4,12 +4,24 @@
     update_run(uri, run_id, tags={"optimstudy.edge_warnings": "[]"}, status="FINISHED")
     set_notes(uri, run_id, "## quickstart ...", "quickstart")
 """
+import errno
 import time
+
+# how a store that takes no writes says so: SQLite, the file system (EROFS, EACCES), an MLflow server
+READ_ONLY_SIGNS = ("readonly database", "read-only file system", "permission denied", "errno 30", "errno 13")
+
+
+def is_read_only(error: BaseException) -> bool:
+    """Whether `error` says the tracking store (its database or its artifact folder) takes no writes."""
+    if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return True
+    return any(sign in str(error).lower() for sign in READ_ONLY_SIGNS)
 
 
 def log_report(tracking_uri: str, run_ids, folder) -> int:
     """Attach a report (page, summary.csv, figures/) to each sweep parent run, under 'report/'.
-    Returns how many runs got it; a run that cannot take it is warned about, not fatal."""
+    Returns how many runs got it; a run that cannot take it is warned about, not fatal; a store that
+    takes no writes at all raises (is_read_only), said once by the report, not once per run."""
     import sys
     from pathlib import Path
 
@@ -26,6 +38,8 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
                 client.log_artifact(run_id, str(folder / name), artifact_path="report")
             logged += 1
         except (MlflowException, OSError) as error:
+            if is_read_only(error):
+                raise
             print(hide_passwords(f"warning: could not log the report to sweep run {run_id}: {str(error)[:200]}"),
                   file=sys.stderr)
     return logged

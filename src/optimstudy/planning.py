@@ -5,9 +5,10 @@
     added, differing = compare_identity(old_identity, spec_identity(spec))
 
 One trial is one run: one configuration x one seed x one device. A grid plans each
-configuration; a search plans each optimizer's trial budget with the optimizer fixed (the
-sampler chooses the rest); confirmation plans each optimizer's best configuration again on
-new seeds once tuning is done.
+configuration (every lr with every combination of the optimizer's and the schedule's grid
+arguments, e.g. weight_decay = [0.0, 0.1]; [[runs]] take neither grid); a search plans each
+optimizer's trial budget with the optimizer fixed (the sampler chooses the rest); confirmation
+plans each optimizer's best configuration again on new seeds once tuning is done.
 """
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -62,8 +63,9 @@ def plan(spec: Spec) -> tuple[list[Planned], dict[str, int]]:
 def _optimizer_trials(spec, problem, optimizer, device, settings) -> list[Planned]:
     if spec.search is None:
         return [Planned(config_key(config, optimizer.label), "grid", config, optimizer.label)
-                for lr in optimizer.lrs for seed in spec.seeds
-                for config in [spec.base_config(problem, optimizer, lr, seed, device, **settings)]]
+                for lr in optimizer.lrs for opt in optimizer.argument_sets()
+                for schedule_args in spec.schedule_arg_sets() for seed in spec.seeds
+                for config in [spec.base_config(problem, optimizer, lr, seed, device, opt, schedule_args, **settings)]]
     # lr here is a placeholder: each trial's sampler chooses it
     config = spec.base_config(problem, optimizer, optimizer.space["lr"][0], spec.seeds[0], device, **settings)
     slot = config_key(replace(config, lr=1.0), optimizer.label)
@@ -111,9 +113,11 @@ def spec_identity(spec: Spec) -> dict:
         "problems": spec.problems, "budget": spec.budget, "metric": spec.metric, "direction": spec.direction,
         "settings": settings, "devices": spec.devices, "confirm_seeds": spec.confirm_seeds,
         "search": asdict(spec.search) if spec.search else None, "runs": spec.runs, "seeds": spec.seeds,
+        # rest, grid and schedule_grid only where given: a study from before them keeps its identity
         "optimizers": {o.label: {"optimizer": o.optimizer, "lr": o.lrs, "fixed": o.fixed, "space": o.space,
-                                 **({"rest": o.rest} if o.rest else {})}  # a study from before rest keeps its identity
+                                 **({"rest": o.rest} if o.rest else {}), **({"grid": o.grid} if o.grid else {})}
                        for o in spec.optimizers},
+        **({"schedule_grid": spec.schedule_grid} if spec.schedule_grid else {}),
     }
     return json.loads(json.dumps(identity, default=str))
 
@@ -121,14 +125,17 @@ def spec_identity(spec: Spec) -> dict:
 def compare_identity(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(what `new` adds to `old`, the keys where it differs otherwise).
 
-    Allowed additions: new learning rates, new seeds, new optimizers. Everything else (problem,
-    budget, metric, direction, settings, search, a removed value) must be equal.
+    Allowed additions: new learning rates, new values of a grid argument (the optimizer's or the
+    schedule's), new seeds, new optimizers. Everything else (problem, budget, metric, direction,
+    settings, search, a removed value, a new grid argument) must be equal.
     """
     added, differing = [], []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
         if key == "seeds" and before is not None and after is not None:
             _extend_list(key, before, after, added, differing)
+        elif key == "schedule_grid" and before is not None and after is not None and set(before) == set(after):
+            _extend_grid("schedule_args", before, after, added, differing)
         elif key == "optimizers" and before is not None and after is not None:
             for label in sorted(set(before) | set(after)):
                 if label not in after:
@@ -140,11 +147,20 @@ def compare_identity(old: dict, new: dict) -> tuple[list[str], list[str]]:
                         was, now = before[label].get(part), after[label].get(part)
                         if part == "lr" and was is not None and now is not None:
                             _extend_list(f"optimizers.{label}.lr", was, now, added, differing)
+                        elif part == "grid" and was is not None and now is not None and set(was) == set(now):
+                            _extend_grid(f"optimizers.{label}", was, now, added, differing)
                         elif was != now:
                             differing.append(f"optimizers.{label}.{part}")
         elif before != after:
             differing.append(key)
     return added, differing
+
+
+def _extend_grid(key, before: dict, after: dict, added, differing) -> None:
+    """Each grid argument's values, compared as text: a value may be a list (betas pairs)."""
+    for argument in sorted(after):
+        _extend_list(f"{key}.{argument}", [json.dumps(v) for v in before[argument]],
+                     [json.dumps(v) for v in after[argument]], added, differing)
 
 
 def _extend_list(key, before, after, added, differing) -> None:

@@ -7,83 +7,24 @@ The numbers come from optimstudy.results, computed once (results.Study); each fi
 in the analysis folder (see analysis/README.md and optimstudy.plotting), run here in turn, so a
 script a user drops into analysis/ appears on the page without touching the package.
 
-Which analysis folder: --analysis DIR when given; else ./analysis when it holds scripts; else
-the analysis/ folder of the optimstudy checkout this package runs from.
+Which analysis folder, and which of its scripts: see optimstudy.analysis_scripts.
 """
-import importlib.util
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+# Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
+from optimstudy.analysis_scripts import PACKAGE_ANALYSIS, Section, analysis_folder, load_scripts  # noqa: F401
 from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.page import html_table, render_page
+from optimstudy.parent_runs import is_read_only
 from optimstudy.results import RUN_METRICS, Study
 
 RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")  # last step, divergence, time to target
-
-PACKAGE_ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"  # the checkout's scripts
-DEFAULT_ORDER = 100
-
-
-@dataclass
-class Section:
-    name: str  # the script's file stem; the figure is figures/<name>.png
-    title: str
-    spec: str  # the experiment spec whose sweep fills it
-    order: int = DEFAULT_ORDER
-    caption: str = ""
-    run_ids: tuple = ()
-    note: str = ""  # why it is missing or partly empty
-    error: str = ""
-    table: str = ""  # HTML of a table the script returned with its figure
-    metrics: tuple | None = None  # the per-step metrics the script reads (METRICS); None: all
-
-
-# ---- the analysis scripts ---------------------------------------------------------------------
-
-def analysis_folder(analysis=None) -> Path:
-    """The folder of analysis scripts (see the module docstring for the rule)."""
-    if analysis is not None:
-        folder = Path(analysis)
-        if not folder.is_dir() or not any(folder.glob("*.py")):
-            raise UsageError(f"--analysis '{analysis}' holds no analysis scripts (*.py); see analysis/README.md "
-                             "for how to write one")
-        return folder
-    for folder in (Path("analysis"), PACKAGE_ANALYSIS):
-        if folder.is_dir() and any(folder.glob("*.py")):
-            return folder
-    raise UsageError("no analysis scripts: ./analysis/ holds no *.py and this installation has no analysis/ "
-                     "folder; pass --analysis DIR (see analysis/README.md in the optimstudy repository)")
-
-
-def load_scripts(folder: Path) -> list:
-    """(Section, figure function or None) per *.py in the folder, in page order (ORDER, then name).
-    A script that fails to import becomes a section with its error."""
-    loaded = []
-    for path in sorted(Path(folder).glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        section = Section(path.stem, path.stem.replace("_", " "), "")
-        try:
-            spec = importlib.util.spec_from_file_location(f"optimstudy_analysis_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            function = module.figure
-            section.title = getattr(module, "TITLE", section.title)
-            section.spec = getattr(module, "SPEC", "")
-            section.order = int(getattr(module, "ORDER", DEFAULT_ORDER))
-            section.metrics = tuple(module.METRICS) if hasattr(module, "METRICS") else None
-        except Exception as error:  # noqa: BLE001  a broken script costs its own section, not the page
-            section.error = f"{path.name} did not load: {type(error).__name__}: {error}"
-            function = None
-        loaded.append((section, function))
-    return sorted(loaded, key=lambda item: (item[0].order, item[0].name))
-
 
 def metrics_needed(scripts) -> list[str] | None:
     """The metrics to read from the store: what the results need, and what each script declares
@@ -222,16 +163,26 @@ def _store_process(tracking_uri: str, connection) -> None:
     try:
         connection.send((False, _write_store(tracking_uri, parents, out, notes)))
     except Exception as error:  # noqa: BLE001  raised again in the report process
-        connection.send((True, error))
+        try:
+            connection.send((True, error))
+        except Exception:  # noqa: BLE001  an error that does not pickle: its words
+            connection.send((True, RuntimeError(f"{type(error).__name__}: {error}")))
 
 
 def _write_store(tracking_uri: str, parents, out: str, notes) -> int:
     from optimstudy.tracking import log_report, set_notes
 
-    logged = log_report(tracking_uri, parents, Path(out))
-    for run_id, experiment, note in notes:
-        set_notes(tracking_uri, run_id, note, experiment)
-    return logged
+    import logging
+
+    # MLflow logs a failed SQL write with its traceback before raising it: the error raised says it once
+    sql_log = logging.getLogger("mlflow.store.db.utils")
+    level, _ = sql_log.level, sql_log.setLevel(logging.CRITICAL)
+    try:
+        for run_id, experiment, note in notes:  # first: a read-only database fails here, before any file is attached
+            set_notes(tracking_uri, run_id, note, experiment)
+    finally:
+        sql_log.setLevel(level)
+    return log_report(tracking_uri, parents, Path(out))
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -247,8 +198,14 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
 
     matplotlib.use("Agg")
     tracking_uri = resolve_tracking_uri(tracking_uri)
-    scripts = load_scripts(analysis_folder(analysis))
+    folder = analysis_folder(analysis)
+    if folder.note:
+        print(f"note: {folder.note}", file=sys.stderr)
+    for name, why in folder.skipped:
+        print(f"note: {folder.path / name} is not a figure script ({why}): not run", file=sys.stderr)
+    scripts = load_scripts(folder)
     started = time.perf_counter()
+    read_only = ""  # why the store took nothing, when it is read-only
     with StoreWriter(tracking_uri, enabled=log_to_store, in_process=debug) as store:
         frame = load_study(tracking_uri, experiments, metrics=metrics_needed(scripts))
         loaded = time.perf_counter() - started
@@ -259,16 +216,25 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
             raise UsageError(f"cannot write the report to '{out}': {error.strerror}") from None
         study = Study(frame)
         sections = write_report(study, out, scripts=scripts, tracking_uri=tracking_uri, debug=debug)
-        logged = store.write(sweep_parents(frame), out, sweep_notes(study) if log_to_store else [])
+        try:
+            logged = store.write(sweep_parents(frame), out, sweep_notes(study) if log_to_store else [])
+        except Exception as error:  # noqa: BLE001  a store we may read but not write: the page is written
+            if not is_read_only(error):
+                raise
+            logged, read_only = 0, str(error).strip().splitlines()[0][:160]
     drawn = sum(bool(s.caption) for s in sections)
     print(f"report: {len(study.runs)} runs from {study.runs['experiment'].nunique()} experiment(s); {drawn} figures "
-          f"from {analysis_folder(analysis)} in {out / 'figures'}; table in {out / 'summary.csv'} (loaded in {loaded:.1f} s, "
+          f"from {folder.path} in {out / 'figures'}; table in {out / 'summary.csv'} (loaded in {loaded:.1f} s, "
           f"total {time.perf_counter() - started:.1f} s)", file=sys.stderr)
     for section in sections:
         if section.note and not section.error:
             print(f"note: {section.title}: {section.note}", file=sys.stderr)
         if section.error:
             print(f"error: figure '{section.name}' failed: {section.error}", file=sys.stderr)
+    if read_only:
+        print(hide_passwords(f"note: the tracking store is read-only ({read_only}): the report is written to "
+                             f"{out} but nothing was attached to the sweep runs; pass --no-log-to-store to "
+                             "only read the store"), file=sys.stderr)
     if logged:
         print(f"logged the report as artifacts of {logged} sweep parent run(s) (artifact folder 'report')",
               file=sys.stderr)

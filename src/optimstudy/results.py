@@ -4,7 +4,7 @@
     from optimstudy import results
     runs = results.run_table(load_runs("sqlite:///mlruns/mlflow.db", experiments=["quickstart"]))
     best = results.best_configurations(runs)  # per problem x optimizer label x setting: best lr, mean ± std
-    results.edge_warnings(best)               # best lrs at the edge of what was tried
+    results.edge_warnings(best)               # best lrs (and grid arguments) at the edge of what was tried
     results.verdicts(runs)                    # per problem, each pair of optimizers: who is better, if anyone
 
 One ranking rule, the sweep's: the metric and direction each run carries (tags
@@ -57,8 +57,9 @@ def _text(value) -> str:
 
 
 def option_columns(runs: pd.DataFrame) -> list[str]:
-    """The optimizer's arguments (opt.KEY) and the rest optimizer's (rest.KEY: parameter_groups)."""
-    return sorted(c for c in runs.columns if c.startswith(("opt.", "rest.")))
+    """What a configuration sets besides lr: the optimizer's arguments (opt.KEY), the rest optimizer's
+    (rest.KEY: parameter_groups) and the schedule's (schedule.KEY: a spec may grid them, as warm-up)."""
+    return sorted(c for c in runs.columns if c.startswith(("opt.", "rest.", "schedule.")))
 
 
 # ---- one row per run --------------------------------------------------------------------------
@@ -170,6 +171,44 @@ def edge_warning(row: dict, lrs, space=None, tied_lrs=()) -> str:
     return f"{who}: best lr {lr:g} is the {side} tried ({lr_range_text(lrs)}); extend the grid {where} it"
 
 
+def argument_edge_warnings(row: dict, members: pd.DataFrame, options, tied=()) -> list[str]:
+    """As edge_warning, for each numeric argument a grid varied (weight_decay = [0.0, 0.01, 0.1], a warm-up):
+    the best value is the smallest or largest tried. A smallest value of 0 (no decay, no warm-up) is an
+    end already, and a tie with another value of the argument means the objective is flat there."""
+    who = f"{row['problem']}/{row['optimizer']} ({row['experiment']})"
+    warnings = []
+    for column in options:
+        tried = pd.to_numeric(members[column], errors="coerce")
+        if members[column].map(lambda v: isinstance(v, bool)).any() or tried.isna().any():
+            continue  # not a number everywhere: a flag, a pair (betas), or unset in some runs
+        values = np.sort(tried.unique())
+        best = pd.to_numeric(pd.Series([row.get(column)]), errors="coerce").iloc[0]
+        others = pd.to_numeric(pd.Series([t[column] for t in tied]), errors="coerce")
+        if len(values) < 2 or not np.isfinite(best) or any(not math.isclose(v, best) for v in others):
+            continue
+        name = column.removeprefix("opt.")
+        tried_text = f"{values[0]:g}..{values[-1]:g}, {len(values)} values"
+        if math.isclose(best, values[-1]):
+            warnings.append(f"{who}: best {name} {best:g} is the largest tried ({tried_text}); "
+                            "extend the grid above it")
+        elif math.isclose(best, values[0]) and best != 0:
+            warnings.append(f"{who}: best {name} {best:g} is the smallest tried ({tried_text}); "
+                            "extend the grid below it")
+    return warnings
+
+
+def no_outcome(members: pd.DataFrame) -> str:
+    """Why a group of runs has no best configuration: none ended with a value to rank. Said as
+    such ("all 4 trials failed"), never as a divergence."""
+    words = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "still running", "SCHEDULED": "not started",
+             "FINISHED": "finished without a final value (pruned)"}
+    statuses = members["status"].fillna("").astype(str).value_counts()
+    if list(statuses.index) == ["FAILED"]:
+        return f"all {len(members)} trial{'s' if len(members) != 1 else ''} failed"
+    return "no trial ended with a value: " + ", ".join(f"{count} {words.get(status, status.lower() or 'unknown')}"
+                                                         for status, count in statuses.items())
+
+
 def _tied(a: float, b: float) -> bool:
     """Two mean objectives are equal: exactly, or but for rounding in the sum (relative 1e-12)."""
     return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
@@ -198,7 +237,8 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
                             config_key, at, finite))
         if not configs:
             rows.append({**row, "lr": np.nan, "args": "", "config_key": "", "mean": np.nan, "std": np.nan, "seeds": 0,
-                         "diverged_seeds": 0, "run_ids": [], "values": [], "all_diverged": False, "edge_warning": ""})
+                         "diverged_seeds": 0, "run_ids": [], "values": [], "all_diverged": False, "edge_warning": "",
+                         "no_outcome": no_outcome(members)})
             continue
         diverged_share, _, config_key, at, finite = min(configs, key=lambda c: (c[0], c[1]))
         chosen = at.iloc[0]
@@ -207,14 +247,17 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
                     "std": finite["objective"].std(), "seeds": int(at["seed"].nunique()),
                     "diverged_seeds": int(at["diverged"].sum()), "run_ids": list(at["run_id"]),
                     "seed_values": dict(zip(at["seed"], at["objective"])), "values": list(at["objective"]),
-                    "all_diverged": diverged_share == 1})
+                    "all_diverged": diverged_share == 1, "no_outcome": ""})
         if diverged_share == 1:
             row.update(lr=np.nan, edge_warning=f"{key[1]}/{key[2]} ({key[0]}): every lr tried "
                                                 f"({lr_range_text(lrs)}) diverged; try smaller ones")
         else:
             best_mean = min(c[1] for c in configs if c[0] == diverged_share)
-            tied_lrs = [c[3]["lr"].iloc[0] for c in configs if c[0] == diverged_share and _tied(c[1], best_mean)]
-            row["edge_warning"] = edge_warning(row, lrs, _lr_space(members), tied_lrs)
+            tied = [c[3].iloc[0] for c in configs if c[0] == diverged_share and _tied(c[1], best_mean)]
+            space = _lr_space(members)
+            warnings = [edge_warning(row, lrs, space, [t["lr"] for t in tied]),
+                        *([] if space else argument_edge_warnings(row, members, options, tied))]
+            row["edge_warning"] = "; ".join(w for w in warnings if w)
         rows.append(row)
     best = pd.DataFrame(rows)
     if best.empty:
@@ -304,7 +347,7 @@ SUMMARY_COLUMNS = ["experiment", "problem", "optimizer", "setting", "best_lr", "
                    "confirm_std", "confirm_seeds", "test_loss", "test_accuracy", "test_error_rate", "lrs_tried",
                    "lr_range", "robust_lr_range", "robust_decades",
                    "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "steps_ci_kind", "seconds_to_target",
-                   "target_reached", "edge_warning"]
+                   "target_reached", "edge_warning", "no_outcome"]
 
 
 def summary_table(study: "Study") -> pd.DataFrame:
@@ -346,6 +389,7 @@ def summary_table(study: "Study") -> pd.DataFrame:
                 at_best["seconds_to_target"].fillna(np.inf).to_numpy(dtype=float)) if target else np.nan,
             "target_reached": f"{reached}/{len(at_best)} seeds" if target and len(at_best) else "",
             "edge_warning": row["edge_warning"],
+            "no_outcome": row["no_outcome"] if isinstance(row.get("no_outcome"), str) else "",
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 

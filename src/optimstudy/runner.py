@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from optimstudy.config import RunConfig
 from optimstudy.data import Data
+from optimstudy.errors import UsageError
 from optimstudy.training import History, train
 from optimstudy.training import load_data as _load_data
 
@@ -22,6 +23,60 @@ class Tracking:
 def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
     """The data of `config`'s problem on its device (read once per process); resolve `config` first."""
     return _load_data(config, data_dir=data_dir)
+
+
+def check_model(config: RunConfig, data: Data) -> None:
+    """Build `config`'s model and put two training rows through it and its loss: a model that is not
+    an nn.Module, that cannot take the data's shape, or whose outputs do not fit the labels and the
+    loss is a UsageError here, before any run is created, not a FAILED run. Milliseconds; resolve
+    `config` first. One call per distinct (problem, loss) is enough."""
+    import torch
+
+    from optimstudy.losses import LOSSES
+    from optimstudy.problems import resolve_problem
+
+    problem = resolve_problem(config.problem)
+    factory = problem.make_model
+    model_name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+    where = f"problem '{config.problem}': model {model_name}"
+    try:
+        model = problem.build_model(data.info)
+    except UsageError:
+        raise
+    except Exception as error:  # the user's code: said as theirs, with its own words
+        raise UsageError(f"{where} could not be built: {type(error).__name__}: {error}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{where} returned a {type(model).__name__}, not a torch.nn.Module; expected make_model(data) "
+                         "-> nn.Module (e.g. nn.Sequential(...)), or an nn.Module class")
+    x, y, info = data.train.x[:2], data.train.y[:2], data.info
+    example = tuple(x.shape[1:])
+    try:
+        with torch.no_grad():
+            output = model.to(x.device)(x)
+    except Exception as error:
+        raise UsageError(f"{where} cannot take the data: inputs of shape {example} per example gave "
+                         f"{type(error).__name__}: {error}; expected a model that takes {example} (DataInfo."
+                         f"input_shape, input_size {info.input_size}: build it from the DataInfo that make_model(data) "
+                         "receives)") from None
+    n = len(x)
+    if problem.task == "classification":
+        expected, fits = f"({n}, {info.num_classes}): one score for each of the data's {info.num_classes} classes", (
+            isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == n
+            and output.shape[1] >= (info.num_classes or 0))
+    else:
+        expected, fits = f"({n}, 1) or ({n},): one {'score' if problem.task == 'binary' else 'value'} per example", (
+            isinstance(output, torch.Tensor) and tuple(output.shape) in ((n,), (n, 1)))
+    if not fits:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+        raise UsageError(f"{where}: {n} examples gave outputs of shape {got}; expected {expected} "
+                         f"(a {problem.task} problem: DataInfo.outputs = {info.outputs})")
+    try:
+        loss = LOSSES[config.loss][0](output, y)
+    except Exception as error:
+        raise UsageError(f"{where}: loss '{config.loss}' fails on outputs {tuple(output.shape)} and labels "
+                         f"{tuple(y.shape)} {y.dtype}: {type(error).__name__}: {error}") from None
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise UsageError(f"{where}: loss '{config.loss}' gave {getattr(loss, 'shape', loss)!r}, expected one number")
 
 
 def run_name(config: RunConfig) -> str:

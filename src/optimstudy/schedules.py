@@ -61,12 +61,7 @@ def make_schedule(name: str, args: dict, optimizer, total: int):
     args = dict(args)
     if name == "warmup_cosine":
         return _warmup_cosine(optimizer, total, **args)
-    if is_import_path(name):
-        factory = import_object(name, "schedule", "a torch lr scheduler class or a function make(optimizer, **args)")
-        if not callable(factory):
-            raise UsageError(f"schedule '{name}' is a {type(factory).__name__}, not callable")
-    else:
-        factory = _torch_class(name)
+    factory = schedule_factory(name)
     accepted = _parameters(factory)
     defaults = {"step": {"step_size": 1}, "cosine": {"T_max": total}, "CosineAnnealingLR": {"T_max": total},
                 "onecycle": {"max_lr": optimizer.param_groups[0]["lr"], "total_steps": total},
@@ -81,6 +76,18 @@ def make_schedule(name: str, args: dict, optimizer, total: int):
         return factory(optimizer, **{**defaults, **args})
     except (TypeError, ValueError, ZeroDivisionError) as error:
         raise UsageError(f"schedule '{name}' with {args or 'no arguments'}: {error}") from None
+
+
+def schedule_factory(name: str):
+    """What builds schedule `name` (its signature tells a spec which arguments take a list as one value)."""
+    if name == "warmup_cosine":
+        return _warmup_cosine
+    if is_import_path(name):
+        factory = import_object(name, "schedule", "a torch lr scheduler class or a function make(optimizer, **args)")
+        if not callable(factory):
+            raise UsageError(f"schedule '{name}' is a {type(factory).__name__}, not callable")
+        return factory
+    return _torch_class(name)
 
 
 def _parameters(factory) -> list[str]:

@@ -8,6 +8,7 @@
     devices = ["cpu"]             # "cuda", "mps", "auto"; absent devices are skipped
     schedule = "step"             # optimstudy.schedules; with schedule_args = { gamma = 0.7 },
     schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed (a list too)
+                                  # schedule_args = { warmup = [5, 10] }: tuned like an optimizer argument
     vary = ["init", "order"]      # what a seed varies; "data": each seed its own train/validation split
 
     [optimizers.sgd]
@@ -15,6 +16,10 @@
     [optimizers.adam]
     lr = { log = [1e-4, 1e-1], points = 7 }   # a log-spaced grid
     betas = [0.9, 0.999]                      # fixed optimizer arguments
+    [optimizers.adamw]
+    lr = [1e-3, 3e-3]
+    weight_decay = [0.0, 0.01, 0.1]           # a list is a grid axis: 2 lrs x 3 weight decays, the best one picked
+    betas = [[0.9, 0.999], [0.95, 0.99]]      # an argument whose value is a list (betas): a list of lists
     [optimizers.muon]             # Muon on the hidden matrices, AdamW on the rest (parameter_groups)
     lr = [0.01, 0.02, 0.05]
     rest = { optimizer = "adamw", lr_ratio = 0.015 }   # or lr = 3e-4; "muon" has this one by default
@@ -39,27 +44,31 @@
 Every error names the file, the key, the line where TOML gives one, and what was valid.
 """
 import difflib
+import inspect
 import itertools
 import json
 import math
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optimstudy.config import DEFAULT_VARY, VARY_PARTS, RunConfig
+from optimstudy.config import DEFAULT_VARY, SEED_RANGE, VARY_PARTS, RunConfig, is_seed
 from optimstudy.devices import DEVICE_CHOICES
 from optimstudy.errors import UsageError
 from optimstudy.losses import LOSSES
 from optimstudy.objectives import default_direction, evaluation_metric, final_metric_names
-from optimstudy.optimizers import OPTIMIZERS, OptimizerArgumentError, optimizer_arguments
+from optimstudy.optimizers import OPTIMIZERS, OptimizerArgumentError, optimizer_arguments, resolve_optimizer_class
 from optimstudy.parameter_groups import REST_EXAMPLE, check_rest
 from optimstudy.problems import resolve_problem
+from optimstudy.schedules import schedule_factory
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,99}")
+NAME_PATTERN = re.compile(r"[^\W_][\w. -]{0,99}")  # letters of any script (MLflow and Optuna store them), digits
 GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed")  # a list here is a grid axis
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
                    "shuffle", "val_fraction", "vary")
@@ -77,6 +86,12 @@ class OptimizerPlan:
     fixed: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # argument -> (low, high, log), for [search]
     rest: dict = field(default_factory=dict)  # rest = { optimizer, lr or lr_ratio, ... }: see parameter_groups
+    grid: dict = field(default_factory=dict)  # argument -> its values: grid axes tuned beside lr (grid mode only)
+
+    def argument_sets(self):
+        """The optimizer arguments of each grid combination: `fixed` alone when nothing is a grid."""
+        for values in itertools.product(*self.grid.values()):
+            yield {**self.fixed, **dict(zip(self.grid, values))}
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class Spec:
     runs: tuple = ()  # extra single configurations (dicts)
     description: str = ""
     text: str = ""  # the file as read, logged with the sweep
+    schedule_grid: dict = field(default_factory=dict)  # schedule argument -> values: tuned like optimizer.grid
 
     def grid_settings(self):
         """Every combination of the list-valued settings, as dicts."""
@@ -114,13 +130,23 @@ class Spec:
     def scalar_settings(self) -> dict:
         return {k: v for k, v in self.settings.items() if k in SCALAR_SETTINGS}
 
+    def schedule_arg_sets(self):
+        """The schedule arguments of each schedule_grid combination (one set, as given, without a grid)."""
+        fixed = self.settings.get("schedule_args", {})
+        for values in itertools.product(*self.schedule_grid.values()):
+            yield {**fixed, **dict(zip(self.schedule_grid, values))}
+
     def base_config(self, problem: str, optimizer: OptimizerPlan, lr: float, seed: int, device: str,
-                    **settings) -> RunConfig:
-        """`settings`: one combination of the grid axes (grid_settings); those not given take their first value."""
+                    opt: dict | None = None, schedule_args: dict | None = None, **settings) -> RunConfig:
+        """`settings`: one combination of the grid axes (grid_settings); those not given take their first value.
+        `opt`, `schedule_args`: one of optimizer.argument_sets() and schedule_arg_sets() (default: the first)."""
         settings = {**next(self.grid_settings()), **settings}
-        return RunConfig(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
-                         rest=dict(optimizer.rest), seed=seed, device=device, **self.budget, **self.scalar_settings(),
-                         **settings)
+        scalars = self.scalar_settings()
+        if self.schedule_grid:
+            scalars["schedule_args"] = next(self.schedule_arg_sets()) if schedule_args is None else schedule_args
+        return RunConfig(problem=problem, optimizer=optimizer.optimizer, lr=lr,
+                         opt=dict(next(optimizer.argument_sets()) if opt is None else opt),
+                         rest=dict(optimizer.rest), seed=seed, device=device, **self.budget, **scalars, **settings)
 
 
 class SpecError(UsageError):
@@ -148,7 +174,7 @@ def _read_utf8(path: Path) -> str:
     except OSError as error:
         raise SpecError(f"spec file '{path}' cannot be read: {error.strerror}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is dropped, not an error
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
@@ -163,8 +189,9 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
     name = where.string(raw, "name", required=True)
     if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
         # the name is a file name (the study's journal, the artifact folder) and a database key
-        where.fail("name", name, "1-100 characters: letters, digits, '.', '_', '-' or spaces, starting with a "
-                   "letter or digit (it names files and the study)")
+        where.fail("name", name, "1-100 characters: letters, digits, '.', '_', '-' or spaces (letters of any script, "
+                   "e.g. 'études'), starting with a letter or digit; no '/', ':' or other punctuation (it names "
+                   "files and the study)")
 
     if ("problem" in raw) == ("problems" in raw):
         where.fail("problem", raw.get("problem", raw.get("problems")), "exactly one of problem = \"…\" or problems = [...]")
@@ -178,6 +205,9 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
               else {"steps": where.positive(raw, "steps", int)})
 
     seeds = where.list_of(raw, "seeds", int, default=(0,))
+    for seed in seeds:
+        if not is_seed(seed):
+            where.fail("seeds", seed, f"each seed {SEED_RANGE}")
     devices = where.list_of(raw, "devices", str, default=("cpu",))
     for device in devices:
         if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
@@ -224,6 +254,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         where.fail("optimizers", {}, "at least one [optimizers.NAME] table")
     optimizers = tuple(where.optimizer(label, entry, search is not None)
                        for label, entry in optimizers_table.items())
+    schedule_grid = where.schedule_grid(raw, settings, search is not None)
 
     confirm_seeds = 0
     if "confirm" in raw:
@@ -258,7 +289,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
                 devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
                 direction=direction, search=search, confirm_seeds=confirm_seeds, runs=tuple(runs),
-                description=str(raw.get("description", "")), text=text)
+                description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid)
     for config in _every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
         try:
             RunConfig(**config)
@@ -271,8 +302,10 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
 def _every_config(spec: Spec):
     for problem, optimizer, settings in itertools.product(spec.problems, spec.optimizers, spec.grid_settings()):
         lr = optimizer.lrs[0] if optimizer.lrs else optimizer.space.get("lr", (1e-3,))[0]
-        yield dict(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=dict(optimizer.fixed),
-                   rest=dict(optimizer.rest), **spec.budget, **spec.scalar_settings(), **settings)
+        for opt, schedule_args in itertools.product(optimizer.argument_sets(), spec.schedule_arg_sets()):
+            scalars = {**spec.scalar_settings(), **({"schedule_args": schedule_args} if spec.schedule_grid else {})}
+            yield dict(problem=problem, optimizer=optimizer.optimizer, lr=lr, opt=opt, rest=dict(optimizer.rest),
+                       **spec.budget, **scalars, **settings)
     for run in spec.runs:
         yield {**{k: v for k, v in run.items() if k != "label"}, **spec.budget}
 
@@ -378,7 +411,9 @@ class _Where:
                 self.fail(key, value, "a number in [0, 1) (0: no validation split)")
             return float(value)
         if leaf == "split_seed":
-            return self.integer({leaf: value}, leaf, prefix=key[: -len(leaf)])
+            if not is_seed(value):
+                self.fail(key, value, SEED_RANGE)
+            return value
         if leaf == "vary":  # kept as RunConfig logs it: "init,order,data"
             if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)
                     and set(value) <= set(VARY_PARTS) and len(set(value)) == len(value)):
@@ -510,15 +545,104 @@ class _Where:
             raise SpecError(f"{self.source}: missing required key '{key}.lr' (a grid, e.g. lr = [0.01, 0.1]; "
                             "a learning-rate-free method such as Prodigy: lr = [1.0])")
         lrs = self.lr_grid(f"{key}.lr", entry["lr"]) if "lr" in entry else ()
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()
-                 if k not in ("lr", "optimizer", "search", "rest")}
+        fixed, grid = {}, {}
+        for argument, value in entry.items():
+            if argument in ("lr", "optimizer", "search", "rest"):
+                continue
+            values = self.grid_axis(f"{key}.{argument}", value, _optimizer_takes_one_scalar(name, argument))
+            if values is None:
+                fixed[argument] = tuple(value) if isinstance(value, list) else value
+            elif len(values) == 1:
+                fixed[argument] = values[0]
+            else:
+                grid[argument] = values
+        if grid and searching:
+            argument = next(iter(grid))
+            self.fail(f"{key}.{argument}", entry[argument], f"one value: a [search] spec searches rather than grids; "
+                      f"give a range as [{key}.search] {argument} = {{ low = …, high = … }}")
         rest = self.rest(f"{key}.rest", entry.get("rest", {}))
         lr = lrs[0] if lrs else space["lr"][0] if "lr" in space else None
         searched = [a for a in space if a != "lr"]
-        for end in (0, 1):  # both ends of a searched argument's range
-            self.check_optimizer(key, name, {**fixed, **{a: space[a][end] for a in searched}}, lr, key, searched,
-                                 rest)
-        return OptimizerPlan(label, name, lrs, fixed, space, rest)
+        plan = OptimizerPlan(label, name, lrs, fixed, space, rest, grid)
+        for arguments in plan.argument_sets():  # each grid combination built once, so a bad value fails now
+            for end in (0, 1):  # both ends of a searched argument's range
+                self.check_optimizer(key, name, {**arguments, **{a: space[a][end] for a in searched}}, lr, key,
+                                     searched, rest)
+        return plan
+
+    def grid_axis(self, key, value, takes_one_scalar: bool) -> tuple | None:
+        """The values of an argument given as a grid axis, or None where the list is one value.
+
+        A list of lists is always a grid; a flat list is one where the argument takes one number, integer,
+        flag or string (weight_decay = [0.0, 0.1]), and one value where its value is itself a list
+        (betas = [0.9, 0.999], milestones = [30, 60]) or of a type the signature does not say.
+        """
+        if not isinstance(value, list) or not (takes_one_scalar or (value and all(isinstance(v, list) for v in value))):
+            return None
+        if not value:
+            self.fail(key, value, "one value, or a non-empty list of values (a grid axis)")
+        values = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if len(set(map(repr, values))) != len(values):
+            self.fail(key, value, "a grid without repeated values")
+        return values
+
+    def schedule_grid(self, raw, settings, searching: bool) -> dict:
+        """The schedule arguments given as grid axes, taken out of settings["schedule_args"]."""
+        given = raw.get("schedule_args")
+        if not isinstance(given, dict):
+            return {}
+        try:
+            factory = schedule_factory(settings.get("schedule", "constant"))
+        except UsageError:
+            factory = None  # "constant" or a bad name: RunConfig says what is wrong
+        grid = {}
+        for argument, value in given.items():
+            values = self.grid_axis(f"schedule_args.{argument}", value,
+                                    factory is not None and _takes_one_scalar(factory, argument, {}))
+            if values is None:
+                continue
+            if len(values) == 1:
+                settings["schedule_args"][argument] = values[0]
+                continue
+            if searching:
+                self.fail(f"schedule_args.{argument}", value, "one value: a [search] spec does not take grids")
+            grid[argument] = values
+            del settings["schedule_args"][argument]
+        return grid
+
+
+SCALAR_TYPES = (bool, int, float, str)
+# a string annotation (a module with `from __future__ import annotations`, torch's schedulers) of one scalar
+SCALAR_ANNOTATION = re.compile(r"(?:Optional\[)?(?:bool|int|float|str)\]?(?: \| (?:None|Tensor|torch\.Tensor))*")
+
+
+def _optimizer_takes_one_scalar(name: str, argument: str) -> bool:
+    try:
+        cls = resolve_optimizer_class(name)
+    except UsageError:
+        return False  # check_optimizer names what is wrong
+    return _takes_one_scalar(cls, argument, OPTIMIZERS[name].defaults if name in OPTIMIZERS else {})
+
+
+def _takes_one_scalar(factory, argument: str, defaults: dict) -> bool:
+    """Whether `argument` of `factory` (an optimizer class, a schedule) takes one number, integer, flag or
+    string, by its default (the registry's first) or else its annotation: then a flat list is a grid axis."""
+    try:
+        parameter = inspect.signature(factory).parameters.get(argument)
+    except (TypeError, ValueError):
+        return False
+    default = defaults.get(argument, parameter.default if parameter is not None else None)
+    if isinstance(default, SCALAR_TYPES):
+        return True
+    if parameter is None:
+        return False
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        return SCALAR_ANNOTATION.fullmatch(annotation.strip()) is not None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = [m for m in (typing.get_args(annotation) if union else (annotation,))
+               if m is not type(None) and getattr(m, "__name__", "") != "Tensor"]
+    return bool(members) and all(m in SCALAR_TYPES for m in members)
 
 
 def config_key(config: RunConfig, label: str | None = None) -> str:

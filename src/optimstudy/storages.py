@@ -85,9 +85,11 @@ def _sqlite_path(url: str) -> Path:
 
 
 def _check_writable_folder(folder: Path, url: str) -> None:
-    """The folder exists (made here: it is no store yet) and takes a file."""
+    """The folder takes a file; a folder not there yet, its nearest existing parent (the sweep makes
+    it once every check has passed: bad input found later leaves nothing behind)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".optimstudy-write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()

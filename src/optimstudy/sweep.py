@@ -68,10 +68,15 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
     check_storage(url, tracking_uri)  # before any store exists
     pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
     try:
-        from optimstudy.runner import load_data
+        from optimstudy.runner import check_model, load_data
 
-        for problem in dict.fromkeys(item.config.problem for item in planned):  # missing data: fail before writing
-            load_data(next(item.config for item in planned if item.config.problem == problem), data_dir)
+        # missing data, or a model that cannot take it: fail before writing (the data read once a process)
+        first = {}  # the first configuration of each (problem, loss): the model and its loss checked once
+        for item in planned:
+            first.setdefault((item.config.problem, item.config.loss), item.config)
+        for config in first.values():
+            config = config.resolved()
+            check_model(config, load_data(config, data_dir))
         with interrupted_by_signals():
             return _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool)
     finally:
@@ -343,6 +348,9 @@ def format_table(summary: list[dict], verdicts: list[dict], spec: Spec, answers:
     lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, 95% interval of the mean "
              "(seeds)"]
     for row in summary:
+        if row.get("no_outcome"):  # no run ended with a value (all failed): not a divergence
+            lines.append(f"{row['problem']:15} {row['optimizer']:12} {'-':>9}  {row['no_outcome']}")
+            continue
         lr = f"{row['best_lr']:9.3g}" if _finite(row["best_lr"]) else f"{'diverged':>9}"
         std = row["std"] if _finite(row["std"]) else 0.0
         line = f"{row['problem']:15} {row['optimizer']:12} {lr}  "
@@ -422,6 +430,9 @@ def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
         lr = "sampled" if item.space else f"{c.lr:g}"
         extras = f"batch={c.batch_size} loss={c.loss or getattr(PROBLEMS.get(c.problem), 'default_loss', 'default')}"
         extras += ("" if c.zero_grad else " no-zero-grad") + (f" accumulate={c.accumulate}" if c.accumulate > 1 else "")
+        gridded = [k for o in spec.optimizers if o.label == item.label for k in o.grid]  # the grid's other axes
+        extras += "".join(f" {k}={c.opt[k]}" for k in gridded if k in c.opt)
+        extras += "".join(f" {k}={c.schedule_args[k]}" for k in spec.schedule_grid if k in c.schedule_args)
         print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
     if spec.confirm_seeds:
         print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
