@@ -1,4 +1,4 @@
-"""Statistics over seeds for results.py: is a difference real, and how do optimizers compare overall?
+"""Statistics over seeds for results.py: is a difference between two optimizers real?
 
     from optimstudy import comparison
     comparison.mean_interval([0.91, 0.93, 0.92])    # Student t 95% interval of the mean over seeds
@@ -7,9 +7,9 @@
 Why these tests (measured by optimstudy.calibration, numbers in the README's "Reading a verdict"):
 - Same seeds on both sides, every seed finite: a paired t-test on the per-seed differences. Under
   a true null the difference of two runs with one noise distribution is symmetric, and the t-test
-  then says "better" at most 5% of the time at every seed count from 3 up, for normal, t(3) and
-  lognormal noise. The percentile bootstrap it replaces said "better" 25% of the time at 3 seeds
-  (its interval is the min..max of three differences) and 14% at 10.
+  then says "better" at most 5% of the time (within simulation error) at 3 to 20 seeds, for normal,
+  t(3) and lognormal noise. The percentile bootstrap it replaces said "better" 28% of the time at 3
+  seeds (its interval is the min..max of three differences) and 11% at 10 (normal noise).
 - Different seeds, or a diverged seed (its value is infinite): the Mann-Whitney rank test, exact
   (every split of the values enumerated, ties included) up to PERMUTATIONS splits. A rank test
   cannot decide with few seeds: with 3 and 3 its smallest p is 0.1, and the verdict says so.
@@ -138,8 +138,8 @@ def compare(a: dict, b: dict, direction: str, names=("A", "B"), pairs: int = 1) 
     values_b = np.array([b[s] for s in sorted(b)], dtype=float) * sign
     seeds, paired = min(len(a), len(b)), set(a) == set(b)
     finite = np.isfinite(values_a).all() and np.isfinite(values_b).all()
-    result = {"seeds": seeds, "seeds_a": len(a), "seeds_b": len(b), "test": "", "outcome": "", "difference": np.nan, "ci_low": np.nan,
-              "ci_high": np.nan, "p_value": np.nan, "seeds_needed": np.nan, "better": ""}
+    result = {"seeds": seeds, "seeds_a": len(a), "seeds_b": len(b), "test": "", "outcome": "", "difference": np.nan,
+              "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "seeds_needed": np.nan, "better": ""}
     if seeds < 2 or len(a) + len(b) < 4:
         return {**result, "outcome": "too few seeds", "seeds_needed": MIN_SEEDS}
     threshold = ALPHA / pairs  # Holm's first step: what the clearest pair of the family must beat
@@ -233,8 +233,8 @@ def evidence(row, vary: str = "") -> str:
 
 
 VERDICT_COLUMNS = ["experiment", "problem", "setting_key", "a", "b", "metric", "direction", "verdict", "decided",
-                   "outcome", "better", "seeds", "seeds_a", "seeds_b", "test", "difference", "ci_low", "ci_high", "p_value",
-                   "p_holm", "pairs", "seeds_needed", "vary", "evidence"]
+                   "outcome", "better", "seeds", "seeds_a", "seeds_b", "test", "difference", "ci_low", "ci_high",
+                   "p_value", "p_holm", "pairs", "seeds_needed", "vary", "evidence"]
 
 
 def pairwise_verdicts(best: pd.DataFrame) -> pd.DataFrame:
@@ -280,7 +280,7 @@ def ranking(labels_best_first: list[str], verdicts: pd.DataFrame) -> str:
     return text
 
 
-# ---- robustness -----------------------------------------------------
+# ---- robustness ------------------------------------------------------------------------------
 
 def lr_robustness(members: pd.DataFrame, row, tolerance: float = 0.10) -> tuple[str, float]:
     """The contiguous lr range around the best whose mean objective is within `tolerance` (relative)

@@ -346,7 +346,8 @@ SUMMARY_COLUMNS = ["experiment", "problem", "optimizer", "setting", "best_lr", "
                    "mean", "std", "median", "ci_low", "ci_high", "ci_kind", "seeds", "diverged_seeds", "confirm_mean",
                    "confirm_std", "confirm_seeds", "test_loss", "test_accuracy", "test_error_rate", "lrs_tried",
                    "lr_range", "robust_lr_range", "robust_decades",
-                   "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "steps_ci_kind", "seconds_to_target",
+                   "trials", "target", "steps_to_target", "steps_ci_low", "steps_ci_high", "steps_ci_kind",
+                   "seconds_to_target",
                    "target_reached", "edge_warning", "no_outcome"]
 
 
@@ -456,9 +457,8 @@ def answers(best: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
                                            family["vary"].iloc[0]),
                      "seeds": int(family["seeds"].min()), "pairs": int(family["pairs"].max()),
                      "vary": family["vary"].iloc[0],
-                     "undecided": "; ".join(f"{r.a} vs {r.b}: ~{r.seeds_needed:.0f} seeds" if np.isfinite(r.seeds_needed)
-                                            else f"{r.a} vs {r.b}: no difference seen"
-                                            for r in undecided.itertuples()),
+                     "undecided": "; ".join(f"{r.a} vs {r.b}: " + (f"~{r.seeds_needed:.0f} seeds" if np.isfinite(
+                         r.seeds_needed) else "no difference seen") for r in undecided.itertuples()),
                      "no_variation": "; ".join(f"{r.a} vs {r.b}" for r in family.itertuples()
                                                if r.outcome == "no variation")})
     return pd.DataFrame(rows, columns=ANSWER_COLUMNS)

@@ -164,8 +164,9 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
                                                     "seeds", "test", "difference", "ci_low", "ci_high", "p_value",
                                                     "p_holm", "pairs", "seeds_needed", "vary", "evidence")}
                                        for v in verdicts],
-                          "answers": [{key: a[key] for key in ("problem", "metric", "ranking", "seeds", "pairs",
-                                                               "undecided")} for a in outcome.answers.to_dict("records")],
+                          "answers": [{key: a[key] for key in ("problem", "metric", "ranking", "basis", "seeds",
+                                                               "pairs", "undecided")}
+                                      for a in outcome.answers.to_dict("records")],
                           "edge_warnings": warnings}))
     return 1 if unfinished else 0
 
