@@ -26,7 +26,7 @@ demo: $(STAMP)
 	@echo "MLflow UI:    $(BIN)/optimstudy ui      (then open http://127.0.0.1:5000)"
 
 # three pytest-xdist workers on 2 cores: most tests wait on real processes, stores and servers
-# (measured at be7f01e: 2 workers 12 min 4 s, 3 workers 8 min 21 s, both green)
+# (measured on this shared 2-core VM: 2 workers 12 min 4 s; 3 workers 8 min 21 s and 12 min 7 s, all green)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 3 --durations=15
 

@@ -264,3 +264,51 @@ def test_report_can_leave_the_store_untouched(cli, tmp_path):
     artifacts = [a.path for a in MlflowClient(summary["tracking_uri"]).list_artifacts(summary["parent_run_id"])]
     assert artifacts == ["spec.toml"]  # the page was written to --out only
     assert (tmp_path / "page" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_a_deleted_experiment_is_refused_not_restored_silently(tmp_path, tracking_uri, monkeypatch, capsys):
+    """Issue 21.7: a sweep after its experiment was deleted (and its journal removed) used to restore
+    the experiment silently, old runs and all (a trial with two FINISHED runs). Now the sweep, and
+    `optimstudy run` into that name, exit 2 naming both ways out, and write nothing; the restore
+    command the message gives works."""
+    import re
+    import shlex
+
+    from mlflow.entities import ViewType
+
+    from optimstudy.cli import main
+    from optimstudy.tracking import experiment_id
+
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, "gone", 'name = "{name}"\nproblem = "linreg"\nsteps = 5\nseeds = [0]\n\n'
+                                        '[optimizers.sgd]\nlr = [0.1]\n')
+    assert main(["sweep", str(spec), "--tracking-uri", tracking_uri]) == 0
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("gone").experiment_id
+    runs = sorted(r.info.run_id for r in client.search_runs([experiment], run_view_type=ViewType.ALL))
+    client.delete_experiment(experiment)
+    journal = tmp_path / "mlruns" / "optuna" / "gone.journal"
+    journal.unlink()
+    capsys.readouterr()
+    for argv in (["sweep", str(spec)], ["run", "--problem", "linreg", "--steps", "5", "--experiment", "gone"]):
+        assert main([*argv, "--tracking-uri", tracking_uri]) == 2
+        error = capsys.readouterr().err
+        assert "experiment 'gone'" in error and "was deleted" in error and "Traceback" not in error, error
+        assert "a new `name`" in error and "--experiment NEW" in error, error
+        restore = re.search(r"`(MLFLOW_TRACKING_URI=\S+ mlflow experiments restore --experiment-id \d+)`", error)
+        assert restore is not None, error
+    assert client.get_experiment(experiment).lifecycle_stage == "deleted"
+    assert sorted(r.info.run_id for r in client.search_runs([experiment], run_view_type=ViewType.ALL)) == runs
+    assert optuna.get_all_study_names(optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))) == []  # no study written
+    # the way out the message names, run as printed (MLflow's CLI, in process: a new interpreter costs ~5 s)
+    from click.testing import CliRunner
+    from mlflow.cli import cli as mlflow_cli
+
+    env_assignment, program, *arguments = shlex.split(restore.group(1))
+    assert program == "mlflow"
+    restored = CliRunner().invoke(mlflow_cli, arguments, env=dict([env_assignment.split("=", 1)]))
+    assert restored.exit_code == 0, restored.output
+    assert client.get_experiment(experiment).lifecycle_stage == "active"
+    assert experiment_id(tracking_uri, "gone") == experiment

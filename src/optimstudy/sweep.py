@@ -174,7 +174,7 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
 def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
     """Under the study's planning lock (one command at a time, however many start at once): check
     the spec against the study, create both stores, queue what is missing, open the parent run."""
-    from optimstudy.tracking import ensure_store, rename_experiment, start_writer
+    from optimstudy.tracking import ensure_store, experiment_id, rename_experiment, start_writer
 
     notes = []
     with studies.planning_lock(url, spec.name):
@@ -191,6 +191,7 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
                         f"name, or pass --restart to keep the old study as '{spec.name}.replaced-…' and start "
                         f"afresh (only new learning rates, seeds or optimizers extend a study)")
         ensure_store(tracking_uri, start_writer(tracking_uri), client_here=True)  # once, before any worker starts
+        experiment_id(tracking_uri, spec.name)  # a deleted experiment is a usage error, before the study is written
         if restart and studies.study_exists(storage, spec.name):
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             kept = studies.restart_study(storage, spec.name, stamp)

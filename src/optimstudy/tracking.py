@@ -29,9 +29,9 @@ from urllib.parse import urlparse
 from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 # the writer's handle lives beside the writer; imported here so that callers find it with the logger
-from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, WriterDied,  # noqa: F401
-                               _writers, find_or_create_experiment, quiet_store_logs, report_connection_retries,
-                               start_writer, stop_writers)
+from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, DeletedExperiment,  # noqa: F401
+                               WriterDied, _writers, find_or_create_experiment, quiet_store_logs,
+                               report_connection_retries, start_writer, stop_writers)
 
 DEFAULT_STORE_DIR = "mlruns"
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -127,8 +127,12 @@ def _once_more_if_raced(call, *args, **kwargs):
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
-    """The experiment's id, created (safely against a concurrent creator) when missing."""
-    return find_or_create_experiment(_client(tracking_uri), name, artifact_location(tracking_uri, name))
+    """The experiment's id, created (safely against a concurrent creator) when missing; a usage
+    error when it was deleted (never restored silently, see writer.DeletedExperiment)."""
+    try:
+        return find_or_create_experiment(_client(tracking_uri), name, artifact_location(tracking_uri, name))
+    except DeletedExperiment as deleted:
+        raise UsageError(deleted.message(tracking_uri)) from None
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:

@@ -9,7 +9,8 @@ and 3-5 s through the package).
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
 ~1.5 s of MLflow imports on a shared core). Receives ("store", None) first (open or create the
-store, answered "ready"), then ("experiment", name, artifact_location) (answered with its id),
+store, answered "ready"), then ("experiment", name, artifact_location) (answered with its id, or
+{"deleted": id}),
 ("create", run_id, run) (the run with its tags, params and data set, in one transaction, under an
 id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
 ("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
@@ -105,23 +106,40 @@ class _Store:
         return {"creates_runs": self.fast is not None}
 
 
+class DeletedExperiment(Exception):
+    """The named experiment exists but was deleted: MLflow keeps it (and its name) until it is purged.
+    Never restored silently: its old runs would come back beside the new ones (a trial with two
+    FINISHED runs, a study with two parent runs)."""
+
+    def __init__(self, name: str, experiment_id: str):
+        super().__init__(name, experiment_id)
+        self.name, self.experiment_id = name, experiment_id
+
+    def message(self, tracking_uri: str) -> str:
+        return (f"the MLflow experiment '{self.name}' (id {self.experiment_id}) was deleted; it is not brought "
+                "back silently, old runs and all. Either restore it and run the same command again: "
+                f"`MLFLOW_TRACKING_URI='{hide_passwords(tracking_uri)}' mlflow experiments restore "
+                f"--experiment-id {self.experiment_id}`; or start afresh under a new name: give the spec a new "
+                "`name` (optimstudy sweep), or pass --experiment NEW (optimstudy run)")
+
+
 def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
-    """The experiment's id, created (safely against a concurrent creator) when missing, restored
-    when deleted, and tagged as training runs for MLflow's UI."""
+    """The experiment's id, created (safely against a concurrent creator) when missing, and tagged
+    as training runs for MLflow's UI; DeletedExperiment when it was deleted."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
-        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
-    except MlflowException:
-        return client.get_experiment_by_name(name).experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # a concurrent creator's
+    if found.lifecycle_stage == "deleted":
+        raise DeletedExperiment(name, found.experiment_id)
+    if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return found.experiment_id
 
 
 def _load_sql_writes():
@@ -237,7 +255,11 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                         if fast is None or not fast.log_metrics(run_id, chunk):
                             client.log_batch(run_id, metrics=[Metric(*p) for p in chunk])
                 elif kind == "experiment":  # run_id is the experiment's name here; the trainer waits
-                    reply(conn, ("ok", run_id, find_or_create_experiment(client, run_id, message[2])))
+                    try:
+                        answer = find_or_create_experiment(client, run_id, message[2])
+                    except DeletedExperiment as deleted:  # a usage error, told in the training process
+                        answer = {"deleted": deleted.experiment_id}
+                    reply(conn, ("ok", run_id, answer))
                 elif kind == "artifact":  # after the run's creation, which is queued before it; the trainer waits
                     client.log_artifact(run_id, message[2])
                     reply(conn, ("ok", run_id, None))
@@ -401,7 +423,12 @@ class _Writer:
         """The experiment's id (find_or_create_experiment), looked up by the writer: this process
         then needs no MLflow client of its own (~2 s of imports)."""
         self.wait_ready()
-        return self._answered(("experiment", name, artifact_location))
+        answer = self._answered(("experiment", name, artifact_location))
+        if isinstance(answer, dict):
+            from optimstudy.errors import UsageError  # this process has the package; the writer's does not
+
+            raise UsageError(DeletedExperiment(name, answer["deleted"]).message(self.tracking_uri))
+        return answer
 
     def _answered(self, message):
         """Send `message` and wait for its answer; returns the answer's detail."""
