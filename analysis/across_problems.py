@@ -12,10 +12,13 @@ ORDER = 87
 METRICS = ()  # per-step metrics it reads (the report loads only these)
 
 
-def figure(study) -> Drawn | None:
+def figure(study) -> Drawn | str | None:
     iqm, improvement = study.across
     if iqm.empty:
-        return None
+        problems = study.main[["experiment", "problem"]].drop_duplicates() if len(study.main) else ()
+        return None if len(problems) == 0 else (
+            f"one problem only ({problems['problem'].iloc[0]}): an across-problems summary needs two or more; "
+            "that problem's verdict is in the answer above")
     colors = plotting.optimizer_colors(study.runs["label"])
     iqm = iqm.sort_values("iqm")
     with style():

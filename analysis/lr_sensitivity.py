@@ -20,7 +20,7 @@ def figure(study) -> Drawn | None:
     if not sources:
         return None
     colors = plotting.optimizer_colors(runs["label"])
-    used, any_diverged = [], False
+    used, any_diverged, any_level = [], False, False
     with style():
         fig = new_figure(6.8 * min(len(sources), 2), 4.3 * math.ceil(len(sources) / 2))
         for (problem, experiment), (ax,) in zip(sources.items(), grid_axes(fig, len(sources), columns=2)):
@@ -34,6 +34,10 @@ def figure(study) -> Drawn | None:
                 used += list(members["run_id"])
                 color = colors[row["optimizer"]]
                 stats = members[~members["diverged"]].groupby("lr")["objective"].agg(["mean", "std", "count"])
+                if len(row["lrs"]) < 2:  # one lr tried (lr-free: Prodigy at 1.0): a level, not a point on the axis
+                    any_level = True
+                    draw_level(ax, row, members, stats, color)
+                    continue
                 ax.plot(stats.index, stats["mean"], "o-", color=color, ms=4, lw=1.5, label=row["optimizer"])
                 if (stats["count"] > 1).any():
                     ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
@@ -59,9 +63,27 @@ def figure(study) -> Drawn | None:
             ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     caption = ("Final value of the sweep's objective against the learning rate (log scale), one line per optimizer: "
                "means over seeds with ±1 sd bands, a star at each optimizer's best lr"
-               + ("; runs that diverged are drawn as × at the worst edge of the panel instead of being dropped."
-                  if any_diverged else "; no run diverged."))
+               + ("; runs that diverged are drawn as × at the worst edge of the panel instead of being dropped"
+                  if any_diverged else "; no run diverged")
+               + (". An optimizer tried at one lr only (a learning-rate-free method such as Prodigy, whose lr stays "
+                  "1.0) has no lr axis: it is a dashed level across the panel (±1 sd band), to read against the "
+                  "others' best." if any_level else "."))
     return Drawn(fig, caption, used)
+
+
+def draw_level(ax, row, members, stats, color) -> None:
+    """An optimizer tried at one lr: its mean over seeds as a dashed line across the whole lr axis."""
+    label = f"{row['optimizer']}: one lr ({row['lrs'][0]:g}), drawn across"
+    diverged = int(members["diverged"].sum())
+    if diverged:
+        label += f"; {diverged} of {len(members)} runs diverged"
+    if stats.empty:  # every run diverged: nothing to draw a level at
+        ax.plot([], [], ls="--", color=color, lw=1.5, label=label)
+        return
+    mean, std = stats["mean"].iloc[0], stats["std"].fillna(0).iloc[0]
+    ax.axhline(mean, ls="--", color=color, lw=1.5, label=label)
+    if stats["count"].iloc[0] > 1:
+        ax.axhspan(mean - std, mean + std, color=color, alpha=0.12, lw=0)
 
 
 if __name__ == "__main__":

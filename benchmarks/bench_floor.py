@@ -1,14 +1,14 @@
-"""optimstudy's instrumented loop against a bare loop on the same minibatches (CPU, one thread).
+"""optimstudy's instrumented minibatch loop against a bare loop on the same minibatches (CPU, one thread).
 
 Sides, interleaved (A B C ... / ... C B A) and timed over the same window (the end of step 1
 to the end of the last step, by the wall clock and by this thread's CPU time):
   - bare: zero_grad -> forward -> loss -> backward -> step on optimstudy's own index-gathered
     batches (same seed, so the same minibatches), evaluating at the same steps as optimstudy;
-  - optimstudy: optimstudy.train(), recording every step's loss, grad norm, update norm and lr
-    (copied to the host every 50 steps), evaluating at the first and last step;
-  - bare + previous diagnostics: the bare loop plus the per-step diagnostics optimstudy had
-    before diagnostics.StepRecorder (one norm per tensor, stack, copy_/sub_ per tensor), the
-    "before" of this change measured in the same run;
+  - optimstudy: optimstudy.train() with its defaults, recording every step's loss, grad norm and
+    lr and every UPDATE_NORM_EVERY-th step's exact update norm (copied to the host every 50 steps),
+    evaluating at the first and last step: the row with the 1.10x target;
+  - optimstudy at other update-norm cadences (update_norm_every): 1 (every step, the option kept
+    for those who need it), 5, 50, and never in the run (what the rest of the recording costs);
   - bare + StepRecorder: the bare loop plus the recorder alone (no flush/eval machinery);
   - floor: the bare loop on one fixed batch (no data work), and optimstudy with its default
     evaluations (each epoch), for information.
@@ -19,11 +19,13 @@ no CUDA graphs), so its target is on a GPU (bench_gpu.py).
     python benchmarks/bench_floor.py [--quick] [--captured]
 """
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from common import comparison, interleave, machine, median, options, say, spread, write_result
+from optimstudy.config import UPDATE_NORM_EVERY
 
 NAME = "floor"
 TARGET = 1.10  # the instrumented loop within 1.10x of the bare loop on the same minibatches
@@ -90,41 +92,16 @@ def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) ->
     return window.result()
 
 
-def previous_diagnostics(params):
-    """What train() did per step before StepRecorder, without its flush (kept here as the 'before')."""
-    saved = [p.detach().clone() for p in params]
-    pending = {"train_loss": [], "grad_norm": [], "update_norm": [], "lr": []}
-
-    def norm(tensors):
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
-
-    def before(loss):
-        with torch.no_grad():
-            pending["grad_norm"].append(norm([p.grad for p in params if p.grad is not None]))
-            for kept, p in zip(saved, params):
-                kept.copy_(p)
-        pending["train_loss"].append(loss.detach())
-
-    def after(lr, step):
-        pending["lr"].append(lr)
-        with torch.no_grad():
-            for kept, p in zip(saved, params):
-                kept.sub_(p)
-            pending["update_norm"].append(norm(saved))
-        if step % 50 == 0:
-            for values in pending.values():
-                values.clear()
-
-    return before, after
-
-
-def recorder_diagnostics(params):
-    """The StepRecorder alone, flushed every 50 steps into a throwaway history."""
+def recorder_diagnostics(params, update_every: int | None = None):
+    """The StepRecorder alone (optimstudy's default cadence unless `update_every`), flushed every 50
+    steps into a throwaway history."""
+    from optimstudy.config import UPDATE_NORM_EVERY
     from optimstudy.diagnostics import StepRecorder
     from optimstudy.loggers import NullLogger
     from optimstudy.training import History, SYNC_EVERY
 
-    recorder, history, logger = StepRecorder(params, diverge_factor=100.0), History(config=None), NullLogger()
+    recorder = StepRecorder(params, diverge_factor=100.0, update_every=update_every or UPDATE_NORM_EVERY)
+    history, logger = History(config=None), NullLogger()
 
     def before(loss):
         recorder.gradients([loss.detach()])
@@ -146,7 +123,8 @@ def per_call_us(function, calls: int) -> float:
 
 
 def extras_microbenchmark(data, calls: int) -> dict:
-    """µs per call of each per-step diagnostic, previous way and StepRecorder's way, each alone."""
+    """µs per call of each piece of a step's recording, each alone (in the loop they cost ~2x more:
+    the weights, gradients and snapshot no longer fit the core's cache together)."""
     from optimstudy.diagnostics import StepRecorder
     from optimstudy.problems import mlp
 
@@ -155,35 +133,29 @@ def extras_microbenchmark(data, calls: int) -> dict:
     params = list(model.parameters())
     F.cross_entropy(model(data.train.x[:BATCH]), data.train.y[:BATCH]).backward()
     grads = [p.grad for p in params]
-    saved = [p.detach().clone() for p in params]
-    recorder = StepRecorder(params, diverge_factor=100.0)
     loss = torch.tensor(1.0)
 
-    def norm(tensors):
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    def record_step(recorder):
+        def step():
+            recorder.gradients([loss])
+            recorder.update(LR)
+            if len(recorder.lrs) >= 50:
+                for recorded in (recorder.losses, recorder.grad_norms, recorder.lrs, recorder.update_squares,
+                                 recorder.update_steps):
+                    recorded.clear()
+        return step
 
-    def copy_and_subtract():
-        with torch.no_grad():
-            for kept, p in zip(saved, params):
-                kept.copy_(p)
-            for kept, p in zip(saved, params):
-                kept.sub_(p)
-
-    def record_step():
-        recorder.gradients([loss])
-        recorder.update(LR)
-        if len(recorder.losses) > 1000:
-            for recorded in (recorder.losses, recorder.grad_norms, recorder.update_squares, recorder.lrs):
-                recorded.clear()
-
+    every_step = StepRecorder(params, diverge_factor=100.0, update_every=1)
     return {
-        "previous: global_norm(grads) (a norm per tensor, stack, norm)": per_call_us(lambda: norm(grads), calls),
-        "previous: copy_ then sub_ of every weight": per_call_us(copy_and_subtract, calls),
-        "previous: global_norm(update)": per_call_us(lambda: norm(saved), calls),
-        "now: _foreach_norm(grads)": per_call_us(lambda: torch._foreach_norm(grads), calls),
-        "now: _foreach_sub_ + dot + _foreach_copy_ (the update)": per_call_us(
-            lambda: recorder._update_square(recorder.previous, recorder.previous_views, recorder.weights), calls),
-        "now: a whole step's recording (gradients() + update())": per_call_us(record_step, calls),
+        "_foreach_norm(grads) (the gradient norm)": per_call_us(lambda: torch._foreach_norm(grads), calls),
+        "_foreach_copy_ (the snapshot before a measured step)": per_call_us(
+            lambda: every_step._snapshot(every_step.previous, every_step.previous_views, every_step.weights), calls),
+        "_foreach_sub_ + dot (the update norm after it)": per_call_us(
+            lambda: every_step._update_square(every_step.previous, every_step.previous_views, every_step.weights),
+            calls),
+        "a whole step's recording, update norm every step": per_call_us(record_step(every_step), calls),
+        "a whole step's recording, the default cadence": per_call_us(
+            record_step(StepRecorder(params, diverge_factor=100.0, update_every=UPDATE_NORM_EVERY)), calls),
     }
 
 
@@ -199,7 +171,7 @@ def main(argv=None) -> dict:
 
     torch_threads = args.threads or 1  # the issue's setting: one thread
     torch.set_num_threads(torch_threads)
-    epochs, repeats = (3, 3) if args.quick else (5, 7)
+    epochs, repeats = (3, 3) if args.quick else (5, 13)
     base = dict(problem="mnist_mlp", optimizer="sgd", lr=LR, batch_size=BATCH, seed=SEED, epochs=epochs,
                 threads=torch_threads)
     data = load_data(RunConfig(**base).resolved(), args.data_dir)
@@ -221,10 +193,14 @@ def main(argv=None) -> dict:
         def __next__(self):
             return fixed
 
+    cadences = {"every step": 1, "every 5": 5, "every 50": 50, "never in the run": steps + 1}
+    if args.quick:
+        cadences = {"every step": 1}
     sides = {
         "bare": lambda: bare_loop(data, steps, {steps}),
         "optimstudy": optimstudy_side(config),
-        "bare + previous diagnostics": lambda: bare_loop(data, steps, {steps}, diagnostics=previous_diagnostics),
+        **{f"optimstudy, update norm {name}": optimstudy_side(replace(config, update_norm_every=every))
+           for name, every in cadences.items()},
         "bare + StepRecorder": lambda: bare_loop(data, steps, {steps}, diagnostics=recorder_diagnostics),
         "optimstudy, evaluating each epoch": optimstudy_side(default_eval),
         "floor (one fixed batch)": lambda: bare_loop(data, steps, set(), batches=Fixed()),
@@ -245,23 +221,27 @@ def main(argv=None) -> dict:
         pairs = [a / b for a, b in zip(times[side]["wall_s"], times[against]["wall_s"])]
         return f"whole runs {whole_run[side] / whole_run[against]:.3f}× (repeats {min(pairs):.2f}-{max(pairs):.2f})"
 
+    every_step = "optimstudy, update norm every step"
+    others = ", ".join(f"{name} {ratio(f'optimstudy, update norm {name}'):.3f}×" for name in cadences
+                       if name != "every step")
     rows = [
-        comparison("CPU loop: optimstudy (loss, grad norm, update norm, lr every step) / bare loop, same minibatches",
+        comparison(f"CPU minibatch loop: optimstudy (loss, grad norm, lr every step; update norm every "
+                   f"{UPDATE_NORM_EVERY}th, its default) / bare loop, same minibatches",
                    ratio("optimstudy"), TARGET, at_least=False, digits=3,
-                   context=f"{ms['optimstudy']:.3f} vs {ms['bare']:.3f} ms/step, fastest repeat per step; "
-                           f"{spread_of('optimstudy')}; "
-                           f"thread CPU time {cpu['optimstudy'] / cpu['bare']:.3f}×; MNIST MLP, batch 64, 1 thread"),
-        comparison("CPU loop, before this change: bare + previous diagnostics / bare",
-                   ratio("bare + previous diagnostics"),
-                   None, at_least=False, digits=3,
-                   context=f"now bare + StepRecorder {ratio('bare + StepRecorder'):.3f}×"),
-        comparison("CPU loop: optimstudy evaluating each epoch (its default) / bare loop without those evaluations",
-                   ratio("optimstudy, evaluating each epoch"), None, at_least=False, digits=3,
+                   context=f"{ms['optimstudy']:.3f} vs {ms['bare']:.3f} ms/step, fastest of {repeats} repeats per "
+                           f"step; {spread_of('optimstudy')}; thread CPU time {cpu['optimstudy'] / cpu['bare']:.3f}×; "
+                           f"MNIST MLP, batch 64, 1 thread"),
+        comparison("CPU minibatch loop: optimstudy recording the update norm every step too (update_norm_every = 1) "
+                   "/ bare loop", ratio(every_step), None, at_least=False, digits=3,
+                   context=f"{spread_of(every_step)}; other cadences: {others or '(not in a quick run)'}"),
+        comparison("CPU minibatch loop: optimstudy evaluating each epoch (its default) / bare loop without those "
+                   "evaluations", ratio("optimstudy, evaluating each epoch"), None, at_least=False, digits=3,
                    context=f"{times['optimstudy, evaluating each epoch']['evaluations'][0]} evaluations of "
                            f"{len(data.val)} images"),
-        comparison("CPU loop: optimstudy / compute floor (bare loop on one fixed batch)",
+        comparison("CPU minibatch loop: optimstudy / compute floor (bare loop on one fixed batch)",
                    wall["optimstudy"] / wall["floor (one fixed batch)"], None, at_least=False, digits=3,
-                   context=f"indexed batches alone {wall['bare'] / wall['floor (one fixed batch)']:.3f}×"),
+                   context=f"indexed batches alone {wall['bare'] / wall['floor (one fixed batch)']:.3f}×; "
+                           f"bare + StepRecorder alone {ratio('bare + StepRecorder'):.3f}×"),
     ]
     if "optimstudy captured (torch.compile)" in times:
         rows.append(comparison(
@@ -283,6 +263,7 @@ def main(argv=None) -> dict:
     }
     settings = {"problem": "mnist_mlp", "optimizer": "SGD", "lr": LR, "batch_size": BATCH, "seed": SEED,
                 "device": "cpu", "torch_threads": torch_threads, "epochs": epochs,
+                "update_norm_every": {"optimstudy": UPDATE_NORM_EVERY, **cadences},
                 "window": "end of step 1 to end of the last step (progress hook), wall clock and thread CPU time",
                 "measured": "per side, the sum over steps of the fastest of the repeats of that step (robust to "
                             "other processes on a shared machine); whole-run medians beside it",

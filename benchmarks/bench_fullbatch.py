@@ -6,11 +6,12 @@ Sides, interleaved (A B C ... / ... C B A) and timed over the same window as ben
 (the end of step 1 to the end of the last step):
   - bare: zero_grad -> forward -> loss -> backward -> step on the split's tensors, written here
     independently of optimstudy, evaluating the training loss at the first and last step;
-  - optimstudy: optimstudy.train() with its defaults (every step's loss, grad norm, update norm
-    and lr recorded; its default evaluations over the whole training split);
+  - optimstudy: optimstudy.train() with its defaults (every step's loss, grad norm and lr, every
+    10th step's update norm recorded; its default evaluations over the whole training split);
   - the same two loops with a 3000-8-1 tanh MLP, for information: a ~1.6 ms step, about as long as
     the bare step the issue measured (1.5 ms);
   - bare + StepRecorder, for information: the bare loop plus optimstudy's per-step recording alone;
+  - optimstudy recording the update norm every step (update_norm_every = 1), for information;
   - before, for information: optimstudy with the path every full batch took before (the whole
     split gathered in a fresh order each step, an evaluation each step: the old default), and
     the gather alone (default evaluations), so the two costs are seen apart.
@@ -18,12 +19,14 @@ Sides, interleaved (A B C ... / ... C B A) and timed over the same window as ben
     python benchmarks/bench_fullbatch.py [--quick]
 """
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from bench_floor import Window, fastest_steps_s, recorder_diagnostics
 from common import comparison, interleave, machine, median, options, say, spread, threads, write_result
+from optimstudy.config import UPDATE_NORM_EVERY
 from optimstudy.problems import Problem, linear
 
 NAME = "fullbatch"
@@ -125,6 +128,7 @@ def main(argv=None) -> dict:
         "bare + StepRecorder": lambda: bare_loop(data.train.x, data.train.y, steps, recorder_diagnostics),
         "bare, MLP": lambda: bare_loop(data.train.x, data.train.y, steps, hidden=HIDDEN),
         "optimstudy, MLP": optimstudy_side(RunConfig(**{**base, "problem": MLP_PROBLEM}).resolved()),
+        "optimstudy, update norm every step": optimstudy_side(replace(config, update_norm_every=1)),
     }, repeats)
     before = interleave({
         "bare": bare,
@@ -163,7 +167,9 @@ def main(argv=None) -> dict:
         comparison("CPU full-batch loop: bare + optimstudy's per-step recording (StepRecorder) / bare",
                    wall["bare + StepRecorder"] / wall["bare"], None, at_least=False, digits=3,
                    context=f"fastest repeat per step {fastest['bare + StepRecorder'] / fastest['bare']:.3f}×: "
-                           "loss, grad norm, update norm and lr every step, the rest of optimstudy's cost"),
+                           f"loss, grad norm and lr every step, update norm every {UPDATE_NORM_EVERY}th; optimstudy "
+                           f"recording the update norm every step too (update_norm_every = 1) "
+                           f"{wall['optimstudy, update norm every step'] / wall['bare']:.3f}×"),
         comparison(f"CPU full-batch loop: optimstudy (its defaults) / bare, the same data with a {FEATURES}-{HIDDEN}-1 "
                    "tanh MLP", wall["optimstudy, MLP"] / wall["bare, MLP"], None, at_least=False, digits=3,
                    context=f"{ms['optimstudy, MLP']:.2f} vs {ms['bare, MLP']:.2f} ms/step, a step as long as the "

@@ -1,7 +1,9 @@
 """The optimizers people compare today, against their authors' own loops: Schedule-Free (train/eval
 modes), Muon with AdamW on the rest (parameter groups by rule), learning-rate-free Prodigy."""
 import json
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from optimstudy.losses import LOSSES
 from optimstudy.parameter_groups import SplitOptimizer, build_optimizer, split_parameters
 from optimstudy.problems import resolve_problem
 from optimstudy.training import evaluate, load_data
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def reference_batches(config: RunConfig, data):
@@ -219,3 +223,159 @@ def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(cli, tmp_path):
     assert summary["trials"]["complete"] == 3
     assert {row["optimizer"]: row["lr"] for row in summary["best"]} == {"prodigy": 1.0, "adam": 0.001}
     assert [w.split(":")[0] for w in summary["edge_warnings"]] == ["regression_mlp/adam (lr-free)"]
+
+    # in the figures: a tuning curve flat from k = 1, and a level across the lr axis, not a point on it
+    from optimstudy import aggregates
+    from optimstudy.results import Study
+    from optimstudy.store import load_runs
+
+    study = Study(load_runs(summary["tracking_uri"], experiments=["lr-free"]))
+    curves = aggregates.tuning_curves(study.runs, study.main).set_index(["optimizer", "configurations"])
+    prodigy = study.main.set_index("optimizer").loc["prodigy"]
+    assert curves.loc[("prodigy", 1), "median"] == curves.loc[("prodigy", 2), "median"] == pytest.approx(prodigy["mean"])
+    assert (not curves.loc[("prodigy", 1), "all_tried"]) and curves.loc[("prodigy", 2), "all_tried"]
+    assert not curves.loc[("adam", 2), "all_tried"]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lr_sensitivity", REPO / "analysis" / "lr_sensitivity.py")
+    lr_sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lr_sensitivity)
+    (ax,) = lr_sensitivity.figure(study).figure.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    level = lines["prodigy: one lr (1), drawn across"]
+    assert list(level.get_xdata()) == [0, 1] and level.get_linestyle() == "--"  # the whole width of the axis
+    assert level.get_ydata()[0] == pytest.approx(prodigy["mean"])
+    assert list(lines["adam"].get_xdata()) == [0.0001, 0.001]  # the lr curve has adam's lrs only, not 1.0
+    summary = study.summary.set_index("optimizer")
+    assert summary.loc["prodigy", "lr_range"] == "1 only" and summary.loc["prodigy", "robust_lr_range"] == ""
+
+
+# ---- each package's own loop: the same weights, step for step -------------------------------
+
+def package_loop(config: RunConfig, data, optimizer_class, arguments: dict, switch_at_the_end=True) -> dict:
+    """The loop a package's README shows, written with the package directly: zero_grad, forward, loss,
+    backward, step. A train/eval optimizer (Schedule-Free) is switched as its README says: train()
+    before training, eval() before each evaluation (here at step 0 and the last step, where train()
+    evaluates with eval_every = steps) and train() after it, and eval() for the final weights."""
+    problem = resolve_problem(config.problem)
+    torch.manual_seed(config.seed)
+    model = problem.build_model(data.info)
+    optimizer = optimizer_class(model.parameters(), lr=config.lr, **arguments)
+    modes = callable(getattr(optimizer, "eval", None))
+    loss_fn, batches = LOSSES[problem.default_loss][0], reference_batches(config, data)
+
+    def evaluation():  # what an evaluation does to the weights: the switch there and back
+        if modes:
+            optimizer.eval()
+            optimizer.train()
+
+    model.train()
+    if modes:
+        optimizer.train()
+    evaluation()
+    for _ in range(config.steps):
+        optimizer.zero_grad(set_to_none=True)
+        x, y = next(batches)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    evaluation()
+    if modes and switch_at_the_end:
+        optimizer.eval()
+    return model.state_dict()
+
+
+PACKAGE_LOOPS = {  # import path, lr, arguments, and arguments that must give other weights (the test can fail)
+    "lion": ("lion_pytorch:Lion", 1e-3, {"weight_decay": 0.1, "betas": (0.9, 0.99)}, {"weight_decay": 0.0}),
+    "prodigy": ("prodigyopt:Prodigy", 1.0, {"weight_decay": 0.01}, {"d_coef": 2.0}),
+    "schedule-free adamw": ("schedulefree:AdamWScheduleFree", 0.01, {"warmup_steps": 3, "weight_decay": 0.01},
+                            {"warmup_steps": 0, "weight_decay": 0.01}),
+}
+
+
+@pytest.mark.parametrize("name", PACKAGE_LOOPS)
+def test_the_first_steps_equal_the_packages_own_loop(name):
+    path, lr, arguments, other_arguments = PACKAGE_LOOPS[name]
+    module, _, class_name = path.partition(":")
+    optimizer_class = getattr(pytest.importorskip(module), class_name)
+    config = RunConfig(problem="regression_mlp", optimizer=path, lr=lr, opt=arguments, steps=8, eval_every=8,
+                       batch_size=32, seed=0)
+    data = load_data(config.resolved())
+    ours = train(config, data=data).model.state_dict()
+    theirs = package_loop(config, data, optimizer_class, arguments)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs), name  # exactly, every weight
+    others = package_loop(config, data, optimizer_class, other_arguments)
+    assert not all(torch.equal(ours[key], others[key]) for key in others)
+    assert not all(torch.equal(ours[key], value) for key, value in initial_weights(config, data).items())
+    if name == "schedule-free adamw":  # the weights train() ends at are the averaged ones, not the sequence's
+        sequence = package_loop(config, data, optimizer_class, arguments, switch_at_the_end=False)
+        assert not all(torch.equal(ours[key], sequence[key]) for key in sequence)
+
+
+def initial_weights(config: RunConfig, data) -> dict:
+    """The initial weights: eight steps must have moved them."""
+    torch.manual_seed(config.seed)
+    return resolve_problem(config.problem).build_model(data.info).state_dict()
+
+
+def test_a_rest_lr_set_by_its_ratio_is_no_argument_of_its_own():
+    """Muon's rest.lr is lr x rest.lr_ratio: were it an argument, each lr of a grid would be a configuration of
+    its own arguments, and the lr curve, the robust lr range and an edge warning on rest.lr would follow."""
+    import pandas as pd
+
+    from optimstudy.results import argument_edge_warnings, args_text
+
+    muon = {"rest.lr": 0.00015, "rest.lr_ratio": 0.015, "rest.optimizer": "adamw"}
+    assert args_text(muon) == "rest.lr_ratio=0.015 rest.optimizer=adamw"
+    assert args_text({**muon, "rest.lr_ratio": None}) == "rest.lr=0.00015 rest.optimizer=adamw"  # its own lr: kept
+    assert args_text({"opt.weight_decay": 0.1, "opt.betas": None}) == "weight_decay=0.1"
+    members = pd.DataFrame({"lr": [0.01, 0.02], "rest.lr": [0.00015, 0.0003], "rest.lr_ratio": [0.015, 0.015]})
+    row = {"problem": "p", "optimizer": "muon", "experiment": "e", "rest.lr": 0.0003}
+    assert argument_edge_warnings(row, members, ["rest.lr"]) == []
+    fixed = members.assign(**{"rest.lr_ratio": [None, None]})  # a grid of rest lrs given as such is an axis
+    assert "best rest.lr 0.0003 is the largest tried" in argument_edge_warnings(row, fixed, ["rest.lr"])[0]
+
+
+FORK_AFTER_THE_CHECK = """
+import os, sys, time, torch
+from optimstudy.optimizers import optimizer_arguments
+torch.set_num_threads(2)  # as a sweep's parent on a machine of 2 cores or more
+optimizer_arguments("muon", {}, lr=0.02, rest={"optimizer": "adamw", "lr_ratio": 0.015})  # a spec's check
+child = os.fork()
+if child == 0:  # a sweep worker: its first parallel op (the data's normalization)
+    torch.rand(2000, 784).sub(0.1).div(0.3).sum()
+    os._exit(0)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    if os.waitpid(child, os.WNOHANG)[0]:
+        sys.exit(0)
+    time.sleep(0.05)
+os.kill(child, 9)
+sys.exit("the forked child hung")
+"""
+
+
+def test_checking_muon_before_a_sweep_forks_leaves_its_workers_able_to_run():
+    """Muon's check step (a bfloat16 matmul) once started OpenMP's thread pool in the sweep's parent;
+    every forked worker then hung at its first parallel op. A fresh interpreter: pytest's own may have
+    started the pool already."""
+    import subprocess
+    import sys
+
+    if torch.get_num_threads() < 2 and (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no thread pool to inherit")
+    result = subprocess.run([sys.executable, "-c", FORK_AFTER_THE_CHECK], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_lenet_gives_muon_two_hidden_matrices_where_the_mnist_cnn_has_none():
+    """Why experiments/modern_optimizers.toml trains mnist_lenet: mnist_cnn's filters are 4-D and its one
+    Linear is the head, so torch's Muon would train nothing there."""
+    from optimstudy.problems import cnn, lenet
+
+    model = lenet()
+    matrices, rest = split_parameters(model)
+    assert [tuple(m.shape) for m in matrices] == [(120, 400), (84, 120)]
+    assert {id(model[0].weight), id(model[11].weight)} <= {id(p) for p in rest}  # the filters, the head: AdamW's
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert split_parameters(cnn())[0] == []

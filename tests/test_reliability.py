@@ -322,7 +322,8 @@ def test_a_sweep_outlives_the_shell_that_started_it(cli, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c(cli, tmp_path, sig):
     name = f"signal-{sig.name.lower()}"
-    spec = spec_file(tmp_path, name, LONG.format(name=name))
+    # 12 trials, ~12 s with two workers: the signal comes long before the sweep could end by itself
+    spec = spec_file(tmp_path, name, LONG.format(name=name).replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3, 4, 5]"))
     process = start(["sweep", spec, "--workers", "2"], tmp_path)
     assert wait_for(lambda: first_running_trial_with_steps(tmp_path, name))
     workers = {t.user_attrs["pid"] for t in study(tmp_path, name).trials if "pid" in t.user_attrs}
@@ -411,29 +412,3 @@ def test_a_server_on_a_busy_port_exits_2_saying_so(command, tmp_path, capsys, mo
         code, err = run_main(capsys, *command, "--port", port)
     assert code == 2 and f"port {port}" in err and "already in use" in err
     assert not (tmp_path / "mlruns").exists()
-
-
-@pytest.mark.slow
-def test_a_killed_writer_fails_its_trial_loudly_and_resume_finishes(cli, tmp_path):
-    spec = spec_file(tmp_path, "writerkill", LONG.format(name="writerkill"))
-    process = start(["sweep", spec, "--json"], tmp_path)
-    assert wait_for(lambda: first_running_trial_with_steps(tmp_path, "writerkill"))
-
-    def writer_of(pid):
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid and b"writer.py" in cmdline.read():
-                        return int(entry)
-            except (OSError, ValueError):
-                continue
-        return None
-
-    os.kill(writer_of(process.pid), signal.SIGKILL)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 1, err[-3000:]
-    assert "Traceback" not in err and "the MLflow writer process exited" in err
-    assert "run the same command again to resume" in err
-    cli("sweep", spec, cwd=tmp_path, check_exit=0)
-    assert all_complete(tmp_path, "writerkill", 4)
-    assert cli("check", spec, cwd=tmp_path).returncode == 0

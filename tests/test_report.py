@@ -457,6 +457,16 @@ def test_tuning_curves_end_at_the_best_configuration(grid_frame):
     assert curves.loc[("adam", 1), "high"] > curves.loc[("adam", 3), "median"]  # one lr at random is worse
 
 
+def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
+    from optimstudy.analysis_scripts import load_scripts
+    from optimstudy.report import draw
+
+    section, figure = next(item for item in load_scripts(REPO / "analysis") if item[0].name == "across_problems")
+    section = draw(section, figure, Study(grid_frame), tmp_path)
+    assert section.note.startswith("one problem only (") and "needs two or more" in section.note
+    assert not list(tmp_path.glob("across_problems.*")) and not section.error
+
+
 def real_runs(tracking_uri, experiment, runs) -> None:
     """Real tiny linreg runs through the training loop and the MLflow writer: (label, optimizer, lr, seed)."""
     from optimstudy.runner import Tracking, execute

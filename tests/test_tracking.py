@@ -27,7 +27,8 @@ from optimstudy import RunConfig
 from optimstudy.devices import device_label
 from optimstudy.runner import Tracking, execute
 from optimstudy.store import load_runs
-from optimstudy.tracking import MlflowLogger, WriterDied, _writers, ensure_store, stop_writers
+from optimstudy.tracking import (MlflowLogger, StoreError, WriterDied, _writers, ensure_store, stop_writers,
+                                 tracked_run)
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
 SOURCE = Path(optimstudy.__file__).resolve().parent
@@ -85,7 +86,8 @@ def wait_for(predicate, timeout=60.0, every=0.2):
 # ---- a run, however it ends -------------------------------------------------------------------
 
 def test_a_tracked_run_stores_every_step_exactly_as_trained_with_its_params_and_tags(shared_store):
-    config = RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=400, seed=2)  # 1,600+ points: 2 batches
+    config = RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=400, seed=2,  # 1,600+ points: 2 batches
+                       update_norm_every=1)  # every metric at every step
     head_before = git_head()
     history, run_id = execute(config, Tracking(shared_store, "exact"))
     client = MlflowClient(shared_store)
@@ -121,7 +123,7 @@ def test_an_exception_mid_run_leaves_a_failed_run_with_the_steps_that_ran(shared
         if step == 200:
             raise RuntimeError("boom at step 200")
 
-    config = RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=400, eval_every=50)
+    config = RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=400, eval_every=50, update_norm_every=1)
     with pytest.raises(RuntimeError, match="boom at step 200"):
         execute(config, Tracking(shared_store, "failing"), on_eval=fail_at_200,
                 on_start=lambda run_id: started.update(run_id=run_id))
@@ -151,7 +153,7 @@ class InterruptingSGD(torch.optim.SGD):
 def test_ctrl_c_mid_step_ends_the_run_killed_keeping_every_finished_step(shared_store):
     started = {}
     config = RunConfig(problem="linreg", optimizer=f"{__name__}:InterruptingSGD", opt={"interrupt_at": 337},
-                       lr=0.05, steps=1000)
+                       lr=0.05, steps=1000, update_norm_every=1)
     with pytest.raises(KeyboardInterrupt):
         execute(config, Tracking(shared_store, "interrupted"), on_start=lambda run_id: started.update(run_id=run_id))
     client = MlflowClient(shared_store)
@@ -254,10 +256,11 @@ def test_a_killed_writer_ends_the_run_failed_and_says_why(shared_store):
 
 def test_a_run_whose_points_cannot_be_stored_ends_failed_not_finished(shared_store):
     logger = MlflowLogger(shared_store, "bad", {"lr": 0.1}, {})
-    for step in range(1, 301):  # 1,200 points: the first batch fails on the bad name
-        logger.log(step, {"train_loss": 1.0 / step, "grad_norm": 1.0, "bad name!": 0.0, "lr": 0.1})
-    with pytest.raises(RuntimeError, match="MLflow writer failed"):
-        logger.close()
+    # the writer's report stops the run at the next batch that reads it, or at its end
+    with pytest.raises(StoreError, match="could not write to the tracking store .*bad name!"):
+        with tracked_run(logger):
+            for step in range(1, 301):  # 1,200 points: the first batch fails on the bad name
+                logger.log(step, {"train_loss": 1.0 / step, "grad_norm": 1.0, "bad name!": 0.0, "lr": 0.1})
     run = MlflowClient(shared_store).get_run(logger.run_id)
     assert run.info.status == "FAILED" and "metric points were lost" in run.data.tags["optimstudy.error"]
 

@@ -198,7 +198,7 @@ def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
     before = train(config)
     for metric in ("train_loss", "grad_norm", "update_norm"):
         assert torch.allclose(torch.tensor(now.step_metrics[metric]), torch.tensor(before.step_metrics[metric]),
-                              rtol=1e-4, atol=1e-7), metric
+                              rtol=1e-4, atol=1e-7, equal_nan=True), metric  # update_norm: NaN off its cadence
     assert len(now.step_metrics["train_loss"]) == 15
 
 

@@ -129,26 +129,37 @@ def performance_profiles(best: pd.DataFrame, reach: pd.DataFrame, taus=None) -> 
 
 def tuning_curves(runs: pd.DataFrame, best: pd.DataFrame, orderings: int = 200, seed: int = SEED) -> pd.DataFrame:
     """Best mean objective found after k configurations (each averaged over its seeds), over random
-    orders of the configurations each optimizer tried: median and 10-90% band per k."""
+    orders of the configurations each optimizer tried: median and 10-90% band per k.
+
+    Every curve runs to the largest k of its panel (experiment, problem, setting): an optimizer with
+    fewer configurations has tried them all by then, so it stays at its best (`all_tried`). One
+    configuration (a learning-rate-free method at lr 1.0) is a flat curve from k = 1, not left out."""
     rng = np.random.default_rng(seed)
-    rows = []
+    found = []
     for _, row in best.iterrows():
         members = runs[(runs["experiment"] == row["experiment"]) & (runs["problem"] == row["problem"])
                        & (runs["label"] == row["optimizer"]) & (runs["setting_key"] == row["setting_key"])
                        & (runs["phase"].fillna("") != "confirm") & runs["rank"].notna()]
         per_config = members.groupby("config_key")["rank"].mean().to_numpy()  # a diverged seed: inf
-        if len(per_config) < 2:
-            continue
+        if len(per_config):
+            found.append((row, per_config))
+    panel_sizes = {}
+    for row, per_config in found:
+        panel = (row["experiment"], row["problem"], row["setting_key"])
+        panel_sizes[panel] = max(panel_sizes.get(panel, 0), len(per_config))
+    rows = []
+    for row, per_config in found:
         orders = np.array([rng.permutation(per_config) for _ in range(orderings)])
         best_so_far = np.minimum.accumulate(orders, axis=1)
         sign = 1.0 if row["direction"] == "minimize" else -1.0
-        for k in range(len(per_config)):
-            column = best_so_far[:, k] * sign
+        for k in range(panel_sizes[(row["experiment"], row["problem"], row["setting_key"])]):
+            column = best_so_far[:, min(k, len(per_config) - 1)] * sign
             column = np.where(np.isfinite(column), column, np.nan)
             rows.append({"experiment": row["experiment"], "problem": row["problem"], "optimizer": row["optimizer"],
                          "setting_key": row["setting_key"], "metric": row["metric"], "configurations": k + 1,
+                         "all_tried": k >= len(per_config),
                          "median": np.nanmedian(column) if np.isfinite(column).any() else np.nan,
                          "low": np.nanpercentile(column, 10) if np.isfinite(column).any() else np.nan,
                          "high": np.nanpercentile(column, 90) if np.isfinite(column).any() else np.nan})
     return pd.DataFrame(rows, columns=["experiment", "problem", "optimizer", "setting_key", "metric",
-                                       "configurations", "median", "low", "high"])
+                                       "configurations", "all_tried", "median", "low", "high"])

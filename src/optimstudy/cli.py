@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gradient accumulation: one step per K micro-batches (default: 1)")
     run.add_argument("--eval-every", type=int, help="steps between validation passes (default: each epoch)")
     run.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
+    run.add_argument("--update-norm-every", type=int, metavar="K", help="record the exact update norm every K "
+                     "steps; 1: every step, ~8%% slower on a small CPU model (default: 10; loss and gradient "
+                     "norm are always recorded every step)")
     run.add_argument("--schedule", default="constant", help="see `optimstudy list schedules`, a "
                      "torch.optim.lr_scheduler class, or package.module:name (default: constant)")
     run.add_argument("--schedule-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -220,6 +223,7 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
         accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
+        **({} if args.update_norm_every is None else {"update_norm_every": args.update_norm_every}),
         schedule=args.schedule, schedule_args=_schedule_args(args.schedule_arg, parse_opt_value),
         schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
         split_seed=args.split_seed, vary=args.vary, compile=args.compile,
@@ -321,7 +325,7 @@ def cmd_sweep(args) -> int:
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
         from optimstudy.connectivity import probe_store
         from optimstudy.tracking import resolve_tracking_uri
-        from optimstudy.writer import start_writer
+        from optimstudy.writer_handle import start_writer
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         probe_store(tracking_uri)

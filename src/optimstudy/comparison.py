@@ -289,7 +289,7 @@ def lr_robustness(members: pd.DataFrame, row, tolerance: float = 0.10) -> tuple[
         return "", np.nan
     same = members[(members["args"] == row["args"]) & members["rank"].notna()]
     per_lr = same.groupby("lr")["rank"].mean().sort_index()
-    if row["lr"] not in per_lr.index:
+    if row["lr"] not in per_lr.index or len(per_lr) < 2:  # one lr (lr-free, Prodigy at 1.0): no range to measure
         return "", np.nan
     best = per_lr[row["lr"]]
     good = (per_lr <= best + tolerance * abs(best)).to_numpy()

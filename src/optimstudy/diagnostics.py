@@ -1,35 +1,39 @@
 """Per-step diagnostics: loss, gradient norm, update norm and lr, kept on the device until a flush.
 
-    recorder = StepRecorder(params, diverge_factor=100.0)
+    recorder = StepRecorder(params, diverge_factor=100.0, update_every=10)
     loss.backward()
-    recorder.gradients([loss.detach()])     # before the step: the loss and the gradient norm
-    optimizer.step()
-    recorder.update(optimizer.param_groups[0]["lr"])   # after it: how far the weights moved
+    recorder.gradients([loss.detach()])     # before the step: the loss, the gradient norm (and on a
+    optimizer.step()                         #   measured step, a copy of the weights)
+    recorder.update(optimizer.param_groups[0]["lr"])   # after it: the lr (and how far the weights moved)
     if recorder.flush(history, logger):      # every SYNC_EVERY steps: one host copy
         ...                                  # the run diverged
 
-Why it is built this way (one CPU thread, MNIST MLP, batch 64, a 0.6 ms step; measured in the
-loop by benchmarks/bench_floor.py): a step's recording is four dispatched ops (25-40 us of
-dispatch alone: measured with 2-element tensors) and memory passes over the weights (400 KB
-for the MLP), 10-15 us each alone and 15-30 us inside the loop, where the weights, gradients
-and saved copy no longer fit the core's cache together. An exact update norm needs at least
-the gradient pass, a copy of the weights before the step and a pass reading both after it;
-in eager PyTorch this is the least found (about 0.1 ms a step in all, ~1.17x the bare loop):
+Why it is built this way (one CPU thread, MNIST MLP, batch 64, a 0.43-0.6 ms step; measured in
+the loop by benchmarks/bench_floor.py): a step's recording is dispatched ops (2-3 us each on a
+CPU) and memory passes over the weights (400 KB for the MLP), 7-17 us each alone and about
+twice that inside the loop, where the weights, gradients and saved copy no longer fit the
+core's cache together. An exact update norm needs a copy of the weights before the step and a
+pass reading both after it; in eager PyTorch the least found costs ~10% of the step, so it is
+measured every `update_every`-th step (RunConfig.update_norm_every, default 10; 1 = every step).
+Measured side by side (21 interleaved repeats, fastest repeat per step, bare loop = 1): update
+norm every step 1.167x, every 5th 1.089x, 10th 1.081x, 20th 1.075x, 50th 1.074x, never 1.072x.
+The rest (~7%) is the gradient norm (~2.6%), the recorder's bookkeeping and flush (~2.5%) and
+the loop's own (~1.7%); loss, gradient norm and lr stay every step's.
 - The gradient norm is one `torch._foreach_norm` (one fused kernel on CUDA); the per-tensor
   norms are kept and combined into the global norm at the flush, so a step adds no stack.
-- The weights from before the step live in one flat buffer: after the step one `_foreach_sub_`
-  turns it into minus the update, one `dot` gives its squared norm (BLAS: 8 us against
-  vector_norm's 12 us alone), and one `_foreach_copy_` makes it the weights before the next
-  step. Measured in the loop: 48-58 us, against 72 us for the copy/subtract/norm per tensor
-  it replaces; torch.dist (one pass, no write) 84-110 us; vector_norm instead of dot +5-14 us.
+- The weights from before a measured step live in one flat buffer: `_foreach_copy_` fills it
+  just before the step, one `_foreach_sub_` after it turns it into minus the update and one
+  `dot` gives its squared norm (BLAS: 8 us against vector_norm's 12 us alone). Alternatives
+  measured alone: torch.dist on flat buffers 18 us, vector_norm(a - b) 19 us, a flat
+  torch.cat(out=) of the weights plus sub_ + dot 20 us against these three ops' 23 us.
   Re-pointing the model's weights into one flat buffer saves ~10 us more (one op instead of
   a foreach over views) but changes the storage of the user's model: not done.
 - A step's results are 0-d tensors appended to Python lists (0.1 us): writing each into a
   preallocated buffer by index costs a dispatch (2-3 us on CPU, a kernel launch on a GPU).
-  The lists are stacked once per flush and copied to the host in a single transfer, so a
-  GPU run has no host sync per step.
+  The lists are stacked once per flush (~150 us for 50 steps) and copied to the host in a
+  single transfer, so a GPU run has no host sync per step.
 In captured mode (`capture`, RunConfig(compile=True)) the forward, the optimizer step and the
-two measuring functions are compiled; what the recorder keeps of their outputs is cloned,
+three measuring functions are compiled; what the recorder keeps of their outputs is cloned,
 because CUDA graphs reuse output memory on every replay.
 """
 import math
@@ -53,37 +57,53 @@ def capture(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
 
 
 class StepRecorder:
-    """Records one row of diagnostics per optimizer step; `flush` moves them to the host."""
+    """Records one row of diagnostics per optimizer step; `flush` moves them to the host.
 
-    def __init__(self, params, *, diverge_factor: float, trace_weights: bool = False, captured: bool = False):
+    The update norm is measured at every `update_every`-th step (steps k, 2k, ...): the weights
+    are copied just before such a step and compared just after it. The other steps' update_norm
+    is NaN in the history and absent from the logger; loss, gradient norm and lr are every step's.
+    """
+
+    def __init__(self, params, *, diverge_factor: float, trace_weights: bool = False, captured: bool = False,
+                 update_every: int = 1):
         self.params = list(params)
         self.weights = [p.detach() for p in self.params]  # aliases: they see every in-place update
         self.diverge_factor = diverge_factor
         self.trace_weights = trace_weights
+        self.update_every = update_every
+        self.finished = 0  # steps whose update() has run: the next step is finished + 1
         first = self.weights[0]
         self.previous = torch.empty(sum(w.numel() for w in self.weights), dtype=first.dtype, device=first.device)
         self.previous_views = list(torch.split(self.previous, [w.numel() for w in self.weights]))
         self.previous_views = [view.view_as(w) for view, w in zip(self.previous_views, self.weights)]
-        torch._foreach_copy_(self.previous_views, self.weights)
         self.first_loss: float | None = None
         self.losses: list[torch.Tensor] = []
         self.grad_norms: list[list[torch.Tensor]] = []  # per step: one norm per gradient tensor
-        self.update_squares: list[torch.Tensor] = []  # per step: the squared norm of the update
+        self.update_squares: list[torch.Tensor] = []  # per measured step: the squared norm of the update
+        self.update_steps: list[int] = []  # the steps they belong to
         self.lrs: list = []
         self.weight_rows: list[torch.Tensor] = []
         self.captured = captured
-        self._grad_norms, self._update_square = _gradient_norms, _update_square
+        self._grad_norms, self._snapshot, self._update_square = _gradient_norms, _snapshot, _update_square
         if captured:
             self._grad_norms = torch.compile(_stacked_gradient_norms, mode=CAPTURE_MODE)
+            self._snapshot = torch.compile(_snapshot_captured, mode=CAPTURE_MODE)
             self._update_square = torch.compile(_update_square_captured, mode=CAPTURE_MODE)
 
+    def measures_update(self) -> bool:
+        """Whether the step about to run (finished + 1) has its update norm measured."""
+        return (self.finished + 1) % self.update_every == 0
+
     def gradients(self, micro_losses: list[torch.Tensor]) -> None:
-        """Before the step: this step's loss (the mean over its micro-batches) and gradient norms."""
+        """Before the step: this step's loss (the mean over its micro-batches) and gradient norms,
+        and on a measured step the weights it starts from."""
         loss = micro_losses[0] if len(micro_losses) == 1 else torch.stack(micro_losses).mean()
         self.losses.append(loss.clone() if self.captured else loss)
         grads = [p.grad for p in self.params if p.grad is not None]
         norms = self._grad_norms(grads) if grads else []
         self.grad_norms.append(norms.clone().unbind() if self.captured and grads else norms)  # one copy
+        if self.measures_update():
+            self._snapshot(self.previous, self.previous_views, self.weights)
 
     def grad_norm(self) -> torch.Tensor:
         """The global gradient norm of the last step, as a 0-d tensor on the device (for clipping)."""
@@ -93,12 +113,15 @@ class StepRecorder:
         return torch.linalg.vector_norm(torch.stack(norms))
 
     def update(self, lr) -> None:
-        """After the step: the norm of what it changed, and the lr it used."""
-        square = self._update_square(self.previous, self.previous_views, self.weights)
-        self.update_squares.append(square.clone() if self.captured else square)
+        """After the step: the norm of what it changed (on a measured step), and the lr it used."""
+        if self.measures_update():
+            square = self._update_square(self.previous, self.previous_views, self.weights)
+            self.update_squares.append(square.clone() if self.captured else square)
+            self.update_steps.append(self.finished + 1)
+        self.finished += 1
         self.lrs.append(lr.clone() if isinstance(lr, torch.Tensor) else lr)  # a schedule changes a tensor lr in place
-        if self.trace_weights:
-            self.weight_rows.append(self.previous.clone())
+        if self.trace_weights:  # toy problems of a few weights: one small copy a step
+            self.weight_rows.append(torch.cat([w.reshape(-1) for w in self.weights]))
         if self.captured:
             torch.compiler.cudagraph_mark_step_begin()  # all kept outputs are copies: the next replay may reuse memory
 
@@ -108,23 +131,28 @@ class StepRecorder:
         Returns True when the run diverged: a loss not finite, or |loss| > diverge_factor *
         max(|first loss|, 1). A diverged run keeps its steps up to and including that one.
         """
-        count = min(len(self.losses), len(self.update_squares))  # short only when interrupted mid-step
+        count = len(self.lrs)  # finished steps; a step interrupted before its update() is dropped
         if count == 0:
             return False
-        table = torch.stack([
+        update_norms = (torch.stack(self.update_squares).double().sqrt() if self.update_squares
+                        else torch.zeros(0, dtype=torch.float64, device=self.previous.device))
+        losses_and_norms = torch.cat([
             torch.stack(self.losses[:count]).double(),
             _global_norms(self.grad_norms[:count], self.previous.device),
-            torch.stack(self.update_squares[:count]).double().sqrt(),
-        ])
-        columns = dict(zip(("train_loss", "grad_norm", "update_norm"), table.tolist()))  # the one host sync
+            update_norms,
+        ]).tolist()  # the one host sync
+        columns = {"train_loss": losses_and_norms[:count], "grad_norm": losses_and_norms[count:2 * count]}
+        update_norms = dict(zip(self.update_steps, losses_and_norms[2 * count:]))
         lrs = self.lrs[:count]
         columns["lr"] = (torch.stack(lrs).double().tolist() if isinstance(lrs[0], torch.Tensor)  # one transfer
                          else [float(lr) for lr in lrs])
         if self.trace_weights:
             rows = torch.stack(self.weight_rows[:count]).double().tolist()
             columns.update({f"w{i + 1}": list(column) for i, column in enumerate(zip(*rows))})
-        for recorded in (self.losses, self.grad_norms, self.update_squares, self.lrs, self.weight_rows):
+        for recorded in (self.losses, self.grad_norms, self.lrs, self.weight_rows):
             del recorded[:count]
+        self.update_squares.clear()
+        self.update_steps.clear()
 
         losses = columns["train_loss"]
         if self.first_loss is None:
@@ -132,13 +160,18 @@ class StepRecorder:
         bound = self.diverge_factor * max(abs(self.first_loss), 1.0)
         bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss) or abs(loss) > bound), None)
         kept = count if bad is None else bad + 1  # a diverged run ends at the step where it diverged
-        first_step = history.steps[-1] + 1 if history.steps else 1
+        first_step = self.finished - count + 1
         steps = list(range(first_step, first_step + kept))
         columns = {name: values[:kept] for name, values in columns.items()}
+        update_norms = {step: value for step, value in update_norms.items() if step < first_step + kept}
         history.steps.extend(steps)
         for name, values in columns.items():
             history.step_metrics.setdefault(name, []).extend(values)
+        # update_norm stays aligned with the steps: NaN where the step's update was not measured
+        history.step_metrics.setdefault("update_norm", []).extend(update_norms.get(step, math.nan) for step in steps)
         logger.log_steps(steps, columns)
+        if update_norms:
+            logger.log_steps(list(update_norms), {"update_norm": list(update_norms.values())})
         if bad is not None:
             history.diverged, history.diverged_at_step = True, steps[-1]
         return bad is not None
@@ -152,20 +185,25 @@ def _stacked_gradient_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(grads))
 
 
-def _update_square(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]):
-    """||weights before - weights after||^2; leaves `previous` holding the weights after."""
-    torch._foreach_sub_(previous_views, weights)  # previous = minus this step's update
-    square = torch.dot(previous, previous)
+def _snapshot(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    """`previous` := the weights (before a measured step)."""
     torch._foreach_copy_(previous_views, weights)
-    return square
+
+
+def _update_square(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]):
+    """||weights before - weights after||^2, from the snapshot before the step (which it overwrites)."""
+    torch._foreach_sub_(previous_views, weights)  # previous = minus this step's update
+    return torch.dot(previous, previous)
+
+
+def _snapshot_captured(previous: torch.Tensor, previous_views, weights: list[torch.Tensor]) -> None:
+    """The same for the compiler: one flat copy it fuses into a single kernel (inductor fails on
+    _foreach ops into views of the buffer for a CNN's 4-d weights, torch 2.14)."""
+    previous.copy_(torch.cat([w.reshape(-1) for w in weights]))
 
 
 def _update_square_captured(previous: torch.Tensor, previous_views, weights: list[torch.Tensor]):
-    """The same for the compiler: one flat subtraction it fuses into a single kernel (inductor
-    fails on _foreach_sub_ into views of the buffer for a CNN's 4-d weights, torch 2.14)."""
-    flat = torch.cat([w.reshape(-1) for w in weights])
-    delta = previous - flat
-    previous.copy_(flat)
+    delta = previous - torch.cat([w.reshape(-1) for w in weights])
     return torch.dot(delta, delta)
 
 

@@ -250,6 +250,11 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
     bias = torch.nn.Parameter(torch.zeros(2))  # and a bias, which such an optimizer needs a `rest` for
     tested = [weight] if matrices_only else [weight, bias]
     stage = "rejects its arguments"
+    # at one thread: a sweep checks its optimizers before it forks its workers, and an op run here with
+    # more threads (Muon's bfloat16 matmul, through oneDNN) starts OpenMP's pool, which a forked child
+    # inherits broken: its first parallel op then waits forever (tests/test_modern_optimizers.py)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         optimizer = cls(tested, lr=lr, **arguments)
         stage = f"fails on its first step (on {'a 2x2 test matrix' if matrices_only else 'a 2x2 matrix and a bias'})"
@@ -272,6 +277,8 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
         given = f"with lr={lr:g}" + (f" and {_shown(arguments)}" if arguments else "")
         raise OptimizerArgumentError(name, blamed, extra, f"{stage} ({reason}) {given}",
                                      {k: defaults[k] for k in blamed if _worth_showing(defaults.get(k))}) from None
+    finally:
+        torch.set_num_threads(threads)
     _checked.add(key)
 
 

@@ -45,6 +45,7 @@ BUILTIN_PROBLEMS = {
     "mnist_logreg": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.90)),
     "mnist_mlp": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.95)),
     "mnist_cnn": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.97)),
+    "mnist_lenet": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.97)),
     "fashion_logreg": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.80)),
     "fashion_mlp": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.84)),
     "fashion_cnn": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.86)),

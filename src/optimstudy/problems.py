@@ -135,6 +135,18 @@ def cnn(data: DataInfo = MNIST_INFO):
     )
 
 
+def lenet(data: DataInfo = MNIST_INFO):
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling: two conv layers, then two hidden
+    matrices (400x120, 120x84) before the head, which is what Muon trains (parameter_groups.py)."""
+    channels, height, width = data.input_shape
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2), 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, data.outputs),
+    )
+
+
 def linear(data: DataInfo):
     return nn.Linear(data.input_size, data.outputs)
 
@@ -167,6 +179,8 @@ PROBLEMS = {
     "mnist_mlp": Problem("mnist", mlp, description="MNIST, 784-128-10 MLP (102k weights)",
                          target=("val_accuracy", 0.95)),
     "mnist_cnn": Problem("mnist", cnn, description="MNIST, 2-conv CNN (20k weights)", target=("val_accuracy", 0.97)),
+    "mnist_lenet": Problem("mnist", lenet, description="MNIST, LeNet-5: 2 conv + 2 hidden linear layers (62k weights)",
+                           target=("val_accuracy", 0.97)),
     "fashion_logreg": Problem("fashion_mnist", logreg, description="Fashion-MNIST, softmax regression",
                               target=("val_accuracy", 0.80)),
     "fashion_mlp": Problem("fashion_mnist", mlp, description="Fashion-MNIST, 784-128-10 MLP",

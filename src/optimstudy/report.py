@@ -47,14 +47,16 @@ def draw(section: Section, function, study: Study, figures: Path, *, svg=True, d
         return section
     try:
         drawn = function(study)
-        if drawn is not None:
+        if isinstance(drawn, plotting.Drawn):
             plotting.save(drawn.figure, figures / section.name, svg=svg)
     except Exception as error:  # one broken figure must not cost the others; the page says so
         if debug:
             raise
         section.error = f"{type(error).__name__}: {error}"
         return section
-    if drawn is None:
+    if isinstance(drawn, str):  # the script says why it drew nothing
+        section.note = drawn
+    elif drawn is None:
         section.note = f"no runs for it yet: run `optimstudy sweep {section.spec}`" if section.spec else \
             "no runs for it in this store"
     else:

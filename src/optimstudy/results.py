@@ -62,6 +62,15 @@ def option_columns(runs: pd.DataFrame) -> list[str]:
     return sorted(c for c in runs.columns if c.startswith(("opt.", "rest.", "schedule.")))
 
 
+def args_text(options: dict) -> str:
+    """A run's arguments besides lr as text: "weight_decay=0.1 rest.optimizer=adamw". A rest.lr set by
+    rest.lr_ratio is left out: it is lr x ratio, said by both already, and would make every lr of a
+    grid a configuration of its own arguments (no lr curve, no robust lr range)."""
+    ratio_given = _text(options.get("rest.lr_ratio")) not in ("", "None")
+    return " ".join(f"{c.removeprefix('opt.')}={_text(v)}" for c, v in options.items()
+                    if _text(v) not in ("", "None") and not (c == "rest.lr" and ratio_given))
+
+
 # ---- one row per run --------------------------------------------------------------------------
 
 def run_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -114,9 +123,8 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
         if column in runs and runs[column].notna().all() and (runs[column] % 1 == 0).all():
             runs[column] = runs[column].astype("int64")
     options = option_columns(runs)
-    runs["args"] = [" ".join(f"{c.removeprefix('opt.')}={_text(v)}" for c, v in zip(options, values)
-                             if _text(v) not in ("", "None"))
-                    for values in runs[options].itertuples(index=False)] if options else ""
+    runs["args"] = [args_text(dict(zip(options, values))) for values in runs[options].itertuples(index=False)] \
+        if options else ""
     runs["config_key"] = [f"lr={_text(lr)} {args}" for lr, args in zip(runs["lr"], runs["args"])]
     runs["setting_key"] = [" ".join(f"{c}={_text(v)}" for c, v in zip(SETTING, values) if _text(v))
                            for values in runs[list(SETTING)].itertuples(index=False)]
@@ -181,6 +189,8 @@ def argument_edge_warnings(row: dict, members: pd.DataFrame, options, tied=()) -
         tried = pd.to_numeric(members[column], errors="coerce")
         if members[column].map(lambda v: isinstance(v, bool)).any() or tried.isna().any():
             continue  # not a number everywhere: a flag, a pair (betas), or unset in some runs
+        if column == "rest.lr" and "rest.lr_ratio" in members and members["rest.lr_ratio"].notna().all():
+            continue  # lr x rest.lr_ratio: it moves with lr, not an axis of its own; lr's warning speaks for it
         values = np.sort(tried.unique())
         best = pd.to_numeric(pd.Series([row.get(column)]), errors="coerce").iloc[0]
         others = pd.to_numeric(pd.Series([t[column] for t in tied]), errors="coerce")

@@ -10,6 +10,7 @@
     schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed (a list too)
                                   # schedule_args = { warmup = [5, 10] }: tuned like an optimizer argument
     vary = ["init", "order"]      # what a seed varies; "data": each seed its own train/validation split
+    update_norm_every = 10        # steps between exact update norms (1: every step); loss and grad norm: every step
 
     [optimizers.sgd]
     lr = [0.01, 0.03, 0.1, 0.3]   # an explicit grid
@@ -71,7 +72,7 @@ DIRECTIONS = ("minimize", "maximize")
 NAME_PATTERN = re.compile(r"[^\W_][\w. -]{0,99}")  # letters of any script (MLflow and Optuna store them), digits
 GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed")  # a list here is a grid axis
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
-                   "shuffle", "val_fraction", "vary")
+                   "shuffle", "val_fraction", "vary", "update_norm_every")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
             "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
@@ -651,10 +652,12 @@ def config_key(config: RunConfig, label: str | None = None) -> str:
     The spec's label is part of it: two labels of one configuration are two optimizers to compare,
     never one trial. It is left out where it is the optimizer's own name, and `vary` where it is
     the default, so a study queued before either was part of the key keeps its keys and resumes.
+    `update_norm_every` is always left out: it changes what is recorded, not what is trained.
     """
     params = config.params()
     if params.get("vary") == DEFAULT_VARY:
         del params["vary"]
+    del params["update_norm_every"]
     if label is not None and label != config.optimizer:
         params["label"] = label
     return json.dumps(params, sort_keys=True, default=str)

@@ -4,7 +4,12 @@ Like writer.py it imports nothing from optimstudy: the writer starts without tor
 MLflow's table layout is not a public API: tests/test_writer.py writes the same run both ways
 and compares every row, so an MLflow upgrade that changes it fails there, not in a user's store.
 """
+import contextlib
 import math
+
+# A write waits this long for a SQLite lock held by another process, then fails; the writer retries it
+# (writer.patiently: LOCK_RETRY_S in all, said once on stderr) instead of waiting inside SQLite, silent.
+BUSY_WAIT_MS = 1000
 
 
 class _NotActive(Exception):
@@ -34,6 +39,14 @@ class FastWrites:
         self.valid_keys: set[str] = set()
         self.artifact_locations: dict[str, str] = {}
         self.datasets: dict[tuple, str] = {}  # (experiment id, name, digest) -> dataset_uuid
+        self.sqlite = store.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        with self.store.engine.begin() as connection:
+            if self.sqlite:  # MLflow's sessions set 20 s on the pooled connection; ours waits briefly, then retries
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {BUSY_WAIT_MS}")
+            yield connection
 
     @classmethod
     def for_client(cls, client):
@@ -62,7 +75,7 @@ class FastWrites:
         param_rows = [{"run_uuid": run_id, "key": k, "value": v} for k, v in params.items()]
         for attempt in (1, 2):
             try:
-                with self.store.engine.begin() as connection:
+                with self._transaction() as connection:
                     connection.execute(sa.insert(m.SqlRun.__table__), run)
                     connection.execute(sa.insert(m.SqlTag.__table__), tag_rows)
                     if param_rows:
@@ -74,6 +87,9 @@ class FastWrites:
                 self.datasets.clear()
                 if attempt == 2 or dataset is None:
                     raise
+            except Exception:  # rolled back (a locked store): a data set found or added in it may not exist
+                self.datasets.clear()
+                raise
         self.latest[run_id] = {}
 
     def _link_dataset(self, connection, run_id: str, experiment_id: int, dataset: dict) -> None:
@@ -119,7 +135,7 @@ class FastWrites:
         m, sa = self.models, self.sa
         runs, tag_table = m.SqlRun.__table__, m.SqlTag.__table__
         try:
-            with self.store.engine.begin() as connection:
+            with self._transaction() as connection:
                 ended = connection.execute(sa.update(runs).where(
                     runs.c.run_uuid == run_id, runs.c.lifecycle_stage == "active").values(
                     status=status, end_time=int(time.time() * 1000)))
@@ -160,7 +176,7 @@ class FastWrites:
             return False  # duplicates within the batch: MLflow's log_batch drops them
         m, sa = self.models, self.sa
         try:
-            with self.store.engine.begin() as connection:
+            with self._transaction() as connection:
                 known = self.latest.get(run_id)
                 if known is None:  # a run this writer did not create: read what it holds
                     table = m.SqlLatestMetric.__table__
@@ -172,6 +188,9 @@ class FastWrites:
         except sa.exc.IntegrityError:  # a point stored before (a retried batch): MLflow's path skips it
             self.latest.pop(run_id, None)
             return False
+        except Exception:  # rolled back (a locked store, retried by the writer): what we knew was updated in it
+            self.latest.pop(run_id, None)
+            raise
         return True
 
     def _update_latest(self, connection, run_id, known, newest) -> None:

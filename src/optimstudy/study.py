@@ -33,12 +33,16 @@ from optimstudy.storages import (default_storage_path, repair_joined_records, re
                                   storage_url)  # default_storage_path, storage_url: re-exported
 from optimstudy.planning import config_from_json, plan
 from optimstudy.trial_queue import (CONFIG, ERROR, KEY, LIVE, PHASE, SLOT, SPACE, Queue,  # noqa: F401  (re-exported)
-                                    duplicate_of, enqueue_missing, fail_if_running, trial_key)
+                                    duplicate_of, enqueue_missing, fail_if_running, requeue, trial_key)
 from optimstudy.spec import Spec
 
 HEARTBEAT_S = 10  # a running trial records a heartbeat this often
 STALE_AFTER_S = 60  # a trial on another machine with no heartbeat for this long is dead
 RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
+# A trial whose MLflow writer died (or stalled) under it runs again in the same sweep, with a fresh
+# writer; this many times at most, so that a writer that dies on every trial does not loop forever.
+WRITER_RERUNS = 2
+WRITER_DIED = "the MLflow writer died mid-trial"  # how such a failure's reason starts
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
 WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
 
@@ -259,6 +263,7 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     from optimstudy.results import objective_value
     from optimstudy.runner import execute
     from optimstudy.training import Stop
+    from optimstudy.writer_handle import StoreError, WriterDied
 
     storage = queue.storage
     for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
@@ -305,6 +310,16 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
         trial.set_user_attr(ERROR, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
         study.tell(trial, state=TrialState.FAIL)
         raise
+    except WriterDied as died:  # not the trial's fault: `work` queues it again, and the next run starts a writer
+        trial.set_user_attr(ERROR, f"{WRITER_DIED} ({died})"[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        return "writer died"
+    except StoreError as refused:  # FAILED (queued again on resume); `work` stops if the whole store refuses
+        trial.set_user_attr(ERROR, f"StoreError: {refused}"[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        if refused.store_wide:
+            raise
+        return "failed"
     except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
         # a driver's error can quote the store's URI: the message is shown, tagged, printed at the end
         trial.set_user_attr(ERROR, hide_passwords(f"{type(error).__name__}: {error}")[:2000])
@@ -321,7 +336,9 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
          experiment_id: str | None = None) -> None:
     """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
-    `experiment_id`: the study's MLflow experiment, when the caller has it (else looked up once here)."""
+    `experiment_id`: the study's MLflow experiment, when the caller has it (else looked up once here).
+    A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
+    store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
     from optimstudy.runner import Tracking
 
     storage = open_storage(url)
@@ -350,8 +367,23 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             fail_if_running(storage, trial_id, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
             raise
+        if state == "writer died":
+            rerun_after_writer_death(spec, url, study, storage.get_trial(trial_id))
         if on_trial_done is not None:
             on_trial_done(state)
+
+
+def rerun_after_writer_death(spec: Spec, url: str, study, trial) -> None:
+    """Queue the configuration of `trial` (failed when its writer died) again, now, in this sweep."""
+    key = trial_key(trial.user_attrs)
+    with planning_lock(url, spec.name):
+        deaths = sum(trial_key(t.user_attrs) == key and str(t.user_attrs.get(ERROR, "")).startswith(WRITER_DIED)
+                     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        queued = deaths <= WRITER_RERUNS and requeue(study, trial)
+    print(f"optimstudy: trial {trial.number}: {WRITER_DIED}; "
+          + ("queued again, with a new writer" if queued else
+             f"not queued again ({deaths} writer deaths for this configuration)" if deaths > WRITER_RERUNS else
+             "queued again already"), file=sys.stderr, flush=True)
 
 
 def worker_main(argv: list[str]) -> int:
@@ -381,11 +413,15 @@ def worker_main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+    from optimstudy.writer_handle import StoreError
+
     try:
         work(load_spec(options["spec"]), options["storage"], options["tracking_uri"], options["parent_run_id"],
              options["data_dir"], options["threads"], stop=stop, experiment_id=options.get("experiment_id"))
     except KeyboardInterrupt:
         return 130
+    except StoreError:  # the store refuses writes: this worker stops; its trial is FAIL (and says why), the rest queued
+        return 0
     return 0
 
 

@@ -9,6 +9,7 @@ and open the parent run (study.py, tracking.py); run the queue with worker proce
 each optimizer's best configuration on new seeds; print the table of results.py's best
 configurations. Running the same command again resumes.
 """
+import contextlib
 import json
 import math
 import numbers
@@ -35,7 +36,7 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
     from optimstudy.tracking import resolve_tracking_uri
-    from optimstudy.writer import start_writer, stop_writers
+    from optimstudy.writer_handle import start_writer, stop_writers
 
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
@@ -88,7 +89,7 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
 
 def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool) -> int:
     from optimstudy.notes import study_note
-    from optimstudy.tracking import set_notes, stop_writers, update_run
+    from optimstudy.tracking import StoreError, set_notes, stop_writers, update_run
 
     study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, restart)
     started = time.perf_counter()  # "N trials run now in X s": the trials, after the stores are set up
@@ -99,6 +100,7 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     threads = spec.settings.get("threads")
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
+    refused = None  # the StoreError that stopped the sweep
     try:
         deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, spec.name,
                             planned, pids, pool)
@@ -110,6 +112,8 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
                 deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads,
                                     f"{spec.name} confirm", confirm, pids, pool)
         status = "FINISHED"
+    except StoreError as error:  # every further trial would fail the same way: stop, and say so
+        refused = error
     except KeyboardInterrupt:
         status = "KILLED"
         update_run(tracking_uri, parent_run_id, tags={studies.ERROR: "interrupted; run the same command to resume"})
@@ -120,8 +124,14 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         if status == "FINISHED" and (failures or final["waiting"]):
             status = "FAILED"
         if final["running"] == 0 or status == "KILLED":  # another command's workers may still be running
-            update_run(tracking_uri, parent_run_id, status=status)
+            with contextlib.suppress(Exception) if refused else contextlib.nullcontext():  # the store may refuse it too
+                update_run(tracking_uri, parent_run_id, status=status)
         stop_writers()
+    if refused is not None:
+        print(f"sweep '{spec.name}': stopped: {refused}\n{final['waiting'] + sum(map(len, failures.values()))} "
+              "configuration(s) not done; they stay queued: once the store can be written again, run the same "
+              "command to resume", file=sys.stderr)
+        return 1
     from optimstudy.results import edge_warnings
 
     outcome = study_results(spec, tracking_uri)
@@ -250,6 +260,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     """
     from optimstudy.config import default_threads
     from optimstudy.devices import cpu_count
+    from optimstudy.writer_handle import StoreError
 
     total = studies.counts(study)
     todo = total["waiting"]
@@ -289,11 +300,17 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
                     now = studies.counts(study)
                     progress(now["complete"] + now["pruned"] + now["failed"] - done_before, todo)
 
-            studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
-                         planned=planned, experiment_id=experiment)
+            refused = None
+            try:
+                studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
+                             planned=planned, experiment_id=experiment)
+            except StoreError as error:  # the store refuses writes: the others stop at their next batch too
+                refused = error
             while any(p.poll() is None for p in others):
                 report()
                 time.sleep(0.5)
+            if refused is not None:
+                raise refused
             if any(p.returncode not in (0, 130) for p in others):  # a dead worker's trial: run it again here
                 studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
                              planned=planned, experiment_id=experiment)

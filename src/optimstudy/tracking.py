@@ -28,10 +28,11 @@ from urllib.parse import urlparse
 
 from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
-# the writer's handle lives beside the writer; imported here so that callers find it with the logger
 from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, DeletedExperiment,  # noqa: F401
-                               WriterDied, _writers, find_or_create_experiment, quiet_store_logs,
-                               report_connection_retries, start_writer, stop_writers)
+                               find_or_create_experiment, quiet_store_logs, report_connection_retries)
+# the writer's handle (writer_handle.py); imported here so that callers find it with the logger
+from optimstudy.writer_handle import (StoreError, WriterDied, WriterStalled, _writers, start_writer,  # noqa: F401
+                                      stop_writers, writer_timeout_s)
 
 DEFAULT_STORE_DIR = "mlruns"
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -210,6 +211,7 @@ class MlflowLogger:
         the UI's Datasets column: stored with the run (a SQL store), else by `start`."""
         self.tracking_uri = tracking_uri
         sample_every_s = system_metrics_s()  # a bad value is a usage error before anything is written
+        writer_timeout_s()
         self.writer = start_writer(tracking_uri)
         self.writer.wait_ready()  # before the run exists: a writer that cannot start leaves no RUNNING run
         run_tags = {k: str(v) for k, v in tags.items()}
@@ -237,6 +239,7 @@ class MlflowLogger:
             client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         self._buffer: list[tuple] = []
         self.closed = False
+        self.store_failed = False  # the writer reported that the store refused this run's writes
         # from now on the writer ends it if we die, and samples CPU/GPU use and memory for it
         self.writer.send(("open", self.run_id, sample_every_s))
 
@@ -256,7 +259,13 @@ class MlflowLogger:
     def _ship(self):
         while self._buffer:
             chunk, self._buffer = self._buffer[:BATCH_POINTS], self._buffer[BATCH_POINTS:]
-            self.writer.send(("metrics", self.run_id, chunk))
+            self.writer.send(("metrics", self.run_id, chunk), len(chunk))
+        # the store refused a write (a full disk, locked past the writer's retries): stop now, not at the end
+        detail = None if self.store_failed else self.writer.store_error(self.run_id)
+        if detail is not None:
+            self.store_failed = True
+            raise StoreError(hide_passwords(f"the MLflow writer could not write to the tracking store "
+                                            f"'{self.tracking_uri}' (run {self.run_id}): {detail}"))
 
     def log_artifact(self, path: str) -> None:
         self.writer.log_artifact(self.run_id, path)  # through the writer: it may not have created the run yet
@@ -279,9 +288,21 @@ class MlflowLogger:
             return
         self.closed = True
         tags = dict(tags or {})
+        refused = None
         try:
-            self._ship()
-            self.writer.end_run(self.run_id, status, tags)
+            if self.store_failed:
+                self._buffer = []  # the writer drops them: the run has lost points already
+            try:
+                self._ship()
+            except StoreError as error:  # said only now: the writer ends the run FAILED, with the store's words
+                refused = error
+            try:
+                self.writer.end_run(self.run_id, status, tags)
+            except StoreError:
+                if not self.store_failed:
+                    raise
+                # the first store error is the one raised (here or by our caller); the writer ends the run
+                # as asked once the store takes it, at the latest when this process stops
         except WriterDied as died:  # nobody else will end the run now: end it here, or it stays RUNNING
             why = tags.get(TAG_ERROR, "")
             if str(died) not in why:
@@ -296,6 +317,8 @@ class MlflowLogger:
                 client.set_tag(self.run_id, key, str(value)[:5000])
             client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
             raise
+        if refused is not None:
+            raise refused
 
 
 def _run_exists(client, run_id: str) -> bool:

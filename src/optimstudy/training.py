@@ -9,7 +9,9 @@
     history.final["excess_loss"]   # < 1e-3
 
 Per-step metrics stay on the device and are copied to the host every SYNC_EVERY steps, so
-a GPU run has no host sync per step; divergence is detected at those copies.
+a GPU run has no host sync per step; divergence is detected at those copies. Loss, gradient
+norm and lr are every step's; the update norm every `update_norm_every`-th step's (NaN in
+`History.step_metrics` between: see diagnostics for what each costs).
 """
 import math
 import time
@@ -37,7 +39,8 @@ EVAL_BATCH = 1024  # examples per forward pass when evaluating (4096 took a CNN 
 class History:
     config: RunConfig
     steps: list[int] = field(default_factory=list)
-    step_metrics: dict[str, list[float]] = field(default_factory=dict)  # train_loss, grad_norm, lr, ...
+    # train_loss, grad_norm, lr, update_norm (NaN at steps its cadence skips), ...: one value per step
+    step_metrics: dict[str, list[float]] = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)  # {"step": s, "val_loss": ..., "val_accuracy": ...}
     final: dict = field(default_factory=dict)
     diverged: bool = False
@@ -167,7 +170,7 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
                                                            run.loss_fn, run.n_steps)
     history = History(config, data_sizes=data.sizes(), note=note, model=model)
     recorder = StepRecorder(params, diverge_factor=config.diverge_factor, trace_weights=problem.traces_weights,
-                            captured=config.compile)
+                            captured=config.compile, update_every=config.update_norm_every)
     forward = capture(model, optimizer) if config.compile else model  # compiled forward and step, or eager
     # Schedule-Free optimizers train at one point of their weight sequence and are evaluated at another
     # (the average): optimizer.eval() moves the weights there, optimizer.train() moves them back
@@ -209,7 +212,7 @@ def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None 
             if config.clip_grad_norm:
                 torch.nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, recorder.grad_norm())
             optimizer.step()  # update
-            recorder.update(optimizer.param_groups[0]["lr"])  # how far the step moved the weights
+            recorder.update(optimizer.param_groups[0]["lr"])  # how far the step moved the weights (every k-th step)
             if run.schedule is not None and (config.schedule_every == "step" or step % run.per_epoch == 0):
                 run.schedule.step()
 

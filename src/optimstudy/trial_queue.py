@@ -58,6 +58,23 @@ def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -
     return added
 
 
+# what a queued trial carries (enqueue_missing), copied when a trial is queued again (requeue)
+QUEUED_ATTRS = (KEY, PHASE, CONFIG, "optimizer", "problem", "seed", "device", "objective_metric",
+                "objective_direction", SPACE, SLOT)
+
+
+def requeue(study, trial) -> bool:
+    """Queue a finished (frozen) trial's configuration again, with its parameters (a search trial
+    reruns its sampled values), unless a queued, running or finished trial has it already; returns
+    whether it queued it. Call it under planning_lock, like enqueue_missing."""
+    key = trial_key(trial.user_attrs)
+    if any(trial_key(t.user_attrs) == key for t in study.get_trials(deepcopy=False, states=LIVE)):
+        return False
+    study.enqueue_trial(params=dict(trial.params),
+                        user_attrs={name: trial.user_attrs[name] for name in QUEUED_ATTRS if name in trial.user_attrs})
+    return True
+
+
 class Queue:
     """The study's queue as one worker takes from it.
 

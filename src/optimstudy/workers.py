@@ -10,7 +10,7 @@ training: that start-up is why 2 workers barely beat 1 on a short sweep. A fork 
 after those imports starts in milliseconds. The fork happens while the sweep is still a single
 thread with no OpenMP pool and no database connection, so the child inherits nothing that is
 unsafe across fork. The sweep's MLflow writer process is already starting: each child takes one
-of its spare connections (writer.adopt_writer) instead of starting a writer of its own, ~1.5 s
+of its spare connections (writer_handle.adopt_writer) instead of starting a writer of its own, ~1.5 s
 of CPU that would compete with the first trials. Each child waits on a pipe for its orders: the
 worker options once the study is planned, or the pipe closing (not needed, or the sweep died).
 The same pipe then tells a running child that the sweep is gone.
@@ -31,7 +31,7 @@ class ForkedWorker:
 
     def __init__(self, writer_connection=None):
         """`writer_connection`: (tracking URI, a spare connection to the sweep's writer) for the child."""
-        from optimstudy.writer import adopt_writer, hand_over
+        from optimstudy.writer_handle import adopt_writer, hand_over
 
         read, self.orders = os.pipe()
         sys.stdout.flush()
@@ -100,7 +100,7 @@ def fork_workers(count: int) -> list[ForkedWorker]:
 
     import optimstudy.runner  # noqa: F401  (torch, the training loop)
     import optimstudy.tracking  # noqa: F401
-    from optimstudy.writer import spare_connections
+    from optimstudy.writer_handle import spare_connections
 
     spares = spare_connections()  # the sweep's writer serves the workers too: one writer per machine
     return [ForkedWorker(spares[index] if index < len(spares) else None) for index in range(count)]

@@ -24,8 +24,10 @@ through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, me
 network; GPU utilisation and memory with nvidia-ml-py): CPU and memory are machine-wide, so a
 sampler here sees what one in the training process would, and the training thread pays nothing.
 
-The bottom of this file is the training process's side: `start_writer(uri)` starts (once per
-store) the process and returns its handle, which tracking.MlflowLogger sends its points through.
+A SQLite store locked by another process (a reader, a `sqlite3` shell) is retried for
+LOCK_RETRY_S, longer than MLflow's own client waits (20 s), saying so once on stderr; only then is
+the write reported as failed. The training process reads such a report at its next batch and
+stops the run (writer_handle.py, the training process's side: start_writer, its sends and waits).
 """
 import contextlib
 import logging
@@ -34,9 +36,9 @@ import re
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -47,6 +49,9 @@ BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
 # MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
 # training runs; with it, the experiment opens on its runs table.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# How long a locked SQLite store is retried: more than MLflow's own client waits (busy_timeout 20 s),
+# so a reader holding the store for 30 s loses nothing; a test sets a few seconds.
+LOCK_RETRY_ENV, LOCK_RETRY_S = "OPTIMSTUDY_LOCK_RETRY_S", 60.0
 
 
 def quiet_store_logs() -> None:
@@ -121,6 +126,52 @@ class DeletedExperiment(Exception):
                 f"`MLFLOW_TRACKING_URI='{hide_passwords(tracking_uri)}' mlflow experiments restore "
                 f"--experiment-id {self.experiment_id}`; or start afresh under a new name: give the spec a new "
                 "`name` (optimstudy sweep), or pass --experiment NEW (optimstudy run)")
+
+
+class StoreLocked(Exception):
+    """The store stayed locked by another process for the whole retry budget."""
+
+
+_lock_told_at = [float("-inf")]  # when "the store is locked" was last printed: one line a minute at most
+
+
+def patiently(call, *args, **kwargs):
+    """`call(...)`, retried with backoff while the SQLite store is locked by another process, for
+    LOCK_RETRY_S ($OPTIMSTUDY_LOCK_RETRY_S); StoreLocked after that. Safe to retry: every write here
+    is one transaction, rolled back when it fails."""
+    try:
+        budget = float(os.environ.get(LOCK_RETRY_ENV) or LOCK_RETRY_S)
+    except ValueError:  # set by hand for a test; a typo must not turn every locked write into a failure
+        budget = LOCK_RETRY_S
+    started, pause = None, 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:
+            if "database is locked" not in str(error):
+                raise
+            now = time.monotonic()
+            if started is None:
+                started = now
+                if now - _lock_told_at[0] > 60:
+                    _lock_told_at[0] = now
+                    print(f"optimstudy: the tracking store is locked by another process (database is locked); the "
+                          f"MLflow writer (pid {os.getpid()}) retries for up to {budget:g} s ({LOCK_RETRY_ENV})",
+                          file=sys.stderr, flush=True)
+            if now - started >= budget:
+                raise StoreLocked(f"the store stayed locked by another process for {now - started:.0f} s "
+                                  f"(retried for {LOCK_RETRY_ENV}={budget:g} s): database is locked") from None
+            time.sleep(min(pause, budget - (now - started)))
+            pause = min(pause * 2, 2.0)
+
+
+def _once(call, *args, **kwargs):
+    return call(*args, **kwargs)
+
+
+def _plain(error: Exception) -> str:
+    """The error's own words, without SQLAlchemy's appended statement and link (a user reads this)."""
+    return re.split(r"\n\[SQL: |\n\(Background on this error at", str(error))[0]
 
 
 def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
@@ -206,16 +257,24 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
     lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
     uncreated: set[str] = set()  # runs whose "create" failed
+    unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
     held = None  # a message read ahead while merging metric messages, handled next
     stepping = False  # whether a trainer has sent steps yet
     while True:
         message, held = held or receive(conn), None
-        if message is None:
-            for run_id in open_runs:  # the training process is gone without closing its runs
+        if message is None or message[0] == "stop":
+            # the training process is gone without closing its runs (KILLED), or stops after the store
+            # refused to end them (ended now as it asked, if the store takes it now)
+            for run_id in open_runs:
                 stop_system_metrics(samplers.pop(run_id, None))
+                status, tags = unended.get(run_id, ("KILLED", {"optimstudy.error": "the training process died mid-run"}))
                 with contextlib.suppress(Exception), store.lock:
-                    store.client.set_tag(run_id, "optimstudy.error", "the training process died mid-run")
-                    store.client.set_terminated(run_id, "KILLED")
+                    patiently(store.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                    patiently(store.client.set_terminated, run_id, status)
+            if message is not None:
+                for sampler in samplers.values():
+                    stop_system_metrics(sampler)
+                reply(conn, ("ok", None, None))
             return
         kind, run_id = message[0], message[1]
         if kind == "store":
@@ -229,7 +288,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
         with store.lock:
             try:
                 if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
-                    fast.create_run(run_id, **message[2])
+                    patiently(fast.create_run, run_id, **message[2])
                     open_runs.add(run_id)
                 elif kind == "open":
                     open_runs.add(run_id)
@@ -239,8 +298,8 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     if not stepping:
                         yield_cores_to_training()
                         stepping = True
-                    if run_id in uncreated:
-                        continue  # its creation failed (reported once); its points have nowhere to go
+                    if run_id in uncreated or run_id in lost:
+                        continue  # reported once; the trainer stops the run on that report: these are lost too
                     open_runs.add(run_id)
                     points = list(message[2])
                     # behind? merge what is already waiting for the same run: one transaction, not many
@@ -252,11 +311,11 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                         held = None
                     for start in range(0, len(points), BATCH_POINTS):
                         chunk = points[start:start + BATCH_POINTS]
-                        if fast is None or not fast.log_metrics(run_id, chunk):
-                            client.log_batch(run_id, metrics=[Metric(*p) for p in chunk])
+                        if fast is None or not patiently(fast.log_metrics, run_id, chunk):
+                            patiently(client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
                 elif kind == "experiment":  # run_id is the experiment's name here; the trainer waits
                     try:
-                        answer = find_or_create_experiment(client, run_id, message[2])
+                        answer = patiently(find_or_create_experiment, client, run_id, message[2])
                     except DeletedExperiment as deleted:  # a usage error, told in the training process
                         answer = {"deleted": deleted.experiment_id}
                     reply(conn, ("ok", run_id, answer))
@@ -265,28 +324,28 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     reply(conn, ("ok", run_id, None))
                 elif kind == "end":
                     _, _, status, tags = message
+                    # a run stopped by a store error is ended in one try: the trainer is not kept waiting
+                    # another LOCK_RETRY_S; if the store refuses it, it is ended (patiently) when the trainer stops
+                    write = _once if run_id in lost else patiently
                     if run_id in lost:
                         status = "FAILED" if status == "FINISHED" else status
                         why = tags.get("optimstudy.error")
                         tags = {**tags, "optimstudy.error": "; ".join(
                             filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
                     tags = {key: str(value)[:5000] for key, value in tags.items()}
-                    if fast is None or not fast.end_run(run_id, status, tags):
+                    unended[run_id] = (status, tags)  # until the store has it
+                    if fast is None or not write(fast.end_run, run_id, status, tags):
                         if tags:
-                            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-                        client.set_terminated(run_id, status)
+                            write(client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+                        write(client.set_terminated, run_id, status)
+                    del unended[run_id]
                     open_runs.discard(run_id)
                     if fast is not None:
                         fast.forget(run_id)
                     reply(conn, ("ok", run_id, None))
                     ended_sampler = samplers.pop(run_id, None)
-                elif kind == "stop":
-                    for sampler in samplers.values():
-                        stop_system_metrics(sampler)
-                    reply(conn, ("ok", None, None))
-                    return
-            except Exception as error:  # reported back to the training process at the run's end
-                detail = hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")  # it is printed and tagged
+            except Exception as error:  # reported back: the training process reads it at its next batch
+                detail = hide_passwords(f"{type(error).__name__}: {_plain(error)[:1000]}")  # it is printed and tagged
                 if kind == "create":
                     uncreated.add(run_id)
                     lost[run_id] = f"the run could not be created: {detail}"
@@ -343,169 +402,6 @@ def receive(conn: Connection):
         return conn.recv()
     except (EOFError, OSError):
         return None
-
-
-# ---- the training process's side: one writer per tracking store, and its pipe ----------
-
-class WriterDied(RuntimeError):
-    """The writer process is gone (killed, out of memory): points it had not stored are lost."""
-
-
-class _Writer:
-    """The handle on a writer process, started on first use and shared by the process's runs.
-
-    A plain subprocess over socket pairs, not multiprocessing: spawning through
-    multiprocessing re-imports the caller's __main__, which breaks unguarded user scripts.
-    With `spares`, it also serves that many more connections, one for each worker forked from
-    this process (`spare_connections`, `adopt_writer`): one writer per machine, not per worker.
-    """
-
-    def __init__(self, tracking_uri: str, spares: int = 0, conn: Connection | None = None):
-        self.tracking_uri, self.process, self.spares = tracking_uri, None, []
-        self.ready = self.store_asked = False
-        self.creates_runs = False  # a SQL store: the writer creates runs (sql_writes.py), told when ready
-        if conn is not None:  # a forked worker's connection to its parent's writer
-            self.conn = conn
-            return
-        pairs = [socket.socketpair() for _ in range(1 + spares)]
-        fds = [theirs.fileno() for _, theirs in pairs]
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__)), ",".join(map(str, fds))],
-            pass_fds=fds, stdin=subprocess.DEVNULL, env={**os.environ, URI_VARIABLE: tracking_uri})
-        for _, theirs in pairs:
-            theirs.close()
-        self.conn, *self.spares = [Connection(ours.detach()) for ours, _ in pairs]
-
-    def open_store(self) -> None:
-        """Have the writer open (or create) the store, without waiting for it (see wait_ready)."""
-        if not self.store_asked:
-            self.send(("store", None))
-            self.store_asked = True
-
-    def wait_ready(self) -> None:
-        """Have the writer open (or create) the store, and wait for it: a writer that cannot start
-        fails here, before any run exists. The writer imports MLflow meanwhile: start it early."""
-        if not self.ready:
-            self.open_store()
-            kind, _, detail = self._recv()
-            if kind == "error":
-                raise RuntimeError(f"the MLflow writer cannot open the tracking store: {detail}")
-            self.ready = kind == "ready"
-            self.creates_runs = bool(detail and detail.get("creates_runs"))
-
-    def _recv(self):
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            raise self._died() from None
-
-    def send(self, message) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:  # BrokenPipeError: the writer is gone
-            raise self._died() from None
-
-    def _died(self) -> WriterDied:
-        if self.process is None:
-            return WriterDied("the MLflow writer process exited")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        return WriterDied(f"the MLflow writer process exited (code {self.process.poll()})")
-
-    def end_run(self, run_id: str, status: str, tags: dict) -> None:
-        self._answered(("end", run_id, status, tags))
-
-    def log_artifact(self, run_id: str, path: str) -> None:
-        """Store the file at `path` with the run, once the writer has created the run; waits for it."""
-        self._answered(("artifact", run_id, path))
-
-    def experiment_id(self, name: str, artifact_location: str | None) -> str:
-        """The experiment's id (find_or_create_experiment), looked up by the writer: this process
-        then needs no MLflow client of its own (~2 s of imports)."""
-        self.wait_ready()
-        answer = self._answered(("experiment", name, artifact_location))
-        if isinstance(answer, dict):
-            from optimstudy.errors import UsageError  # this process has the package; the writer's does not
-
-            raise UsageError(DeletedExperiment(name, answer["deleted"]).message(self.tracking_uri))
-        return answer
-
-    def _answered(self, message):
-        """Send `message` and wait for its answer; returns the answer's detail."""
-        key = message[1]
-        self.send(message)
-        problems = []
-        while True:
-            kind, acked, detail = self._recv()
-            if kind == "error":
-                problems.append(detail)
-            elif kind == "ok" and acked == key:
-                break
-        if problems:
-            raise RuntimeError(f"MLflow writer failed for {message[0]} {key}: {problems[0]}")
-        return detail
-
-    def alive(self) -> bool:
-        return self.process is None or self.process.poll() is None
-
-    def close_spares(self) -> None:
-        for spare in self.spares:
-            spare.close()
-        self.spares = []
-
-
-_writers: dict[str, _Writer] = {}
-
-
-def start_writer(tracking_uri: str, spares: int = 0) -> _Writer:
-    """Start the writer early (it takes ~1.5 s to import MLflow) so it overlaps data loading."""
-    writer = _writers.get(tracking_uri)
-    if writer is None or not writer.alive():
-        writer = _writers[tracking_uri] = _Writer(tracking_uri, spares)
-    return writer
-
-
-def spare_connections() -> list[tuple[str, Connection]]:
-    """(tracking URI, connection) of every spare connection: one each for the workers about to be forked."""
-    return [(uri, conn) for uri, writer in _writers.items() for conn in writer.spares]
-
-
-def adopt_writer(spare: tuple[str, Connection] | None) -> None:
-    """In a forked worker: use the spare connection (tracking URI, connection) to the parent's
-    writer, if any; close every other inherited connection (the writer must see the parent's
-    close when the parent dies, not wait on our copy). Without one, the worker starts its own."""
-    for writer in list(_writers.values()):
-        for other in (writer.conn, *writer.spares):
-            if spare is None or other is not spare[1]:
-                other.close()
-        writer.process = None  # the parent's child, not ours: never waited on here
-    _writers.clear()
-    if spare is not None:
-        _writers[spare[0]] = _Writer(spare[0], conn=spare[1])
-
-
-def hand_over(spare: tuple[str, Connection]) -> None:
-    """In the parent, once a worker is forked with `spare`: only the worker holds it now, so the
-    writer sees it close when that worker dies."""
-    writer = _writers.get(spare[0])
-    if writer is not None and spare[1] in writer.spares:
-        writer.spares.remove(spare[1])
-    spare[1].close()
-
-
-def stop_writers(wait: bool = True) -> None:
-    """Stop every writer once it has stored what it was sent; `wait=False`: close the connections
-    and go (a writer still importing MLflow exits by itself when it reads them closed)."""
-    for writer in list(_writers.values()):
-        with contextlib.suppress(Exception):
-            writer.close_spares()
-            if not wait:
-                writer.conn.close()
-                continue
-            writer.send(("stop", None))
-            if writer.process is not None:
-                writer.process.wait(timeout=10)
-    _writers.clear()
 
 
 if __name__ == "__main__":
