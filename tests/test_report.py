@@ -320,6 +320,8 @@ def test_confirmation_runs_never_compete_and_are_reported_beside_the_best(store)
     adam = best_of(store, "readme").loc["adam"]
     assert adam["lr"] == 1e-3 and adam["seeds"] == 2 and adam["trials"] == 4  # the lr 0.5 confirm run is not a trial
     assert adam["confirm_seeds"] == 2 and adam["confirm_mean"] == pytest.approx(0.1 + 0.02 * 5.5)
+    assert adam["confirm_seed_values"] == pytest.approx({5: 0.2, 6: 0.22})  # what the verdicts test
+    assert adam["configurations"] == 2
 
 
 def test_the_ranking_follows_the_objective_each_run_carries(store):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimstudy import aggregates, calibration, comparison
+from optimstudy import aggregates, calibration, comparison, results
 
 SIMULATIONS = 2000
 
@@ -89,6 +89,46 @@ def test_the_reports_verdicts_make_the_same_decisions_as_the_simulated_procedure
         assert verdicts["decided"].tolist() == expected[simulation].tolist()
         assert np.allclose(verdicts["p_holm"], comparison.holm(p[simulation]))
     assert 0 < expected.sum() < expected.size  # both kinds of decision were exercised
+
+
+def test_a_best_configuration_chosen_and_tested_on_the_same_seeds_says_better_too_often():
+    """Under the null, a label tuned over 5 equal configurations against one with a single
+    configuration: the best of 5 noisy means, tested on the seeds that chose it, is falsely "better"
+    more often than 5%; tested on new seeds, it is not. Why the verdicts test the confirmation seeds."""
+    rng, simulations, seeds, configurations = np.random.default_rng(11), 20_000, 3, 5
+    seed_effect = rng.normal(size=(simulations, 1, seeds))
+    tuned = seed_effect + rng.normal(size=(simulations, configurations, seeds))
+    chosen = tuned[np.arange(simulations), tuned.mean(axis=2).argmin(axis=1)]
+    single = seed_effect[:, 0] + rng.normal(size=(simulations, seeds))
+    new_effect = rng.normal(size=(simulations, seeds))
+    confirmed = (new_effect + rng.normal(size=(simulations, seeds))) - (new_effect + rng.normal(size=(simulations, seeds)))
+    on_tuning_seeds = (comparison.paired_t_pvalues(chosen - single) < comparison.ALPHA).mean()
+    on_new_seeds = (comparison.paired_t_pvalues(confirmed) < comparison.ALPHA).mean()
+    assert on_new_seeds <= allowed(simulations) < on_tuning_seeds
+
+
+def test_the_verdict_tests_the_confirmation_seeds_where_both_labels_have_them():
+    rows = []
+    for label, tuning, confirmation in (("tuned", [0.1, 0.25, 0.3], [1.3, 0.9, 1.1, 1.0]),
+                                        ("single", [1.1, 1.2, 1.35], [1.0, 1.1, 0.9, 1.2])):
+        rows.append({"experiment": "sim", "problem": "p", "setting_key": "", "optimizer": label, "metric": "val_loss",
+                     "direction": "minimize", "seeds": 3, "vary": "init,order", "diverged_seeds": 0,
+                     "mean": np.mean(tuning), "seed_values": dict(enumerate(tuning)),
+                     "confirm_mean": np.mean(confirmation),
+                     "configurations": 5 if label == "tuned" else 1,
+                     "confirm_seed_values": dict(enumerate(confirmation, 100))})
+    best = pd.DataFrame(rows)
+    confirmed = comparison.pairwise_verdicts(best).iloc[0]
+    expected = comparison.compare(rows[1]["confirm_seed_values"], rows[0]["confirm_seed_values"], "minimize")
+    assert confirmed["tested_on"] == "confirmation" and confirmed["seeds"] == 4 and not confirmed["decided"]
+    assert confirmed["p_value"] == pytest.approx(expected["p_value"]) and "confirmation seeds" in confirmed["evidence"]
+    answer = results.answers(best, comparison.pairwise_verdicts(best))
+    assert answer["basis"].iloc[0].startswith("4 new seeds varying init, order")
+    assert answer["ranking"].iloc[0] == "single ≈ tuned"  # ordered by the means tested: 1.05 and 1.075
+    without = best.assign(confirm_seed_values=[{}, {}])
+    tuned_only = comparison.pairwise_verdicts(without)
+    assert tuned_only["tested_on"].iloc[0] == "tuning" and tuned_only["decided"].iloc[0]  # 0.1-0.3 vs 1.1-1.3
+    assert "add [confirm] seeds for an unbiased test" in results.answers(without, tuned_only)["basis"].iloc[0]
 
 
 def test_identical_replicates_never_say_better():

@@ -257,6 +257,7 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
                     "std": finite["objective"].std(), "seeds": int(at["seed"].nunique()),
                     "diverged_seeds": int(at["diverged"].sum()), "run_ids": list(at["run_id"]),
                     "seed_values": dict(zip(at["seed"], at["objective"])), "values": list(at["objective"]),
+                    "configurations": len(configs),
                     "all_diverged": diverged_share == 1, "no_outcome": ""})
         if diverged_share == 1:
             row.update(lr=np.nan, edge_warning=f"{key[1]}/{key[2]} ({key[0]}): every lr tried "
@@ -279,6 +280,9 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
     found = confirm.reindex(index)
     best["confirm_mean"], best["confirm_std"] = found["mean"].to_numpy(), found["std"].to_numpy()
     best["confirm_seeds"] = found["count"].fillna(0).astype("int64").to_numpy()
+    by_config = {key: dict(zip(at["seed"], at["objective"]))
+                 for key, at in confirming.groupby([*GROUP, "config_key"], sort=False)}
+    best["confirm_seed_values"] = [by_config.get(key, {}) for key in index]
     return best
 
 
@@ -437,13 +441,20 @@ ANSWER_COLUMNS = ["experiment", "problem", "setting_key", "metric", "ranking", "
                   "undecided", "no_variation"]
 
 
-def answer_basis(seeds: int, pairs: int, vary: str) -> str:
-    """What a ranking rests on, in words."""
+def answer_basis(seeds: int, pairs: int, vary: str, tested_on: str = "confirmation", chosen_from: int = 1) -> str:
+    """What a ranking rests on, in words. `tested_on`: "confirmation" (new seeds, after the choice of
+    each configuration) or "tuning" (the seeds that chose them); `chosen_from`: the most configurations
+    any label's best was chosen from."""
+    new = " new" if tested_on == "confirmation" else ""
     if seeds < comparison.MIN_SEEDS:
-        return f"{seeds} seed{'s' * (seeds != 1)}: a verdict needs at least {comparison.MIN_SEEDS}"
+        return f"{seeds}{new} seed{'s' * (seeds != 1)}: a verdict needs at least {comparison.MIN_SEEDS}"
     if not pairs:
-        return f"{seeds} seeds, no pair tested: the seeds did not change the results"
-    return f"{seeds} seeds varying {vary.replace(',', ', ')}; Holm 5% over {pairs} pair{'s' * (pairs != 1)}"
+        return f"{seeds}{new} seeds, no pair tested: the seeds did not change the results"
+    basis = f"{seeds}{new} seeds varying {vary.replace(',', ', ')}; Holm 5% over {pairs} pair{'s' * (pairs != 1)}"
+    if tested_on == "tuning" and chosen_from > 1:  # the best of several on the same seeds looks better than it is
+        basis += ("; tested on the seeds that chose the best configurations, which favours the label tuned over "
+                  "more of them: add [confirm] seeds for an unbiased test")
+    return basis
 
 
 def answers(best: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
@@ -456,15 +467,18 @@ def answers(best: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
                                                                     sort=True):
         members = best[(best["experiment"] == experiment) & (best["problem"] == problem)
                        & (best["setting_key"] == setting) & (best["seeds"] > 0)]
+        tested_on = "confirmation" if (family["tested_on"] == "confirmation").all() else "tuning"
         sign = np.where(members["direction"] == "minimize", 1.0, -1.0)
+        means = members["confirm_mean"] if tested_on == "confirmation" else members["mean"]  # in the order tested
         order = members.assign(_share=members["diverged_seeds"] / members["seeds"],
-                               _rank=(members["mean"] * sign).fillna(math.inf)).sort_values(["_share", "_rank"])
+                               _rank=(means * sign).fillna(math.inf)).sort_values(["_share", "_rank"])
         labels = [label for label in order["optimizer"] if label in set(family["a"]) | set(family["b"])]
         undecided = family[family["outcome"] == "not distinguishable"]
         rows.append({"experiment": experiment, "problem": problem, "setting_key": setting,
                      "metric": family["metric"].iloc[0], "ranking": comparison.ranking(labels, family),
                      "basis": answer_basis(int(family["seeds"].min()), int(family["pairs"].max()),
-                                           family["vary"].iloc[0]),
+                                           family["vary"].iloc[0], tested_on,
+                                           int(members.get("configurations", pd.Series([1])).max())),
                      "seeds": int(family["seeds"].min()), "pairs": int(family["pairs"].max()),
                      "vary": family["vary"].iloc[0],
                      "undecided": "; ".join(f"{r.a} vs {r.b}: " + (f"~{r.seeds_needed:.0f} seeds" if np.isfinite(
