@@ -101,7 +101,8 @@ def test_a_best_configuration_chosen_and_tested_on_the_same_seeds_says_better_to
     chosen = tuned[np.arange(simulations), tuned.mean(axis=2).argmin(axis=1)]
     single = seed_effect[:, 0] + rng.normal(size=(simulations, seeds))
     new_effect = rng.normal(size=(simulations, seeds))
-    confirmed = (new_effect + rng.normal(size=(simulations, seeds))) - (new_effect + rng.normal(size=(simulations, seeds)))
+    confirmed = ((new_effect + rng.normal(size=(simulations, seeds)))
+                 - (new_effect + rng.normal(size=(simulations, seeds))))
     on_tuning_seeds = (comparison.paired_t_pvalues(chosen - single) < comparison.ALPHA).mean()
     on_new_seeds = (comparison.paired_t_pvalues(confirmed) < comparison.ALPHA).mean()
     assert on_new_seeds <= allowed(simulations) < on_tuning_seeds

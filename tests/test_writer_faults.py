@@ -82,7 +82,7 @@ def test_a_stalled_writer_is_warned_about_once_then_the_run_fails_naming_it(stor
             os.kill(writer.pid, signal.SIGCONT)
     assert 3 <= failed_after < 3 + 5  # the timeout, then a few seconds to end the run from here
     err = capfd.readouterr().err
-    assert err.count(f"the MLflow writer (pid {writer.pid}) has taken nothing") == 1, err  # one warning, not one a batch
+    assert err.count(f"the MLflow writer (pid {writer.pid}) has taken nothing") == 1, err  # once, not every batch
     assert "metric points wait in this process" in err
     assert writer.process.wait(timeout=10) == -signal.SIGKILL  # stopped for good: it cannot end our run over us
     run = MlflowClient(store).get_run(logger.run_id)
@@ -132,9 +132,9 @@ def test_a_store_locked_for_less_than_the_retries_loses_nothing(store, capfd):
 def test_a_trial_failed_by_its_writer_is_queued_again_with_its_parameters_once(tmp_path):
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
     study = optuna.create_study(study_name="s", storage=storage)
-    queued = {"optimstudy.key": "grid {lr 0.1}", "optimstudy.phase": "grid", "optimstudy.config": {"optimizer": "sgd", "lr": 0.1},
-              "optimizer": "sgd", "problem": "linreg", "seed": 0, "device": "cpu", "objective_metric": "val_loss",
-              "objective_direction": "minimize"}
+    queued = {"optimstudy.key": "grid {lr 0.1}", "optimstudy.phase": "grid",
+              "optimstudy.config": {"optimizer": "sgd", "lr": 0.1}, "optimizer": "sgd", "problem": "linreg",
+              "seed": 0, "device": "cpu", "objective_metric": "val_loss", "objective_direction": "minimize"}
     study.enqueue_trial(params={"sgd.lr": 0.1}, user_attrs=queued)
     trial = study.ask()
     trial.suggest_float("sgd.lr", 0.1, 0.1, log=True)
@@ -202,5 +202,5 @@ def test_a_writer_killed_mid_sweep_is_replaced_and_every_trial_completes_in_that
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(complete) == 4 and failed  # every configuration, in this sweep; the interrupted ones ran again
     assert all("writer process exited" in t.user_attrs["optimstudy.error"] for t in failed)
-    monkeypatch.chdir(tmp_path)  # `optimstudy check` in this process: the store is found from the folder, as the sweep's
+    monkeypatch.chdir(tmp_path)  # `optimstudy check` in this process finds the store from the folder, as the sweep did
     assert main(["check", str(spec)]) == 0, capsys.readouterr()

@@ -267,7 +267,8 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
             # refused to end them (ended now as it asked, if the store takes it now)
             for run_id in open_runs:
                 stop_system_metrics(samplers.pop(run_id, None))
-                status, tags = unended.get(run_id, ("KILLED", {"optimstudy.error": "the training process died mid-run"}))
+                status, tags = unended.get(run_id, ("KILLED",
+                                                    {"optimstudy.error": "the training process died mid-run"}))
                 with contextlib.suppress(Exception), store.lock:
                     patiently(store.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
                     patiently(store.client.set_terminated, run_id, status)

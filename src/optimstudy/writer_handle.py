@@ -10,7 +10,7 @@ Sends never block: what the writer's socket does not take now waits here, in ord
 next send (a few microseconds: one non-blocking send). A writer that takes nothing for WARN_AFTER_S
 gets one warning on stderr (its pid, the points and seconds waiting); past writer_timeout_s()
 (OPTIMSTUDY_WRITER_TIMEOUT_S, default TIMEOUT_S) it is stopped for good and the run fails with
-WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~2M points) training waits for the writer,
+WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~250k points) training waits for the writer (said once),
 within the same timeout. The answered calls (the store, an experiment, an artifact, a run's end) wait
 within it too.
 """
@@ -36,7 +36,10 @@ from optimstudy.writer import URI_VARIABLE, DeletedExperiment
 TIMEOUT_ENV, TIMEOUT_S = "OPTIMSTUDY_WRITER_TIMEOUT_S", 600.0
 STARTUP_S = 300.0  # the first answer waits for MLflow's imports and a new store's migrations: minutes on a busy machine
 WARN_AFTER_S = 10.0  # a healthy writer takes each batch within milliseconds; 10 s without one is worth a line
-MAX_WAITING_BYTES = 64 * 2**20  # ~2M metric points (~32 bytes each, pickled) held here for a writer that is behind
+# ~250k metric points (~32 bytes each, pickled) held here for a writer that is behind: bounded memory, and
+# a bounded lag of what the MLflow UI shows live (a writer yields the cores to training, so on a busy
+# machine it falls behind; with 64 MB, a 2-core run showed no step in the store until training ended)
+MAX_WAITING_BYTES = 8 * 2**20
 
 
 class WriterDied(RuntimeError):
@@ -103,6 +106,7 @@ class _Writer:
         self.waiting_bytes = self.waiting_points = 0
         self.waiting_since: float | None = None  # when the writer last took something we had waiting
         self.warned = False
+        self.said_behind = False  # "training waits for the writer" is said once a process
         self.failure: WriterDied | None = None  # once dead or stalled: every later call raises it
         self.errors: dict[str, str] = {}  # run id -> the writer's first error report on it, read ahead
         if conn is not None:  # a forked worker's connection to its parent's writer
@@ -130,6 +134,11 @@ class _Writer:
         self.waiting_bytes += len(frame)
         self.waiting_points += points
         self._pass_on()
+        if self.waiting_bytes > MAX_WAITING_BYTES and not self.said_behind:
+            self.said_behind = True
+            print(f"optimstudy: the MLflow writer (pid {self.pid}) is {self.waiting_points:,} metric points behind "
+                  f"(the machine is busy, or the store slow); training now waits for it to catch up", file=sys.stderr,
+                  flush=True)
         while self.waiting_bytes > MAX_WAITING_BYTES:  # bounded memory: wait for the writer (within the timeout)
             self._wait_writable()
             self._pass_on()
@@ -180,7 +189,8 @@ class _Writer:
             waiting = f"; {self.waiting_points:,} metric points wait in this process" if self.waiting_points else ""
             meanwhile = "this process waits for it" if answer else "training goes on"
             print(f"optimstudy: the MLflow writer (pid {self.pid}) has {doing} for {waited:.0f} s{waiting}; "
-                  f"{meanwhile}, and stops if it has {doing} for {limit:g} s ({TIMEOUT_ENV})", file=sys.stderr, flush=True)
+                  f"{meanwhile}, and stops if it has {doing} for {limit:g} s ({TIMEOUT_ENV})",
+                  file=sys.stderr, flush=True)
 
     def _abandon(self, waited: float, doing: str, limit: float) -> None:
         with contextlib.suppress(OSError):
