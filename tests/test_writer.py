@@ -62,11 +62,36 @@ def stored(tracking_uri, run_id) -> dict:
 def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
     writer = start_writer(store)
     ensure_store(store, writer)
-    assert writer.creates_runs  # SQLite: the writer creates runs and inserts points itself
+    # SQLite: the writer creates runs and inserts points itself, on a schema revision listed as compared
+    # here; after an MLflow upgrade, add the new revision to optimstudy.compat.mlflow and run this test
+    assert writer.creates_runs, "the store's MLflow schema revision is not in VERIFIED_SCHEMA_REVISIONS"
+    write_both_ways(store)
+    with sqlite3.connect(store[len("sqlite:///"):]) as connection:  # one data set, however many runs use it
+        assert connection.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
+
+
+def test_on_a_schema_not_compared_the_writer_uses_mlflows_client_and_stores_the_same_rows(store, tmp_path, monkeypatch):
+    # The writer is a process of its own (python -P writer.py): a sitecustomize on its PYTHONPATH
+    # makes its list of compared schema revisions hold none, as after an MLflow upgrade.
+    patch = tmp_path / "unverified_schema"
+    patch.mkdir()
+    (patch / "sitecustomize.py").write_text(
+        "import optimstudy.compat.mlflow\noptimstudy.compat.mlflow.VERIFIED_SCHEMA_REVISIONS = frozenset()\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(patch), os.environ.get("PYTHONPATH")])))
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    assert not writer.creates_runs  # the training process creates runs, the writer calls log_batch
+    write_both_ways(store)
+
+
+def write_both_ways(store):
+    """The same runs (FINISHED, then KILLED with an error tag) through our writer and through
+    MLflow's own client; every row of each must be the same."""
     experiment = experiment_id(store, "same")
     client = MlflowClient(store)
     for status, end_tags in (("FINISHED", {}), ("KILLED", {"optimstudy.error": "interrupted (Ctrl-C)"})):
         logger = MlflowLogger(store, "same", PARAMS, TAGS, run_name="a run", dataset=DATASET)
+        logger.start()  # as the runner does: the data set, where the writer did not store it with the run
         for name, values in POINTS.items():
             for step, value in values:
                 logger._buffer.append((name, value, 1_000 + step, step))  # fixed timestamps: comparable rows
@@ -88,8 +113,6 @@ def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
         run = client.get_run(logger.run_id)
         assert run.info.status == status and run.data.params == PARAMS and run.inputs.dataset_inputs[0].dataset.name == "mnist"
         assert run.data.metrics["loss"] == 0.25 and math.isclose(run.data.metrics["grad_norm"], 3.0)
-    with sqlite3.connect(store[len("sqlite:///"):]) as connection:  # one data set, however many runs use it
-        assert connection.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
 
 
 def test_the_writer_starts_at_full_priority_and_yields_the_cores_once_steps_flow(store):

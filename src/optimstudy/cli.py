@@ -149,13 +149,14 @@ def exit_without_teardown(code: int | None) -> None:
     """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
     module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
     every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
-    import atexit
     import threading
+
+    from optimstudy.compat.python import run_exit_handlers
 
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
     code = 0 if code is None else code  # what SystemExit(None) exits with
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -40,6 +40,8 @@ import math
 
 import torch
 
+from optimstudy.compat.torch import foreach_copy_, foreach_norm, foreach_sub_
+
 CAPTURE_MODE = "reduce-overhead"  # CUDA graphs on a GPU; on a CPU, inductor's generated C++ kernels
 
 
@@ -178,21 +180,21 @@ class StepRecorder:
 
 
 def _gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    return torch._foreach_norm(grads)
+    return foreach_norm(grads)
 
 
 def _stacked_gradient_norms(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(torch._foreach_norm(grads))
+    return torch.stack(foreach_norm(grads))
 
 
 def _snapshot(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
     """`previous` := the weights (before a measured step)."""
-    torch._foreach_copy_(previous_views, weights)
+    foreach_copy_(previous_views, weights)
 
 
 def _update_square(previous: torch.Tensor, previous_views: list[torch.Tensor], weights: list[torch.Tensor]):
     """||weights before - weights after||^2, from the snapshot before the step (which it overwrites)."""
-    torch._foreach_sub_(previous_views, weights)  # previous = minus this step's update
+    foreach_sub_(previous_views, weights)  # previous = minus this step's update
     return torch.dot(previous, previous)
 
 

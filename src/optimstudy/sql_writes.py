@@ -1,11 +1,15 @@
 """Direct writes to MLflow's own SQL tables, for the writer process (writer.py loads this file by path).
 
-Like writer.py it imports nothing from optimstudy: the writer starts without torch.
+Like writer.py it imports nothing from optimstudy but what needs only the standard library
+(compat.mlflow): the writer starts without torch.
 MLflow's table layout is not a public API: tests/test_writer.py writes the same run both ways
-and compares every row, so an MLflow upgrade that changes it fails there, not in a user's store.
+and compares every row, and these writes run only on the schema revisions it compared
+(compat.mlflow.VERIFIED_SCHEMA_REVISIONS); on any other, the writer uses MLflow's own client.
 """
 import contextlib
 import math
+
+from optimstudy.compat import mlflow as mlflow_internals
 
 # A write waits this long for a SQLite lock held by another process, then fails; the writer retries it
 # (writer.patiently: LOCK_RETRY_S in all, said once on stderr) instead of waiting inside SQLite, silent.
@@ -50,10 +54,10 @@ class FastWrites:
 
     @classmethod
     def for_client(cls, client):
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = client._tracking_client.store
-        return cls(client, store) if isinstance(store, SqlAlchemyStore) else None
+        """Direct writes for `client`'s store; None (MLflow's own client then) for a tracking server or
+        a schema revision these writes were not compared on."""
+        store = mlflow_internals.sql_store(client)
+        return cls(client, store) if store is not None and mlflow_internals.schema_is_verified(store) else None
 
     def create_run(self, run_id: str, experiment_id: str, run_name: str, tags: dict, params: dict,
                    start_time: int, dataset: dict | None = None) -> None:
@@ -123,14 +127,12 @@ class FastWrites:
         do; False: not done (a deleted run, an unusual tag), use MLflow's own calls."""
         import time
 
-        from mlflow.utils.validation import _validate_tag_name
-
         if status not in ("FINISHED", "FAILED", "KILLED") or "mlflow.runName" in tags:
             return False
         try:
             for key in tags:
-                _validate_tag_name(key)
-        except Exception:
+                mlflow_internals.check_tag_name(key)
+        except Exception:  # a name MLflow refuses, or a changed private check: MLflow's own calls decide
             return False
         m, sa = self.models, self.sa
         runs, tag_table = m.SqlRun.__table__, m.SqlTag.__table__
@@ -152,14 +154,12 @@ class FastWrites:
 
     def log_metrics(self, run_id: str, points) -> bool:
         """Insert (key, value, timestamp, step) points; False: not done, use log_batch."""
-        from mlflow.utils.validation import _validate_metric_name
-
         rows, newest = [], {}
         for key, value, timestamp, step in points:
             if key not in self.valid_keys:
                 try:
-                    _validate_metric_name(key)
-                except Exception:
+                    mlflow_internals.check_metric_name(key)
+                except Exception:  # as in end_run
                     return False
                 self.valid_keys.add(key)
             is_nan = math.isnan(value)

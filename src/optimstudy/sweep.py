@@ -151,8 +151,10 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
         print(f"warning: {line}", file=sys.stderr)
     for reason, trial_numbers in failures.items():
         print(f"failed: {len(trial_numbers)} trial(s) ({_numbers(trial_numbers)}): {reason}", file=sys.stderr)
+    rerun = final["failed"] - sum(map(len, failures.values()))  # failed, and their configuration queued again
     print(f"sweep '{spec.name}': {new} trials run now in {time.perf_counter() - started:.1f} s; study totals: "
-          f"{final['complete']} complete, {final['pruned']} pruned, {final['failed']} failed; "
+          f"{final['complete']} complete, {final['pruned']} pruned, {final['failed']} failed"
+          f"{f' ({rerun} of them queued again)' if rerun > 0 else ''}; "
           f"parent run {parent_run_id}; see `optimstudy ui` and `optimstudy report`", file=sys.stderr)
     unfinished = sum(len(n) for n in failures.values()) + final["waiting"]
     if unfinished:

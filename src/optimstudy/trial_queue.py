@@ -15,6 +15,7 @@ import json
 import optuna
 from optuna.trial import TrialState
 
+from optimstudy.compat.optuna import cached_storage, trial_of
 from optimstudy.planning import Planned, config_json
 from optimstudy.spec import Spec
 
@@ -90,7 +91,7 @@ class Queue:
         # An RDB storage wrapped once in the trial cache that optuna.load_study would make afresh for
         # every trial: the trial taken must be in the cache its study writes through (set_trial_param
         # looks it up there), and this pass's read is what puts it there.
-        self.spec, self.storage = spec, optuna.storages.get_storage(storage)
+        self.spec, self.storage = spec, cached_storage(storage)
         self.study_id = storage.get_study_id_from_name(spec.name)
         self.waiting: collections.deque = collections.deque()
         self.twinned: set = set()  # keys of more than one live trial at the last pass: checked afresh
@@ -119,8 +120,7 @@ class Queue:
                     from optimstudy.study import open_study
 
                     study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
-                    # optuna.Trial(study, id) is how Study.ask wraps a popped trial; there is no public "ask this one"
-                    return study, optuna.Trial(study, trial_id), trial_id
+                    return study, trial_of(study, trial_id), trial_id
                 except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
                     fail_if_running(self.storage, trial_id,
                                     f"{type(error).__name__} before the trial started; queued again on resume")

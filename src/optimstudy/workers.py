@@ -96,12 +96,13 @@ def fork_workers(count: int) -> list[ForkedWorker]:
     # what every trial needs, imported once here so that each child starts with it
     import mlflow.entities  # noqa: F401
     import mlflow.tracking  # noqa: F401
-    import torch._dynamo  # noqa: F401  (every torch optimizer's constructor imports it: ~1.2 s per process)
 
     import optimstudy.runner  # noqa: F401  (torch, the training loop)
     import optimstudy.tracking  # noqa: F401
+    from optimstudy.compat.torch import import_dynamo
     from optimstudy.writer_handle import spare_connections
 
+    import_dynamo()  # every torch optimizer imports it as it first steps: ~1.2 s per process
     spares = spare_connections()  # the sweep's writer serves the workers too: one writer per machine
     return [ForkedWorker(spares[index] if index < len(spares) else None) for index in range(count)]
 

@@ -3,8 +3,8 @@ its environment (OPTIMSTUDY_WRITER_TRACKING_URI): a command line is readable by 
 machine (ps), and the URI can hold the database's password.
 
 It runs as a plain script and imports nothing from optimstudy but connectivity.hide_passwords
-(standard library only), so it starts without torch (~170 MB and ~1.4 s here, against ~900 MB
-and 3-5 s through the package).
+and compat.mlflow (standard library only), so it starts without torch (~170 MB and ~1.4 s here,
+against ~900 MB and 3-5 s through the package).
 
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
@@ -15,9 +15,10 @@ store, answered "ready"), then ("experiment", name, artifact_location) (answered
 id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
 ("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
 ("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
-Metric points go straight into MLflow's tables on a SQL store (sql_writes.py: ~10x less CPU
-than log_batch). When a training process dies, its socket closes and the runs it left open are
-ended as KILLED. A run that lost a batch of points is ended FAILED, never FINISHED.
+Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
+compared on (sql_writes.py: ~10x less CPU than log_batch); anywhere else through MLflow's client.
+When a training process dies, its socket closes and the runs it left open are ended as KILLED.
+A run that lost a batch of points is ended FAILED, never FINISHED.
 
 With `system_metrics_s`, the writer also samples the machine for that run every so many seconds
 through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, memory, disk,
