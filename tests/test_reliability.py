@@ -205,11 +205,12 @@ def first_running_trial_with_steps(folder, name):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path):
+def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path, request):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    # far more steps than run before the signal: training runs ahead of the writer (up to its 8 MB), so
+    # far more steps than run before the signal: training runs ahead of the writer (up to its 1 MB), so
     # steps reach the store some time after they are trained
     process = start(["run", "--problem", "linreg", "--steps", "1000000", "--json"], tmp_path)
+    request.addfinalizer(process.kill)  # a failed test leaves no run training beside the next ones
 
     def has_steps():
         try:
@@ -232,10 +233,11 @@ def test_ctrl_c_during_a_run_ends_it_killed_with_its_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_sweep_then_resume_completes_everything_once(cli, tmp_path):
-    six_trials = LONG.format(name="interrupt").replace("lr = [0.01, 0.1]", "lr = [0.01, 0.1, 0.03]")
-    spec = spec_file(tmp_path, "interrupt", six_trials)
-    process = start(["sweep", spec], tmp_path)  # 6 trials of ~2 s: the signal comes long before the end
+def test_ctrl_c_during_a_sweep_then_resume_completes_everything_once(cli, tmp_path, request):
+    twelve = LONG.format(name="interrupt").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3, 4, 5]")
+    spec = spec_file(tmp_path, "interrupt", twelve)
+    process = start(["sweep", spec], tmp_path)  # 12 trials of ~2 s: the signal comes long before the end
+    request.addfinalizer(process.kill)
     assert wait_for(lambda: first_running_trial_with_steps(tmp_path, "interrupt"))
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -249,7 +251,7 @@ def test_ctrl_c_during_a_sweep_then_resume_completes_everything_once(cli, tmp_pa
     cli("sweep", spec, cwd=tmp_path, check_exit=0)
     complete = [t for t in study(tmp_path, "interrupt").trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["optimstudy.key"] for t in complete) == sorted(
-        {t.user_attrs["optimstudy.key"] for t in complete}) and len(complete) == 6
+        {t.user_attrs["optimstudy.key"] for t in complete}) and len(complete) == 12
     assert cli("check", spec, cwd=tmp_path).returncode == 0
 
 

@@ -10,7 +10,7 @@ Sends never block: what the writer's socket does not take now waits here, in ord
 next send (a few microseconds: one non-blocking send). A writer that takes nothing for WARN_AFTER_S
 gets one warning on stderr (its pid, the points and seconds waiting); past writer_timeout_s()
 (OPTIMSTUDY_WRITER_TIMEOUT_S, default TIMEOUT_S) it is stopped for good and the run fails with
-WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~250k points) training waits for the writer (said once),
+WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~30k points) training waits for the writer (said once),
 within the same timeout. The answered calls (the store, an experiment, an artifact, a run's end) wait
 within it too.
 """
@@ -36,10 +36,11 @@ from optimstudy.writer import URI_VARIABLE, DeletedExperiment
 TIMEOUT_ENV, TIMEOUT_S = "OPTIMSTUDY_WRITER_TIMEOUT_S", 600.0
 STARTUP_S = 300.0  # the first answer waits for MLflow's imports and a new store's migrations: minutes on a busy machine
 WARN_AFTER_S = 10.0  # a healthy writer takes each batch within milliseconds; 10 s without one is worth a line
-# ~250k metric points (~32 bytes each, pickled) held here for a writer that is behind: bounded memory, and
-# a bounded lag of what the MLflow UI shows live (a writer yields the cores to training, so on a busy
-# machine it falls behind; with 64 MB, a 2-core run showed no step in the store until training ended)
-MAX_WAITING_BYTES = 8 * 2**20
+# ~30k metric points (~32 bytes each, pickled) held here for a writer that is behind: bounded memory,
+# a bounded lag of what the MLflow UI shows live, and a bounded wait at a run's end or on Ctrl-C (the
+# writer yields the cores to training, so on a busy machine it falls behind: with 64 MB, a 2-core run
+# showed no step in the store until training ended, and its Ctrl-C waited over a minute for the rest)
+MAX_WAITING_BYTES = 2**20
 
 
 class WriterDied(RuntimeError):
