@@ -13,13 +13,20 @@ import contextlib
 import os
 import re
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
 
+SQLITE = "sqlite:///"  # SQLAlchemy's form: sqlite:///relative/path, sqlite:////absolute/path
 PROBE_TIMEOUT_S = 5.0  # a server that takes longer to accept one connection is not usable for a sweep
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
+
+
+def sqlite_path(uri: str | None) -> Path | None:
+    """The database file of a sqlite:/// URI; None for any other URI (a server, PostgreSQL)."""
+    return Path(uri[len(SQLITE):]) if uri and uri.startswith(SQLITE) else None
 
 # scheme://user:PASSWORD@host: the password runs to the last "@" before a space or quote, as
 # SQLAlchemy parses it (it may hold "/" or ":"); the user part is whatever precedes the first ":".

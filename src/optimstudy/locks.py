@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from optimstudy.connectivity import sqlite_path
+
 CONNECT_TIMEOUT_S = 10
 
 
@@ -32,7 +34,7 @@ def exclusive(store_url: str, name: str):
     elif scheme in ("http", "https"):
         yield
     else:
-        path = Path(store_url[len("sqlite:///"):] if scheme == "sqlite" else store_url)
+        path = sqlite_path(store_url) or Path(store_url)
         with _file_lock(path.with_name(f"{path.name}.{_key(name) & 0xFFFFFFFF:08x}.lock")):
             yield
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 # Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
 from optimstudy.analysis_scripts import PACKAGE_ANALYSIS, Section, analysis_folder, load_scripts  # noqa: F401
-from optimstudy.connectivity import hide_passwords
+from optimstudy.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
 from optimstudy.page import html_table, render_page
 from optimstudy.parent_runs import is_read_only
@@ -154,7 +154,8 @@ def _store_process(tracking_uri: str, connection) -> None:
     never creates a store: whether it exists is for the reader to say); then one write."""
     from optimstudy.tracking import _client
 
-    if not tracking_uri.startswith("sqlite:///") or Path(tracking_uri[len("sqlite:///"):]).exists():
+    database = sqlite_path(tracking_uri)
+    if database is None or database.exists():
         _client(tracking_uri)
     else:
         import mlflow  # noqa: F401

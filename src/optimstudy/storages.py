@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from optimstudy.connectivity import hide_passwords
+from optimstudy.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
 
 RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
@@ -54,7 +54,8 @@ def check_storage(url: str, tracking_uri: str) -> None:
             _check_connects(url)
         return
     path = Path(url)
-    if tracking_uri.startswith("sqlite:///") and path.resolve() == Path(tracking_uri[len("sqlite:///"):]).resolve():
+    database = sqlite_path(tracking_uri)
+    if database is not None and path.resolve() == database.resolve():
         raise UsageError(f"--storage '{url}' is the MLflow tracking database; pass a journal file path "
                          "(e.g. mlruns/optuna/NAME.journal) or a database of its own")
     if path.is_dir():

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optimstudy.connectivity import sqlite_path
 from optimstudy.problem_facts import TAG_COLUMNS
 from optimstudy.tracking import TAG_KIND, TAG_STUDY, TAG_TRIAL, _client, resolve_tracking_uri, sql_engine_url
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
-                  "clip_grad_norm", "split_seed", "val_fraction", "diverge_factor")
+                  "clip_grad_norm", "split_seed", "val_fraction", "diverge_factor", "update_norm_every")
 BOOLEAN_PARAMS = ("zero_grad",)
-# tag -> column; the optimstudy.* ones are written by the sweep on each trial (see coord contract 1)
+# tag -> column; the optimstudy.* ones are written by the sweep on each trial (study.run_trial)
 RUN_TAGS = {"mlflow.parentRunId": "parent_run_id", "mlflow.runName": "run_name", TAG_STUDY: "study",
             TAG_TRIAL: "trial", TAG_KIND: "kind", "optimstudy.phase": "phase",
             "optimstudy.optimizer_label": "optimizer_label", "optimstudy.objective_metric": "objective_metric",
@@ -154,10 +155,8 @@ def assert_intact(tracking_uri: str) -> None:
     from optimstudy.errors import UsageError
 
     url = sql_engine_url(tracking_uri)
-    if url is None or not url.startswith("sqlite:///"):
-        return
-    path = Path(url[len("sqlite:///"):])
-    if not path.is_file():
+    path = sqlite_path(url)
+    if path is None or not path.is_file():
         return
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
@@ -347,8 +346,9 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
     from optimstudy.connectivity import hide_passwords
     from optimstudy.errors import UsageError, near
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        raise UsageError(f"no tracking store at '{tracking_uri[len('sqlite:///'):]}'; run "
+    database = sqlite_path(tracking_uri)
+    if database is not None and not database.exists():
+        raise UsageError(f"no tracking store at '{database}'; run "
                          f"`optimstudy sweep {QUICKSTART}` first, or pass --tracking-uri")
     frame = load_runs(tracking_uri, experiments=experiments, metrics=metrics, compact=True)
     if "problem" in frame:

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from optimstudy.connectivity import hide_passwords
+from optimstudy.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
 from optimstudy.writer import (BATCH_POINTS, EXPERIMENT_KIND_TAG, MODEL_TRAINING, DeletedExperiment,  # noqa: F401
                                find_or_create_experiment, quiet_store_logs, report_connection_retries)
@@ -63,9 +63,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 def artifact_root(tracking_uri: str) -> str | None:
     """Artifacts beside a local SQLite store: mlruns/artifacts. Servers choose their own."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
+    database = sqlite_path(tracking_uri)
+    return None if database is None else (database.parent / "artifacts").resolve().as_uri()
 
 
 def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> None:
@@ -78,8 +77,8 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
     from optimstudy.locks import exclusive
 
     probe_store(tracking_uri)  # seconds, not MLflow's minutes of silent retries, for a server that is not there
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
+    path = sqlite_path(tracking_uri)
+    if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             probe = path.parent / f".write-test-{os.getpid()}"
