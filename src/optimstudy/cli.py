@@ -152,17 +152,12 @@ def exit_without_teardown(code: int | None) -> None:
     import threading
 
     from optimstudy.compat.python import run_exit_handlers
+    from optimstudy.processes import quick_exit
 
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
-    code = 0 if code is None else code  # what SystemExit(None) exits with
     run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream: nothing to flush to
-            pass
-    os._exit(code)
+    quick_exit(0 if code is None else code)  # 0: what SystemExit(None) exits with
 
 
 def main(argv=None) -> int:

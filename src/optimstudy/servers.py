@@ -22,6 +22,7 @@ from pathlib import Path
 
 from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
+from optimstudy.processes import interrupted_by_signals
 
 
 def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
@@ -136,24 +137,17 @@ def installed_program(name: str) -> str:
 
 
 def run_server(command: list[str], banner: str, env: dict | None = None, pass_fds=()) -> int:
-    # `kill`, a closed terminal or a CI timeout must stop the server too, not only Ctrl-C
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    process = subprocess.Popen(command, start_new_session=True, env=env, pass_fds=pass_fds)
-    try:
-        print(banner, flush=True)
-        return process.wait()
-    except KeyboardInterrupt:
-        stop_server(process)
-        print("stopped.", flush=True)
-        return 0
-    finally:
-        stop_server(process)  # a no-op once the group is gone
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    with interrupted_by_signals():  # `kill`, a closed terminal or a CI timeout stop the server too
+        process = subprocess.Popen(command, start_new_session=True, env=env, pass_fds=pass_fds)
+        try:
+            print(banner, flush=True)
+            return process.wait()
+        except KeyboardInterrupt:
+            stop_server(process)
+            print("stopped.", flush=True)
+            return 0
+        finally:
+            stop_server(process)  # a no-op once the group is gone
 
 
 def stop_server(process: subprocess.Popen, grace_s: float = 15.0) -> None:

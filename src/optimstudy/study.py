@@ -396,6 +396,7 @@ def worker_main(argv: list[str]) -> int:
     """
     import signal
 
+    from optimstudy.processes import STOP_SIGNALS, raise_interrupt
     from optimstudy.spec import load_spec
 
     options = json.loads(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
@@ -408,11 +409,8 @@ def worker_main(argv: list[str]) -> int:
 
     threading.Thread(target=watch, args=(options["alive_fd"],), daemon=True).start()
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    for sig in STOP_SIGNALS:  # this process's whole life: Ctrl-C's way out (its trial FAIL, queued again)
+        signal.signal(sig, raise_interrupt)
     from optimstudy.writer_handle import StoreError
 
     try:

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -26,6 +25,7 @@ from optimstudy.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.objectives import selection_warning
 from optimstudy.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
+from optimstudy.processes import interrupted_by_signals
 from optimstudy.progress import progress_bar
 from optimstudy.spec import Spec, load_spec
 from optimstudy.storages import check_storage
@@ -418,27 +418,6 @@ def _number(value):
 def _numbers(numbers: list[int]) -> str:
     shown = ", ".join(map(str, numbers[:8]))
     return f"trial{'s' if len(numbers) > 1 else ''} {shown}" + (" …" if len(numbers) > 8 else "")
-
-
-class interrupted_by_signals:
-    """SIGTERM (kill, a CI timeout) and SIGHUP (a closed terminal) stop a sweep the way Ctrl-C does:
-    workers stopped, trials and runs marked, the resume hint printed."""
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            self.previous = {}
-            return self
-        self.previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:

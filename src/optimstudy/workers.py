@@ -23,6 +23,8 @@ import sys
 import time
 import traceback
 
+from optimstudy.processes import quick_exit
+
 _open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
 
 
@@ -49,9 +51,7 @@ class ForkedWorker:
             except BaseException:
                 traceback.print_exc()
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                quick_exit(code)
         os.close(read)
         _open_order_pipes.append(self.orders)
         if writer_connection is not None:

@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from optimstudy.connectivity import hide_passwords
+from optimstudy.processes import quick_exit
 
 URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
@@ -240,7 +241,7 @@ def exit_if_dismissed_early(fd: int) -> None:
         except OSError:
             dismissed = True
     if dismissed:
-        os._exit(0)
+        quick_exit(0)
 
 
 def yield_cores_to_training() -> None:
@@ -408,8 +409,4 @@ def receive(conn: Connection):
 
 if __name__ == "__main__":
     main(os.environ.pop(URI_VARIABLE), [int(fd) for fd in sys.argv[1].split(",")])
-    # Everything is committed by now. A normal exit tears MLflow and SQLAlchemy down for ~0.7 s,
-    # which a sweep would wait for before it reads its results.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    quick_exit(0)  # everything is committed by now: a sweep would wait for the interpreter's teardown
