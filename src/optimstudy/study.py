@@ -4,7 +4,7 @@
     study = open_study(spec, storage)
     with planning_lock(url, spec.name):                       # one planner, however many commands
         enqueue_missing(study, planned)
-    work(spec, url, tracking_uri, parent_run_id, data_dir, threads)   # take queued trials until none
+    work(spec, WorkerOptions(spec.path, url, tracking_uri))  # take queued trials until none
 
 Every configuration is queued (enqueued) once, by whichever command holds the study's planning
 lock; workers take trials from the queue atomically (WAITING -> RUNNING is a compare-and-set in
@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -45,6 +45,27 @@ WRITER_RERUNS = 2
 WRITER_DIED = "the MLflow writer died mid-trial"  # how such a failure's reason starts
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
 WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What every worker of a sweep works with: this process, a forked worker and a fresh process
+    alike (the last two get it as JSON: WorkerOptions.from_json)."""
+    spec_path: str
+    storage: str  # the Optuna storage URL
+    tracking_uri: str | None = None  # None: untracked trials
+    parent_run_id: str | None = None
+    experiment_id: str | None = None  # the study's MLflow experiment; None: looked up by the writer
+    data_dir: str | None = None
+    threads: int | None = None
+    alive_fd: int | None = None  # a worker process's read end of the sweep's pipe: closed when the sweep dies
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerOptions":
+        return cls(**json.loads(text))
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -331,16 +352,15 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     return "complete"
 
 
-def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | None, data_dir,
-         threads: int | None, on_trial_done=None, stop: threading.Event | None = None, planned=None,
-         experiment_id: str | None = None) -> None:
+def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading.Event | None = None,
+         planned=None) -> None:
     """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
-    `experiment_id`: the study's MLflow experiment, when the caller has it (else looked up once here).
     A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
     store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
     from optimstudy.runner import Tracking
 
+    url, tracking_uri = options.storage, options.tracking_uri
     storage = open_storage(url)
     queue = Queue(spec, storage)
     tracking = None
@@ -348,7 +368,7 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
         from optimstudy.tracking import artifact_location, start_writer
 
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
-        tracking = Tracking(tracking_uri, spec.name, experiment_id or writer.experiment_id(
+        tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment_id(
             spec.name, artifact_location(tracking_uri, spec.name)))
     while stop is None or not stop.is_set():
         claimed = queue.take()
@@ -363,7 +383,8 @@ def work(spec: Spec, url: str, tracking_uri: str | None, parent_run_id: str | No
             return
         study, trial, trial_id = claimed
         try:
-            state = run_trial(spec, queue, study, trial, trial_id, tracking, parent_run_id, data_dir, threads)
+            state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
+                              options.threads)
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             fail_if_running(storage, trial_id, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
             raise
@@ -399,7 +420,7 @@ def worker_main(argv: list[str]) -> int:
     from optimstudy.processes import STOP_SIGNALS, raise_interrupt
     from optimstudy.spec import load_spec
 
-    options = json.loads(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
+    options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
 
     def watch(fd):
@@ -407,15 +428,14 @@ def worker_main(argv: list[str]) -> int:
             pass
         stop.set()
 
-    threading.Thread(target=watch, args=(options["alive_fd"],), daemon=True).start()
+    threading.Thread(target=watch, args=(options.alive_fd,), daemon=True).start()
 
     for sig in STOP_SIGNALS:  # this process's whole life: Ctrl-C's way out (its trial FAIL, queued again)
         signal.signal(sig, raise_interrupt)
     from optimstudy.writer_handle import StoreError
 
     try:
-        work(load_spec(options["spec"]), options["storage"], options["tracking_uri"], options["parent_run_id"],
-             options["data_dir"], options["threads"], stop=stop, experiment_id=options.get("experiment_id"))
+        work(load_spec(options.spec_path), options, stop=stop)
     except KeyboardInterrupt:
         return 130
     except StoreError:  # the store refuses writes: this worker stops; its trial is FAIL (and says why), the rest queued

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from optimstudy import study as studies
@@ -281,18 +282,17 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     from optimstudy.tracking import experiment_id
 
     experiment = experiment_id(tracking_uri, spec.name)  # looked up here: a forked worker needs no MLflow client
-    options = {"spec": spec.path, "storage": url, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-               "experiment_id": experiment, "data_dir": data_dir, "threads": threads, "alive_fd": alive_read}
+    options = studies.WorkerOptions(spec.path, url, tracking_uri, parent_run_id, experiment, data_dir, threads)
     others = []
     for _ in range(workers - 1):
         if pool:
             others.append(pool.pop(0))
-            others[-1].start({k: v for k, v in options.items() if k != "alive_fd"})
+            others[-1].start(options)
         else:
             # the options hold the store URIs (passwords too): in the environment, not on a command line
+            fresh = replace(options, alive_fd=alive_read).to_json()
             others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.study"], pass_fds=[alive_read],
-                                           start_new_session=True,
-                                           env={**os.environ, studies.WORKER_OPTIONS: json.dumps(options)}))
+                                           start_new_session=True, env={**os.environ, studies.WORKER_OPTIONS: fresh}))
     os.close(alive_read)
     pids.update(p.pid for p in others)
     try:
@@ -304,8 +304,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
 
             refused = None
             try:
-                studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
-                             planned=planned, experiment_id=experiment)
+                studies.work(spec, options, on_trial_done=report, planned=planned)
             except StoreError as error:  # the store refuses writes: the others stop at their next batch too
                 refused = error
             while any(p.poll() is None for p in others):
@@ -314,8 +313,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
             if refused is not None:
                 raise refused
             if any(p.returncode not in (0, 130) for p in others):  # a dead worker's trial: run it again here
-                studies.work(spec, url, tracking_uri, parent_run_id, data_dir, threads, on_trial_done=report,
-                             planned=planned, experiment_id=experiment)
+                studies.work(spec, options, on_trial_done=report, planned=planned)
             report()
     except KeyboardInterrupt:
         for process in others:  # their own sessions: the terminal's Ctrl-C reached only us

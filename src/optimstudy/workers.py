@@ -15,13 +15,13 @@ of CPU that would compete with the first trials. Each child waits on a pipe for 
 worker options once the study is planned, or the pipe closing (not needed, or the sweep died).
 The same pipe then tells a running child that the sweep is gone.
 """
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 from optimstudy.processes import quick_exit
 
@@ -57,8 +57,9 @@ class ForkedWorker:
         if writer_connection is not None:
             hand_over(writer_connection)
 
-    def start(self, options: dict) -> None:
-        os.write(self.orders, (json.dumps(options) + "\n").encode())
+    def start(self, options) -> None:
+        """Have the child work with `options` (study.WorkerOptions)."""
+        os.write(self.orders, (options.to_json() + "\n").encode())
 
     def dismiss(self) -> None:
         """Close the orders pipe: an idle child exits; a working one stops after its trial."""
@@ -115,7 +116,6 @@ def _serve(fd: int) -> int:
         if not chunk:
             return 0
         line += chunk
-    options = {**json.loads(line), "alive_fd": fd}
-    from optimstudy.study import worker_main
+    from optimstudy.study import WorkerOptions, worker_main
 
-    return worker_main([json.dumps(options)])
+    return worker_main([replace(WorkerOptions.from_json(line), alive_fd=fd).to_json()])
