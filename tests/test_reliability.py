@@ -248,7 +248,7 @@ def test_ctrl_c_during_a_sweep_then_resume_completes_everything_once(cli, tmp_pa
     runs = load_runs(uri, with_metrics=False)
     assert "RUNNING" not in set(runs["status"]) and "KILLED" in set(runs["status"])
 
-    cli("sweep", spec, cwd=tmp_path, check_exit=0)
+    cli("sweep", spec, "--workers", "2", cwd=tmp_path, check_exit=0)  # the rest of the 12, resumed
     complete = [t for t in study(tmp_path, "interrupt").trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["optimstudy.key"] for t in complete) == sorted(
         {t.user_attrs["optimstudy.key"] for t in complete}) and len(complete) == 12
