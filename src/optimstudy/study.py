@@ -33,7 +33,7 @@ from optimstudy.storages import (default_storage_path, repair_joined_records, re
                                   storage_url)  # default_storage_path, storage_url: re-exported
 from optimstudy.planning import config_from_json, plan
 from optimstudy.trial_queue import (CONFIG, ERROR, KEY, LIVE, PHASE, SLOT, SPACE, Queue,  # noqa: F401  (re-exported)
-                                    duplicate_of, enqueue_missing, fail_if_running, requeue, trial_key)
+                                    duplicate_of, enqueue_missing, fail_if_running, fail_trial, requeue, trial_key)
 from optimstudy.spec import Spec
 
 HEARTBEAT_S = 10  # a running trial records a heartbeat this often
@@ -43,6 +43,7 @@ RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
 # writer; this many times at most, so that a writer that dies on every trial does not loop forever.
 WRITER_RERUNS = 2
 WRITER_DIED = "the MLflow writer died mid-trial"  # how such a failure's reason starts
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); queued again on resume"
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
 WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
 
@@ -236,10 +237,7 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_is_dead(trial):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            try:
-                storage.set_trial_user_attr(trial_id, ERROR, "its worker died mid-trial")
-                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
+            if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
                 continue  # another process recovered it first
             changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
     if tracking_uri:
@@ -292,8 +290,7 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     attrs = trial.user_attrs
     other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
     if other is not None:
-        trial.set_user_attr(ERROR, f"duplicate of trial {other}; not run")
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, f"duplicate of trial {other}; not run")
         return "duplicate"
     config, label, phase = config_from_json(attrs[CONFIG]), attrs.get("optimizer"), attrs.get(PHASE, "")
     if attrs.get(SPACE):
@@ -328,23 +325,18 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
     except KeyboardInterrupt:
-        trial.set_user_attr(ERROR, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, INTERRUPTED)
         raise
     except WriterDied as died:  # not the trial's fault: `work` queues it again, and the next run starts a writer
-        trial.set_user_attr(ERROR, f"{WRITER_DIED} ({died})"[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, f"{WRITER_DIED} ({died})")
         return "writer died"
     except StoreError as refused:  # FAILED (queued again on resume); `work` stops if the whole store refuses
-        trial.set_user_attr(ERROR, f"StoreError: {refused}"[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, f"StoreError: {refused}")
         if refused.store_wide:
             raise
         return "failed"
     except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
-        # a driver's error can quote the store's URI: the message is shown, tagged, printed at the end
-        trial.set_user_attr(ERROR, hide_passwords(f"{type(error).__name__}: {error}")[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, f"{type(error).__name__}: {error}")
         return "failed"
     trial.set_user_attr(DIVERGED, history.diverged)
     trial.set_user_attr("lr", config.lr)
@@ -386,7 +378,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
             state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
                               options.threads)
         except KeyboardInterrupt:  # also when it came before run_trial could record it
-            fail_if_running(storage, trial_id, "interrupted (Ctrl-C or SIGTERM); queued again on resume")
+            fail_if_running(storage, trial_id, INTERRUPTED)
             raise
         if state == "writer died":
             rerun_after_writer_death(spec, url, study, storage.get_trial(trial_id))

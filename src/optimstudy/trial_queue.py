@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optimstudy.compat.optuna import cached_storage, trial_of
+from optimstudy.connectivity import hide_passwords
 from optimstudy.planning import Planned, config_json
 from optimstudy.spec import Spec
 
@@ -133,13 +134,24 @@ class Queue:
         return duplicate_of(study, number, key, started) if key in self.twinned else None
 
 
-def fail_if_running(storage, trial_id: int, why: str) -> None:
+def fail_trial(study, trial, why: str) -> None:
+    """FAIL `trial`, which this worker runs, with `why`: what the sweep prints, the trial's error attr
+    and check's listing (a driver's error can quote a store URI: passwords hidden)."""
+    trial.set_user_attr(ERROR, hide_passwords(why)[:2000])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def fail_if_running(storage, trial_id: int, why: str) -> bool:
+    """FAIL the trial `trial_id` with `why` if it is still RUNNING (one whose worker is gone, or was
+    interrupted before it ran); whether it did (another process may have ended it meanwhile)."""
     try:
-        if storage.get_trial(trial_id).state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id, ERROR, why)
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        if storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return False
+        storage.set_trial_user_attr(trial_id, ERROR, hide_passwords(why)[:2000])
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        return True
     except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # it ended meanwhile
+        return False  # it ended meanwhile
 
 
 def duplicate_of(study, number: int, key: str, started) -> int | None:
