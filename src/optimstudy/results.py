@@ -441,7 +441,7 @@ ANSWER_COLUMNS = ["experiment", "problem", "setting_key", "metric", "ranking", "
                   "undecided", "no_variation"]
 
 
-def answer_basis(seeds: int, pairs: int, vary: str, tested_on: str = "confirmation", chosen_from: int = 1) -> str:
+def answer_basis(seeds: int, pairs: int, vary: str, tested_on: str = "tuning", chosen_from: int = 1) -> str:
     """What a ranking rests on, in words. `tested_on`: "confirmation" (new seeds, after the choice of
     each configuration) or "tuning" (the seeds that chose them); `chosen_from`: the most configurations
     any label's best was chosen from."""
