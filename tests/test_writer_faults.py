@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optimstudy.cli import main
+from optimstudy.connectivity import sqlite_path
 from optimstudy.trial_queue import requeue
 from optimstudy.tracking import (MlflowLogger, StoreError, WriterStalled, ensure_store, start_writer, stop_writers,
                                  tracked_run)
@@ -59,7 +60,7 @@ def stored_steps(store, run_id) -> list[int]:
 
 def lock_the_store(store: str) -> sqlite3.Connection:
     """What a `sqlite3 mlflow.db` shell or a long reader does: hold the database so no one writes."""
-    holder = sqlite3.connect(store[len("sqlite:///"):], isolation_level=None, timeout=30, check_same_thread=False)
+    holder = sqlite3.connect(sqlite_path(store), isolation_level=None, timeout=30, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     return holder
 

@@ -210,7 +210,7 @@ class MlflowLogger:
         the UI's Datasets column: stored with the run (a SQL store), else by `start`."""
         self.tracking_uri = tracking_uri
         sample_every_s = system_metrics_s()  # a bad value is a usage error before anything is written
-        writer_timeout_s()
+        writer_timeout_s()  # likewise: a bad OPTIMSTUDY_WRITER_TIMEOUT_S, before anything is written
         self.writer = start_writer(tracking_uri)
         self.writer.wait_ready()  # before the run exists: a writer that cannot start leaves no RUNNING run
         run_tags = {k: str(v) for k, v in tags.items()}
@@ -263,8 +263,7 @@ class MlflowLogger:
         detail = None if self.store_failed else self.writer.store_error(self.run_id)
         if detail is not None:
             self.store_failed = True
-            raise StoreError(hide_passwords(f"the MLflow writer could not write to the tracking store "
-                                            f"'{self.tracking_uri}' (run {self.run_id}): {detail}"))
+            raise StoreError.refused(self.tracking_uri, f"run {self.run_id}", detail)
 
     def log_artifact(self, path: str) -> None:
         self.writer.log_artifact(self.run_id, path)  # through the writer: it may not have created the run yet

@@ -262,6 +262,12 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
     held = None  # a message read ahead while merging metric messages, handled next
     stepping = False  # whether a trainer has sent steps yet
+
+    def end_through_client(run_id: str, status: str, tags: dict, write=patiently) -> None:
+        if tags:
+            write(store.client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        write(store.client.set_terminated, run_id, status)
+
     while True:
         message, held = held or receive(conn), None
         if message is None or message[0] == "stop":
@@ -272,8 +278,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                 status, tags = unended.get(run_id, ("KILLED",
                                                     {"optimstudy.error": "the training process died mid-run"}))
                 with contextlib.suppress(Exception), store.lock:
-                    patiently(store.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-                    patiently(store.client.set_terminated, run_id, status)
+                    end_through_client(run_id, status, tags)
             if message is not None:
                 for sampler in samplers.values():
                     stop_system_metrics(sampler)
@@ -338,9 +343,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     tags = {key: str(value)[:5000] for key, value in tags.items()}
                     unended[run_id] = (status, tags)  # until the store has it
                     if fast is None or not write(fast.end_run, run_id, status, tags):
-                        if tags:
-                            write(client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-                        write(client.set_terminated, run_id, status)
+                        end_through_client(run_id, status, tags, write)
                     del unended[run_id]
                     open_runs.discard(run_id)
                     if fast is not None:

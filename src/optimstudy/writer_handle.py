@@ -59,6 +59,12 @@ class StoreError(RuntimeError):
     STORE_WIDE = ("database is locked", "stayed locked", "readonly database", "read-only", "disk is full",
                   "no space left", "disk i/o error", "unable to open database", "permission denied")
 
+    @classmethod
+    def refused(cls, tracking_uri: str, what: str, detail: str) -> "StoreError":
+        """The writer's report `detail` on `what` (a run, an end, an artifact), as the user reads it."""
+        return cls(hide_passwords(f"the MLflow writer could not write to the tracking store '{tracking_uri}' "
+                                  f"({what}): {detail}"))
+
     @property
     def store_wide(self) -> bool:
         """Whether the next run would fail the same way (a full disk), unlike a run deleted in the UI."""
@@ -252,8 +258,7 @@ class _Writer:
                 break
         self.warned = False
         if problems:
-            raise StoreError(hide_passwords(f"the MLflow writer could not write to the tracking store "
-                                            f"'{self.tracking_uri}' ({message[0]} {key}): {problems[0]}"))
+            raise StoreError.refused(self.tracking_uri, f"{message[0]} {key}", problems[0])
         return detail
 
     # ---- the calls ----
