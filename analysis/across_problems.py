@@ -3,8 +3,8 @@
 each with a stratified bootstrap 95% interval."""
 import numpy as np
 
-from optimstudy import plotting
-from optimstudy.plotting import Drawn, new_figure, style
+from optimstudy.report import plotting
+from optimstudy.report.plotting import Drawn, new_figure, style
 
 TITLE = "Across problems: interquartile mean and probability of improvement"
 SPEC = "experiments/quickstart.toml"

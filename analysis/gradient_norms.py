@@ -3,8 +3,8 @@ import math
 
 
 
-from optimstudy import plotting
-from optimstudy.plotting import (Drawn, grid_axes, lr_text, mean_band, new_figure, smoothing_window, style)
+from optimstudy.report import plotting
+from optimstudy.report.plotting import (Drawn, grid_axes, lr_text, mean_band, new_figure, smoothing_window, style)
 
 TITLE = "Gradient norms during training"
 SPEC = "experiments/mnist_optimizers.toml"

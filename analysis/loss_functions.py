@@ -4,8 +4,8 @@ import math
 import numpy as np
 from matplotlib.lines import Line2D
 
-from optimstudy import plotting
-from optimstudy.plotting import (WORST_EDGE, SMALL, GOOD, LARGE, LOSS_COLORS, LOSS_NAMES, Drawn, lr_text, new_figure, smoothing_window, style, seed_mean, note_in)
+from optimstudy.report import plotting
+from optimstudy.report.plotting import (WORST_EDGE, SMALL, GOOD, LARGE, LOSS_COLORS, LOSS_NAMES, Drawn, lr_text, new_figure, smoothing_window, style, seed_mean, note_in)
 
 TITLE = "Loss functions: what the measure rewards"
 SPEC = "experiments/loss_functions.toml"

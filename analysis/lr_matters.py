@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from optimstudy import plotting
-from optimstudy.plotting import (SMALL, GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, style)
-from optimstudy.results import group_runs
+from optimstudy.report import plotting
+from optimstudy.report.plotting import (SMALL, GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, style)
+from optimstudy.results.tables import group_runs
 
 TITLE = "The learning rate matters: too small, good, too large"
 SPEC = "experiments/lr_sensitivity.toml"

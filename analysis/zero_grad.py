@@ -3,8 +3,8 @@ import math
 
 import pandas as pd
 
-from optimstudy import plotting
-from optimstudy.plotting import (GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, smoothing_window, style, note_in, matching)
+from optimstudy.report import plotting
+from optimstudy.report.plotting import (GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, smoothing_window, style, note_in, matching)
 
 TITLE = "Forgetting zero_grad(), and gradient accumulation"
 SPEC = "experiments/zero_grad.toml"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common import comparison, interleave, machine, median, options, say, spread, write_result
-from optimstudy.config import UPDATE_NORM_EVERY
+from optimstudy.run.config import UPDATE_NORM_EVERY
 
 NAME = "floor"
 TARGET = 1.10  # the instrumented loop within 1.10x of the bare loop on the same minibatches
@@ -62,10 +62,10 @@ def fastest_steps_s(runs: list[list[float]]) -> float:
 
 def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) -> dict:
     """The bare loop on optimstudy's batches (or `batches`), evaluating at `eval_at`, plus `diagnostics`."""
-    from optimstudy.data import Batches
-    from optimstudy.losses import cross_entropy
-    from optimstudy.problems import mlp
-    from optimstudy.training import evaluate
+    from optimstudy.problems.data import Batches
+    from optimstudy.problems.losses import cross_entropy
+    from optimstudy.problems.registry import mlp
+    from optimstudy.run.training import evaluate
 
     torch.manual_seed(SEED)
     model = mlp()
@@ -95,10 +95,10 @@ def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) ->
 def recorder_diagnostics(params, update_every: int | None = None):
     """The StepRecorder alone (optimstudy's default cadence unless `update_every`), flushed every 50
     steps into a throwaway history."""
-    from optimstudy.config import UPDATE_NORM_EVERY
-    from optimstudy.diagnostics import StepRecorder
-    from optimstudy.loggers import NullLogger
-    from optimstudy.training import History, SYNC_EVERY
+    from optimstudy.run.config import UPDATE_NORM_EVERY
+    from optimstudy.run.diagnostics import StepRecorder
+    from optimstudy.run.loggers import NullLogger
+    from optimstudy.run.training import History, SYNC_EVERY
 
     recorder = StepRecorder(params, diverge_factor=100.0, update_every=update_every or UPDATE_NORM_EVERY)
     history, logger = History(config=None), NullLogger()
@@ -125,8 +125,8 @@ def per_call_us(function, calls: int) -> float:
 def extras_microbenchmark(data, calls: int) -> dict:
     """µs per call of each piece of a step's recording, each alone (in the loop they cost ~2x more:
     the weights, gradients and snapshot no longer fit the core's cache together)."""
-    from optimstudy.diagnostics import StepRecorder
-    from optimstudy.problems import mlp
+    from optimstudy.run.diagnostics import StepRecorder
+    from optimstudy.problems.registry import mlp
 
     torch.manual_seed(SEED)
     model = mlp()
@@ -166,8 +166,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig, train
-    from optimstudy.runner import load_data
-    from optimstudy.training import total_steps
+    from optimstudy.run.runner import load_data
+    from optimstudy.run.training import total_steps
 
     torch_threads = args.threads or 1  # the issue's setting: one thread
     torch.set_num_threads(torch_threads)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from bench_floor import Window, fastest_steps_s, recorder_diagnostics
 from common import comparison, interleave, machine, median, options, say, spread, threads, write_result
-from optimstudy.config import UPDATE_NORM_EVERY
-from optimstudy.problems import Problem, linear
+from optimstudy.run.config import UPDATE_NORM_EVERY
+from optimstudy.problems.registry import Problem, linear
 
 NAME = "fullbatch"
 TARGET = 1.15  # optimstudy's full-batch loop within 1.15x of a bare full-batch loop
@@ -88,10 +88,10 @@ def main(argv=None) -> dict:
     args = options(NAME, __doc__.splitlines()[0]).parse_args(argv)
     started = time.perf_counter()
     info = machine()
-    import optimstudy.training
+    import optimstudy.run.training
     from optimstudy import RunConfig, train
-    from optimstudy.data import Batches
-    from optimstudy.runner import load_data
+    from optimstudy.problems.data import Batches
+    from optimstudy.run.runner import load_data
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)
@@ -113,11 +113,11 @@ def main(argv=None) -> dict:
     def optimstudy_side(run_config, batches=Batches):
         def side():
             window = Window()
-            optimstudy.training.Batches = batches
+            optimstudy.run.training.Batches = batches
             try:
                 history = train(run_config, data=data, progress=window)
             finally:
-                optimstudy.training.Batches = Batches
+                optimstudy.run.training.Batches = Batches
             return window.result(final_loss=history.final["train_loss"], evaluations=len(history.evals))
         return side
 

@@ -71,8 +71,8 @@ class Window:
 
 
 def bare_loop(problem_name: str, data, device: str, steps: int) -> dict:
-    from optimstudy.data import Batches
-    from optimstudy.problems import resolve_problem
+    from optimstudy.problems.data import Batches
+    from optimstudy.problems.registry import resolve_problem
 
     torch.manual_seed(SEED)
     model = resolve_problem(problem_name).build_model(data.info).to(device)
@@ -185,9 +185,9 @@ def main(argv=None) -> dict:
                             started, info)
 
     from optimstudy import RunConfig
-    from optimstudy.data import steps_per_epoch
-    from optimstudy.runner import load_data
-    from optimstudy.training import SYNC_EVERY
+    from optimstudy.problems.data import steps_per_epoch
+    from optimstudy.run.runner import load_data
+    from optimstudy.run.training import SYNC_EVERY
 
     steps, repeats = (300, 2) if args.quick or dry_run else (2000, 5)
     sync_steps = 200 if args.quick or dry_run else 400

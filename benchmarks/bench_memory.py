@@ -36,7 +36,7 @@ def child(options_json: str) -> None:
     import torch  # noqa: F401  (counted in the start-up footprint, as any run pays it)
 
     from optimstudy import RunConfig
-    from optimstudy.runner import Tracking, execute, load_data
+    from optimstudy.run.runner import Tracking, execute, load_data
 
     after_imports = rss_mb()
     config = RunConfig(problem=job["problem"], optimizer="sgd", lr=0.05, epochs=job["epochs"],
@@ -45,7 +45,8 @@ def child(options_json: str) -> None:
     after_data = rss_mb()
     tracking = None
     if job["tracking_uri"]:
-        from optimstudy.tracking import ensure_store, start_writer
+        from optimstudy.tracking.client import ensure_store
+        from optimstudy.tracking.writer_handle import start_writer
 
         ensure_store(job["tracking_uri"])
         start_writer(job["tracking_uri"])
@@ -53,9 +54,7 @@ def child(options_json: str) -> None:
     history, _ = execute(config, tracking, data=data)
     writer_peak = None
     if tracking is not None:
-        from optimstudy.tracking import _writers, stop_writers
-
-        # the writer's own high-water mark (VmHWM), read before it exits: RUSAGE_CHILDREN would
+        from optimstudy.tracking.writer_handle import _writers, stop_writers
         # count the training process's pages that the child shared between fork and exec
         writer_pid = next(iter(_writers.values())).process.pid
         with open(f"/proc/{writer_pid}/status") as status:

@@ -33,7 +33,7 @@ def examples_dataset(root: str):
 
 def examples_train(dataset, steps: int) -> dict:
     """pytorch/examples' train(): a fresh model and DataLoader, `steps` batches, timed from the first."""
-    from optimstudy.problems import mlp
+    from optimstudy.problems.registry import mlp
 
     torch.manual_seed(SEED)
     model = mlp()
@@ -64,8 +64,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig
-    from optimstudy.data import data_root, steps_per_epoch
-    from optimstudy.runner import execute, load_data
+    from optimstudy.problems.data import data_root, steps_per_epoch
+    from optimstudy.run.runner import execute, load_data
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)

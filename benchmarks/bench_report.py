@@ -36,11 +36,11 @@ def make_store(folder: Path, runs: int, steps: int) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from optimstudy.config import RunConfig
-    from optimstudy.problem_facts import problem_tags
-    from optimstudy.problems import resolve_problem
-    from optimstudy.tracking import ensure_store, experiment_id
-    from optimstudy.training import load_data
+    from optimstudy.run.config import RunConfig
+    from optimstudy.run.runner import problem_tags
+    from optimstudy.problems.registry import resolve_problem
+    from optimstudy.tracking.client import ensure_store, experiment_id
+    from optimstudy.run.training import load_data
 
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     ensure_store(uri)
@@ -103,7 +103,7 @@ def tree_memory(process: subprocess.Popen, every_s: float = 0.01) -> dict:
 def timed_report(uri: str, out: Path) -> dict:
     # the modules every report imports: their peak is the floor
     code = ("import resource, sys, time; from optimstudy.cli import main; "
-            "import optimstudy.report, optimstudy.store, optimstudy.plotting; "
+            "import optimstudy.report.build, optimstudy.tracking.reader, optimstudy.report.plotting; "
             "floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; started = time.perf_counter(); "
             "code = main(sys.argv[1:]); wall = time.perf_counter() - started; "
             "print('RESULT', code, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, floor, "

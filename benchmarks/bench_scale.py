@@ -33,9 +33,10 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig
-    from optimstudy.data import steps_per_epoch
-    from optimstudy.runner import Tracking, execute, load_data
-    from optimstudy.tracking import ensure_store, start_writer, stop_writers
+    from optimstudy.problems.data import steps_per_epoch
+    from optimstudy.run.runner import Tracking, execute, load_data
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)

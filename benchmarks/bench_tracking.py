@@ -34,9 +34,11 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig
-    from optimstudy.runner import Tracking, execute, load_data
-    from optimstudy.tracking import SYSTEM_METRICS_ENV, ensure_store, start_writer, stop_writers
-    from optimstudy.training import total_steps
+    from optimstudy.run.runner import Tracking, execute, load_data
+    from optimstudy.tracking.mlflow_logger import SYSTEM_METRICS_ENV
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
+    from optimstudy.run.training import total_steps
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)
@@ -120,8 +122,9 @@ def main(argv=None) -> dict:
 
 def fixed_costs(config, data, uri: str, repeats: int) -> dict:
     """Seconds of each per-run step of a tracked run that does not depend on its length."""
-    from optimstudy.runner import run_name
-    from optimstudy.tracking import MlflowLogger, environment_tags
+    from optimstudy.run.runner import run_name
+    from optimstudy.tracking.mlflow_logger import MlflowLogger
+    from optimstudy.run.runner import environment_tags
 
     parts = {"environment_tags (incl. git rev-parse)": [], "create run + params (MlflowLogger())": [],
              "close an empty run (flush + end, via the writer)": []}

@@ -47,8 +47,8 @@ def ms_per_trial_at(done: list[float], n: int) -> float:
 
 def training_ms(data_dir: str | None, repeats: int = 30) -> float:
     """ms of one trial's own training, untracked, in this process (median)."""
-    from optimstudy.config import RunConfig
-    from optimstudy.runner import execute
+    from optimstudy.run.config import RunConfig
+    from optimstudy.run.runner import execute
 
     times = []
     for index in range(repeats + 3):

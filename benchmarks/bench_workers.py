@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
     args = options(NAME, __doc__.splitlines()[0]).parse_args(argv)
     started = time.perf_counter()
     info = machine()
-    from optimstudy.config import default_threads
+    from optimstudy.run.config import default_threads
 
     torch_threads = args.threads or default_threads(workers=2)  # both sides: what fits 2 workers
     seeds, repeats = (2, 1) if args.quick else (6, 2)

@@ -51,7 +51,7 @@ def results_dir(args) -> Path:
 
 def threads(args) -> int:
     """The torch threads both sides use: --threads, else what RunConfig.resolved() picks."""
-    from optimstudy.config import default_threads
+    from optimstudy.run.config import default_threads
 
     return args.threads or default_threads()
 
@@ -212,7 +212,7 @@ def machine() -> dict:
     from importlib.metadata import version
 
     from optimstudy import __version__
-    from optimstudy.devices import cpu_count, device_label
+    from optimstudy.run.devices import cpu_count, device_label
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
@@ -245,7 +245,7 @@ def stage_fashion_mnist(folder: Path) -> str:
     import gzip
     import shutil
 
-    from optimstudy.data import DEBIAN_FASHION_MNIST
+    from optimstudy.problems.data import DEBIAN_FASHION_MNIST
 
     raw = Path(folder) / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)

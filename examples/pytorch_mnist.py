@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimstudy.problems import Problem
+from optimstudy.problems.registry import Problem
 
 
 class Net(nn.Module):

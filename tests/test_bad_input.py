@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from optimstudy.optimizers import OptimizerArgumentError, optimizer_arguments
+from optimstudy.problems.optimizers import OptimizerArgumentError, optimizer_arguments
 
 SCRIPT = Path(sys.executable).with_name("optimstudy")  # the installed command, as the README runs it
 
@@ -263,7 +263,7 @@ def test_custom_optimizer_in_the_working_directory_imports_everywhere(tmp_path):
 BAD_PROBLEMS = '''\
 import torch
 from torch import nn
-from optimstudy.problems import Problem
+from optimstudy.problems.registry import Problem
 
 def blobs(generator):
     x = torch.randn(200, 3, generator=generator)
@@ -312,9 +312,9 @@ def bad_problems(tmp_path, monkeypatch):
     ("four_outputs", ["gave outputs of shape (2, 4); expected (2, 1) or (2,): one value per example"]),
 ])
 def test_a_model_that_does_not_fit_its_data_is_named_before_training(bad_problems, problem, expected):
-    from optimstudy.config import RunConfig
+    from optimstudy.run.config import RunConfig
     from optimstudy.errors import UsageError
-    from optimstudy.runner import check_model, load_data
+    from optimstudy.run.runner import check_model, load_data
 
     config = RunConfig(problem=f"bad_problems:{problem}", steps=5).resolved()
     with pytest.raises(UsageError) as caught:
@@ -326,8 +326,8 @@ def test_a_model_that_does_not_fit_its_data_is_named_before_training(bad_problem
 
 
 def test_the_built_in_problems_pass_the_model_check():
-    from optimstudy.config import RunConfig
-    from optimstudy.runner import check_model, load_data
+    from optimstudy.run.config import RunConfig
+    from optimstudy.run.runner import check_model, load_data
 
     for problem in ("linreg", "valley", "regression_mlp"):
         config = RunConfig(problem=problem, steps=5).resolved()
@@ -349,9 +349,9 @@ def test_run_and_sweep_refuse_a_bad_model_before_writing(bad_problems, capsys):
 
 
 def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
-    from optimstudy.config import RunConfig
+    from optimstudy.run.config import RunConfig
     from optimstudy.errors import UsageError
-    from optimstudy.spec import load_spec
+    from optimstudy.sweep.spec import load_spec
 
     for seed in (99999999999999999999, 2**63, -1):
         with pytest.raises(UsageError, match=r"seed must be an integer from 0 to 2\*\*63 - 1"):
@@ -367,7 +367,7 @@ def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
 
 def test_a_spec_with_a_byte_order_mark_and_a_name_in_any_script_loads(tmp_path):
     from optimstudy.errors import UsageError
-    from optimstudy.spec import load_spec
+    from optimstudy.sweep.spec import load_spec
 
     spec = spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.1]\n", name="ünïcødé études")
     spec.write_bytes(b"\xef\xbb\xbf" + spec.read_bytes())  # as Notepad saves UTF-8

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from optimstudy.compat import mlflow as mlflow_internals
 from optimstudy.compat.optuna import cached_storage, trial_of
 from optimstudy.compat.torch import foreach_copy_, foreach_norm, foreach_sub_, import_dynamo
-from optimstudy.sql_writes import FastWrites
+from optimstudy.tracking.sql_writes import FastWrites
 
 
 @pytest.fixture(scope="module")

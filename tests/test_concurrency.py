@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optimstudy.store import load_runs
+from optimstudy.tracking.reader import load_runs
 
 SPEC = """
 name = "{name}"
@@ -134,7 +134,9 @@ def test_two_sweeps_ending_together_both_set_their_notes_on_postgresql(postgres_
 
     from mlflow import MlflowClient
 
-    from optimstudy.tracking import NOTE_TAG, set_notes
+    from optimstudy.tracking.client import NOTE_TAG
+
+    from optimstudy.tracking.parent_runs import set_notes
 
     uri = postgres_database()
     client = MlflowClient(uri)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, train
-from optimstudy.diagnostics import StepRecorder
-from optimstudy.loggers import NullLogger
-from optimstudy.problems import resolve_problem
-from optimstudy.training import History, load_data, set_up
+from optimstudy.run.diagnostics import StepRecorder
+from optimstudy.run.loggers import NullLogger
+from optimstudy.problems.registry import resolve_problem
+from optimstudy.run.training import History, load_data, set_up
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
 
@@ -202,7 +202,7 @@ def test_update_norm_every_is_a_positive_integer_in_configs_specs_and_the_key():
     import tomllib
 
     from optimstudy.errors import UsageError
-    from optimstudy.spec import SpecError, config_key, parse_spec
+    from optimstudy.sweep.spec import SpecError, config_key, parse_spec
 
     for bad in (0, -1, 2.5, True, "10"):
         with pytest.raises(UsageError, match=f"update_norm_every must be a positive integer, got {bad!r}"):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.data import Batches, Split, TorchvisionData, check_data, load_problem_data
-from optimstudy.problems import PROBLEMS, Problem, linear, resolve_problem
+from optimstudy.problems.data import Batches, Split, TorchvisionData, check_data, load_problem_data
+from optimstudy.problems.registry import PROBLEMS, Problem, linear, resolve_problem
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("optimstudy")  # the console script: cwd is not on sys.path by itself
@@ -24,7 +24,7 @@ SCRIPT = Path(sys.executable).with_name("optimstudy")  # the console script: cwd
 USER_MODULE = '''
 import torch
 from torch import nn
-from optimstudy.problems import Problem
+from optimstudy.problems.registry import Problem
 
 
 def three_blobs(generator):
@@ -117,7 +117,7 @@ def test_a_user_problem_in_a_scratch_folder_runs_sweeps_and_reports(scratch):
 def test_a_user_problem_records_its_data_set_and_the_batch_that_ran(scratch, tracking_uri):
     sys.path.insert(0, str(scratch))
     try:
-        from optimstudy.runner import Tracking, execute
+        from optimstudy.run.runner import Tracking, execute
 
         config = RunConfig(problem="userproblems:blobs", optimizer="sgd", lr=0.1, steps=20, batch_size=10_000)
         history, run_id = execute(config, Tracking(tracking_uri, "data-sets"))
@@ -212,7 +212,7 @@ def test_binary_labels_get_an_error_rate_and_the_logistic_loss():
 def test_a_binary_problem_by_import_path_trains_to_a_low_error_rate(scratch, monkeypatch):
     (scratch / "separable.py").write_text(textwrap.dedent('''
         import torch
-        from optimstudy.problems import Problem, linear
+        from optimstudy.problems.registry import Problem, linear
 
         def make(generator):
             x = torch.randn(500, 10, generator=generator)
@@ -272,8 +272,8 @@ def test_warmup_cosine_onecycle_and_schedules_by_class_or_path():
     (dict(schedule="nosuchmodule:make"), "cannot be imported"),
     (dict(val_fraction=1.0), "val_fraction must lie in [0, 1)"),
     (dict(problem="nosuchmodule:problem"), "No module named 'nosuchmodule'"),
-    (dict(problem="optimstudy.problems:mlp"), "problem 'optimstudy.problems:mlp' is not a Problem (it is a function)"),
-    (dict(problem="optimstudy.problems:nothing"), "has no attribute 'nothing'"),
+    (dict(problem="optimstudy.problems.registry:mlp"), "problem 'optimstudy.problems:mlp' is not a Problem (it is a function)"),
+    (dict(problem="optimstudy.problems.registry:nothing"), "has no attribute 'nothing'"),
 ])
 def test_bad_schedules_and_problems_are_usage_errors(settings, message):
     with pytest.raises(UsageError) as error:
@@ -296,7 +296,7 @@ def test_no_validation_split_evaluates_the_training_split():
 
 
 def test_spec_keys_for_recipes(tmp_path):
-    from optimstudy.spec import SpecError, parse_spec
+    from optimstudy.sweep.spec import SpecError, parse_spec
 
     base = {"name": "x", "problem": "linreg", "steps": 5, "optimizers": {"sgd": {"lr": [0.1]}}}
     spec = parse_spec({**base, "val_fraction": 0, "split_seed": 3, "shuffle": False, "schedule": "step",

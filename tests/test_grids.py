@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from optimstudy import results
-from optimstudy.planning import compare_identity, plan, spec_identity
-from optimstudy.spec import SpecError, load_spec
+from optimstudy.sweep.planning import compare_identity, plan, spec_identity
+from optimstudy.sweep.spec import SpecError, load_spec
 
 GRID = """
 name = "{name}"

@@ -7,11 +7,11 @@ import optuna
 import pytest
 
 from optimstudy import results
-from optimstudy.config import RunConfig
-from optimstudy.planning import plan
-from optimstudy.spec import config_key, parse_spec
-from optimstudy.store import load_runs
-from optimstudy.trial_queue import Queue, enqueue_missing
+from optimstudy.run.config import RunConfig
+from optimstudy.sweep.planning import plan
+from optimstudy.sweep.spec import config_key, parse_spec
+from optimstudy.tracking.reader import load_runs
+from optimstudy.sweep.queue import Queue, enqueue_missing
 
 ONE_LABEL = """
 name = "{name}"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, train
-from optimstudy.losses import LOSSES, lesson_numbers
-from optimstudy.problems import mlp
+from optimstudy.problems.losses import LOSSES, lesson_numbers
+from optimstudy.problems.registry import mlp
 
 
 def test_mean_error_cancels_while_mse_does_not():

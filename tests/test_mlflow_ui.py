@@ -7,7 +7,9 @@ MlflowClient, as the UI does.
 import pytest
 from mlflow import MlflowClient
 
-from optimstudy.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, experiment_id
+from optimstudy.tracking.writer import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+
+from optimstudy.tracking.client import experiment_id
 
 
 def test_a_tracked_run_marks_its_experiment_as_model_training(cli, tmp_path, tracking_uri):
@@ -18,7 +20,7 @@ def test_a_tracked_run_marks_its_experiment_as_model_training(cli, tmp_path, tra
 
 
 def test_an_existing_experiment_without_the_kind_gets_it_when_touched_again(tmp_path, tracking_uri):
-    from optimstudy.tracking import ensure_store
+    from optimstudy.tracking.client import ensure_store
 
     ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -41,7 +43,7 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
     the sweep's --json reports; the experiment's description is the spec's."""
     import json
 
-    from optimstudy.tracking import NOTE_TAG
+    from optimstudy.tracking.client import NOTE_TAG
 
     spec = tmp_path / "noted.toml"
     spec.write_text('name = "noted"\ndescription = "SGD against Adam on linreg."\nproblem = "linreg"\n'
@@ -63,7 +65,8 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
 
 @pytest.mark.slow
 def test_a_description_the_user_wrote_on_the_experiment_survives_the_next_sweep(cli, tmp_path, tracking_uri):
-    from optimstudy.tracking import NOTE_TAG, OWN_NOTE_TAG
+    from optimstudy.tracking.client import NOTE_TAG
+    from optimstudy.tracking.parent_runs import OWN_NOTE_TAG
 
     spec = tmp_path / "described.toml"
     spec.write_text('name = "described"\ndescription = "From the spec."\nproblem = "linreg"\nsteps = 20\n'

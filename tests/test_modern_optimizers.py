@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.data import Batches
-from optimstudy.losses import LOSSES
-from optimstudy.parameter_groups import SplitOptimizer, build_optimizer, split_parameters
-from optimstudy.problems import resolve_problem
-from optimstudy.training import evaluate, load_data
+from optimstudy.problems.data import Batches
+from optimstudy.problems.losses import LOSSES
+from optimstudy.problems.parameter_groups import SplitOptimizer, build_optimizer, split_parameters
+from optimstudy.problems.registry import resolve_problem
+from optimstudy.run.training import evaluate, load_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path
     swept = cli("sweep", "muon.toml", "--json", cwd=tmp_path, env=env, check_exit=0)
     summary = json.loads(swept.stdout.strip().splitlines()[-1])
     assert summary["trials"]["complete"] == 3 and summary["trials"]["failed"] == 0
-    from optimstudy.store import load_runs
+    from optimstudy.tracking.reader import load_runs
 
     runs = load_runs(summary["tracking_uri"], experiments=["muon-grid"], with_metrics=False)
     trials = runs[runs["parent_run_id"] == summary["parent_run_id"]]
@@ -195,7 +195,7 @@ def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path
 
 
 def test_a_bad_rest_in_a_spec_names_its_key(tmp_path):
-    from optimstudy.spec import SpecError, load_spec
+    from optimstudy.sweep.spec import SpecError, load_spec
 
     path = tmp_path / "bad.toml"
     path.write_text('name = "bad"\nproblem = "regression_mlp"\nsteps = 5\n[optimizers.muon]\nlr = [0.02]\n'
@@ -225,9 +225,9 @@ def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(cli, tmp_path):
     assert [w.split(":")[0] for w in summary["edge_warnings"]] == ["regression_mlp/adam (lr-free)"]
 
     # in the figures: a tuning curve flat from k = 1, and a level across the lr axis, not a point on it
-    from optimstudy import aggregates
-    from optimstudy.results import Study
-    from optimstudy.store import load_runs
+    from optimstudy.results import aggregates
+    from optimstudy.results.study import Study
+    from optimstudy.tracking.reader import load_runs
 
     study = Study(load_runs(summary["tracking_uri"], experiments=["lr-free"]))
     curves = aggregates.tuning_curves(study.runs, study.main).set_index(["optimizer", "configurations"])
@@ -324,7 +324,7 @@ def test_a_rest_lr_set_by_its_ratio_is_no_argument_of_its_own():
     its own arguments, and the lr curve, the robust lr range and an edge warning on rest.lr would follow."""
     import pandas as pd
 
-    from optimstudy.results import argument_edge_warnings, args_text
+    from optimstudy.results.tables import argument_edge_warnings, args_text
 
     muon = {"rest.lr": 0.00015, "rest.lr_ratio": 0.015, "rest.optimizer": "adamw"}
     assert args_text(muon) == "rest.lr_ratio=0.015 rest.optimizer=adamw"
@@ -339,7 +339,7 @@ def test_a_rest_lr_set_by_its_ratio_is_no_argument_of_its_own():
 
 FORK_AFTER_THE_CHECK = """
 import os, sys, time, torch
-from optimstudy.optimizers import optimizer_arguments
+from optimstudy.problems.optimizers import optimizer_arguments
 torch.set_num_threads(2)  # as a sweep's parent on a machine of 2 cores or more
 optimizer_arguments("muon", {}, lr=0.02, rest={"optimizer": "adamw", "lr_ratio": 0.015})  # a spec's check
 child = os.fork()
@@ -372,7 +372,7 @@ def test_checking_muon_before_a_sweep_forks_leaves_its_workers_able_to_run():
 def test_lenet_gives_muon_two_hidden_matrices_where_the_mnist_cnn_has_none():
     """Why experiments/modern_optimizers.toml trains mnist_lenet: mnist_cnn's filters are 4-D and its one
     Linear is the head, so torch's Muon would train nothing there."""
-    from optimstudy.problems import cnn, lenet
+    from optimstudy.problems.registry import cnn, lenet
 
     model = lenet()
     matrices, rest = split_parameters(model)

@@ -14,20 +14,22 @@ import pandas as pd
 import pytest
 import torch
 
-from optimstudy.config import RunConfig
-from optimstudy.objectives import evaluation_metric, final_metric_names
-from optimstudy.page import render_page
-from optimstudy.problems import Problem, linear
-from optimstudy.results import SUMMARY_COLUMNS, Study, best_configurations, run_table
-from optimstudy.store import load_runs, load_study
-from optimstudy.training import train
+from optimstudy.run.config import RunConfig
+from optimstudy.results.objectives import evaluation_metric, final_metric_names
+from optimstudy.report.page import render_page
+from optimstudy.problems.registry import Problem, linear
+from optimstudy.results.summary import SUMMARY_COLUMNS
+from optimstudy.results.study import Study
+from optimstudy.results.tables import best_configurations, run_table
+from optimstudy.tracking.reader import load_runs, load_study
+from optimstudy.run.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 
 # ±1 labels with label noise: error rates differ from lr to lr (a separable set would tie at 0)
 NOISY_BINARY = '''
 import torch
-from optimstudy.problems import Problem, linear
+from optimstudy.problems.registry import Problem, linear
 
 def make(generator):
     x = torch.randn(600, 4, generator=generator)
@@ -86,7 +88,7 @@ def test_the_names_the_spec_accepts_are_the_final_metrics_training_logs(problem,
     else:
         name = problem
     history = train(RunConfig(problem=name, optimizer="sgd", lr=0.1, steps=3, val_fraction=val_fraction))
-    from optimstudy.problems import resolve_problem
+    from optimstudy.problems.registry import resolve_problem
 
     resolved = resolve_problem(name)
     names = final_metric_names(resolved.task, resolved.has_optimum, val_fraction > 0)
@@ -167,7 +169,7 @@ def test_a_metric_no_run_logs_exits_2_naming_the_valid_ones(tmp_path, monkeypatc
 
 
 def test_a_pruner_needs_a_metric_measured_at_each_evaluation():
-    from optimstudy.spec import SpecError, parse_spec
+    from optimstudy.sweep.spec import SpecError, parse_spec
 
     base = {"name": "x", "problem": "linreg", "steps": 5, "optimizers": {"sgd": {"search": {
         "lr": {"low": 1e-3, "high": 1.0, "log": True}}}}}
@@ -218,7 +220,7 @@ def test_ranking_by_a_test_metric_warns_and_the_curves_show_the_training_split(c
     assert "whole training split" in lower.get_title() and "no validation split" in lower.get_title()
     curves = [line for line in lower.get_lines() if len(line.get_xdata()) > 1]
     assert len(curves) == 2 and all(np.isfinite(line.get_ydata()).all() for line in curves)
-    from optimstudy import plotting
+    from optimstudy.report import plotting
 
     plotting.save(drawn.figure, tmp_path / "optimizer_curves", svg=False)
     assert (tmp_path / "optimizer_curves.png").stat().st_size > 10_000

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optimstudy.cli import main
-from optimstudy.connectivity import hide_passwords
-from optimstudy.store import load_runs
+from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.reader import load_runs
 
 TESTS = Path(__file__).parent
 

@@ -18,14 +18,19 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from optimstudy import aggregates, comparison
-from optimstudy.config import RunConfig
-from optimstudy.problems import PROBLEMS, VALLEY_START
-from optimstudy.report import PACKAGE_ANALYSIS, load_scripts, write_report
-from optimstudy.results import (Study, best_configurations, edge_warnings, objective_value, run_table, target_for,
-                                time_to_target, verdicts)
-from optimstudy.store import load_runs
-from optimstudy.tracking import experiment_id
+from optimstudy.results import aggregates
+from optimstudy.results import comparison
+from optimstudy.run.config import RunConfig
+from optimstudy.problems.registry import PROBLEMS
+from optimstudy.facts import VALLEY_START
+from optimstudy.report.scripts import PACKAGE_ANALYSIS, load_scripts
+from optimstudy.report.build import write_report
+from optimstudy.results.study import Study
+from optimstudy.results.tables import best_configurations, edge_warnings, objective_value, run_table
+from optimstudy.results.summary import target_for, time_to_target
+from optimstudy.results.rankings import verdicts
+from optimstudy.tracking.reader import load_runs
+from optimstudy.tracking.client import experiment_id
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (REPO / "analysis").glob("*.py"))
@@ -227,7 +232,7 @@ def best_of(store, experiment) -> pd.DataFrame:
 def test_a_store_whose_tables_differ_is_read_through_mlflow_with_the_same_result(store, monkeypatch):
     """The SQL reader knows MLflow's tables as they are today; where a query fails on a store that
     answers (another MLflow version), the reader falls back to MlflowClient and gets the same table."""
-    from optimstudy import store as stores
+    from optimstudy.tracking import reader as stores
 
     by_sql = load_runs(store, experiments=["grid"])
     found_sql_tables = []
@@ -361,10 +366,10 @@ def test_the_reports_torch_free_tables_match_the_registries():
     numbers without it must equal the real thing."""
     import importlib.util
 
-    from optimstudy import data
-    from optimstudy.losses import LESSON_PAIRS, lesson_numbers
-    from optimstudy.optimizers import OPTIMIZERS
-    from optimstudy.problem_facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
+    from optimstudy.problems import data
+    from optimstudy.problems.losses import LESSON_PAIRS, lesson_numbers
+    from optimstudy.problems.optimizers import OPTIMIZERS
+    from optimstudy.facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
 
     assert BUILTIN_PROBLEMS == {name: ProblemFacts(p.task, p.default_loss, p.target, p.has_optimum)
                                 for name, p in PROBLEMS.items()}
@@ -381,7 +386,7 @@ def test_the_reports_torch_free_tables_match_the_registries():
     assert script.lesson_numbers() == {key: pytest.approx(expected[key], rel=1e-9) for key in script.lesson_numbers()}
     import seaborn as sns  # the figures' style, copied so that the report does not import seaborn (and scipy)
 
-    from optimstudy import plotting
+    from optimstudy.report import plotting
 
     assert plotting.WHITEGRID == {k: v for k, v in sns.axes_style("whitegrid").items() if k != "image.cmap"}
     assert plotting.NOTEBOOK_085 == sns.plotting_context("notebook", font_scale=0.85)
@@ -460,8 +465,8 @@ def test_tuning_curves_end_at_the_best_configuration(grid_frame):
 
 
 def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
-    from optimstudy.analysis_scripts import load_scripts
-    from optimstudy.report import draw
+    from optimstudy.report.scripts import load_scripts
+    from optimstudy.report.build import draw
 
     section, figure = next(item for item in load_scripts(REPO / "analysis") if item[0].name == "across_problems")
     section = draw(section, figure, Study(grid_frame), tmp_path)
@@ -471,8 +476,9 @@ def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
 
 def real_runs(tracking_uri, experiment, runs) -> None:
     """Real tiny linreg runs through the training loop and the MLflow writer: (label, optimizer, lr, seed)."""
-    from optimstudy.runner import Tracking, execute
-    from optimstudy.tracking import ensure_store, stop_writers
+    from optimstudy.run.runner import Tracking, execute
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.writer_handle import stop_writers
 
     ensure_store(tracking_uri)
     for label, optimizer, lr, seed in runs:
@@ -582,7 +588,7 @@ def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp
 
 
 USER_SCRIPT = '''
-from optimstudy import plotting
+from optimstudy.report import plotting
 
 TITLE = "Runs per optimizer (a user's own figure)"
 SPEC = "experiments/quickstart.toml"
@@ -647,8 +653,8 @@ def test_the_package_finds_the_checkouts_scripts():
 
 def test_report_on_an_empty_store_exits_2_naming_the_quickstart(cli, tracking_uri, tmp_path):
     from optimstudy.errors import UsageError
-    from optimstudy.report import report_command
-    from optimstudy.tracking import ensure_store
+    from optimstudy.report.build import report_command
+    from optimstudy.tracking.client import ensure_store
 
     result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "out", check_exit=2)
     assert "optimstudy report: error: no tracking store at" in result.stderr
@@ -661,7 +667,7 @@ def test_report_on_an_empty_store_exits_2_naming_the_quickstart(cli, tracking_ur
 
 def test_report_of_an_unknown_experiment_names_the_known_ones(store, tmp_path):
     from optimstudy.errors import UsageError
-    from optimstudy.report import report_command
+    from optimstudy.report.build import report_command
 
     known = "experiments with runs: devices, grid, landscape"
     with pytest.raises(UsageError, match=f"'gird' \\(did you mean 'grid'\\?\\).*{known}"):
@@ -678,8 +684,9 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
     """Real tiny runs through the training loop and the MLflow writer, then `optimstudy report`."""
     from mlflow import MlflowClient
 
-    from optimstudy.runner import Tracking, execute
-    from optimstudy.tracking import ensure_store, stop_writers
+    from optimstudy.run.runner import Tracking, execute
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.writer_handle import stop_writers
 
     ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -756,7 +763,7 @@ def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_p
 # ---- a folder of other scripts, a read-only store, an optimizer whose trials all failed ----------
 
 def test_an_analysis_folder_of_other_scripts_is_never_run_and_the_built_in_figures_are_drawn(tmp_path, monkeypatch):
-    from optimstudy.report import analysis_folder
+    from optimstudy.report.scripts import analysis_folder
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "analysis").mkdir()
@@ -797,7 +804,7 @@ def failed_store(tmp_path_factory):
 def test_an_optimizer_whose_trials_all_failed_is_said_so_not_called_diverged(failed_store):
     from types import SimpleNamespace
 
-    from optimstudy.sweep import format_table
+    from optimstudy.sweep.command import format_table
 
     summary = Study(load_runs(failed_store, experiments=["mixed"])).summary.set_index("optimizer")
     assert summary.at["adam", "no_outcome"] == "all 2 trials failed" and summary.at["sgd", "no_outcome"] == ""

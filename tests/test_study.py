@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from optimstudy.cli import main
-from optimstudy.spec import load_spec
-from optimstudy.planning import plan
-from optimstudy.store import load_runs
+from optimstudy.sweep.spec import load_spec
+from optimstudy.sweep.planning import plan
+from optimstudy.tracking.reader import load_runs
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
 LESSON_SPECS = {"quickstart", "mnist_optimizers", "lr_sensitivity", "zero_grad", "loss_functions", "regression",

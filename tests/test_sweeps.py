@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from optimstudy.store import load_runs
-from optimstudy.tracking import ensure_store
+from optimstudy.tracking.reader import load_runs
+from optimstudy.tracking.client import ensure_store
 
 GRID = """
 name = "{name}"
@@ -278,7 +278,7 @@ def test_a_deleted_experiment_is_refused_not_restored_silently(tmp_path, trackin
     from mlflow.entities import ViewType
 
     from optimstudy.cli import main
-    from optimstudy.tracking import experiment_id
+    from optimstudy.tracking.client import experiment_id
 
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, "gone", 'name = "{name}"\nproblem = "linreg"\nsteps = 5\nseeds = [0]\n\n'

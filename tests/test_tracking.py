@@ -24,11 +24,12 @@ from mlflow import MlflowClient
 
 import optimstudy
 from optimstudy import RunConfig
-from optimstudy.devices import device_label
-from optimstudy.runner import Tracking, execute
-from optimstudy.store import load_runs
-from optimstudy.tracking import (MlflowLogger, StoreError, WriterDied, _writers, ensure_store, stop_writers,
-                                 tracked_run)
+from optimstudy.run.devices import device_label
+from optimstudy.run.runner import Tracking, execute
+from optimstudy.tracking.reader import load_runs
+from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
+from optimstudy.tracking.writer_handle import StoreError, WriterDied, _writers, stop_writers
+from optimstudy.tracking.client import ensure_store
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
 SOURCE = Path(optimstudy.__file__).resolve().parent
@@ -166,7 +167,7 @@ def test_ctrl_c_mid_step_ends_the_run_killed_keeping_every_finished_step(shared_
 KILLABLE = textwrap.dedent("""
     import sys
     from optimstudy import RunConfig
-    from optimstudy.runner import Tracking, execute
+    from optimstudy.run.runner import Tracking, execute
 
     def started(run_id):
         print(run_id, flush=True)

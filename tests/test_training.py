@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.data import load_problem_data
-from optimstudy.optimizers import OPTIMIZERS, optimizer_arguments, parse_opt
-from optimstudy.problems import PROBLEMS
+from optimstudy.problems.data import load_problem_data
+from optimstudy.problems.optimizers import OPTIMIZERS, optimizer_arguments, parse_opt
+from optimstudy.problems.registry import PROBLEMS
 
 GENERATED = [name for name, p in PROBLEMS.items() if p.dataset in ("linreg", "nonlinear", "valley")]
 IMAGES = [name for name, p in PROBLEMS.items() if p.dataset == "MNIST"]
@@ -137,7 +137,7 @@ def test_list_commands(cli):
 
 def test_fashion_mnist_loads_from_debians_package(tmp_path):
     from conftest import missing
-    from optimstudy.data import DEBIAN_FASHION_MNIST
+    from optimstudy.problems.data import DEBIAN_FASHION_MNIST
 
     if not DEBIAN_FASHION_MNIST.is_dir():
         missing("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
@@ -150,7 +150,7 @@ def test_fashion_mnist_loads_from_debians_package(tmp_path):
 # ---- full batches: the split itself, no per-step gather ----------------------------------------
 
 def test_a_full_batch_is_the_split_itself_and_a_minibatch_a_copy():
-    from optimstudy.data import Batches, Split
+    from optimstudy.problems.data import Batches, Split
 
     split = Split(torch.randn(12, 3), torch.randn(12))
     whole = Batches(split, 100, torch.Generator().manual_seed(0))
@@ -163,7 +163,7 @@ def test_a_full_batch_is_the_split_itself_and_a_minibatch_a_copy():
 
 def test_every_loss_is_a_mean_over_rows_so_a_full_batch_needs_no_order():
     """Why a full batch may skip the shuffle: each loss in LOSSES gives the same value whatever the row order."""
-    from optimstudy.losses import LOSSES
+    from optimstudy.problems.losses import LOSSES
 
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(64, generator=generator)
@@ -185,8 +185,8 @@ def test_every_loss_is_a_mean_over_rows_so_a_full_batch_needs_no_order():
 ])
 def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
     """The old path gathered the whole split in a fresh order every step: the same curve up to summation order."""
-    import optimstudy.training
-    from optimstudy.data import Batches
+    import optimstudy.run.training
+    from optimstudy.problems.data import Batches
 
     config = RunConfig(**settings, steps=15, batch_size=100_000, threads=1)
     now = train(config)
@@ -194,7 +194,7 @@ def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
     class Gathered(Batches):  # the path every full batch took before: a shuffled copy per micro-batch
         __next__ = Batches.gathered
 
-    monkeypatch.setattr(optimstudy.training, "Batches", Gathered)
+    monkeypatch.setattr(optimstudy.run.training, "Batches", Gathered)
     before = train(config)
     for metric in ("train_loss", "grad_norm", "update_norm"):
         assert torch.allclose(torch.tensor(now.step_metrics[metric]), torch.tensor(before.step_metrics[metric]),
@@ -203,7 +203,7 @@ def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
 
 
 def test_default_evaluations_are_about_ten_a_run_at_full_batch():
-    from optimstudy.training import default_eval_every
+    from optimstudy.run.training import default_eval_every
 
     for val_fraction in (0, 0.1):  # an epoch is one step: evaluating each would be one evaluation per step
         history = train(RunConfig(problem="linreg", optimizer="sgd", lr=0.1, steps=100, batch_size=100_000,

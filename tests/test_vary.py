@@ -3,13 +3,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from optimstudy import RunConfig, results
-from optimstudy.config import DEFAULT_VARY
-from optimstudy.planning import plan, spec_identity
-from optimstudy.problems import resolve_problem
-from optimstudy.spec import config_key, parse_spec
-from optimstudy.store import load_runs
-from optimstudy.training import load_data, set_up
+from optimstudy import RunConfig
+from optimstudy import results
+from optimstudy.run.config import DEFAULT_VARY
+from optimstudy.sweep.planning import plan, spec_identity
+from optimstudy.problems.registry import resolve_problem
+from optimstudy.sweep.spec import config_key, parse_spec
+from optimstudy.tracking.reader import load_runs
+from optimstudy.run.training import load_data, set_up
 
 
 def data_of_seeds(problem: str, vary: str, data_dir=None, split_seed=0):
@@ -56,7 +57,7 @@ def test_a_part_the_seed_does_not_vary_is_the_same_for_every_seed(vary, same_wei
 def test_vary_is_one_readable_text_and_part_of_the_key_only_when_not_the_default():
     assert RunConfig(problem="linreg", vary=["data", "init"]).params()["vary"] == "init,data"
     assert RunConfig(problem="linreg", vary="order, data").vary == "order,data"
-    assert RunConfig(problem="linreg").params()["vary"] == DEFAULT_VARY == results.DEFAULT_VARY == "init,order"
+    assert RunConfig(problem="linreg").params()["vary"] == DEFAULT_VARY == "init,order"
     plain, with_data = RunConfig(problem="linreg"), RunConfig(problem="linreg", vary="init,order,data")
     assert '"vary"' not in config_key(plain) and '"vary": "init,order,data"' in config_key(with_data)
 

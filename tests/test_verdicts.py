@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimstudy import aggregates, calibration, comparison, results
+from optimstudy.results import aggregates
+from optimstudy.results import calibration
+from optimstudy.results import comparison
+from optimstudy import results
 
 SIMULATIONS = 2000
 
@@ -244,7 +247,7 @@ import os
 import torch
 from torch import nn
 
-from optimstudy.problems import Problem
+from optimstudy.problems.registry import Problem
 
 
 def data_for(index):
@@ -299,8 +302,8 @@ lr = [0.02]
 
 def noise_study(folder: Path, problems: int, part: str = "a") -> pd.DataFrame:
     """Sweep `problems` noisy problems x 4 labels x 5 seeds through the CLI; the study's verdicts."""
-    from optimstudy.results import Study
-    from optimstudy.store import load_runs
+    from optimstudy.results.study import Study
+    from optimstudy.tracking.reader import load_runs
 
     (folder / "noisy.py").write_text(NOISY_PROBLEMS.format(problems=problems))
     names = ", ".join(f'"noisy:p{i:02d}"' for i in range(problems))

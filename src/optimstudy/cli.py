@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from optimstudy.connectivity import hide_passwords
+from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 
 EXIT_USAGE = 2
@@ -197,7 +197,8 @@ def cmd_run(args) -> int:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.no_track:
         return _run(args, None)
-    from optimstudy.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri, start_writer, stop_writers
+    from optimstudy.tracking.client import DEFAULT_EXPERIMENT, resolve_tracking_uri
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
@@ -210,8 +211,8 @@ def cmd_run(args) -> int:
 
 
 def _run(args, tracking_at: tuple[str, str] | None) -> int:
-    from optimstudy.config import RunConfig
-    from optimstudy.optimizers import parse_opt, parse_opt_value
+    from optimstudy.run.config import RunConfig
+    from optimstudy.problems.optimizers import parse_opt, parse_opt_value
 
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
@@ -224,19 +225,20 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
         split_seed=args.split_seed, vary=args.vary, compile=args.compile,
     ).resolved()
-    from optimstudy.runner import Tracking, check_model, execute, load_data
+    from optimstudy.run.runner import Tracking, check_model, execute, load_data
 
     data = load_data(config, args.data_dir)
     check_model(config, data)  # a model that cannot take the data fails here, not as a FAILED run
     if config.rest:  # a run with a rest optimizer needs hidden matrices: found out before anything is written
-        from optimstudy.parameter_groups import check_hidden_matrices, split_parameters
-        from optimstudy.problems import resolve_problem
+        from optimstudy.problems.parameter_groups import check_hidden_matrices, split_parameters
+        from optimstudy.problems.registry import resolve_problem
 
         model = resolve_problem(config.problem).build_model(data.info)
         check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
     tracking = None
     if tracking_at is not None:
-        from optimstudy.tracking import ensure_store, start_writer
+        from optimstudy.tracking.client import ensure_store
+        from optimstudy.tracking.writer_handle import start_writer
 
         tracking = Tracking(*tracking_at)
         ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
@@ -282,7 +284,7 @@ def print_run_summary(history, run_id, tracking) -> None:
 
 def cmd_list(args) -> int:
     if args.what == "problems":
-        from optimstudy.problems import PROBLEMS
+        from optimstudy.problems.registry import PROBLEMS
 
         for name, problem in PROBLEMS.items():
             target = f"{problem.target[0]} {problem.target[1]:g}" if problem.target else "-"
@@ -290,7 +292,7 @@ def cmd_list(args) -> int:
                   f"target={target:18} {problem.description}")
         print("\nany other: --problem package.module:problem (an optimstudy.problems.Problem)")
     elif args.what == "optimizers":
-        from optimstudy.optimizers import OPTIMIZERS
+        from optimstudy.problems.optimizers import OPTIMIZERS
 
         for name, spec in OPTIMIZERS.items():
             defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "torch defaults"
@@ -300,11 +302,11 @@ def cmd_list(args) -> int:
         print("\nany other: --optimizer package.module:Class, e.g. schedulefree:AdamWScheduleFree, prodigyopt:Prodigy "
               "(pip install -e '.[optimizers]'); a matrices-only one with --rest optimizer=adamw --rest lr=3e-4")
     elif args.what == "schedules":
-        from optimstudy import schedules
+        from optimstudy.problems import schedules
 
         print("\n\n".join(schedules.__doc__.split("\n\n")[2:]).rstrip())
     else:
-        from optimstudy.losses import LOSSES
+        from optimstudy.problems.losses import LOSSES
 
         for name, (function, tasks) in LOSSES.items():
             print(f"{name:14} {', '.join(tasks):19} {(function.__doc__ or '').strip()}")
@@ -312,35 +314,35 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from optimstudy.servers import ui
+    from optimstudy.sweep.servers import ui
 
     return ui(args.tracking_uri, host=args.host, port=args.port, experiment=args.experiment)
 
 
 def cmd_sweep(args) -> int:
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
-        from optimstudy.connectivity import probe_store
-        from optimstudy.tracking import resolve_tracking_uri
-        from optimstudy.writer_handle import start_writer
+        from optimstudy.tracking.connectivity import probe_store
+        from optimstudy.tracking.client import resolve_tracking_uri
+        from optimstudy.tracking.writer_handle import start_writer
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         probe_store(tracking_uri)
         # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
         start_writer(tracking_uri, spares=max(0, args.workers - 1))
-    from optimstudy.sweep import sweep
+    from optimstudy.sweep.command import sweep
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
                  data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
 
 
 def cmd_dashboard(args) -> int:
-    from optimstudy.servers import dashboard
+    from optimstudy.sweep.servers import dashboard
 
     return dashboard(args.spec, storage=args.storage, host=args.host, port=args.port)
 
 
 def cmd_report(args) -> int:
-    from optimstudy.report import report_command
+    from optimstudy.report.build import report_command
 
     return report_command(args.tracking_uri, args.experiments, args.out, args.analysis, args.debug,
                           log_to_store=not args.no_log_to_store)
@@ -363,7 +365,7 @@ def analysis_script_main(figure, argv=None) -> int:
     add_tracking_flags(parser, allow_no_track=False)
     args = parser.parse_args(argv)
     try:
-        from optimstudy.report import draw_alone
+        from optimstudy.report.build import draw_alone
 
         return draw_alone(figure, name, args.tracking_uri, args.experiments, args.out)
     except UsageError as error:
@@ -374,7 +376,7 @@ def analysis_script_main(figure, argv=None) -> int:
 
 
 def cmd_check(args) -> int:
-    from optimstudy.check import check
+    from optimstudy.sweep.check import check
 
     return check(args.spec, experiment=args.experiment, storage=args.storage, tracking_uri=args.tracking_uri,
                  dry_run=args.dry_run)

@@ -1,4 +1,5 @@
-"""The one error type for bad input: the CLI turns it into exit code 2 and one message."""
+"""The errors every layer shares: UsageError (bad input: the CLI turns it into exit code 2 and one
+message, no traceback) and Stop (a run ended early on purpose)."""
 import difflib
 
 
@@ -16,3 +17,7 @@ def unknown(kind: str, word, valid) -> UsageError:
     return UsageError(
         f"unknown {kind} '{word}'{near(word, valid)}; valid: {', '.join(sorted(map(str, valid)))}"
     )
+
+
+class Stop(Exception):
+    """Raised by an `on_eval` hook to end a run early (a pruned sweep trial); the run ends KILLED."""

@@ -1,0 +1,308 @@
+"""The report: the tracking store -> the results -> every script in analysis/ -> one HTML page.
+
+    optimstudy report --experiment quickstart          # -> analysis/report.html
+    optimstudy report --analysis my_plots/              # another folder of analysis scripts
+
+The numbers come from optimstudy.results, computed once (results.Study); each figure is a script
+in the analysis folder (see analysis/README.md and optimstudy.plotting), run here in turn, so a
+script a user drops into analysis/ appears on the page without touching the package.
+
+Which analysis folder, and which of its scripts: see optimstudy.analysis_scripts.
+"""
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+# Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
+from optimstudy.report.scripts import PACKAGE_ANALYSIS, Section, analysis_folder, load_scripts  # noqa: F401
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.errors import UsageError
+from optimstudy.report.page import html_table, render_page
+from optimstudy.tracking.parent_runs import is_read_only
+from optimstudy.results.tables import RUN_METRICS
+from optimstudy.results.study import Study
+
+RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")  # last step, divergence, time to target
+
+def metrics_needed(scripts) -> list[str] | None:
+    """The metrics to read from the store: what the results need, and what each script declares
+    (METRICS); None (all of them) when a script declares nothing."""
+    wanted = set(RUN_METRICS) | set(RESULT_METRICS)
+    for section, _ in scripts:
+        if section.metrics is None and not section.error:
+            return None
+        wanted |= set(section.metrics or ())
+    return sorted(wanted)
+
+
+def draw(section: Section, function, study: Study, figures: Path, *, svg=True, debug=False) -> Section:
+    """Run one script's figure(study) and save its figure as figures/<name>.png (and .svg)."""
+    from optimstudy.report import plotting
+
+    for stale in figures.glob(f"{section.name}.*"):
+        stale.unlink()
+    if function is None:
+        return section
+    try:
+        drawn = function(study)
+        if isinstance(drawn, plotting.Drawn):
+            plotting.save(drawn.figure, figures / section.name, svg=svg)
+    except Exception as error:  # one broken figure must not cost the others; the page says so
+        if debug:
+            raise
+        section.error = f"{type(error).__name__}: {error}"
+        return section
+    if isinstance(drawn, str):  # the script says why it drew nothing
+        section.note = drawn
+    elif drawn is None:
+        section.note = f"no runs for it yet: run `optimstudy sweep {section.spec}`" if section.spec else \
+            "no runs for it in this store"
+    else:
+        section.caption, section.run_ids, section.note = drawn.caption, tuple(drawn.run_ids), drawn.note
+        if drawn.table is not None:
+            section.table = html_table(drawn.table)
+    return section
+
+
+_pending: list = []  # what forked drawing processes draw: (scripts, study, folder, svg)
+
+
+def _draw_one(index: int) -> Section:
+    scripts, study, figures, svg = _pending
+    section, function = scripts[index]
+    return draw(section, function, study, figures, svg=svg)
+
+
+def _trim_heap() -> None:
+    """Give the heap freed since reading the store back to the system (glibc keeps it): otherwise this
+    process and every fork of it keep it resident, ~70 MB each at 1M points."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def draw_all(scripts, study: Study, figures: Path, *, svg=True, debug=False) -> list[Section]:
+    """Every script's figure; on Linux in forked processes, one per core: drawing is most of a report's
+    time, and a fork inherits the results already computed (nothing is pickled but the sections)."""
+    import multiprocessing
+    import os
+
+    workers = min(len(scripts), os.cpu_count() or 1)
+    if debug or workers < 2 or sys.platform != "linux":
+        return [draw(section, function, study, figures, svg=svg, debug=debug) for section, function in scripts]
+    study.summary, study.verdicts  # noqa: B018  computed once, before the fork, for every script to share
+    _trim_heap()
+    _pending[:] = [scripts, study, figures, svg]
+    try:  # ProcessPoolExecutor, not Pool: a drawing process that dies raises here instead of hanging
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_draw_one, range(len(scripts))))
+    finally:
+        _pending.clear()
+
+
+class StoreWriter:
+    """The report's one write to the store (the page attached to each sweep parent, their notes
+    redrawn), on Linux from a process forked before the store is read: it imports MLflow and opens
+    the store on the other core while this one reads and draws. MLflow costs ~1 s to import and
+    open and ~0.7 s of interpreter teardown at exit, which a forked process skips (it leaves by
+    os._exit); this process never imports it (the reading goes straight to SQL)."""
+
+    def __init__(self, tracking_uri: str, *, enabled: bool = True, in_process: bool = False):
+        self.tracking_uri, self.enabled, self.process = tracking_uri, enabled, None
+        if enabled and not in_process and sys.platform == "linux":
+            import multiprocessing
+
+            context = multiprocessing.get_context("fork")
+            self.connection, child = context.Pipe()
+            self.process = context.Process(target=_store_process, args=(tracking_uri, child), daemon=True)
+            self.process.start()
+            child.close()
+
+    def write(self, parents, out, notes) -> int:
+        """Attach out/ to each sweep parent run and set the notes [(run_id, experiment, note)]; returns
+        how many parents got the page."""
+        if not self.enabled:
+            return 0
+        if self.process is None:
+            return _write_store(self.tracking_uri, parents, str(out), notes)
+        self.connection.send((parents, str(out), notes))
+        try:
+            failed, result = self.connection.recv()
+        except EOFError:
+            raise RuntimeError(f"the process writing the report to the store died (exit code "
+                               f"{self.process.exitcode})") from None
+        if failed:
+            raise result
+        return result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        if self.process is not None:  # done, or the report failed (a usage error): it has nothing to wait for
+            self.process.terminate()
+            self.process.join()
+
+
+def _store_process(tracking_uri: str, connection) -> None:
+    """MLflow imported and an existing SQLite store opened (opening creates a missing one, and a report
+    never creates a store: whether it exists is for the reader to say); then one write."""
+    from optimstudy.tracking.client import mlflow_client
+
+    database = sqlite_path(tracking_uri)
+    if database is None or database.exists():
+        mlflow_client(tracking_uri)
+    else:
+        import mlflow  # noqa: F401
+    try:
+        parents, out, notes = connection.recv()
+    except EOFError:
+        return
+    try:
+        connection.send((False, _write_store(tracking_uri, parents, out, notes)))
+    except Exception as error:  # noqa: BLE001  raised again in the report process
+        try:
+            connection.send((True, error))
+        except Exception:  # noqa: BLE001  an error that does not pickle: its words
+            connection.send((True, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def _write_store(tracking_uri: str, parents, out: str, notes) -> int:
+    from optimstudy.tracking.parent_runs import log_report, set_notes
+
+    import logging
+
+    # MLflow logs a failed SQL write with its traceback before raising it: the error raised says it once
+    sql_log = logging.getLogger("mlflow.store.db.utils")
+    level, _ = sql_log.level, sql_log.setLevel(logging.CRITICAL)
+    try:
+        for run_id, experiment, note in notes:  # first: a read-only database fails here, before any file is attached
+            set_notes(tracking_uri, run_id, note, experiment)
+    finally:
+        sql_log.setLevel(level)
+    return log_report(tracking_uri, parents, Path(out))
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+def report_command(tracking_uri: str | None, experiments=None, out="analysis", analysis=None,
+                   debug: bool = False, log_to_store: bool = True) -> int:
+    """`optimstudy report`: 0, or 1 when a figure failed (the page says which and why).
+    log_to_store: also attach the page to each sweep's parent run (the one write to the store)."""
+    import matplotlib
+
+    from optimstudy.tracking.reader import load_study
+    from optimstudy.tracking.client import resolve_tracking_uri
+
+    matplotlib.use("Agg")
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    folder = analysis_folder(analysis)
+    if folder.note:
+        print(f"note: {folder.note}", file=sys.stderr)
+    for name, why in folder.skipped:
+        print(f"note: {folder.path / name} is not a figure script ({why}): not run", file=sys.stderr)
+    scripts = load_scripts(folder)
+    started = time.perf_counter()
+    read_only = ""  # why the store took nothing, when it is read-only
+    with StoreWriter(tracking_uri, enabled=log_to_store, in_process=debug) as store:
+        frame = load_study(tracking_uri, experiments, metrics=metrics_needed(scripts))
+        loaded = time.perf_counter() - started
+        out = Path(out)
+        try:
+            (out / "figures").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot write the report to '{out}': {error.strerror}") from None
+        study = Study(frame)
+        sections = write_report(study, out, scripts=scripts, tracking_uri=tracking_uri, debug=debug)
+        try:
+            logged = store.write(sweep_parents(frame), out, sweep_notes(study) if log_to_store else [])
+        except Exception as error:  # noqa: BLE001  a store we may read but not write: the page is written
+            if not is_read_only(error):
+                raise
+            logged, read_only = 0, str(error).strip().splitlines()[0][:160]
+    drawn = sum(bool(s.caption) for s in sections)
+    print(f"report: {len(study.runs)} runs from {study.runs['experiment'].nunique()} experiment(s); {drawn} figures "
+          f"from {folder.path} in {out / 'figures'}; table in {out / 'summary.csv'} (loaded in {loaded:.1f} s, "
+          f"total {time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    for section in sections:
+        if section.note and not section.error:
+            print(f"note: {section.title}: {section.note}", file=sys.stderr)
+        if section.error:
+            print(f"error: figure '{section.name}' failed: {section.error}", file=sys.stderr)
+    if read_only:
+        print(hide_passwords(f"note: the tracking store is read-only ({read_only}): the report is written to "
+                             f"{out} but nothing was attached to the sweep runs; pass --no-log-to-store to "
+                             "only read the store"), file=sys.stderr)
+    if logged:
+        print(f"logged the report as artifacts of {logged} sweep parent run(s) (artifact folder 'report')",
+              file=sys.stderr)
+    print(f"open {(out / 'report.html').resolve().as_uri()}")
+    return 1 if any(s.error for s in sections) else 0
+
+
+def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) -> int:
+    """One analysis script run on its own: its figure as out/<name>.png and .svg, its caption printed."""
+    import matplotlib
+
+    from optimstudy.tracking.reader import load_study
+    from optimstudy.tracking.client import resolve_tracking_uri
+
+    matplotlib.use("Agg")
+    import inspect
+
+    section = Section(name, name, "", metrics=getattr(inspect.getmodule(function), "METRICS", None))
+    metrics = metrics_needed([(section, function)])
+    study = Study(load_study(resolve_tracking_uri(tracking_uri), experiments, metrics=metrics))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    section = draw(section, function, study, out)
+    if section.error:
+        print(f"{name}: failed: {section.error}", file=sys.stderr)
+        return 1
+    if section.note:
+        print(f"note: {section.note}", file=sys.stderr)
+    if section.caption:
+        print(f"{out / name}.png: {section.caption}")
+    return 0
+
+
+def sweep_notes(study: Study) -> list[tuple]:
+    """(parent run id, experiment, note): each sweep parent run's description in the MLflow UI,
+    redrawn from these results."""
+    from optimstudy.results.notes import study_note
+
+    runs = study.runs
+    if runs.empty or "parent_run_id" not in runs:
+        return []
+    children = runs[runs["parent_run_id"].notna()]
+    return [(parent, experiment, study_note(study, experiment)) for (parent, experiment), _ in
+            children.groupby([children["parent_run_id"].astype(str), children["experiment"].astype(str)])]
+
+
+def sweep_parents(frame: pd.DataFrame) -> list[str]:
+    """Sweep parent runs in the frame: the parents of its trials, and runs tagged kind=sweep."""
+    parents = set(frame["parent_run_id"].dropna().astype(str).unique()) if "parent_run_id" in frame else set()
+    if "kind" in frame:
+        parents |= set(frame.loc[frame["kind"].astype(object) == "sweep", "run_id"].astype(str).unique())
+    return sorted(parents)
+
+
+def write_report(study, out, *, analysis=None, scripts=None, tracking_uri: str = "", debug=False,
+                 svg=True) -> list[Section]:
+    """Every analysis script's figure under out/figures, out/summary.csv and out/report.html.
+    `scripts`: from load_scripts (default: those of analysis_folder(analysis))."""
+    study = study if isinstance(study, Study) else Study(study)
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    scripts = load_scripts(analysis_folder(analysis)) if scripts is None else scripts
+    sections = draw_all(scripts, study, out / "figures", svg=svg, debug=debug)
+    study.summary.to_csv(out / "summary.csv", index=False)
+    # the page is shared and attached to the parent runs: it names the store, never its password
+    (out / "report.html").write_text(render_page(study, sections, hide_passwords(tracking_uri)), encoding="utf-8")
+    return sections

@@ -1,0 +1,125 @@
+"""How often a verdict is wrong, and how often it finds a real difference, measured by simulation.
+
+    python -m optimstudy.results.calibration              # the README's table (about a minute)
+    python -m optimstudy.results.calibration --simulations 400 --quick
+
+Each simulated optimizer's result on seed s is `seed effect[s] + noise`: the seed effect is shared
+by every optimizer on that seed (the same initial weights, order and split), the noise is each
+run's own, scaled to a standard deviation of 1. Noise shapes: normal, Student t with 3 degrees of
+freedom (heavy tails) and lognormal (skewed). An effect of d is a shift of one optimizer by d
+noise standard deviations.
+
+- false positives of one pair: two optimizers with no difference, the share of simulations in
+  which the paired t-test (comparison.paired_t_pvalues) says "better" at p < 0.05;
+- false positives of a family: four optimizers with no difference (6 pairs), the share in which
+  Holm's procedure (comparison.holm) declares any pair "better": the family-wise error rate;
+- power: the same pair with a true difference of 0.5, 1 or 2 standard deviations;
+- the rank test (different seeds on each side): the exact Mann-Whitney test, which is exact by
+  construction; its table shows at which seed counts it can decide at all.
+"""
+import argparse
+
+import numpy as np
+from scipy import stats
+
+from optimstudy.results import comparison
+
+SEED_COUNTS = (3, 4, 5, 8, 10, 20)
+EFFECTS = (0.5, 1.0, 2.0)
+FAMILY = 4  # optimizers in the simulated family: 6 pairs
+SEED_EFFECT = 2.0  # the shared per-seed effect, in noise standard deviations: pairing removes it
+
+
+def noise(rng, shape, kind: str) -> np.ndarray:
+    """Noise of one standard deviation, mean 0."""
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    if kind == "t3":
+        return rng.standard_t(3, shape) / np.sqrt(3.0)  # t(3) has variance 3
+    if kind == "lognormal":
+        draws = rng.lognormal(0.0, 1.0, shape)
+        return (draws - np.exp(0.5)) / np.sqrt((np.e - 1) * np.e)
+    raise ValueError(f"unknown noise {kind!r}: normal, t3 or lognormal")
+
+
+NOISES = ("normal", "t3", "lognormal")
+
+
+def results(rng, simulations: int, seeds: int, optimizers: int, kind: str, shifts=None) -> np.ndarray:
+    """(simulations, optimizers, seeds) results: a shared seed effect plus each run's own noise."""
+    shared = SEED_EFFECT * rng.standard_normal((simulations, 1, seeds))
+    values = shared + noise(rng, (simulations, optimizers, seeds), kind)
+    if shifts is not None:
+        values += np.asarray(shifts, dtype=float)[None, :, None]
+    return values
+
+
+def pair_rate(rng, simulations: int, seeds: int, kind: str, effect: float = 0.0) -> float:
+    """Share of simulations in which one pair is declared different (p < ALPHA, paired t-test)."""
+    values = results(rng, simulations, seeds, 2, kind, [0.0, effect])
+    p = comparison.paired_t_pvalues(values[:, 0] - values[:, 1])
+    return float(np.mean(p < comparison.ALPHA))
+
+
+def family_rate(rng, simulations: int, seeds: int, kind: str) -> float:
+    """Share of simulations of FAMILY equal optimizers in which Holm declares any pair different."""
+    values = results(rng, simulations, seeds, FAMILY, kind)
+    pairs = [(i, j) for i in range(FAMILY) for j in range(i + 1, FAMILY)]
+    p = np.stack([comparison.paired_t_pvalues(values[:, i] - values[:, j]) for i, j in pairs], axis=-1)
+    return float(np.mean((comparison.holm(p) < comparison.ALPHA).any(axis=-1)))
+
+
+def rank_rate(rng, simulations: int, seeds: int, kind: str, effect: float = 0.0) -> float:
+    """Share of simulations with different seeds on each side declared different by Mann-Whitney."""
+    a = noise(rng, (simulations, seeds), kind)
+    b = noise(rng, (simulations, seeds), kind) + effect
+    p = stats.mannwhitneyu(a, b, axis=-1, alternative="two-sided", method="exact").pvalue
+    return float(np.mean(p < comparison.ALPHA))
+
+
+def standard_error(rate: float, simulations: int) -> float:
+    return float(np.sqrt(max(rate, comparison.ALPHA) * (1 - max(rate, comparison.ALPHA)) / simulations))
+
+
+def table(simulations: int = 4000, seed: int = 0, seed_counts=SEED_COUNTS) -> list[dict]:
+    """One row per noise shape x seed count: every rate above."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in NOISES:
+        for seeds in seed_counts:
+            row = {"noise": kind, "seeds": seeds, "pair_null": pair_rate(rng, simulations, seeds, kind),
+                   "family_null": family_rate(rng, simulations, seeds, kind),
+                   "rank_null": rank_rate(rng, simulations, seeds, kind),
+                   "rank_smallest_p": comparison.smallest_rank_p(seeds, seeds)}
+            for effect in EFFECTS:
+                row[f"power_{effect:g}"] = pair_rate(rng, simulations, seeds, kind, effect)
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], simulations: int) -> str:
+    lines = ["| noise | seeds | false “better”, one pair | any false “better” among 6 pairs (Holm) | "
+             "power at 0.5 / 1 / 2 sd | rank test (other seeds): false “better”, smallest p |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        power = " / ".join(f"{row[f'power_{e:g}']:.0%}" for e in EFFECTS)
+        never = " (never decides)" if row["rank_smallest_p"] >= comparison.ALPHA else ""
+        lines.append(f"| {row['noise']} | {row['seeds']} | {row['pair_null']:.1%} | {row['family_null']:.1%} | "
+                     f"{power} | {row['rank_null']:.1%}, {row['rank_smallest_p']:.2g}{never} |")
+    error = standard_error(comparison.ALPHA, simulations)
+    lines.append("")
+    lines.append(f"{simulations:,} simulations per cell; a rate's simulation error is about ±{2 * error:.1%} "
+                 f"(two standard errors at 5%).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulations", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(markdown(table(args.simulations, args.seed), args.simulations))
+
+
+if __name__ == "__main__":
+    main()

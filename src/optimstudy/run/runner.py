@@ -1,0 +1,195 @@
+"""One run, tracked or not: load data, open the run, train, close it with the right status.
+
+`optimstudy run` and every sweep trial go through `execute`, so both record runs the same way.
+"""
+import functools
+import json
+import getpass
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from optimstudy import __version__
+from optimstudy.facts import TAG_DEFAULT_LOSS, TAG_HAS_OPTIMUM, TAG_QUADRATIC, TAG_TARGET, TAG_TASK
+from optimstudy.run.config import RunConfig
+from optimstudy.run.devices import device_label
+from optimstudy.problems.data import Data
+from optimstudy.errors import UsageError
+from optimstudy.run.training import History, train
+from optimstudy.run.training import load_data as _load_data
+
+
+@dataclass(frozen=True)
+class Tracking:
+    tracking_uri: str
+    experiment: str
+    experiment_id: str | None = None  # when known (a sweep worker looks it up once, not per trial)
+
+
+def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
+    """The data of `config`'s problem on its device (read once per process); resolve `config` first."""
+    return _load_data(config, data_dir=data_dir)
+
+
+def check_model(config: RunConfig, data: Data) -> None:
+    """Build `config`'s model and put two training rows through it and its loss: a model that is not
+    an nn.Module, that cannot take the data's shape, or whose outputs do not fit the labels and the
+    loss is a UsageError here, before any run is created, not a FAILED run. Milliseconds; resolve
+    `config` first. One call per distinct (problem, loss) is enough."""
+    from optimstudy.problems.losses import LOSSES
+    from optimstudy.problems.registry import resolve_problem
+
+    problem = resolve_problem(config.problem)
+    factory = problem.make_model
+    model_name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+    where = f"problem '{config.problem}': model {model_name}"
+    try:
+        model = problem.build_model(data.info)
+    except UsageError:
+        raise
+    except Exception as error:  # the user's code: said as theirs, with its own words
+        raise UsageError(f"{where} could not be built: {type(error).__name__}: {error}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{where} returned a {type(model).__name__}, not a torch.nn.Module; expected make_model(data) "
+                         "-> nn.Module (e.g. nn.Sequential(...)), or an nn.Module class")
+    x, y, info = data.train.x[:2], data.train.y[:2], data.info
+    example = tuple(x.shape[1:])
+    try:
+        with torch.no_grad():
+            output = model.to(x.device)(x)
+    except Exception as error:
+        raise UsageError(f"{where} cannot take the data: inputs of shape {example} per example gave "
+                         f"{type(error).__name__}: {error}; expected a model that takes {example} (DataInfo."
+                         f"input_shape, input_size {info.input_size}: build it from the DataInfo that make_model(data) "
+                         "receives)") from None
+    n = len(x)
+    if problem.task == "classification":
+        expected, fits = f"({n}, {info.num_classes}): one score for each of the data's {info.num_classes} classes", (
+            isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == n
+            and output.shape[1] >= (info.num_classes or 0))
+    else:
+        expected, fits = f"({n}, 1) or ({n},): one {'score' if problem.task == 'binary' else 'value'} per example", (
+            isinstance(output, torch.Tensor) and tuple(output.shape) in ((n,), (n, 1)))
+    if not fits:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+        raise UsageError(f"{where}: {n} examples gave outputs of shape {got}; expected {expected} "
+                         f"(a {problem.task} problem: DataInfo.outputs = {info.outputs})")
+    try:
+        loss = LOSSES[config.loss][0](output, y)
+    except Exception as error:
+        raise UsageError(f"{where}: loss '{config.loss}' fails on outputs {tuple(output.shape)} and labels "
+                         f"{tuple(y.shape)} {y.dtype}: {type(error).__name__}: {error}") from None
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise UsageError(f"{where}: loss '{config.loss}' gave {getattr(loss, 'shape', loss)!r}, expected one number")
+
+
+def environment_tags(device: str) -> dict:
+    tags = {
+        "optimstudy.version": __version__,
+        "torch.version": torch.__version__,
+        "mlflow.version": _mlflow_version(),
+        "device.name": device_label(device),
+        "host": socket.gethostname(),
+        "python.version": platform.python_version(),
+        "mlflow.user": getpass.getuser(),
+    }
+    commit, dirty = git_state()
+    if commit:
+        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": dirty})
+    return tags
+
+
+@functools.lru_cache(maxsize=1)  # importlib.metadata reads the installed files: ~3 ms a call
+def _mlflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("mlflow")
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool]:
+    """(commit, uncommitted changes?) of the project's checkout; (None, False) when installed."""
+    source = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None, False
+        status = subprocess.run(["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, False
+    return head.stdout.strip() or None, bool(status.stdout.strip())
+
+
+def problem_tags(problem, data) -> dict:
+    """The facts.TAG_* tags for one run (called where the run is created, so torch is already there)."""
+    tags = {TAG_TASK: problem.task, TAG_DEFAULT_LOSS: problem.default_loss,
+            TAG_HAS_OPTIMUM: str(bool(problem.has_optimum))}
+    if problem.target:
+        tags[TAG_TARGET] = json.dumps([problem.target[0], float(problem.target[1])])
+    x = data.train.x
+    if problem.traces_weights and x.dim() == 2 and x.shape[1] == 2:
+        x, y = x.double().cpu(), data.train.y.double().cpu().reshape(-1)
+        tags[TAG_QUADRATIC] = json.dumps({"a": (x.T @ x / len(y)).tolist(), "b": (x.T @ y / len(y)).tolist(),
+                                          "c": float(y @ y / len(y))})
+    return tags
+
+
+def run_name(config: RunConfig) -> str:
+    extras = "" if config.zero_grad else " no-zero-grad"
+    extras += f" acc{config.accumulate}" if config.accumulate > 1 else ""
+    return f"{config.problem} {config.optimizer} lr={config.lr:g} seed={config.seed}{extras}"
+
+
+def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None = None, data_dir=None,
+            parent_run_id=None, tags=None, on_eval=None, progress=None, save_model=False,
+            on_start=None) -> tuple[History, str | None]:
+    """Train `config` (resolved first); returns the history and the MLflow run id (None untracked).
+
+    `on_start(run_id)` is called with the run's id before training starts. On a SQL store the
+    writer process stores the run meanwhile (tracking.MlflowLogger): before any of its points,
+    but perhaps a few milliseconds after this call.
+    """
+    config = config.resolved()
+    data = data or load_data(config, data_dir)
+    config, note = config.fitted(len(data.train))  # params record the batch that runs (full-batch: the split)
+    if tracking is None:
+        history = train(config, data=data, on_eval=on_eval, progress=progress)
+        history.note = note or history.note
+        return history, None
+
+    from optimstudy.problems.registry import resolve_problem
+    from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
+
+    # problem_tags: what the report needs about the problem, so that it never imports torch
+    run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),
+                "dataset": data.name,
+                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
+    if note:
+        run_tags["optimstudy.batch_note"] = note
+    dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
+               "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
+    logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
+                          run_name=run_name(config), parent_run_id=parent_run_id,
+                          known_experiment_id=tracking.experiment_id, dataset=dataset)
+    with tracked_run(logger):
+        if on_start is not None:
+            on_start(logger.run_id)
+        history = train(config, logger, data=data, on_eval=on_eval, progress=progress)
+        history.note = note or history.note
+        if save_model:
+            _save_state_dict(logger, history.model)
+    return history, logger.run_id
+
+
+def _save_state_dict(logger, model) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "state_dict.pt")
+        torch.save(model.state_dict(), path)
+        logger.log_artifact(path)

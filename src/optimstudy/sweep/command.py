@@ -1,0 +1,449 @@
+"""`optimstudy sweep SPEC`: an experiment spec run as one Optuna study and one MLflow parent run.
+
+    from optimstudy.sweep.command import sweep
+    sweep("experiments/quickstart.toml", workers=2)     # what `optimstudy sweep … --workers 2` runs
+
+Orchestration only: validate everything before any store is written; plan (planning.py); under
+the study's planning lock, check the spec against the study's identity, queue what is missing
+and open the parent run (study.py, tracking.py); run the queue with worker processes; confirm
+each optimizer's best configuration on new seeds; print the table of results.py's best
+configurations. Running the same command again resumes.
+"""
+import contextlib
+import json
+import math
+import numbers
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
+
+from optimstudy.sweep.storages import storage_url
+
+from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
+                                     trial_config, trial_counts, unresolved_failures, work)
+from optimstudy.sweep.storages import open_storage, open_study, planning_lock, restart_study, study_exists
+from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.errors import UsageError
+from optimstudy.results.objectives import selection_warning
+from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
+from optimstudy.processes import interrupted_by_signals
+from optimstudy.progress import progress_bar
+from optimstudy.sweep.spec import Spec, load_spec
+from optimstudy.sweep.storages import check_storage
+from optimstudy.sweep.workers import ForkedWorker, fork_workers
+
+
+def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
+          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
+    """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
+    from optimstudy.tracking.client import resolve_tracking_uri
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
+
+    if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
+        # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
+        start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
+    try:
+        return _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
+    finally:
+        stop_writers(wait=False)  # a sweep stops its writers itself; this is for bad input, found before
+
+
+def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart) -> int:
+    from optimstudy.tracking.client import resolve_tracking_uri
+
+    spec = load_spec(spec_path)
+    if selection_warning(spec.metric):  # before any compute is spent on it
+        print(f"warning: {selection_warning(spec.metric)}", file=sys.stderr)
+    if not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers must be a positive integer, got {workers}")
+    planned, skipped = plan(spec)
+    if dry_run:
+        print_dry_run(spec, planned, skipped)
+        return 0
+    if not planned:
+        from optimstudy.run.devices import available_devices
+
+        raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
+                         f"(available: {', '.join(available_devices())})")
+    url = storage_url(storage, spec.name)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_storage(url, tracking_uri)  # before any store exists
+    pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
+    try:
+        from optimstudy.run.runner import check_model, load_data
+
+        # missing data, or a model that cannot take it: fail before writing (the data read once a process)
+        first = {}  # the first configuration of each (problem, loss): the model and its loss checked once
+        for item in planned:
+            first.setdefault((item.config.problem, item.config.loss), item.config)
+        for config in first.values():
+            config = config.resolved()
+            check_model(config, load_data(config, data_dir))
+        with interrupted_by_signals():
+            return _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool)
+    finally:
+        for worker in pool:  # the ones no phase needed exit now
+            worker.dismiss()
+        for worker in pool:
+            worker.wait()
+
+
+def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool) -> int:
+    from optimstudy.results.notes import study_note
+    from optimstudy.tracking.writer_handle import StoreError, stop_writers
+    from optimstudy.tracking.parent_runs import set_notes, update_run
+
+    study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, restart)
+    started = time.perf_counter()  # "N trials run now in X s": the trials, after the stores are set up
+    for line in skip_notes(skipped) + notes:
+        print(f"note: {line}", file=sys.stderr)
+    before = trial_counts(study)
+    if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds:
+        print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
+    threads = spec.settings.get("threads")
+    deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
+    refused = None  # the StoreError that stopped the sweep
+    try:
+        deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, spec.name,
+                            planned, pids, pool)
+        confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
+        if confirm:
+            with planning_lock(url, spec.name):
+                queued = enqueue_missing(study, confirm, (spec.metric, spec.direction))
+            if queued or trial_counts(study)["waiting"]:
+                deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads,
+                                    f"{spec.name} confirm", confirm, pids, pool)
+        status = "FINISHED"
+    except StoreError as error:  # every further trial would fail the same way: stop, and say so
+        refused = error
+    except KeyboardInterrupt:
+        status = "KILLED"
+        update_run(tracking_uri, parent_run_id, tags={ERROR: "interrupted; run the same command to resume"})
+        raise
+    finally:
+        final = trial_counts(study)
+        failures = unresolved_failures(study)
+        if status == "FINISHED" and (failures or final["waiting"]):
+            status = "FAILED"
+        if final["running"] == 0 or status == "KILLED":  # another command's workers may still be running
+            with contextlib.suppress(Exception) if refused else contextlib.nullcontext():  # the store may refuse it too
+                update_run(tracking_uri, parent_run_id, status=status)
+        stop_writers()
+    if refused is not None:
+        print(f"sweep '{spec.name}': stopped: {refused}\n{final['waiting'] + sum(map(len, failures.values()))} "
+              "configuration(s) not done; they stay queued: once the store can be written again, run the same "
+              "command to resume", file=sys.stderr)
+        return 1
+    from optimstudy.results.tables import edge_warnings
+
+    outcome = study_results(spec, tracking_uri)
+    warnings = edge_warnings(outcome.best.sort_values(["problem", "optimizer"], kind="stable"))
+    update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
+               metrics={f"trials_{name}": value for name, value in final.items()})
+    set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
+              spec.description or f"optimstudy sweep of {spec.path}")
+    new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
+    verdicts = outcome.verdicts.to_dict("records")
+    print(format_table(summary, verdicts, spec, outcome.answers.to_dict("records")))
+    for warning in [*warnings, selection_warning(spec.metric)]:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    for line in deaths:
+        print(f"warning: {line}", file=sys.stderr)
+    for reason, trial_numbers in failures.items():
+        print(f"failed: {len(trial_numbers)} trial(s) ({_numbers(trial_numbers)}): {reason}", file=sys.stderr)
+    rerun = final["failed"] - sum(map(len, failures.values()))  # failed, and their configuration queued again
+    print(f"sweep '{spec.name}': {new} trials run now in {time.perf_counter() - started:.1f} s; study totals: "
+          f"{final['complete']} complete, {final['pruned']} pruned, {final['failed']} failed"
+          f"{f' ({rerun} of them queued again)' if rerun > 0 else ''}; "
+          f"parent run {parent_run_id}; see `optimstudy ui` and `optimstudy report`", file=sys.stderr)
+    unfinished = sum(len(n) for n in failures.values()) + final["waiting"]
+    if unfinished:
+        print(f"sweep '{spec.name}': {unfinished} configuration(s) not done; fix the cause above if it is "
+              "yours, then run the same command again to resume (failed trials are queued again)", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"study": spec.name, "storage": hide_passwords(url),
+                          "tracking_uri": hide_passwords(tracking_uri), "parent_run_id": parent_run_id,
+                          "new_trials": new, "added": added,
+                          "trials": {"complete": final["complete"], "pruned": final["pruned"],
+                                     "failed": final["failed"], "skipped": sum(skipped.values())},
+                          "failures": {reason: len(numbers) for reason, numbers in failures.items()},
+                          "best": [{"problem": r["problem"], "optimizer": r["optimizer"],
+                                    "lr": _number(r["best_lr"]), "mean": _number(r["mean"]), "std": _number(r["std"]),
+                                    "median": _number(r["median"]), "ci_low": _number(r["ci_low"]),
+                                    "ci_high": _number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
+                          "verdicts": [{key: (_number(v[key]) if isinstance(v[key], float) else v[key])
+                                        for key in ("problem", "a", "b", "metric", "verdict", "decided", "outcome",
+                                                    "seeds", "test", "difference", "ci_low", "ci_high", "p_value",
+                                                    "p_holm", "pairs", "seeds_needed", "vary", "evidence")}
+                                       for v in verdicts],
+                          "answers": [{key: a[key] for key in ("problem", "metric", "ranking", "basis", "seeds",
+                                                               "pairs", "undecided")}
+                                      for a in outcome.answers.to_dict("records")],
+                          "edge_warnings": warnings}))
+    return 1 if unfinished else 0
+
+
+def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
+    """Under the study's planning lock (one command at a time, however many start at once): check
+    the spec against the study, create both stores, queue what is missing, open the parent run."""
+    from optimstudy.tracking.client import ensure_store, experiment_id
+    from optimstudy.tracking.parent_runs import rename_experiment
+    from optimstudy.tracking.writer_handle import start_writer
+
+    notes = []
+    with planning_lock(url, spec.name):
+        storage = open_storage(url)
+        identity, added = spec_identity(spec), []
+        if study_exists(storage, spec.name):
+            old = open_study(spec, storage).user_attrs.get(IDENTITY)
+            if old is not None and old != identity and not restart:
+                added, differing = compare_identity(old, identity)
+                if differing:
+                    raise UsageError(
+                        f"{spec.path}: the study '{spec.name}' already exists with a different spec: "
+                        f"{', '.join(differing)} differ. A name is a study's identity: give this spec a new "
+                        f"name, or pass --restart to keep the old study as '{spec.name}.replaced-…' and start "
+                        f"afresh (only new learning rates, seeds or optimizers extend a study)")
+        ensure_store(tracking_uri, start_writer(tracking_uri), client_here=True)  # once, before any worker starts
+        experiment_id(tracking_uri, spec.name)  # a deleted experiment is a usage error, before the study is written
+        if restart and study_exists(storage, spec.name):
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            kept = restart_study(storage, spec.name, stamp)
+            moved = rename_experiment(tracking_uri, spec.name, kept)
+            notes.append(f"--restart: the old study is kept as '{kept}'"
+                         + (f" and its MLflow experiment renamed '{kept}'" if moved else ""))
+        study = open_study(spec, storage, create=True)
+        study.set_user_attr(IDENTITY, identity)
+        parent_run_id = ensure_parent_run(spec, study, tracking_uri, added)
+        notes += [f"recovered: {line}" for line in recover_dead_trials(study, storage, tracking_uri)]
+        queued = enqueue_missing(study, planned, (spec.metric, spec.direction))
+    if added:
+        notes.append(f"the spec extends the study: added {'; '.join(added)} ({len(queued)} new trials queued)")
+    return study, storage, parent_run_id, added, notes
+
+
+def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) -> str:
+    """The study's one MLflow parent run: created once (under the planning lock), reopened after."""
+    import socket
+
+    from optimstudy.tracking.client import NOTE_TAG
+
+    from optimstudy.tracking.parent_runs import create_parent_run, update_run
+
+    run_id = study.user_attrs.get(PARENT_RUN)
+    live = {"optimstudy.pid": os.getpid(), "host": socket.gethostname()}
+    if added:  # the spec grew: the parent run records the new spec and what it added
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        history = json.loads(study.user_attrs.get("optimstudy.extensions", "[]"))
+        history.append({"at": stamp, "added": added})
+        study.set_user_attr("optimstudy.extensions", json.dumps(history))
+        live.update({"optimstudy.extensions": json.dumps(history), "optimstudy.spec": spec.path})
+    texts = {"spec.toml": spec.text} if spec.text and (added or not run_id) else {}
+    if run_id and update_run(tracking_uri, run_id, tags=live, texts=texts, status="RUNNING"):
+        return run_id
+    tags = {"optimstudy.kind": "sweep", "optimstudy.study": spec.name, "optimstudy.spec": spec.path,
+            NOTE_TAG: spec.description, **live}
+    params = {"spec": spec.path, "mode": "search" if spec.search else "grid", "problems": ",".join(spec.problems),
+              "optimizers": ",".join(o.label for o in spec.optimizers), "seeds": ",".join(map(str, spec.seeds)),
+              "devices": ",".join(spec.devices), "objective_metric": spec.metric, "objective_direction": spec.direction,
+              "confirm_seeds": spec.confirm_seeds, **spec.budget}
+    if spec.search:
+        params.update(sampler=spec.search.sampler, trials_per_optimizer=spec.search.trials, pruner=spec.search.pruner)
+    run_id = create_parent_run(tracking_uri, spec.name, f"sweep {spec.name}", tags, params,
+                               {"spec.toml": spec.text} if spec.text else {})
+    study.set_user_attr(PARENT_RUN, run_id)
+    return run_id
+
+
+def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, label, planned,
+              pids: set, pool: list) -> list[str]:
+    """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
+    line per worker that died.
+
+    This process is one of the workers (it has imported torch and loaded the data already); the
+    others come from `pool` (forked at start-up, see workers.py) while it lasts, else they are
+    fresh processes, started first so that their start-up overlaps our work.
+    """
+    from optimstudy.run.config import default_threads
+    from optimstudy.run.devices import cpu_count
+    from optimstudy.tracking.writer_handle import StoreError
+
+    total = trial_counts(study)
+    todo = total["waiting"]
+    if todo == 0:
+        return []
+    workers = min(workers, todo)  # more would only start, find the queue empty and exit
+    threads = threads or default_threads(workers)
+    print(f"{label}: {todo} trials to run with {workers} worker{'s' if workers > 1 else ''} "
+          f"({threads} torch thread{'s' if threads > 1 else ''} each)", file=sys.stderr, flush=True)
+    cores = cpu_count()
+    if workers > cores:
+        print(f"warning: {workers} workers on {cores} cores: they will compete for the cores and each "
+              f"holds its own copy of the data; --workers {cores} is usually faster", file=sys.stderr)
+    done_before = total["complete"] + total["pruned"] + total["failed"]
+    alive_read, alive_write = os.pipe()  # closes when we die, however we die: the workers then stop
+    from optimstudy.tracking.client import experiment_id
+
+    experiment = experiment_id(tracking_uri, spec.name)  # looked up here: a forked worker needs no MLflow client
+    options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, experiment, data_dir, threads)
+    others = []
+    for _ in range(workers - 1):
+        if pool:
+            others.append(pool.pop(0))
+            others[-1].start(options)
+        else:
+            # the options hold the store URIs (passwords too): in the environment, not on a command line
+            fresh = replace(options, alive_fd=alive_read).to_json()
+            others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.sweep.trials"], pass_fds=[alive_read],
+                                           start_new_session=True, env={**os.environ, WORKER_OPTIONS: fresh}))
+    os.close(alive_read)
+    pids.update(p.pid for p in others)
+    try:
+        with progress_bar(label, unit="trial") as progress:
+            def report(*_):
+                if progress is not None:
+                    now = trial_counts(study)
+                    progress(now["complete"] + now["pruned"] + now["failed"] - done_before, todo)
+
+            refused = None
+            try:
+                work(spec, options, on_trial_done=report, planned=planned)
+            except StoreError as error:  # the store refuses writes: the others stop at their next batch too
+                refused = error
+            while any(p.poll() is None for p in others):
+                report()
+                time.sleep(0.5)
+            if refused is not None:
+                raise refused
+            if any(p.returncode not in (0, 130) for p in others):  # a dead worker's trial: run it again here
+                work(spec, options, on_trial_done=report, planned=planned)
+            report()
+    except KeyboardInterrupt:
+        for process in others:  # their own sessions: the terminal's Ctrl-C reached only us
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in others:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        raise
+    finally:
+        os.close(alive_write)
+        for process in others:
+            if isinstance(process, ForkedWorker):
+                process.dismiss()
+    return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}" if p.returncode < 0 else
+                                  f"exited with code {p.returncode}") + "; its trial was failed and queued again"
+            for p in others if p.returncode not in (0, 130)]
+
+
+# ---- the results (results.py computes them; the sweep prints them) -------------------------
+
+def study_results(spec: Spec, tracking_uri: str):
+    """results.Study of this study's runs, read as the report reads them (one answer)."""
+    from optimstudy import results
+    from optimstudy.report.build import RESULT_METRICS
+    from optimstudy.tracking.reader import load_runs
+
+    frame = load_runs(tracking_uri, experiments=[spec.name], metrics=[*results.RUN_METRICS, *RESULT_METRICS])
+    return results.Study(frame[frame["study"] == spec.name] if not frame.empty else frame)
+
+
+def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
+    """(label, RunConfig) of each best configuration: the trial that ran its first run holds the config."""
+    if not spec.confirm_seeds:
+        return []
+    by_run = {t.user_attrs.get(RUN_ID): t for t in study.get_trials(deepcopy=False)}
+    picks = []
+    for row in study_results(spec, tracking_uri).best.to_dict("records"):
+        trial = next((by_run[r] for r in row["run_ids"] if r in by_run), None)
+        if trial is not None and trial.user_attrs.get(PHASE) in ("grid", "search") \
+                and not row.get("all_diverged"):
+            picks.append((trial.user_attrs.get("optimizer"), trial_config(trial)))
+    return picks
+
+
+def format_table(summary: list[dict], verdicts: list[dict], spec: Spec, answers: list[dict] = ()) -> str:
+    """Each optimizer's best configuration (results.summary_table rows), then the answer per problem
+    and the decided verdicts."""
+    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, 95% interval of the mean "
+             "(seeds)"]
+    for row in summary:
+        if row.get("no_outcome"):  # no run ended with a value (all failed): not a divergence
+            lines.append(f"{row['problem']:15} {row['optimizer']:12} {'-':>9}  {row['no_outcome']}")
+            continue
+        lr = f"{row['best_lr']:9.3g}" if _finite(row["best_lr"]) else f"{'diverged':>9}"
+        std = row["std"] if _finite(row["std"]) else 0.0
+        line = f"{row['problem']:15} {row['optimizer']:12} {lr}  "
+        if _finite(row["mean"]):
+            line += f"{row['mean']:.4g} ± {std:.2g}"
+            if _finite(row["ci_low"]):
+                line += f", {'range ' if row.get('ci_kind') == 'range' else ''}[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+        line += f" (n={row['seeds']})"
+        if row.get("optimizer_args"):
+            line += f"  {row['optimizer_args']}"
+        if row.get("setting"):
+            line += f"  {row['setting']}"
+        if _finite(row.get("confirm_seeds")) and row["confirm_seeds"]:
+            spread = row["confirm_std"] if _finite(row["confirm_std"]) else 0.0
+            line += (f"   confirmed on {int(row['confirm_seeds'])} new seeds: "
+                     f"{row['confirm_mean']:.4g} ± {spread:.2g}")
+        lines.append(line)
+    for answer in answers:
+        lines.append(f"ranking: {answer['problem']}: {answer['ranking']} ({answer['basis']})")
+    decided = [v for v in verdicts if v["decided"]]
+    for verdict in decided:
+        lines.append(f"verdict: {verdict['problem']}: {verdict['a']} vs {verdict['b']}: {verdict['verdict']} "
+                     f"({verdict['evidence']})")
+    for outcome in ("no variation", "undecidable"):
+        for problem in dict.fromkeys(v["problem"] for v in verdicts if v["outcome"] == outcome):
+            found = [v for v in verdicts if v["problem"] == problem and v["outcome"] == outcome]
+            pairs = ", ".join(f"{v['a']} vs {v['b']}" for v in found)
+            lines.append(f"verdict: {problem}: {outcome} ({pairs}): {found[0]['evidence']}")
+    if len(decided) < len(verdicts):
+        lines.append(f"verdict: {len(verdicts) - len(decided)} of {len(verdicts)} optimizer pairs are not "
+                     "decided with the seeds run (`optimstudy report` shows the seeds each would need)")
+    return "\n".join(lines)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _number(value):
+    """JSON has no NaN: a missing number is null."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _numbers(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:8]))
+    return f"trial{'s' if len(numbers) > 1 else ''} {shown}" + (" …" if len(numbers) > 8 else "")
+
+
+def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
+    from optimstudy.problems.registry import PROBLEMS
+
+    print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
+          f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")
+    for number, item in enumerate(planned):
+        c = item.config
+        lr = "sampled" if item.space else f"{c.lr:g}"
+        extras = f"batch={c.batch_size} loss={c.loss or getattr(PROBLEMS.get(c.problem), 'default_loss', 'default')}"
+        extras += ("" if c.zero_grad else " no-zero-grad") + (f" accumulate={c.accumulate}" if c.accumulate > 1 else "")
+        gridded = [k for o in spec.optimizers if o.label == item.label for k in o.grid]  # the grid's other axes
+        extras += "".join(f" {k}={c.opt[k]}" for k in gridded if k in c.opt)
+        extras += "".join(f" {k}={c.schedule_args[k]}" for k in spec.schedule_grid if k in c.schedule_args)
+        print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
+    if spec.confirm_seeds:
+        print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
+    for line in skip_notes(skipped):
+        print(f"note: {line}")

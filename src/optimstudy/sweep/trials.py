@@ -1,0 +1,334 @@
+"""A sweep's trials: the worker loop, running one trial, recovery from dead workers and writers.
+
+    study = open_study(spec, open_storage(url))                # storages.py
+    with planning_lock(url, spec.name):                       # one planner, however many commands
+        enqueue_missing(study, planned)                       # queue.py
+    work(spec, WorkerOptions(spec.path, url, tracking_uri))  # take queued trials until none
+
+Every configuration is queued (enqueued) once, by whichever command holds the study's planning
+lock; workers take trials from the queue atomically (WAITING -> RUNNING is a compare-and-set in
+every Optuna storage), so no configuration runs twice, even with workers on several machines.
+Trials of a dead worker are found (its pid is gone, or its heartbeat is stale), failed, and
+queued again.
+"""
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.errors import UsageError
+from optimstudy.tracking.locks import exclusive
+from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
+from optimstudy.sweep.planning import config_from_json, plan
+from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running, fail_trial,
+                                    requeue, trial_key)
+from optimstudy.sweep.spec import Spec
+
+RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
+# A trial whose MLflow writer died (or stalled) under it runs again in the same sweep, with a fresh
+# writer; this many times at most, so that a writer that dies on every trial does not loop forever.
+WRITER_RERUNS = 2
+WRITER_DIED = "the MLflow writer died mid-trial"  # how such a failure's reason starts
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); queued again on resume"
+IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
+WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What every worker of a sweep works with: this process, a forked worker and a fresh process
+    alike (the last two get it as JSON: WorkerOptions.from_json)."""
+    spec_path: str
+    storage: str  # the Optuna storage URL
+    tracking_uri: str | None = None  # None: untracked trials
+    parent_run_id: str | None = None
+    experiment_id: str | None = None  # the study's MLflow experiment; None: looked up by the writer
+    data_dir: str | None = None
+    threads: int | None = None
+    alive_fd: int | None = None  # a worker process's read end of the sweep's pipe: closed when the sweep dies
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerOptions":
+        return cls(**json.loads(text))
+
+
+
+# ---- what the study's trials say (the queue: queue.py) ------------------------------
+
+def trial_config(trial):
+    """The RunConfig a (frozen) trial ran: its queued config with its sampled arguments."""
+    config = config_from_json(trial.user_attrs[CONFIG])
+    if trial.user_attrs.get(SPACE):
+        sampled = {name.split(".", 1)[1]: value for name, value in trial.params.items()}
+        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+    return config
+
+
+def trial_counts(study) -> dict:
+    result = {"complete": 0, "pruned": 0, "failed": 0, "waiting": 0, "running": 0, "duplicates": 0}
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+             TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}
+    for trial in study.get_trials(deepcopy=False):
+        duplicate = trial.state == TrialState.FAIL and str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
+        result["duplicates" if duplicate else names[trial.state]] += 1
+    return result
+
+
+def unresolved_failures(study) -> dict[str, list[int]]:
+    """Failure reason -> trial numbers, for configurations whose latest attempt failed (a killed
+    attempt that ran again since is resolved)."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {trial_key(t.user_attrs) for t in trials if t.state in LIVE}
+    reasons: dict[str, list[int]] = {}
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial_key(trial.user_attrs) not in settled:
+            why = str(trial.user_attrs.get(ERROR, "no reason recorded"))
+            if not why.startswith("duplicate"):
+                reasons.setdefault(why, []).append(trial.number)
+    return reasons
+
+
+# ---- recovering from dead workers ----------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def trial_is_dead(trial) -> bool:
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        return not pid_alive(int(attrs["pid"]))
+    beat = attrs.get("heartbeat") or (trial.datetime_start.timestamp() if trial.datetime_start else None)
+    return beat is not None and time.time() - beat > STALE_AFTER_S
+
+
+def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
+    """Fail RUNNING trials whose worker is gone and end their MLflow runs; returns what changed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB storages: Optuna's own heartbeats
+    changed = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial_is_dead(trial):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
+                continue  # another process recovered it first
+            changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
+    if tracking_uri:
+        from optimstudy.tracking.client import end_orphaned_runs
+
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        run_ids = [t.user_attrs[RUN_ID] for t in failed if RUN_ID in t.user_attrs]
+        for run_id in end_orphaned_runs(tracking_uri, run_ids, "its worker died mid-trial"):
+            changed.append(f"run {run_id}: left RUNNING by a dead worker; ended as KILLED")
+    return changed
+
+
+# ---- one worker -----------------------------------------------------------------------------
+
+class Heartbeat:
+    """Records that a trial's worker is alive, every HEARTBEAT_S, until stopped."""
+
+    def __init__(self, storage, trial_id: int):
+        self.storage, self.trial_id, self.stop_event = storage, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop_event.wait(HEARTBEAT_S):
+            self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            if isinstance(self.storage, optuna.storages.RDBStorage):
+                self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join()
+        return False
+
+
+def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
+              threads) -> str:
+    """Run one claimed trial to a final state; returns that state's name."""
+    from optimstudy.results.objectives import evaluation_metric
+    from optimstudy.results.tables import objective_value
+    from optimstudy.run.runner import execute
+    from optimstudy.run.training import Stop
+    from optimstudy.tracking.writer_handle import StoreError, WriterDied
+
+    storage = queue.storage
+    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+        trial.set_user_attr(name, value)
+    attrs = trial.user_attrs
+    other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
+    if other is not None:
+        fail_trial(study, trial, f"duplicate of trial {other}; not run")
+        return "duplicate"
+    config, label, phase = config_from_json(attrs[CONFIG]), attrs.get("optimizer"), attrs.get(PHASE, "")
+    if attrs.get(SPACE):
+        sampled = {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
+                   for arg, (low, high, log) in attrs[SPACE].items()}
+        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+    else:
+        trial.suggest_float(f"{label}.lr", config.lr, config.lr, log=True)  # the queued value, as the trial's param
+    config = replace(config, threads=threads or config.threads)
+
+    at_evaluation = evaluation_metric(spec.metric, config.val_fraction > 0)  # train_loss is train_full_loss there
+
+    def on_eval(step, metrics):
+        value = metrics.get(at_evaluation)
+        # only searches prune: a grid, a [[runs]] entry or a confirmation runs to the end
+        if phase == "search" and value is not None and math.isfinite(value) and step > 0:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise Stop(f"pruned at step {step} ({spec.metric} {value:.4g})")
+
+    tags = {"optimstudy.kind": "trial", "optimstudy.study": spec.name, "optimstudy.trial": trial.number,
+            "optimstudy.phase": phase, "optimstudy.optimizer_label": label,
+            "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
+    if attrs.get(SPACE):
+        tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+    try:
+        with Heartbeat(storage, trial_id):
+            history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
+                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+    except Stop as stop:
+        trial.set_user_attr("pruned", str(stop))
+        study.tell(trial, state=TrialState.PRUNED)
+        return "pruned"
+    except KeyboardInterrupt:
+        fail_trial(study, trial, INTERRUPTED)
+        raise
+    except WriterDied as died:  # not the trial's fault: `work` queues it again, and the next run starts a writer
+        fail_trial(study, trial, f"{WRITER_DIED} ({died})")
+        return "writer died"
+    except StoreError as refused:  # FAILED (queued again on resume); `work` stops if the whole store refuses
+        fail_trial(study, trial, f"StoreError: {refused}")
+        if refused.store_wide:
+            raise
+        return "failed"
+    except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
+        fail_trial(study, trial, f"{type(error).__name__}: {error}")
+        return "failed"
+    trial.set_user_attr(DIVERGED, history.diverged)
+    trial.set_user_attr("lr", config.lr)
+    study.tell(trial, objective_value(history.final.get(spec.metric), history.diverged, spec.direction))
+    return "complete"
+
+
+def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading.Event | None = None,
+         planned=None) -> None:
+    """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
+    `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
+    A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
+    store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
+    from optimstudy.run.runner import Tracking
+
+    url, tracking_uri = options.storage, options.tracking_uri
+    storage = open_storage(url)
+    queue = Queue(spec, storage)
+    tracking = None
+    if tracking_uri:
+        from optimstudy.tracking.client import artifact_location
+        from optimstudy.tracking.writer_handle import start_writer
+
+        writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
+        tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment_id(
+            spec.name, artifact_location(tracking_uri, spec.name)))
+    while stop is None or not stop.is_set():
+        claimed = queue.take()
+        if claimed is None:
+            # another machine's worker may have died meanwhile: queue its trials again, or stop
+            with planning_lock(url, spec.name):
+                study = open_study(spec, storage)
+                requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
+                    study, planned or plan(spec)[0], (spec.metric, spec.direction))
+            if requeued:
+                continue
+            return
+        study, trial, trial_id = claimed
+        try:
+            state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
+                              options.threads)
+        except KeyboardInterrupt:  # also when it came before run_trial could record it
+            fail_if_running(storage, trial_id, INTERRUPTED)
+            raise
+        if state == "writer died":
+            rerun_after_writer_death(spec, url, study, storage.get_trial(trial_id))
+        if on_trial_done is not None:
+            on_trial_done(state)
+
+
+def rerun_after_writer_death(spec: Spec, url: str, study, trial) -> None:
+    """Queue the configuration of `trial` (failed when its writer died) again, now, in this sweep."""
+    key = trial_key(trial.user_attrs)
+    with planning_lock(url, spec.name):
+        deaths = sum(trial_key(t.user_attrs) == key and str(t.user_attrs.get(ERROR, "")).startswith(WRITER_DIED)
+                     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        queued = deaths <= WRITER_RERUNS and requeue(study, trial)
+    print(f"optimstudy: trial {trial.number}: {WRITER_DIED}; "
+          + ("queued again, with a new writer" if queued else
+             f"not queued again ({deaths} writer deaths for this configuration)" if deaths > WRITER_RERUNS else
+             "queued again already"), file=sys.stderr, flush=True)
+
+
+def worker_main(argv: list[str]) -> int:
+    """`python -m optimstudy.sweep.trials` with WORKER-JSON in OPTIMSTUDY_WORKER_OPTIONS (it holds the store
+    URIs, which a command line would show to every user), or WORKER-JSON as `argv[0]` (a forked
+    worker): one extra worker process of a sweep.
+
+    It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
+    end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
+    """
+    import signal
+
+    from optimstudy.processes import STOP_SIGNALS, raise_interrupt
+    from optimstudy.sweep.spec import load_spec
+
+    options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
+    stop = threading.Event()
+
+    def watch(fd):
+        while os.read(fd, 1):
+            pass
+        stop.set()
+
+    threading.Thread(target=watch, args=(options.alive_fd,), daemon=True).start()
+
+    for sig in STOP_SIGNALS:  # this process's whole life: Ctrl-C's way out (its trial FAIL, queued again)
+        signal.signal(sig, raise_interrupt)
+    from optimstudy.tracking.writer_handle import StoreError
+
+    try:
+        work(load_spec(options.spec_path), options, stop=stop)
+    except KeyboardInterrupt:
+        return 130
+    except StoreError:  # the store refuses writes: this worker stops; its trial is FAIL (and says why), the rest queued
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

@@ -1,0 +1,405 @@
+"""The MLflow writer process: `python -P -m optimstudy.tracking.writer FD[,FD...]`, the tracking URI in
+its environment (OPTIMSTUDY_WRITER_TRACKING_URI): a command line is readable by every user of the
+machine (ps), and the URI can hold the database's password.
+
+It imports nothing from optimstudy but connectivity, processes, sql_writes and compat.mlflow
+(standard library and MLflow only; the package's __init__ files load nothing), so it starts
+without torch, in a fraction of the memory and time a trainer takes (docs/performance.md).
+
+Each FD is one training process's connection: the first is the process that started it, the
+others the workers it forks (one writer per machine, so a second worker does not pay another
+~1.5 s of MLflow imports on a shared core). Receives ("store", None) first (open or create the
+store, answered "ready"), then ("experiment", name, artifact_location) (answered with its id, or
+{"deleted": id}),
+("create", run_id, run) (the run with its tags, params and data set, in one transaction, under an
+id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
+("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
+("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
+Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
+compared on (sql_writes.py: ~10x less CPU than log_batch); anywhere else through MLflow's client.
+When a training process dies, its socket closes and the runs it left open are ended as KILLED.
+A run that lost a batch of points is ended FAILED, never FINISHED.
+
+With `system_metrics_s`, the writer also samples the machine for that run every so many seconds
+through MLflow's own SystemMetricsMonitor (system/cpu_utilization_percentage, memory, disk,
+network; GPU utilisation and memory with nvidia-ml-py): CPU and memory are machine-wide, so a
+sampler here sees what one in the training process would, and the training thread pays nothing.
+
+A SQLite store locked by another process (a reader, a `sqlite3` shell) is retried for
+LOCK_RETRY_S, longer than MLflow's own client waits (20 s), saying so once on stderr; only then is
+the write reported as failed. The training process reads such a report at its next batch and
+stops the run (writer_handle.py, the training process's side: start_writer, its sends and waits).
+"""
+import contextlib
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from optimstudy.processes import quick_exit
+from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.sql_writes import FastWrites
+
+URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv
+BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
+# MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
+# training runs; with it, the experiment opens on its runs table.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# How long a locked SQLite store is retried: more than MLflow's own client waits (busy_timeout 20 s),
+# so a reader holding the store for 30 s loses nothing; a test sets a few seconds.
+LOCK_RETRY_ENV, LOCK_RETRY_S = "OPTIMSTUDY_LOCK_RETRY_S", 60.0
+
+
+def quiet_store_logs() -> None:
+    """MLflow and alembic log every table creation and migration at INFO: noise for a user."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent",
+                 "mlflow.system_metrics"):  # "Started monitoring system metrics." for every run
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _RetryReport(logging.Handler):
+    """One line on stderr per retry when an MLflow server stops answering.
+
+    MLflow retries a lost server for ~4 minutes (7 tries, waits doubling to 120 s) through
+    urllib3, whose retry warnings go nowhere by default: a sweep would look hung. Retrying
+    is right (a restarted server is picked up); doing it silently is not.
+    """
+
+    def __init__(self, server: str | None):
+        super().__init__(logging.WARNING)
+        self.server = server  # the tracking URI, for errors that do not name the host (a dropped connection)
+
+    def emit(self, record):
+        if not str(record.msg).startswith("Retrying") or len(record.args or ()) != 3:
+            return
+        retries, error, path = record.args
+        where = re.search(r"host='([^']*)', port=(\d+)", str(error))
+        server = f" at {where[1]}:{where[2]}" if where else f" at {self.server}" if self.server else ""
+        reason = re.sub(r"\[Errno -?\d+\] ", "", str(error).rsplit(": ", 1)[-1].strip("')\""))
+        left, endpoint = getattr(retries, "total", None), str(path).split("?")[0]
+        print(f"optimstudy: the MLflow server{server} does not answer ({reason}) to {endpoint}; retrying"
+              + (f", {left} more tr{'y' if left == 1 else 'ies'}" if isinstance(left, int) else ""),
+              file=sys.stderr, flush=True)
+
+
+def report_connection_retries(tracking_uri: str | None = None) -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(h, _RetryReport) for h in logger.handlers):
+        logger.addHandler(_RetryReport(tracking_uri and hide_passwords(tracking_uri)))
+
+
+class _Store:
+    """The writer's one MLflow client, made on the first "store" message (making it creates and
+    migrates a fresh store) and shared by every connection, one message at a time."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri, self.lock = tracking_uri, threading.Lock()
+        self.client = self.fast = None
+
+    def open(self) -> dict:
+        with self.lock:
+            if self.client is None:
+                from mlflow import MlflowClient
+
+                client = MlflowClient(self.tracking_uri)
+                client.search_experiments(max_results=1)  # a store that cannot be opened says so here
+                self.client, self.fast = client, FastWrites.for_client(client)
+        return {"creates_runs": self.fast is not None}
+
+
+class DeletedExperiment(Exception):
+    """The named experiment exists but was deleted: MLflow keeps it (and its name) until it is purged.
+    Never restored silently: its old runs would come back beside the new ones (a trial with two
+    FINISHED runs, a study with two parent runs)."""
+
+    def __init__(self, name: str, experiment_id: str):
+        super().__init__(name, experiment_id)
+        self.name, self.experiment_id = name, experiment_id
+
+    def message(self, tracking_uri: str) -> str:
+        return (f"the MLflow experiment '{self.name}' (id {self.experiment_id}) was deleted; it is not brought "
+                "back silently, old runs and all. Either restore it and run the same command again: "
+                f"`MLFLOW_TRACKING_URI='{hide_passwords(tracking_uri)}' mlflow experiments restore "
+                f"--experiment-id {self.experiment_id}`; or start afresh under a new name: give the spec a new "
+                "`name` (optimstudy sweep), or pass --experiment NEW (optimstudy run)")
+
+
+class StoreLocked(Exception):
+    """The store stayed locked by another process for the whole retry budget."""
+
+
+_lock_told_at = [float("-inf")]  # when "the store is locked" was last printed: one line a minute at most
+
+
+def patiently(call, *args, **kwargs):
+    """`call(...)`, retried with backoff while the SQLite store is locked by another process, for
+    LOCK_RETRY_S ($OPTIMSTUDY_LOCK_RETRY_S); StoreLocked after that. Safe to retry: every write here
+    is one transaction, rolled back when it fails."""
+    try:
+        budget = float(os.environ.get(LOCK_RETRY_ENV) or LOCK_RETRY_S)
+    except ValueError:  # set by hand for a test; a typo must not turn every locked write into a failure
+        budget = LOCK_RETRY_S
+    started, pause = None, 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:
+            if "database is locked" not in str(error):
+                raise
+            now = time.monotonic()
+            if started is None:
+                started = now
+                if now - _lock_told_at[0] > 60:
+                    _lock_told_at[0] = now
+                    print(f"optimstudy: the tracking store is locked by another process (database is locked); the "
+                          f"MLflow writer (pid {os.getpid()}) retries for up to {budget:g} s ({LOCK_RETRY_ENV})",
+                          file=sys.stderr, flush=True)
+            if now - started >= budget:
+                raise StoreLocked(f"the store stayed locked by another process for {now - started:.0f} s "
+                                  f"(retried for {LOCK_RETRY_ENV}={budget:g} s): database is locked") from None
+            time.sleep(min(pause, budget - (now - started)))
+            pause = min(pause * 2, 2.0)
+
+
+def _once(call, *args, **kwargs):
+    return call(*args, **kwargs)
+
+
+def _plain(error: Exception) -> str:
+    """The error's own words, without SQLAlchemy's appended statement and link (a user reads this)."""
+    return re.split(r"\n\[SQL: |\n\(Background on this error at", str(error))[0]
+
+
+def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created (safely against a concurrent creator) when missing, and tagged
+    as training runs for MLflow's UI; DeletedExperiment when it was deleted."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # a concurrent creator's
+    if found.lifecycle_stage == "deleted":
+        raise DeletedExperiment(name, found.experiment_id)
+    if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return found.experiment_id
+
+
+def main(tracking_uri: str, fds: list[int]) -> None:
+    """Serve the owner's connection (the first) here and each other one (a forked worker's) in a
+    thread; once the owner stops or dies, wait for the workers that are still sending runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
+    threading.Thread(target=exit_if_dismissed_early, args=(fds[0],), daemon=True).start()
+    import mlflow.entities  # noqa: F401  (imported now, while the training process sets up)
+    from mlflow import MlflowClient  # noqa: F401
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+
+    quiet_store_logs()
+    report_connection_retries(tracking_uri)
+    store = _Store(tracking_uri)
+    owner, *others = [Connection(fd) for fd in fds]
+    sessions = [threading.Event() for _ in others]  # set once a worker starts using its connection
+    threads = [threading.Thread(target=serve, args=(store, conn, started), daemon=True)
+               for conn, started in zip(others, sessions)]
+    for thread in threads:
+        thread.start()
+    serve(store, owner, threading.Event())
+    for thread, started in zip(threads, sessions):
+        if started.is_set():  # idle ones (a worker the sweep did not need) are not waited for
+            thread.join()
+
+
+def exit_if_dismissed_early(fd: int) -> None:
+    """Exit at once if the owner closes its connection before sending anything (bad input found
+    while we import MLflow): on a busy machine the imports can take many seconds, and meanwhile
+    we would hold the command's stdout and stderr open for whoever reads them."""
+    with socket.socket(fileno=os.dup(fd)) as watched:
+        select.select([watched], [], [])
+        try:
+            dismissed = watched.recv(1, socket.MSG_PEEK) == b""  # readable and empty: closed
+        except OSError:
+            dismissed = True
+    if dismissed:
+        quick_exit(0)
+
+
+def yield_cores_to_training() -> None:
+    """Lower this thread's priority (Linux: per thread) once its trainer steps: from then on we
+    only need the gaps between steps. Not before: the trainer waits for our start-up, and a niced
+    start-up beside busy processes took minutes."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no setpriority (Windows)
+        os.setpriority(os.PRIO_PROCESS, 0, max(10, os.getpriority(os.PRIO_PROCESS, 0)))
+
+
+def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    open_runs: set[str] = set()
+    samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
+    lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
+    uncreated: set[str] = set()  # runs whose "create" failed
+    unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
+    held = None  # a message read ahead while merging metric messages, handled next
+    stepping = False  # whether a trainer has sent steps yet
+
+    def end_through_client(run_id: str, status: str, tags: dict, write=patiently) -> None:
+        if tags:
+            write(store.client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        write(store.client.set_terminated, run_id, status)
+
+    while True:
+        message, held = held or receive(conn), None
+        if message is None or message[0] == "stop":
+            # the training process is gone without closing its runs (KILLED), or stops after the store
+            # refused to end them (ended now as it asked, if the store takes it now)
+            for run_id in open_runs:
+                stop_system_metrics(samplers.pop(run_id, None))
+                status, tags = unended.get(run_id, ("KILLED",
+                                                    {"optimstudy.error": "the training process died mid-run"}))
+                with contextlib.suppress(Exception), store.lock:
+                    end_through_client(run_id, status, tags)
+            if message is not None:
+                for sampler in samplers.values():
+                    stop_system_metrics(sampler)
+                reply(conn, ("ok", None, None))
+            return
+        kind, run_id = message[0], message[1]
+        if kind == "store":
+            started.set()
+            try:
+                reply(conn, ("ready", None, store.open()))
+            except Exception as error:
+                reply(conn, ("error", None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
+            continue
+        client, fast, ended_sampler = store.client, store.fast, None
+        with store.lock:
+            try:
+                if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
+                    patiently(fast.create_run, run_id, **message[2])
+                    open_runs.add(run_id)
+                elif kind == "open":
+                    open_runs.add(run_id)
+                    if len(message) > 2 and message[2]:
+                        samplers[run_id] = start_system_metrics(store.tracking_uri, run_id, message[2])
+                elif kind == "metrics":
+                    if not stepping:
+                        yield_cores_to_training()
+                        stepping = True
+                    if run_id in uncreated or run_id in lost:
+                        continue  # reported once; the trainer stops the run on that report: these are lost too
+                    open_runs.add(run_id)
+                    points = list(message[2])
+                    # behind? merge what is already waiting for the same run: one transaction, not many
+                    while len(points) < BATCH_POINTS and conn.poll():
+                        held = receive(conn)
+                        if held is None or held[0] != "metrics" or held[1] != run_id:
+                            break
+                        points.extend(held[2])
+                        held = None
+                    for start in range(0, len(points), BATCH_POINTS):
+                        chunk = points[start:start + BATCH_POINTS]
+                        if fast is None or not patiently(fast.log_metrics, run_id, chunk):
+                            patiently(client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
+                elif kind == "experiment":  # run_id is the experiment's name here; the trainer waits
+                    try:
+                        answer = patiently(find_or_create_experiment, client, run_id, message[2])
+                    except DeletedExperiment as deleted:  # a usage error, told in the training process
+                        answer = {"deleted": deleted.experiment_id}
+                    reply(conn, ("ok", run_id, answer))
+                elif kind == "artifact":  # after the run's creation, which is queued before it; the trainer waits
+                    client.log_artifact(run_id, message[2])
+                    reply(conn, ("ok", run_id, None))
+                elif kind == "end":
+                    _, _, status, tags = message
+                    # a run stopped by a store error is ended in one try: the trainer is not kept waiting
+                    # another LOCK_RETRY_S; if the store refuses it, it is ended (patiently) when the trainer stops
+                    write = _once if run_id in lost else patiently
+                    if run_id in lost:
+                        status = "FAILED" if status == "FINISHED" else status
+                        why = tags.get("optimstudy.error")
+                        tags = {**tags, "optimstudy.error": "; ".join(
+                            filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
+                    tags = {key: str(value)[:5000] for key, value in tags.items()}
+                    unended[run_id] = (status, tags)  # until the store has it
+                    if fast is None or not write(fast.end_run, run_id, status, tags):
+                        end_through_client(run_id, status, tags, write)
+                    del unended[run_id]
+                    open_runs.discard(run_id)
+                    if fast is not None:
+                        fast.forget(run_id)
+                    reply(conn, ("ok", run_id, None))
+                    ended_sampler = samplers.pop(run_id, None)
+            except Exception as error:  # reported back: the training process reads it at its next batch
+                detail = hide_passwords(f"{type(error).__name__}: {_plain(error)[:1000]}")  # it is printed and tagged
+                if kind == "create":
+                    uncreated.add(run_id)
+                    lost[run_id] = f"the run could not be created: {detail}"
+                if kind == "metrics":
+                    if run_id in lost:
+                        continue  # one report per run: unread reports would fill the socket and block us both
+                    lost[run_id] = detail
+                reply(conn, ("error", run_id, detail))
+                if kind in ("end", "artifact", "experiment"):  # the training process waits for this answer
+                    reply(conn, ("ok", run_id, None))
+                    ended_sampler = samplers.pop(run_id, None)
+        # after the answer, so the training process does not wait for it (~20 ms a run): the
+        # last sample is stored into the ended run before the next message is read
+        stop_system_metrics(ended_sampler)
+
+
+def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
+    """MLflow's sampler for `run_id`, started; None where it cannot run (no psutil)."""
+    try:
+        import psutil
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        psutil.cpu_percent()  # utilisation is measured between calls: this call starts the first interval
+        sampler = SystemMetricsMonitor(run_id, sampling_interval=seconds, tracking_uri=tracking_uri)
+        sampler.start()
+        return sampler
+    except Exception as error:  # system metrics are a convenience: a run is never lost for them
+        print(hide_passwords(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}"),
+              file=sys.stderr, flush=True)
+        return None
+
+
+def stop_system_metrics(sampler) -> None:
+    """Stop the sampler and store one last sample, so a run shorter than the interval has one too."""
+    if sampler is None:
+        return
+    with contextlib.suppress(Exception):  # a deleted run: nothing to store into
+        sampler.finish()
+        sampler.collect_metrics()
+        sampler.publish_metrics(sampler.aggregate_metrics())
+        sampler.mlflow_logger.flush()
+
+
+def reply(conn: Connection, message) -> None:
+    """Answer the training process; if it is gone (killed), the next receive() sees that and ends
+    its runs: a broken pipe here is not an error to print."""
+    with contextlib.suppress(OSError):
+        conn.send(message)
+
+
+def receive(conn: Connection):
+    """The next message, or None once the training process has closed its end (or died)."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+if __name__ == "__main__":
+    main(os.environ.pop(URI_VARIABLE), [int(fd) for fd in sys.argv[1].split(",")])
+    quick_exit(0)  # everything is committed by now: a sweep would wait for the interpreter's teardown
