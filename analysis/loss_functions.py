@@ -13,12 +13,12 @@ ORDER = 60
 METRICS = ("train_loss",)  # per-step metrics it reads (the report loads only these)
 
 
-# The lesson's pairs, as (prediction, target): errors +2 and -2 (optimstudy.losses.LESSON_PAIRS).
+# The lesson's pairs, as (prediction, target): errors +2 and -2 (optimstudy.problems.losses.LESSON_PAIRS).
 LESSON_PAIRS = ((6.0, 4.0), (3.0, 5.0))
 
 
 def lesson_numbers() -> dict:
-    """The numbers optimstudy.losses.lesson_numbers() computes with the training losses, here without
+    """The numbers optimstudy.problems.losses.lesson_numbers() computes with the training losses, here without
     torch (tests/test_report.py checks they agree)."""
     errors = np.array([prediction - target for prediction, target in LESSON_PAIRS])
     return {"mean_error": float(errors.mean()), "mse": float((errors ** 2).mean()), "mae": float(abs(errors).mean()),

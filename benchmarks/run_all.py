@@ -3,11 +3,14 @@
     python benchmarks/run_all.py            # the full set: under 10 minutes on 2 cores
     python benchmarks/run_all.py --quick    # a smoke run of a minute or two (results/quick/)
     python benchmarks/run_all.py --only tracking workers
+    python benchmarks/run_all.py --render   # no benchmark: rewrite the two pages from results/latest.json
 
 Every benchmarks/bench_<name>.py is run (the known ones first, in ORDER; one a helper adds
 joins at the end), each writing results/<name>.json with rows {name, measured, target, met}.
-Writes results/latest.json (all of them) and results/README-table.md (the table, with the
-date, the machine and a closing note saying which numbers are CPU-only, for the README).
+Writes results/latest.json (all of them), results/README-table.md (the table, with the
+date, the machine and a closing note saying which numbers are CPU-only) and, for a full
+(not --quick) run, docs/performance.md: benchmarks/performance_intro.md with the table in
+place of its TABLE_MARKER line.
 A target that is not met is a result, not a failure: the exit status is non-zero only
 when a benchmark could not run.
 """
@@ -17,13 +20,16 @@ import subprocess
 import sys
 import time
 
-from common import BENCH_DIR, QUICK_RESULTS_DIR, RESULTS_DIR, load_average, machine
+from common import BENCH_DIR, QUICK_RESULTS_DIR, REPO, RESULTS_DIR, load_average, machine
 
 # the rest follow, by name
 ORDER = ("pipeline", "floor", "fullbatch", "tracking", "startup", "workers", "gpu", "memory", "scale")
 BENCHMARKS = tuple(sorted((p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py")),
                           key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), name)))
 TIMEOUT_S = 600
+PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
+PERFORMANCE_INTRO = BENCH_DIR / "performance_intro.md"  # the page's fixed text around the table
+TABLE_MARKER = "<!-- the table from benchmarks/results/README-table.md goes here -->"
 
 
 def parse_args(argv):
@@ -33,8 +39,15 @@ def parse_args(argv):
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: optimstudy's)")
     parser.add_argument("--data-dir", help="MNIST root (default: $OPTIMSTUDY_DATA_DIR)")
-    parser.add_argument("--note", help="a line for the table's caption, e.g. 'quiet machine, nothing else running'")
-    return parser.parse_args(argv)
+    parser.add_argument("--note", help="a line for the table's caption, e.g. 'quiet machine, nothing else running' "
+                                       "(kept in latest.json, so --render repeats it)")
+    parser.add_argument("--render", action="store_true",
+                        help="run no benchmark: rewrite README-table.md and docs/performance.md from "
+                             "results/latest.json (results/quick/ with --quick)")
+    args = parser.parse_args(argv)
+    if args.render and args.only:
+        parser.error("--render runs no benchmark; it takes no --only")
+    return args
 
 
 def run_one(name: str, args) -> tuple[dict | None, float, str | None]:
@@ -68,7 +81,7 @@ def table_rows(results: dict, errors: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def markdown(rows, info: dict, total_s: float, args, results: dict, earlier: dict) -> str:
+def markdown(rows, info: dict, total_s: float, args, results: dict, earlier: dict, after: list | None) -> str:
     cores = f"{info['cores']} core{'s' if info['cores'] != 1 else ''}"
     gpus = ", ".join(info["gpus"]) or "no GPU"
     load = info["load_average_1_5_15"]
@@ -88,19 +101,19 @@ def markdown(rows, info: dict, total_s: float, args, results: dict, earlier: dic
         lines += ["", "Rows from earlier runs (`--only` left them as they were): " + ", ".join(
             f"{name} ({result['machine']['date'][:16].replace('T', ' ')}, {result['mode']}, {result['machine']['cpu']})"
             for name, result in earlier.items()) + "."]
-    lines += ["", closing_note(results, info)]
+    lines += ["", closing_note(results, info, after)]
     return "\n".join(lines) + "\n"
 
 
-def closing_note(results: dict, info: dict) -> str:
-    """Which numbers are CPU-only, and how loaded the machine was (ratios are medians of interleaved runs)."""
+def closing_note(results: dict, info: dict, after: list | None) -> str:
+    """Which numbers are CPU-only, and how loaded the machine was (ratios are medians of interleaved runs);
+    `after`: the load average when the run ended."""
     gpu = results.get("gpu", {}).get("measurements", {})
     if gpu.get("device_lent") is False or not info["gpus"]:
         where = (f"No GPU was lent to this run ({gpu.get('skipped', 'no CUDA device')}): the GPU rows are skipped "
                  "and every number above was measured on the CPU.")
     else:
         where = f"GPU rows on {', '.join(info['gpus'])}; every other row on the CPU."
-    after = load_average()
     return (f"{where} Each ratio is the ratio of medians of interleaved repeats, measured side by side in one "
             f"process; load average {info['load_average_1_5_15'][0] if info['load_average_1_5_15'] else '?'} "
             f"at the start and {after[0] if after else '?'} at the end (on {info['cores']} cores).")
@@ -115,8 +128,62 @@ def print_table(rows) -> None:
                         for i, cell in enumerate(row)).rstrip())
 
 
+def performance_page(table: str) -> str:
+    """docs/performance.md: the fixed text of performance_intro.md with the table in place of TABLE_MARKER."""
+    intro = PERFORMANCE_INTRO.read_text()
+    if TABLE_MARKER not in intro:
+        raise SystemExit(f"{PERFORMANCE_INTRO} has no line {TABLE_MARKER!r} to put the table at")
+    head, tail = intro.split(TABLE_MARKER, 1)
+    table = table.replace("<!-- written by benchmarks/run_all.py; regenerate it rather than edit it -->\n\n", "")
+    return ("<!-- written by benchmarks/run_all.py from benchmarks/performance_intro.md and "
+            "benchmarks/results/latest.json; edit those, then run `python benchmarks/run_all.py --render` -->\n\n"
+            + head + table.rstrip("\n") + tail)
+
+
+def write_pages(folder, latest: dict, quick: bool) -> list:
+    """README-table.md (and docs/performance.md for a full run) from latest.json's contents. The caption
+    describes the invocation that wrote it (its seconds_per_benchmark: the benchmarks it ran, in order);
+    the other benchmarks' rows are dated as earlier."""
+    errors = latest.get("errors", {})
+    invoked = list(latest.get("seconds_per_benchmark", {}))
+    everything = set(BENCHMARKS) | set(latest["benchmarks"])
+    args = argparse.Namespace(quick=quick, note=latest.get("note"),
+                              only=None if set(invoked) >= everything else invoked)
+    earlier = {name: result for name, result in latest["benchmarks"].items() if name not in invoked}
+    ordered = sorted(latest["benchmarks"],
+                     key=lambda name: BENCHMARKS.index(name) if name in BENCHMARKS else len(BENCHMARKS))
+    table = table_rows({name: latest["benchmarks"][name] for name in ordered}, errors)
+    text = markdown(table, latest["machine"], latest["total_s"], args, latest["benchmarks"], earlier,
+                    latest.get("load_average_after"))
+    (folder / "README-table.md").write_text(text)
+    written = [folder / "README-table.md"]
+    if not quick:  # a smoke run's numbers never reach the docs
+        PERFORMANCE_PAGE.parent.mkdir(parents=True, exist_ok=True)
+        PERFORMANCE_PAGE.write_text(performance_page(text))
+        written.append(PERFORMANCE_PAGE)
+    return written
+
+
+def render(args) -> int:
+    """--render: the two pages again from results/latest.json, running no benchmark."""
+    folder = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
+    path = folder / "latest.json"
+    if not path.exists():
+        print(f"error: {path} does not exist: run the benchmarks first (python benchmarks/run_all.py)",
+              file=sys.stderr)
+        return 2
+    latest = json.loads(path.read_text())
+    if args.note is not None:
+        latest["note"] = args.note
+    written = write_pages(folder, latest, args.quick)
+    print("wrote " + " and ".join(str(p) for p in written))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args)
     started = time.perf_counter()
     info = machine()
     results, errors, seconds = {}, {}, {}
@@ -134,24 +201,20 @@ def main(argv=None) -> int:
     latest = {"updated": info["date"], "mode": "quick" if args.quick else "full", "machine": info,
               "load_average_after": load_average(), "total_s": round(total_s, 1),
               "seconds_per_benchmark": {k: round(v, 1) for k, v in seconds.items()},
-              "errors": errors, "benchmarks": results}
+              "errors": errors, "note": args.note, "benchmarks": results}
     if args.only:  # keep the other benchmarks' last results
         previous = folder / "latest.json"
         if previous.exists():
             latest["benchmarks"] = {**json.loads(previous.read_text()).get("benchmarks", {}), **results}
     (folder / "latest.json").write_text(json.dumps(latest, indent=2, ensure_ascii=False) + "\n")
-    # the README's table holds every benchmark: with --only, the others' rows from their last run, dated
-    earlier = {name: result for name, result in latest["benchmarks"].items() if name not in results | errors}
-    ordered = sorted(latest["benchmarks"],
-                     key=lambda name: BENCHMARKS.index(name) if name in BENCHMARKS else len(BENCHMARKS))
-    table = table_rows({name: latest["benchmarks"][name] for name in ordered}, errors)
-    (folder / "README-table.md").write_text(markdown(table, info, total_s, args, latest["benchmarks"], earlier))
+    # the table holds every benchmark: with --only, the others' rows from their last run, dated
+    written = write_pages(folder, latest, args.quick)
 
     print(f"\n=== all benchmarks ({latest['mode']}, {total_s / 60:.1f} min; "
           + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ") ===")
     print_table(rows)
-    print("\n" + closing_note(latest["benchmarks"], info))
-    print(f"\nwrote {folder / 'latest.json'} and {folder / 'README-table.md'}")
+    print("\n" + closing_note(latest["benchmarks"], info, latest["load_average_after"]))
+    print(f"\nwrote {folder / 'latest.json'}, " + " and ".join(str(p) for p in written))
     return 1 if errors else 0
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimstudy.problems.registry import Problem
+from optimstudy import Problem
 
 
 class Net(nn.Module):

@@ -8,7 +8,7 @@
 import torch
 from torch import nn
 
-from optimstudy.problems.registry import Problem
+from optimstudy import Problem
 
 
 def three_blobs(generator):

@@ -351,7 +351,7 @@ def test_run_and_sweep_refuse_a_bad_model_before_writing(bad_problems, capsys):
 def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
     from optimstudy.run.config import RunConfig
     from optimstudy.errors import UsageError
-    from optimstudy.sweep.spec import load_spec
+    from optimstudy.sweep.spec_reader import load_spec
 
     for seed in (99999999999999999999, 2**63, -1):
         with pytest.raises(UsageError, match=r"seed must be an integer from 0 to 2\*\*63 - 1"):
@@ -367,7 +367,7 @@ def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
 
 def test_a_spec_with_a_byte_order_mark_and_a_name_in_any_script_loads(tmp_path):
     from optimstudy.errors import UsageError
-    from optimstudy.sweep.spec import load_spec
+    from optimstudy.sweep.spec_reader import load_spec
 
     spec = spec_file(tmp_path, "[optimizers.sgd]\nlr = [0.1]\n", name="ünïcødé études")
     spec.write_bytes(b"\xef\xbb\xbf" + spec.read_bytes())  # as Notepad saves UTF-8

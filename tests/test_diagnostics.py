@@ -202,7 +202,8 @@ def test_update_norm_every_is_a_positive_integer_in_configs_specs_and_the_key():
     import tomllib
 
     from optimstudy.errors import UsageError
-    from optimstudy.sweep.spec import SpecError, config_key, parse_spec
+    from optimstudy.sweep.spec import SpecError, config_key
+    from optimstudy.sweep.spec_reader import parse_spec
 
     for bad in (0, -1, 2.5, True, "10"):
         with pytest.raises(UsageError, match=f"update_norm_every must be a positive integer, got {bad!r}"):

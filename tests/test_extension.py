@@ -272,7 +272,7 @@ def test_warmup_cosine_onecycle_and_schedules_by_class_or_path():
     (dict(schedule="nosuchmodule:make"), "cannot be imported"),
     (dict(val_fraction=1.0), "val_fraction must lie in [0, 1)"),
     (dict(problem="nosuchmodule:problem"), "No module named 'nosuchmodule'"),
-    (dict(problem="optimstudy.problems.registry:mlp"), "problem 'optimstudy.problems:mlp' is not a Problem (it is a function)"),
+    (dict(problem="optimstudy.problems.registry:mlp"), "problem 'optimstudy.problems.registry:mlp' is not a Problem (it is a function)"),
     (dict(problem="optimstudy.problems.registry:nothing"), "has no attribute 'nothing'"),
 ])
 def test_bad_schedules_and_problems_are_usage_errors(settings, message):
@@ -296,7 +296,8 @@ def test_no_validation_split_evaluates_the_training_split():
 
 
 def test_spec_keys_for_recipes(tmp_path):
-    from optimstudy.sweep.spec import SpecError, parse_spec
+    from optimstudy.sweep.spec import SpecError
+    from optimstudy.sweep.spec_reader import parse_spec
 
     base = {"name": "x", "problem": "linreg", "steps": 5, "optimizers": {"sgd": {"lr": [0.1]}}}
     spec = parse_spec({**base, "val_fraction": 0, "split_seed": 3, "shuffle": False, "schedule": "step",

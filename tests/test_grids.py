@@ -10,7 +10,8 @@ import pytest
 
 from optimstudy import results
 from optimstudy.sweep.planning import compare_identity, plan, spec_identity
-from optimstudy.sweep.spec import SpecError, load_spec
+from optimstudy.sweep.spec import SpecError
+from optimstudy.sweep.spec_reader import load_spec
 
 GRID = """
 name = "{name}"

@@ -195,7 +195,8 @@ def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path
 
 
 def test_a_bad_rest_in_a_spec_names_its_key(tmp_path):
-    from optimstudy.sweep.spec import SpecError, load_spec
+    from optimstudy.sweep.spec import SpecError
+    from optimstudy.sweep.spec_reader import load_spec
 
     path = tmp_path / "bad.toml"
     path.write_text('name = "bad"\nproblem = "regression_mlp"\nsteps = 5\n[optimizers.muon]\nlr = [0.02]\n'

@@ -169,7 +169,8 @@ def test_a_metric_no_run_logs_exits_2_naming_the_valid_ones(tmp_path, monkeypatc
 
 
 def test_a_pruner_needs_a_metric_measured_at_each_evaluation():
-    from optimstudy.sweep.spec import SpecError, parse_spec
+    from optimstudy.sweep.spec import SpecError
+    from optimstudy.sweep.spec_reader import parse_spec
 
     base = {"name": "x", "problem": "linreg", "steps": 5, "optimizers": {"sgd": {"search": {
         "lr": {"low": 1e-3, "high": 1.0, "log": True}}}}}

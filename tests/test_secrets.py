@@ -131,7 +131,7 @@ def test_the_store_password_appears_in_no_output_file_tag_or_command_line(tmp_pa
 
     code, out, seen = optimstudy("sweep", "secretive.toml", "--json")
     assert code == 0, out[-3000:]
-    assert any(b"writer.py" in line for line in seen), "the writer was never seen: the scan proved nothing"
+    assert any(b"optimstudy.tracking.writer" in line for line in seen), "the writer was never seen: the scan proved nothing"
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["storage"] == optuna_url.replace(password, "***")
     assert summary["tracking_uri"] == mlflow_url.replace(password, "***")

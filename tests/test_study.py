@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from optimstudy.cli import main
-from optimstudy.sweep.spec import load_spec
+from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.planning import plan
 from optimstudy.tracking.reader import load_runs
 

@@ -5,10 +5,11 @@ from mlflow import MlflowClient
 
 from optimstudy import RunConfig
 from optimstudy import results
-from optimstudy.run.config import DEFAULT_VARY
+from optimstudy.facts import DEFAULT_VARY
 from optimstudy.sweep.planning import plan, spec_identity
 from optimstudy.problems.registry import resolve_problem
-from optimstudy.sweep.spec import config_key, parse_spec
+from optimstudy.sweep.spec import config_key
+from optimstudy.sweep.spec_reader import parse_spec
 from optimstudy.tracking.reader import load_runs
 from optimstudy.run.training import load_data, set_up
 

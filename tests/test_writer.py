@@ -75,7 +75,7 @@ def test_the_writer_stores_a_run_exactly_as_mlflow_does(store):
 
 
 def test_on_a_schema_not_compared_the_writer_uses_mlflows_client_and_stores_the_same_rows(store, tmp_path, monkeypatch):
-    # The writer is a process of its own (python -P writer.py): a sitecustomize on its PYTHONPATH
+    # The writer is a process of its own (python -P -m optimstudy.tracking.writer): a sitecustomize on its PYTHONPATH
     # makes its list of compared schema revisions hold none, as after an MLflow upgrade.
     patch = tmp_path / "unverified_schema"
     patch.mkdir()
@@ -179,7 +179,7 @@ def _writer_processes(tracking_uri) -> list[int]:
                 command, variables = file.read().split(b"\0"), environ.read().split(b"\0")
         except OSError:
             continue
-        if (any(part.endswith(b"writer.py") for part in command)
+        if (b"optimstudy.tracking.writer" in command
                 and f"{URI_VARIABLE}={tracking_uri}".encode() in variables):
             found.append(int(pid))
     return found

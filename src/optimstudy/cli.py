@@ -10,8 +10,19 @@ import json
 import os
 import sys
 
-from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.connectivity import hide_passwords, probe_store
 from optimstudy.errors import UsageError
+import inspect
+import threading
+from optimstudy import __version__
+from optimstudy.compat.python import run_exit_handlers
+from optimstudy.processes import quick_exit
+from optimstudy.progress import progress_bar
+from optimstudy.sweep.check import check
+from optimstudy.sweep.servers import dashboard, ui
+from optimstudy.tracking.client import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri
+from optimstudy.tracking.writer_handle import start_writer, stop_writers
+from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -31,7 +42,6 @@ def add_tracking_flags(parser, *, allow_no_track=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from optimstudy import __version__
 
     parser = argparse.ArgumentParser(prog="optimstudy", description=(
         "How optimizers and learning rates shape training, measured: runs, Optuna sweeps, "
@@ -149,10 +159,6 @@ def exit_without_teardown(code: int | None) -> None:
     """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
     module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
     every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
-    import threading
-
-    from optimstudy.compat.python import run_exit_handlers
-    from optimstudy.processes import quick_exit
 
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
@@ -197,8 +203,6 @@ def cmd_run(args) -> int:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.no_track:
         return _run(args, None)
-    from optimstudy.tracking.client import DEFAULT_EXPERIMENT, resolve_tracking_uri
-    from optimstudy.tracking.writer_handle import start_writer, stop_writers
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
@@ -211,8 +215,8 @@ def cmd_run(args) -> int:
 
 
 def _run(args, tracking_at: tuple[str, str] | None) -> int:
-    from optimstudy.run.config import RunConfig
-    from optimstudy.problems.optimizers import parse_opt, parse_opt_value
+    from optimstudy.run.config import RunConfig  # on first use: it imports torch
+    from optimstudy.problems.optimizers import parse_opt, parse_opt_value  # on first use: it imports torch
 
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
@@ -225,24 +229,22 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
         split_seed=args.split_seed, vary=args.vary, compile=args.compile,
     ).resolved()
-    from optimstudy.run.runner import Tracking, check_model, execute, load_data
+    from optimstudy.run.runner import Tracking, check_model, execute, load_data  # on first use: it imports torch
 
     data = load_data(config, args.data_dir)
     check_model(config, data)  # a model that cannot take the data fails here, not as a FAILED run
     if config.rest:  # a run with a rest optimizer needs hidden matrices: found out before anything is written
+        # on first use: it imports torch
         from optimstudy.problems.parameter_groups import check_hidden_matrices, split_parameters
-        from optimstudy.problems.registry import resolve_problem
+        from optimstudy.problems.registry import resolve_problem  # on first use: it imports torch
 
         model = resolve_problem(config.problem).build_model(data.info)
         check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
     tracking = None
     if tracking_at is not None:
-        from optimstudy.tracking.client import ensure_store
-        from optimstudy.tracking.writer_handle import start_writer
 
         tracking = Tracking(*tracking_at)
         ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
-    from optimstudy.progress import progress_bar
 
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
@@ -284,7 +286,7 @@ def print_run_summary(history, run_id, tracking) -> None:
 
 def cmd_list(args) -> int:
     if args.what == "problems":
-        from optimstudy.problems.registry import PROBLEMS
+        from optimstudy.problems.registry import PROBLEMS  # on first use: it imports torch
 
         for name, problem in PROBLEMS.items():
             target = f"{problem.target[0]} {problem.target[1]:g}" if problem.target else "-"
@@ -292,7 +294,7 @@ def cmd_list(args) -> int:
                   f"target={target:18} {problem.description}")
         print("\nany other: --problem package.module:problem (an optimstudy.problems.Problem)")
     elif args.what == "optimizers":
-        from optimstudy.problems.optimizers import OPTIMIZERS
+        from optimstudy.problems.optimizers import OPTIMIZERS  # on first use: it imports torch
 
         for name, spec in OPTIMIZERS.items():
             defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "torch defaults"
@@ -302,11 +304,11 @@ def cmd_list(args) -> int:
         print("\nany other: --optimizer package.module:Class, e.g. schedulefree:AdamWScheduleFree, prodigyopt:Prodigy "
               "(pip install -e '.[optimizers]'); a matrices-only one with --rest optimizer=adamw --rest lr=3e-4")
     elif args.what == "schedules":
-        from optimstudy.problems import schedules
+        from optimstudy.problems import schedules  # on first use: it imports torch
 
         print("\n\n".join(schedules.__doc__.split("\n\n")[2:]).rstrip())
     else:
-        from optimstudy.problems.losses import LOSSES
+        from optimstudy.problems.losses import LOSSES  # on first use: it imports torch
 
         for name, (function, tasks) in LOSSES.items():
             print(f"{name:14} {', '.join(tasks):19} {(function.__doc__ or '').strip()}")
@@ -314,35 +316,30 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from optimstudy.sweep.servers import ui
 
     return ui(args.tracking_uri, host=args.host, port=args.port, experiment=args.experiment)
 
 
 def cmd_sweep(args) -> int:
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
-        from optimstudy.tracking.connectivity import probe_store
-        from optimstudy.tracking.client import resolve_tracking_uri
-        from optimstudy.tracking.writer_handle import start_writer
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         probe_store(tracking_uri)
         # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
         start_writer(tracking_uri, spares=max(0, args.workers - 1))
-    from optimstudy.sweep.command import sweep
+    from optimstudy.sweep.command import sweep  # on first use: it imports optuna, torch
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
                  data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
 
 
 def cmd_dashboard(args) -> int:
-    from optimstudy.sweep.servers import dashboard
 
     return dashboard(args.spec, storage=args.storage, host=args.host, port=args.port)
 
 
 def cmd_report(args) -> int:
-    from optimstudy.report.build import report_command
+    from optimstudy.report.build import report_command  # on first use: it imports pandas, scipy
 
     return report_command(args.tracking_uri, args.experiments, args.out, args.analysis, args.debug,
                           log_to_store=not args.no_log_to_store)
@@ -351,8 +348,6 @@ def cmd_report(args) -> int:
 def analysis_script_main(figure, argv=None) -> int:
     """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone.
     Each analysis script ends with `raise SystemExit(analysis_script_main(figure))`."""
-    import inspect
-    from pathlib import Path
 
     argv = sys.argv[1:] if argv is None else argv
 
@@ -365,7 +360,7 @@ def analysis_script_main(figure, argv=None) -> int:
     add_tracking_flags(parser, allow_no_track=False)
     args = parser.parse_args(argv)
     try:
-        from optimstudy.report.build import draw_alone
+        from optimstudy.report.build import draw_alone  # on first use: it imports pandas, scipy
 
         return draw_alone(figure, name, args.tracking_uri, args.experiments, args.out)
     except UsageError as error:
@@ -376,7 +371,6 @@ def analysis_script_main(figure, argv=None) -> int:
 
 
 def cmd_check(args) -> int:
-    from optimstudy.sweep.check import check
 
     return check(args.spec, experiment=args.experiment, storage=args.storage, tracking_uri=args.tracking_uri,
                  dry_run=args.dry_run)

@@ -15,7 +15,7 @@ class progress_bar:
     def __enter__(self):
         if not sys.stderr.isatty():
             return None
-        from tqdm import tqdm
+        from tqdm import tqdm  # on first use: it imports tqdm
 
         def progress(done, total):
             if self.bar is None:

@@ -19,7 +19,7 @@ def sql_store(client):
     direct writes need its engine and its experiments' artifact locations. If MLflow renames it:
     None, and the writer uses the public client (the same rows, ~10x the CPU per point);
     tests/test_compat.py fails first."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # on first use: it imports mlflow
 
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     return store if isinstance(store, SqlAlchemyStore) else None
@@ -49,7 +49,7 @@ def check_tag_name(name: str) -> None:
     log_batch, which is where the public API checks names; a name MLflow would refuse must not
     reach its tables. If it changes: an ImportError or TypeError is caught like a refused name, so
     every tag goes through log_batch (correct, slower); tests/test_compat.py fails first."""
-    from mlflow.utils.validation import _validate_tag_name
+    from mlflow.utils.validation import _validate_tag_name  # on first use: it imports mlflow
 
     _validate_tag_name(name)
 
@@ -59,6 +59,6 @@ def check_metric_name(name: str) -> None:
 
     Private: `mlflow.utils.validation._validate_metric_name`, for the same reason and with the
     same fallback as check_tag_name."""
-    from mlflow.utils.validation import _validate_metric_name
+    from mlflow.utils.validation import _validate_metric_name  # on first use: it imports mlflow
 
     _validate_metric_name(name)

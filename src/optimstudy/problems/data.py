@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from optimstudy.errors import UsageError, near
+import inspect
 
 DATA_DIR_ENV = "OPTIMSTUDY_DATA_DIR"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "optimstudy" / "data"
@@ -122,7 +123,7 @@ def _is_tensor_tuple(data) -> bool:
 
 
 def _torchvision_class(spec: TorchvisionData):
-    import torchvision
+    import torchvision  # on first use: it imports torchvision
 
     cls = getattr(torchvision.datasets, spec.name, None)
     if not (isinstance(cls, type) and issubclass(cls, torchvision.datasets.VisionDataset)):
@@ -143,7 +144,6 @@ def _torchvision_class(spec: TorchvisionData):
 # ---- torchvision image classification ---------------------------------------------------
 
 def _open_torchvision(spec: TorchvisionData, root: Path, train: bool):
-    import inspect
 
     cls = _torchvision_class(spec)
     parameters = inspect.signature(cls.__init__).parameters

@@ -21,9 +21,17 @@ from optimstudy.report.scripts import PACKAGE_ANALYSIS, Section, analysis_folder
 from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
 from optimstudy.report.page import html_table, render_page
-from optimstudy.tracking.parent_runs import is_read_only
+from optimstudy.tracking.parent_runs import is_read_only, log_report, set_notes
 from optimstudy.results.tables import RUN_METRICS
 from optimstudy.results.study import Study
+import ctypes
+import inspect
+import logging
+import multiprocessing
+import os
+from optimstudy.results.notes import study_note
+from optimstudy.tracking.client import mlflow_client, resolve_tracking_uri
+from optimstudy.tracking.reader import load_study
 
 RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")  # last step, divergence, time to target
 
@@ -40,7 +48,7 @@ def metrics_needed(scripts) -> list[str] | None:
 
 def draw(section: Section, function, study: Study, figures: Path, *, svg=True, debug=False) -> Section:
     """Run one script's figure(study) and save its figure as figures/<name>.png (and .svg)."""
-    from optimstudy.report import plotting
+    from optimstudy.report import plotting  # on first use: it imports matplotlib
 
     for stale in figures.glob(f"{section.name}.*"):
         stale.unlink()
@@ -79,7 +87,6 @@ def _draw_one(index: int) -> Section:
 def _trim_heap() -> None:
     """Give the heap freed since reading the store back to the system (glibc keeps it): otherwise this
     process and every fork of it keep it resident, ~70 MB each at 1M points."""
-    import ctypes
 
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -90,8 +97,6 @@ def _trim_heap() -> None:
 def draw_all(scripts, study: Study, figures: Path, *, svg=True, debug=False) -> list[Section]:
     """Every script's figure; on Linux in forked processes, one per core: drawing is most of a report's
     time, and a fork inherits the results already computed (nothing is pickled but the sections)."""
-    import multiprocessing
-    import os
 
     workers = min(len(scripts), os.cpu_count() or 1)
     if debug or workers < 2 or sys.platform != "linux":
@@ -116,7 +121,6 @@ class StoreWriter:
     def __init__(self, tracking_uri: str, *, enabled: bool = True, in_process: bool = False):
         self.tracking_uri, self.enabled, self.process = tracking_uri, enabled, None
         if enabled and not in_process and sys.platform == "linux":
-            import multiprocessing
 
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
@@ -153,7 +157,6 @@ class StoreWriter:
 def _store_process(tracking_uri: str, connection) -> None:
     """MLflow imported and an existing SQLite store opened (opening creates a missing one, and a report
     never creates a store: whether it exists is for the reader to say); then one write."""
-    from optimstudy.tracking.client import mlflow_client
 
     database = sqlite_path(tracking_uri)
     if database is None or database.exists():
@@ -174,9 +177,6 @@ def _store_process(tracking_uri: str, connection) -> None:
 
 
 def _write_store(tracking_uri: str, parents, out: str, notes) -> int:
-    from optimstudy.tracking.parent_runs import log_report, set_notes
-
-    import logging
 
     # MLflow logs a failed SQL write with its traceback before raising it: the error raised says it once
     sql_log = logging.getLogger("mlflow.store.db.utils")
@@ -195,10 +195,7 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
                    debug: bool = False, log_to_store: bool = True) -> int:
     """`optimstudy report`: 0, or 1 when a figure failed (the page says which and why).
     log_to_store: also attach the page to each sweep's parent run (the one write to the store)."""
-    import matplotlib
-
-    from optimstudy.tracking.reader import load_study
-    from optimstudy.tracking.client import resolve_tracking_uri
+    import matplotlib  # on first use: it imports matplotlib
 
     matplotlib.use("Agg")
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -248,13 +245,9 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
 
 def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) -> int:
     """One analysis script run on its own: its figure as out/<name>.png and .svg, its caption printed."""
-    import matplotlib
-
-    from optimstudy.tracking.reader import load_study
-    from optimstudy.tracking.client import resolve_tracking_uri
+    import matplotlib  # on first use: it imports matplotlib
 
     matplotlib.use("Agg")
-    import inspect
 
     section = Section(name, name, "", metrics=getattr(inspect.getmodule(function), "METRICS", None))
     metrics = metrics_needed([(section, function)])
@@ -275,7 +268,6 @@ def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) 
 def sweep_notes(study: Study) -> list[tuple]:
     """(parent run id, experiment, note): each sweep parent run's description in the MLflow UI,
     redrawn from these results."""
-    from optimstudy.results.notes import study_note
 
     runs = study.runs
     if runs.empty or "parent_run_id" not in runs:

@@ -41,7 +41,7 @@ VERDICT_TEXT = (
     "on both sides, a paired t-test on the per-seed differences; with different seeds or a diverged seed, the "
     "exact Mann-Whitney rank test. All pairs of a problem and setting are one family: a pair is decided only "
     "when its Holm-adjusted p is below 0.05, so the chance of any false 'better' on the problem stays at 5% "
-    "(measured by simulation: README, 'Reading a verdict'). Seeds that give identical results decide nothing. "
+    "(measured by simulation: docs/results.md). Seeds that give identical results decide nothing. "
     "'Seeds needed' estimates how many seeds would decide a pair at the difference and spread observed.")
 ANSWER_TEXT = (
     "Per problem, the optimizers from best to worst mean: '&gt;' separates groups that are decided apart "

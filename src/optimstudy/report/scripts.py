@@ -16,7 +16,7 @@ from pathlib import Path
 
 from optimstudy.errors import UsageError
 
-PACKAGE_ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"  # the checkout's scripts
+PACKAGE_ANALYSIS = Path(__file__).resolve().parents[3] / "analysis"  # the checkout's scripts
 DEFAULT_ORDER = 100
 
 

@@ -1,6 +1,6 @@
 """How often a verdict is wrong, and how often it finds a real difference, measured by simulation.
 
-    python -m optimstudy.results.calibration              # the README's table (about a minute)
+    python -m optimstudy.results.calibration              # docs/results.md's table (about a minute)
     python -m optimstudy.results.calibration --simulations 400 --quick
 
 Each simulated optimizer's result on seed s is `seed effect[s] + noise`: the seed effect is shared

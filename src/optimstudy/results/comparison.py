@@ -4,7 +4,7 @@
     comparison.mean_interval([0.91, 0.93, 0.92])    # Student t 95% interval of the mean over seeds
     comparison.compare({0: 0.10, 1: 0.12, 2: 0.11}, {0: 0.30, 1: 0.31, 2: 0.29}, "minimize")
 
-Why these tests (measured by optimstudy.results.calibration, numbers in the README's "Reading a verdict"):
+Why these tests (measured by optimstudy.results.calibration, numbers in docs/results.md):
 - Same seeds on both sides, every seed finite: a paired t-test on the per-seed differences. Under
   a true null the difference of two runs with one noise distribution is symmetric, and the t-test
   then says "better" at most 5% of the time (within simulation error) at 3 to 20 seeds, for normal,
@@ -244,7 +244,7 @@ def tested_values(first, second) -> tuple[dict, dict, str]:
     (seeds that played no part in choosing either configuration), else the tuning seeds. A best
     configuration chosen on the same seeds it is tested on is the best of several noisy means: tested
     there, a label tuned over 5 (20) equal configurations is falsely "better" than one with a single
-    configuration in 6.8-8.7% (11-19%) of simulated studies at 3-20 seeds; on new seeds, 5% (README)."""
+    configuration in 6.8-8.7% (11-19%) of simulated studies at 3-20 seeds; on new seeds, 5% (docs/results.md)."""
     a, b = getattr(first, "confirm_seed_values", None) or {}, getattr(second, "confirm_seed_values", None) or {}
     if len(a) >= 2 and len(b) >= 2:
         return a, b, "confirmation"

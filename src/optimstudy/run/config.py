@@ -14,6 +14,7 @@ from optimstudy.problems.optimizers import optimizer_arguments, resolve_optimize
 from optimstudy.problems.parameter_groups import check_rest, rest_params
 from optimstudy.problems.registry import resolve_problem
 from optimstudy.problems.schedules import check_schedule, default_every
+from optimstudy.run.devices import cpu_count, resolve_device
 
 DEFAULT_EPOCHS = 3
 VARY_PARTS = ("init", "order", "data")  # what a run's seed may vary: initial weights, batch order, train/val split
@@ -119,7 +120,6 @@ class RunConfig:
 
     def resolved(self) -> "RunConfig":
         """Defaults made explicit (loss, budget, device), so what is logged is what ran."""
-        from optimstudy.run.devices import resolve_device
 
         return replace(
             self,
@@ -154,7 +154,6 @@ def default_threads(workers: int = 1) -> int:
     2 threads is ~17% slower than untracked, because the writer process takes a torch thread's
     core; tracked at 1 thread is as fast as untracked.
     """
-    from optimstudy.run.devices import cpu_count
 
     spare_for_writer = 1 if workers == 1 else 0
     return max(1, cpu_count() // workers - spare_for_writer)

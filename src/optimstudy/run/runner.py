@@ -21,8 +21,11 @@ from optimstudy.run.config import RunConfig
 from optimstudy.run.devices import device_label
 from optimstudy.problems.data import Data
 from optimstudy.errors import UsageError
-from optimstudy.run.training import History, train
-from optimstudy.run.training import load_data as _load_data
+from optimstudy.run.training import History, load_data as _load_data, train
+from importlib.metadata import version
+from optimstudy.problems.losses import LOSSES
+from optimstudy.problems.registry import resolve_problem
+from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,6 @@ def check_model(config: RunConfig, data: Data) -> None:
     an nn.Module, that cannot take the data's shape, or whose outputs do not fit the labels and the
     loss is a UsageError here, before any run is created, not a FAILED run. Milliseconds; resolve
     `config` first. One call per distinct (problem, loss) is enough."""
-    from optimstudy.problems.losses import LOSSES
-    from optimstudy.problems.registry import resolve_problem
 
     problem = resolve_problem(config.problem)
     factory = problem.make_model
@@ -107,7 +108,6 @@ def environment_tags(device: str) -> dict:
 
 @functools.lru_cache(maxsize=1)  # importlib.metadata reads the installed files: ~3 ms a call
 def _mlflow_version() -> str:
-    from importlib.metadata import version
 
     return version("mlflow")
 
@@ -163,9 +163,6 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
         history = train(config, data=data, on_eval=on_eval, progress=progress)
         history.note = note or history.note
         return history, None
-
-    from optimstudy.problems.registry import resolve_problem
-    from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 
     # problem_tags: what the report needs about the problem, so that it never imports torch
     run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),

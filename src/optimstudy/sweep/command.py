@@ -23,27 +23,33 @@ from datetime import datetime, timezone
 
 from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
 
-from optimstudy.sweep.storages import storage_url
+from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
+                                       storage_url, study_exists)
 
 from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
                                      trial_config, trial_counts, unresolved_failures, work)
-from optimstudy.sweep.storages import open_storage, open_study, planning_lock, restart_study, study_exists
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.results.objectives import selection_warning
 from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
 from optimstudy.processes import interrupted_by_signals
 from optimstudy.progress import progress_bar
-from optimstudy.sweep.spec import Spec, load_spec
-from optimstudy.sweep.storages import check_storage
+from optimstudy.sweep.spec import Spec
+from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
+import socket
+from optimstudy import results
+from optimstudy.problems.registry import PROBLEMS
+from optimstudy.run.config import default_threads
+from optimstudy.run.devices import available_devices, cpu_count
+from optimstudy.tracking.client import NOTE_TAG, ensure_store, experiment_id, resolve_tracking_uri
+from optimstudy.tracking.parent_runs import create_parent_run, rename_experiment, set_notes, update_run
+from optimstudy.tracking.writer_handle import StoreError, start_writer, stop_writers
 
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    from optimstudy.tracking.client import resolve_tracking_uri
-    from optimstudy.tracking.writer_handle import start_writer, stop_writers
 
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
@@ -55,7 +61,6 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
 
 
 def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart) -> int:
-    from optimstudy.tracking.client import resolve_tracking_uri
 
     spec = load_spec(spec_path)
     if selection_warning(spec.metric):  # before any compute is spent on it
@@ -67,7 +72,6 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
         print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
-        from optimstudy.run.devices import available_devices
 
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
@@ -76,6 +80,7 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
     check_storage(url, tracking_uri)  # before any store exists
     pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
     try:
+        # after the fork above: the forked workers start without torch's threads
         from optimstudy.run.runner import check_model, load_data
 
         # missing data, or a model that cannot take it: fail before writing (the data read once a process)
@@ -95,9 +100,7 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
 
 
 def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool) -> int:
-    from optimstudy.results.notes import study_note
-    from optimstudy.tracking.writer_handle import StoreError, stop_writers
-    from optimstudy.tracking.parent_runs import set_notes, update_run
+    from optimstudy.results.notes import study_note  # on first use: it imports pandas
 
     study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, restart)
     started = time.perf_counter()  # "N trials run now in X s": the trials, after the stores are set up
@@ -140,7 +143,7 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
               "configuration(s) not done; they stay queued: once the store can be written again, run the same "
               "command to resume", file=sys.stderr)
         return 1
-    from optimstudy.results.tables import edge_warnings
+    from optimstudy.results.tables import edge_warnings  # on first use: it imports pandas
 
     outcome = study_results(spec, tracking_uri)
     warnings = edge_warnings(outcome.best.sort_values(["problem", "optimizer"], kind="stable"))
@@ -194,9 +197,6 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
 def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
     """Under the study's planning lock (one command at a time, however many start at once): check
     the spec against the study, create both stores, queue what is missing, open the parent run."""
-    from optimstudy.tracking.client import ensure_store, experiment_id
-    from optimstudy.tracking.parent_runs import rename_experiment
-    from optimstudy.tracking.writer_handle import start_writer
 
     notes = []
     with planning_lock(url, spec.name):
@@ -232,11 +232,6 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
 
 def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) -> str:
     """The study's one MLflow parent run: created once (under the planning lock), reopened after."""
-    import socket
-
-    from optimstudy.tracking.client import NOTE_TAG
-
-    from optimstudy.tracking.parent_runs import create_parent_run, update_run
 
     run_id = study.user_attrs.get(PARENT_RUN)
     live = {"optimstudy.pid": os.getpid(), "host": socket.gethostname()}
@@ -272,9 +267,6 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     others come from `pool` (forked at start-up, see workers.py) while it lasts, else they are
     fresh processes, started first so that their start-up overlaps our work.
     """
-    from optimstudy.run.config import default_threads
-    from optimstudy.run.devices import cpu_count
-    from optimstudy.tracking.writer_handle import StoreError
 
     total = trial_counts(study)
     todo = total["waiting"]
@@ -290,7 +282,6 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
               f"holds its own copy of the data; --workers {cores} is usually faster", file=sys.stderr)
     done_before = total["complete"] + total["pruned"] + total["failed"]
     alive_read, alive_write = os.pipe()  # closes when we die, however we die: the workers then stop
-    from optimstudy.tracking.client import experiment_id
 
     experiment = experiment_id(tracking_uri, spec.name)  # looked up here: a forked worker needs no MLflow client
     options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, experiment, data_dir, threads)
@@ -350,9 +341,8 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
 
 def study_results(spec: Spec, tracking_uri: str):
     """results.Study of this study's runs, read as the report reads them (one answer)."""
-    from optimstudy import results
-    from optimstudy.report.build import RESULT_METRICS
-    from optimstudy.tracking.reader import load_runs
+    from optimstudy.report.build import RESULT_METRICS  # on first use: it imports pandas, scipy
+    from optimstudy.tracking.reader import load_runs  # on first use: it imports pandas
 
     frame = load_runs(tracking_uri, experiments=[spec.name], metrics=[*results.RUN_METRICS, *RESULT_METRICS])
     return results.Study(frame[frame["study"] == spec.name] if not frame.empty else frame)
@@ -430,7 +420,6 @@ def _numbers(numbers: list[int]) -> str:
 
 
 def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
-    from optimstudy.problems.registry import PROBLEMS
 
     print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
           f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")

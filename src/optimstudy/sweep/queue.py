@@ -19,6 +19,7 @@ from optimstudy.compat.optuna import cached_storage, trial_of
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.sweep.planning import Planned, config_json
 from optimstudy.sweep.spec import Spec
+from optimstudy.sweep.storages import open_study
 
 KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
 ERROR = "optimstudy.error"
@@ -118,8 +119,6 @@ class Queue:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue
                 try:
-                    from optimstudy.sweep.storages import open_study
-
                     study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
                     return study, trial_of(study, trial_id), trial_id
                 except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it

@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.errors import UsageError
+from optimstudy.errors import UsageError, near
 from optimstudy.processes import interrupted_by_signals
+import json
+from optimstudy.tracking.client import artifact_root, ensure_store, resolve_tracking_uri
 
 
 def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
        experiment: str | None = None) -> int:
     """The MLflow UI over the same store a run would use; with `experiment`, its runs page's URL."""
-    from optimstudy.tracking.client import artifact_root, ensure_store, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
@@ -57,11 +58,10 @@ def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
     that choice for the next visits. With an experiment: straight to its runs table."""
     if experiment is None:
         return f"{base}/#/experiments?workflowType=machine_learning"
-    from optimstudy.tracking.reader import experiment_ids
+    from optimstudy.tracking.reader import experiment_ids  # on first use: it imports pandas
 
     found = experiment_ids(tracking_uri)
     if experiment not in found:
-        from optimstudy.errors import near
 
         raise UsageError(f"no experiment '{experiment}'{near(experiment, list(found))} in "
                          f"'{hide_passwords(tracking_uri)}'; "
@@ -72,9 +72,9 @@ def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
 def dashboard(spec_path: str | None = None, storage: str | None = None, host: str = "127.0.0.1",
               port: int = 8080) -> int:
     """optuna-dashboard on a sweep's study storage (the spec's default storage, or `storage`)."""
-    from optimstudy.sweep.spec import load_spec
-    from optimstudy.sweep.storages import storage_url
-    from optimstudy.sweep.storages import open_existing_storage
+    from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
+    from optimstudy.sweep.storages import storage_url  # on first use: it imports optuna
+    from optimstudy.sweep.storages import open_existing_storage  # on first use: it imports optuna
 
     if spec_path is None and storage is None:
         raise UsageError("give an experiment spec or --storage URL")
@@ -95,7 +95,6 @@ def _config_pipe(storage_url: str):
     TOML file (--from-config) and has no environment variable for it: the file it reads here is a
     pipe, /dev/fd/N, so the URI is never on a command line nor on disk. It fits the pipe's buffer,
     so it is written whole before the server starts."""
-    import json
 
     read, write = os.pipe()
     text = f"[optuna_dashboard]\nstorage = {json.dumps(storage_url, ensure_ascii=False)}\n"  # a TOML string too

@@ -30,8 +30,8 @@ import optuna
 
 from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
-from optimstudy.sweep.spec import Spec
 from optimstudy.tracking.locks import exclusive
+from optuna.storages.journal import JournalFileSymlinkLock
 
 RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
 
@@ -110,8 +110,8 @@ def _check_writable_folder(folder: Path, url: str) -> None:
 
 
 def _check_connects(url: str) -> None:
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
+    import sqlalchemy as sa  # on first use: it imports sqlalchemy
+    from sqlalchemy.pool import NullPool  # on first use: it imports sqlalchemy
 
     try:
         engine = sa.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
@@ -210,7 +210,6 @@ def _backup(path: Path) -> Path:
 @contextlib.contextmanager
 def _journal_lock(path: Path):
     """Optuna's own lock on a journal file (what it holds while it appends)."""
-    from optuna.storages.journal import JournalFileSymlinkLock
 
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
@@ -278,7 +277,7 @@ def planning_lock(url: str, study_name: str):
     return exclusive(url, f"optimstudy plan {study_name}")
 
 
-def make_sampler(spec: Spec, trial_number: int = 0):
+def make_sampler(spec, trial_number: int = 0):
     """A sampler for one trial, seeded by (spec seed, trial number): reproducible, and every trial
     draws anew (one seed for every trial made each trial sample the same value)."""
     search = spec.search
@@ -292,7 +291,7 @@ def make_sampler(spec: Spec, trial_number: int = 0):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def make_pruner(spec: Spec):
+def make_pruner(spec):
     pruner = spec.search.pruner if spec.search else "none"
     if pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
@@ -301,7 +300,7 @@ def make_pruner(spec: Spec):
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: Spec, storage, trial_number: int = 0, create: bool = False):
+def open_study(spec, storage, trial_number: int = 0, create: bool = False):
     kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec, trial_number),
                   pruner=make_pruner(spec))
     if create:

@@ -20,19 +20,23 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.errors import UsageError
-from optimstudy.tracking.locks import exclusive
 from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
 from optimstudy.sweep.planning import config_from_json, plan
 from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running, fail_trial,
                                     requeue, trial_key)
 from optimstudy.sweep.spec import Spec
+import signal
+from optimstudy.processes import STOP_SIGNALS, raise_interrupt
+from optimstudy.results.objectives import evaluation_metric
+from optimstudy.run.runner import Tracking, execute
+from optimstudy.run.training import Stop
+from optimstudy.sweep.spec_reader import load_spec
+from optimstudy.tracking.client import artifact_location, end_orphaned_runs
+from optimstudy.tracking.writer_handle import StoreError, WriterDied, start_writer
 
 RUN_ID, DIVERGED = "mlflow_run_id", "diverged"
 # A trial whose MLflow writer died (or stalled) under it runs again in the same sweep, with a fresh
@@ -135,7 +139,6 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
                 continue  # another process recovered it first
             changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
     if tracking_uri:
-        from optimstudy.tracking.client import end_orphaned_runs
 
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         run_ids = [t.user_attrs[RUN_ID] for t in failed if RUN_ID in t.user_attrs]
@@ -172,11 +175,7 @@ class Heartbeat:
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
               threads) -> str:
     """Run one claimed trial to a final state; returns that state's name."""
-    from optimstudy.results.objectives import evaluation_metric
-    from optimstudy.results.tables import objective_value
-    from optimstudy.run.runner import execute
-    from optimstudy.run.training import Stop
-    from optimstudy.tracking.writer_handle import StoreError, WriterDied
+    from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
     storage = queue.storage
     for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
@@ -244,15 +243,12 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
     A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
     store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
-    from optimstudy.run.runner import Tracking
 
     url, tracking_uri = options.storage, options.tracking_uri
     storage = open_storage(url)
     queue = Queue(spec, storage)
     tracking = None
     if tracking_uri:
-        from optimstudy.tracking.client import artifact_location
-        from optimstudy.tracking.writer_handle import start_writer
 
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
         tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment_id(
@@ -302,10 +298,6 @@ def worker_main(argv: list[str]) -> int:
     It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
     end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
     """
-    import signal
-
-    from optimstudy.processes import STOP_SIGNALS, raise_interrupt
-    from optimstudy.sweep.spec import load_spec
 
     options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
@@ -319,7 +311,6 @@ def worker_main(argv: list[str]) -> int:
 
     for sig in STOP_SIGNALS:  # this process's whole life: Ctrl-C's way out (its trial FAIL, queued again)
         signal.signal(sig, raise_interrupt)
-    from optimstudy.tracking.writer_handle import StoreError
 
     try:
         work(load_spec(options.spec_path), options, stop=stop)

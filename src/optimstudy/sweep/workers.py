@@ -24,6 +24,7 @@ import traceback
 from dataclasses import replace
 
 from optimstudy.processes import quick_exit
+from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections
 
 _open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
 
@@ -33,7 +34,6 @@ class ForkedWorker:
 
     def __init__(self, writer_connection=None):
         """`writer_connection`: (tracking URI, a spare connection to the sweep's writer) for the child."""
-        from optimstudy.tracking.writer_handle import adopt_writer, hand_over
 
         read, self.orders = os.pipe()
         sys.stdout.flush()
@@ -100,8 +100,7 @@ def fork_workers(count: int) -> list[ForkedWorker]:
 
     import optimstudy.run.runner  # noqa: F401  (torch, the training loop)
     import optimstudy.tracking.client  # noqa: F401
-    from optimstudy.compat.torch import import_dynamo
-    from optimstudy.tracking.writer_handle import spare_connections
+    from optimstudy.compat.torch import import_dynamo  # on first use: it imports torch
 
     import_dynamo()  # every torch optimizer imports it as it first steps: ~1.2 s per process
     spares = spare_connections()  # the sweep's writer serves the workers too: one writer per machine
@@ -116,6 +115,6 @@ def _serve(fd: int) -> int:
         if not chunk:
             return 0
         line += chunk
-    from optimstudy.sweep.trials import WorkerOptions, worker_main
+    from optimstudy.sweep.trials import WorkerOptions, worker_main  # on first use: it imports optuna, torch
 
     return worker_main([replace(WorkerOptions.from_json(line), alive_fd=fd).to_json()])

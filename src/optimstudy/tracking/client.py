@@ -11,9 +11,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.writer import (DeletedExperiment, find_or_create_experiment, quiet_store_logs,
                                         report_connection_retries)
+from optimstudy.tracking.locks import exclusive
 
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"
@@ -47,8 +48,6 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
     With `writer` (started, see writer.py), the writer process creates it (~1.5 s of migrations on
     the other core) and this process needs no MLflow; `client_here`: this process will use MLflow
     too, and imports it meanwhile."""
-    from optimstudy.tracking.connectivity import probe_store
-    from optimstudy.tracking.locks import exclusive
 
     probe_store(tracking_uri)  # seconds, not MLflow's minutes of silent retries, for a server that is not there
     path = sqlite_path(tracking_uri)
@@ -80,7 +79,7 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
 
 @functools.lru_cache(maxsize=8)  # one client per store and process: building one costs ~7 ms, per trial
 def mlflow_client(tracking_uri: str):
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # on first use: it imports mlflow
 
     return MlflowClient(tracking_uri)
 
@@ -90,7 +89,7 @@ def once_more_if_raced(call, *args, **kwargs):
     MLflow's SQL store writes a tag or a data set by looking it up, then inserting it: two sweeps of
     one study that end together both insert the experiment's note, two workers the same data set,
     and the loser fails on the unique key. Tried again, it finds the row."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     try:
         return call(*args, **kwargs)
@@ -124,7 +123,7 @@ def end_orphaned_runs(tracking_uri: str, run_ids, reason: str) -> list[str]:
     run_ids = list(run_ids)
     if not run_ids:  # every worker asks when its queue runs dry: no client (~1 s of MLflow imports) for nothing
         return []
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     client = mlflow_client(tracking_uri)
     changed = []

@@ -76,7 +76,7 @@ def probe_store(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
 def _ask_mlflow(tracking_uri: str, shown: str, timeout_s: float) -> None:
     """One request, no retries: something listens on the port, but is it an MLflow server that answers?"""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # on first use: it imports mlflow
 
     with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(2 * timeout_s))):
         try:
@@ -88,7 +88,7 @@ def _ask_mlflow(tracking_uri: str, shown: str, timeout_s: float) -> None:
 
 def _ask_database(tracking_uri: str, shown: str, scheme: str, timeout_s: float) -> None:
     """One connection: a wrong password or a missing database fails now, not after MLflow's ~100 s of retries."""
-    import sqlalchemy
+    import sqlalchemy  # on first use: it imports sqlalchemy
 
     connect_args = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "postgres", "mysql") else {}
     try:

@@ -46,8 +46,8 @@ def _key(name: str) -> int:
 
 @contextlib.contextmanager
 def _server_lock(url, acquire, release, params, connect_args):
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
+    import sqlalchemy as sa  # on first use: it imports sqlalchemy
+    from sqlalchemy.pool import NullPool  # on first use: it imports sqlalchemy
 
     engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:

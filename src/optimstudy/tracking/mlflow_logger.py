@@ -165,7 +165,7 @@ class MlflowLogger:
 
 
 def run_exists(client, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     try:
         client.get_run(run_id)

@@ -6,6 +6,10 @@
 """
 import errno
 import time
+import sys
+from optimstudy.tracking.client import NOTE_TAG, experiment_id, mlflow_client, once_more_if_raced, param_text
+from optimstudy.tracking.connectivity import hide_passwords
+from pathlib import Path
 
 # how a store that takes no writes says so: SQLite, the file system (EROFS, EACCES), an MLflow server
 READ_ONLY_SIGNS = ("readonly database", "read-only file system", "permission denied", "errno 30", "errno 13")
@@ -22,13 +26,9 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
     """Attach a report (page, summary.csv, figures/) to each sweep parent run, under 'report/'.
     Returns how many runs got it; a run that cannot take it is warned about, not fatal; a store that
     takes no writes at all raises (is_read_only), said once by the report, not once per run."""
-    import sys
-    from pathlib import Path
 
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from optimstudy.tracking.connectivity import hide_passwords
+    from mlflow import MlflowClient  # on first use: it imports mlflow
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     client, folder, logged = MlflowClient(tracking_uri), Path(folder), 0
     for run_id in run_ids:
@@ -48,9 +48,7 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
 def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict, params: dict,
                       texts: dict) -> str:
     """A sweep's parent run, RUNNING, with its params and texts (artifact path -> text)."""
-    from mlflow.entities import Param
-
-    from optimstudy.tracking.client import mlflow_client, param_text, experiment_id
+    from mlflow.entities import Param  # on first use: it imports mlflow
 
     client = mlflow_client(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), tags={k: str(v) for k, v in tags.items()},
@@ -65,10 +63,8 @@ def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metr
                texts: dict | None = None, status: str | None = None) -> bool:
     """Set tags, log metrics and texts, then set the status (RUNNING reopens an ended run).
     False when the run is gone (the tracking store was replaced)."""
-    from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
-
-    from optimstudy.tracking.client import mlflow_client, once_more_if_raced
+    from mlflow.entities import Metric, RunTag  # on first use: it imports mlflow
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     client = mlflow_client(tracking_uri)
     try:
@@ -90,7 +86,6 @@ def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metr
 
 def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
     """Move an experiment (and its runs) out of the way of a study that starts afresh."""
-    from optimstudy.tracking.client import mlflow_client
 
     client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(name)
@@ -112,7 +107,6 @@ def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: 
     The experiment's description is the user's once they have written one (in the UI, or through
     MLflow): optimstudy writes it only while it is empty or still the text optimstudy wrote last;
     its own text is always in the experiment's optimstudy.description tag."""
-    from optimstudy.tracking.client import NOTE_TAG, mlflow_client, once_more_if_raced
 
     client = mlflow_client(tracking_uri)
     if run_id:

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optimstudy.tracking.connectivity import sqlite_path
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 from optimstudy.facts import TAG_COLUMNS
 from optimstudy.tracking.client import TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client, resolve_tracking_uri, sql_engine_url
+import sqlite3
+from optimstudy.errors import UsageError, near
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
                   "clip_grad_norm", "split_seed", "val_fraction", "diverge_factor", "update_norm_every")
@@ -150,9 +152,6 @@ def assert_intact(tracking_uri: str) -> None:
     """A UsageError "the store is corrupt (FILE: ERROR)" when an SQLite store fails SQLite's own
     check. Asked only when a read fails or finds nothing where something should be: the check
     reads the whole file (about a second per few hundred MB)."""
-    import sqlite3
-
-    from optimstudy.errors import UsageError
 
     url = sql_engine_url(tracking_uri)
     path = sqlite_path(url)
@@ -218,7 +217,7 @@ def _store_state(url: str) -> str:
 def _sql_cursor(url: str):
     """(DB-API cursor, its placeholder) on the store's database: reading through MlflowClient costs
     ~0.8 s of imports and store set-up, and its Run objects ~1 ms per run."""
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # on first use: it imports sqlalchemy
 
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite" and not Path(engine.url.database or "").is_file():
@@ -343,8 +342,6 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
 
     Reading never creates a store: a missing SQLite file is an error, not an empty store.
     """
-    from optimstudy.tracking.connectivity import hide_passwords
-    from optimstudy.errors import UsageError, near
 
     database = sqlite_path(tracking_uri)
     if database is not None and not database.exists():

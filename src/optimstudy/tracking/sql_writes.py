@@ -9,6 +9,8 @@ import contextlib
 import math
 
 from optimstudy.compat import mlflow as mlflow_internals
+import time
+import uuid
 
 # A write waits this long for a SQLite lock held by another process, then fails; the writer retries it
 # (writer.patiently: LOCK_RETRY_S in all, said once on stderr) instead of waiting inside SQLite, silent.
@@ -34,8 +36,8 @@ class FastWrites:
     """
 
     def __init__(self, client, store):
-        import sqlalchemy
-        from mlflow.store.tracking.dbmodels import models
+        import sqlalchemy  # on first use: it imports sqlalchemy
+        from mlflow.store.tracking.dbmodels import models  # on first use: it imports mlflow
 
         self.client, self.store, self.sa, self.models = client, store, sqlalchemy, models
         self.latest: dict[str, dict] = {}  # run_id -> key -> (step, timestamp, value, is_nan) in latest_metrics
@@ -62,8 +64,8 @@ class FastWrites:
                    start_time: int, dataset: dict | None = None) -> None:
         """The run, its tags and params, and `dataset` (name, digest, source_type, source, profile)
         as its input, in one transaction: the rows MLflow's create_run, log_batch and log_inputs write."""
-        from mlflow.entities import LifecycleStage, RunStatus, SourceType
-        from mlflow.utils.uri import append_to_uri_path
+        from mlflow.entities import LifecycleStage, RunStatus, SourceType  # on first use: it imports mlflow
+        from mlflow.utils.uri import append_to_uri_path  # on first use: it imports mlflow
 
         m, sa = self.models, self.sa
         location = self.artifact_locations.get(experiment_id)
@@ -97,7 +99,6 @@ class FastWrites:
 
     def _link_dataset(self, connection, run_id: str, experiment_id: int, dataset: dict) -> None:
         """The data set (stored once per experiment) and the run's input edge to it, tagged "training"."""
-        import uuid
 
         m, sa = self.models, self.sa
         key = (experiment_id, dataset["name"], dataset["digest"])
@@ -124,7 +125,6 @@ class FastWrites:
     def end_run(self, run_id: str, status: str, tags: dict) -> bool:
         """Set `tags` and end the run with `status` in one transaction, as log_batch and set_terminated
         do; False: not done (a deleted run, an unusual tag), use MLflow's own calls."""
-        import time
 
         if status not in ("FINISHED", "FAILED", "KILLED") or "mlflow.runName" in tags:
             return False

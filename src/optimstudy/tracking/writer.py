@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from optimstudy.processes import quick_exit
 from optimstudy.tracking.connectivity import hide_passwords
@@ -106,7 +105,7 @@ class _Store:
     def open(self) -> dict:
         with self.lock:
             if self.client is None:
-                from mlflow import MlflowClient
+                from mlflow import MlflowClient  # on first use: it imports mlflow
 
                 client = MlflowClient(self.tracking_uri)
                 client.search_experiments(max_results=1)  # a store that cannot be opened says so here
@@ -180,7 +179,7 @@ def _plain(error: Exception) -> str:
 def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created (safely against a concurrent creator) when missing, and tagged
     as training runs for MLflow's UI; DeletedExperiment when it was deleted."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
     found = client.get_experiment_by_name(name)
     if found is None:
@@ -243,7 +242,7 @@ def yield_cores_to_training() -> None:
 
 
 def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, RunTag  # on first use: it imports mlflow
 
     open_runs: set[str] = set()
     samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
@@ -361,8 +360,9 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
 def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
     """MLflow's sampler for `run_id`, started; None where it cannot run (no psutil)."""
     try:
+        # on first use, and only when asked: psutil may be missing, MLflow's monitor is heavy
         import psutil
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # as above: only when asked
 
         psutil.cpu_percent()  # utilisation is measured between calls: this call starts the first interval
         sampler = SystemMetricsMonitor(run_id, sampling_interval=seconds, tracking_uri=tracking_uri)

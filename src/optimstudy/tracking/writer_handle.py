@@ -25,11 +25,11 @@ import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.tracking.writer import URI_VARIABLE, DeletedExperiment
+import select
 
 # Longer than every wait the writer makes on purpose: MLflow retries a lost server for ~4 minutes,
 # the writer retries a locked SQLite store for 60 s (writer.LOCK_RETRY_S) after MLflow's own 20 s.
@@ -174,7 +174,6 @@ class _Writer:
             self._patience(time.monotonic() - self.waiting_since, "taken nothing")
 
     def _wait_writable(self) -> None:
-        import select
 
         select.select([], [self.conn.fileno()], [], 0.2)
 

@@ -1,0 +1,51 @@
+"""The package's layering (pyproject.toml [tool.importlinter]), checked with import-linter on the
+real source, and once on a copy with one forbidden import added, so that the check is seen to fail."""
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(source_root: Path, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT), str(config), "--no-cache"], capture_output=True, text=True,
+                          cwd=source_root, env={"PYTHONPATH": str(source_root), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_the_layering_contracts_hold():
+    done = lint(REPO / "src", REPO / "pyproject.toml")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout and "3 kept" in done.stdout
+
+
+def test_a_results_module_importing_the_training_loop_breaks_them(tmp_path):
+    shutil.copytree(REPO / "src" / "optimstudy", tmp_path / "optimstudy", ignore=shutil.ignore_patterns("__pycache__"))
+    tables = tmp_path / "optimstudy" / "results" / "tables.py"
+    tables.write_text(tables.read_text() + "\n\ndef _late():\n    from optimstudy.run.training import train  # noqa\n")
+    done = lint(tmp_path, REPO / "pyproject.toml")
+    assert done.returncode != 0
+    assert "optimstudy.results.tables -> optimstudy.run.training" in done.stdout
+    broken = done.stdout.split("Broken contracts")[-1]
+    assert "layers: each package imports only the ones below it" in broken
+    assert "the results side never imports the run side or torch" in broken
+
+
+def function_level_imports_without_a_reason() -> list[str]:
+    """Imports inside functions with no comment on their line or the line above: each one delays a
+    cost (torch, MLflow, Optuna, pandas: docs/design.md) and says so, or it belongs at the top."""
+    found = []
+    for path in sorted((REPO / "src" / "optimstudy").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node.col_offset > 0:
+                said = "#" in lines[node.end_lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+                if not said:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return found
+
+
+def test_every_function_level_import_says_why():
+    assert function_level_imports_without_a_reason() == []
