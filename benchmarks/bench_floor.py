@@ -62,7 +62,7 @@ def fastest_steps_s(runs: list[list[float]]) -> float:
 
 def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) -> dict:
     """The bare loop on optimstudy's batches (or `batches`), evaluating at `eval_at`, plus `diagnostics`."""
-    from optimstudy.problems.data import Batches
+    from optimstudy.run.batches import Batches
     from optimstudy.problems.losses import cross_entropy
     from optimstudy.problems.registry import mlp
     from optimstudy.run.training import evaluate

@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     info = machine()
     import optimstudy.run.training
     from optimstudy import RunConfig, train
-    from optimstudy.problems.data import Batches
+    from optimstudy.run.batches import Batches
     from optimstudy.run.runner import load_data
 
     torch_threads = threads(args)

@@ -71,7 +71,7 @@ class Window:
 
 
 def bare_loop(problem_name: str, data, device: str, steps: int) -> dict:
-    from optimstudy.problems.data import Batches
+    from optimstudy.run.batches import Batches
     from optimstudy.problems.registry import resolve_problem
 
     torch.manual_seed(SEED)
@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
                             started, info)
 
     from optimstudy import RunConfig
-    from optimstudy.problems.data import steps_per_epoch
+    from optimstudy.run.batches import steps_per_epoch
     from optimstudy.run.runner import load_data
     from optimstudy.run.training import SYNC_EVERY
 

@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig
-    from optimstudy.problems.data import data_root, steps_per_epoch
+    from optimstudy.problems.data import data_root
+    from optimstudy.run.batches import steps_per_epoch
     from optimstudy.run.runner import execute, load_data
 
     torch_threads = threads(args)

@@ -33,7 +33,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     info = machine()
     from optimstudy import RunConfig
-    from optimstudy.problems.data import steps_per_epoch
+    from optimstudy.run.batches import steps_per_epoch
     from optimstudy.run.runner import Tracking, execute, load_data
     from optimstudy.tracking.client import ensure_store
     from optimstudy.tracking.writer_handle import start_writer, stop_writers

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.problems.data import Batches, Split, TorchvisionData, check_data, load_problem_data
+from optimstudy.run.batches import Batches
+from optimstudy.problems.data import Split, TorchvisionData, check_data, load_problem_data
 from optimstudy.problems.registry import PROBLEMS, Problem, linear, resolve_problem
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.problems.data import Batches
+from optimstudy.run.batches import Batches
 from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.parameter_groups import SplitOptimizer, build_optimizer, split_parameters
 from optimstudy.problems.registry import resolve_problem

@@ -804,7 +804,7 @@ def failed_store(tmp_path_factory):
 def test_an_optimizer_whose_trials_all_failed_is_said_so_not_called_diverged(failed_store):
     from types import SimpleNamespace
 
-    from optimstudy.sweep.command import format_table
+    from optimstudy.sweep.output import format_table
 
     summary = Study(load_runs(failed_store, experiments=["mixed"])).summary.set_index("optimizer")
     assert summary.at["adam", "no_outcome"] == "all 2 trials failed" and summary.at["sgd", "no_outcome"] == ""

@@ -150,7 +150,8 @@ def test_fashion_mnist_loads_from_debians_package(tmp_path):
 # ---- full batches: the split itself, no per-step gather ----------------------------------------
 
 def test_a_full_batch_is_the_split_itself_and_a_minibatch_a_copy():
-    from optimstudy.problems.data import Batches, Split
+    from optimstudy.run.batches import Batches
+    from optimstudy.problems.data import Split
 
     split = Split(torch.randn(12, 3), torch.randn(12))
     whole = Batches(split, 100, torch.Generator().manual_seed(0))
@@ -186,7 +187,7 @@ def test_every_loss_is_a_mean_over_rows_so_a_full_batch_needs_no_order():
 def test_a_full_batch_curve_equals_the_gathered_one(monkeypatch, settings):
     """The old path gathered the whole split in a fresh order every step: the same curve up to summation order."""
     import optimstudy.run.training
-    from optimstudy.problems.data import Batches
+    from optimstudy.run.batches import Batches
 
     config = RunConfig(**settings, steps=15, batch_size=100_000, threads=1)
     now = train(config)

@@ -6,23 +6,23 @@
     optimstudy ui
 """
 import argparse
+import inspect
 import json
 import os
 import sys
-
-from optimstudy.tracking.connectivity import hide_passwords, probe_store
-from optimstudy.errors import UsageError
-import inspect
 import threading
+from pathlib import Path
+
 from optimstudy import __version__
 from optimstudy.compat.python import run_exit_handlers
+from optimstudy.errors import UsageError
 from optimstudy.processes import quick_exit
 from optimstudy.progress import progress_bar
 from optimstudy.sweep.check import check
 from optimstudy.sweep.servers import dashboard, ui
 from optimstudy.tracking.client import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri
+from optimstudy.tracking.connectivity import hide_passwords, probe_store
 from optimstudy.tracking.writer_handle import start_writer, stop_writers
-from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -215,8 +215,8 @@ def cmd_run(args) -> int:
 
 
 def _run(args, tracking_at: tuple[str, str] | None) -> int:
-    from optimstudy.run.config import RunConfig  # on first use: it imports torch
     from optimstudy.problems.optimizers import parse_opt, parse_opt_value  # on first use: it imports torch
+    from optimstudy.run.config import RunConfig  # on first use: it imports torch
 
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),

@@ -6,7 +6,7 @@ in every sweep worker process (each imports the path again; nothing is registere
 
     import_object("torch.optim:Adam", "optimizer", "a torch.optim.Optimizer subclass")
 
-One helper for every kind of path (optimizers.py, problems.py, schedules.py use it): import
+One helper for every kind of path (problems/optimizers.py, registry.py, schedules.py and facts.py use it): import
 paths for anything new should go through it too, so that all resolve the same way.
 """
 import importlib

@@ -1,4 +1,4 @@
-"""Optuna internals the study's queue relies on (trial_queue.py)."""
+"""Optuna internals the study's queue relies on (sweep/queue.py)."""
 import optuna
 
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# DataInfo and TorchvisionData are imported from here by users' problem modules
-from optimstudy.problems.data import (DataInfo, TorchvisionData, as_torchvision, check_data,  # noqa: F401
-                             least_squares_mse, load_problem_data)
 from optimstudy.errors import UsageError, unknown
 from optimstudy.imports import import_object, is_import_path
+# DataInfo and TorchvisionData are imported from here by users' problem modules
+from optimstudy.problems.data import DataInfo, as_torchvision, check_data, least_squares_mse, load_problem_data
 from optimstudy.problems.losses import LOSSES
 
 TASKS = ("classification", "binary", "regression")  # integer classes, ±1 labels, real targets

@@ -3,12 +3,17 @@
     optimstudy report --experiment quickstart          # -> analysis/report.html
     optimstudy report --analysis my_plots/              # another folder of analysis scripts
 
-The numbers come from optimstudy.results, computed once (results.Study); each figure is a script
-in the analysis folder (see analysis/README.md and optimstudy.plotting), run here in turn, so a
+The numbers come from optimstudy.results, computed once (results.study.Study); each figure is a script
+in the analysis folder (see analysis/README.md and optimstudy.report.plotting), run here in turn, so a
 script a user drops into analysis/ appears on the page without touching the package.
 
 Which analysis folder, and which of its scripts: see optimstudy.analysis_scripts.
 """
+import ctypes
+import inspect
+import logging
+import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -16,21 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 
-# Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
-from optimstudy.report.scripts import PACKAGE_ANALYSIS, Section, analysis_folder, load_scripts  # noqa: F401
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 from optimstudy.errors import UsageError
 from optimstudy.report.page import html_table, render_page
-from optimstudy.tracking.parent_runs import is_read_only, log_report, set_notes
-from optimstudy.results.tables import RUN_METRICS
-from optimstudy.results.study import Study
-import ctypes
-import inspect
-import logging
-import multiprocessing
-import os
+# Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
+from optimstudy.report.scripts import Section, analysis_folder, load_scripts
 from optimstudy.results.notes import study_note
+from optimstudy.results.study import Study
+from optimstudy.results.tables import RUN_METRICS
 from optimstudy.tracking.client import mlflow_client, resolve_tracking_uri
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.tracking.parent_runs import is_read_only, log_report, set_notes
 from optimstudy.tracking.reader import load_study
 
 RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")  # last step, divergence, time to target

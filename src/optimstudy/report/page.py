@@ -11,7 +11,6 @@ import pandas as pd
 from optimstudy.results.objectives import selection_warning
 from optimstudy.results.study import Study
 
-
 # ---- the page -------------------------------------------------------------------------------
 
 PAGE_STYLE = """

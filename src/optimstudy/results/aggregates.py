@@ -1,4 +1,4 @@
-"""Statistics across problems and configurations, for results.py and the analysis scripts.
+"""Statistics across problems and configurations, for results/tables.py and the analysis scripts.
 
     from optimstudy.results import aggregates
     iqm, improvement = aggregates.across_problems(study.main)   # rliable's IQM and P(A better than B)

@@ -1,4 +1,4 @@
-"""Statistics over seeds for results.py: is a difference between two optimizers real?
+"""Statistics over seeds for results/rankings.py: is a difference between two optimizers real?
 
     from optimstudy.results import comparison
     comparison.mean_interval([0.91, 0.93, 0.92])    # Student t 95% interval of the mean over seeds

@@ -6,9 +6,9 @@ import pandas as pd
 
 from optimstudy.facts import problem_facts
 from optimstudy.results import aggregates
+from optimstudy.results.rankings import answers, verdicts
 from optimstudy.results.summary import summary_table, time_to_target
 from optimstudy.results.tables import HUGE, best_configurations, main_configurations, run_table
-from optimstudy.results.rankings import answers, verdicts
 
 
 class Study:

@@ -7,7 +7,6 @@ from optimstudy.facts import ProblemFacts, facts_for, problem_facts
 from optimstudy.results import comparison
 from optimstudy.results.tables import SETTING, group_runs, key_text, lr_range_text
 
-
 # ---- time to target --------------------------------------------------------------------------
 
 def target_for(problem: str, loss=None, facts: ProblemFacts | None = None):

@@ -21,8 +21,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from optimstudy.results.objectives import FINAL_METRICS, default_direction
 from optimstudy.facts import DEFAULT_VARY, problem_facts
+from optimstudy.results.objectives import FINAL_METRICS, default_direction
 
 # logged once per run, at its last step (what the report loads; run_table also takes any other final_*)
 RUN_METRICS = (*FINAL_METRICS, "diverged", "diverged_at_step", "wall_s", "samples_per_s")

@@ -7,8 +7,8 @@
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from optimstudy.facts import DEFAULT_VARY
 from optimstudy.errors import UsageError, unknown
+from optimstudy.facts import DEFAULT_VARY
 from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.optimizers import optimizer_arguments, resolve_optimizer_class
 from optimstudy.problems.parameter_groups import check_rest, rest_params

@@ -1,4 +1,4 @@
-"""The small interface the training loop logs through. MLflow sits behind it in tracking.py.
+"""The small interface the training loop logs through. MLflow sits behind it in tracking/mlflow_logger.py.
 
 The loop calls `log(step, metrics)` for evaluations and `log_steps(steps, columns)` for the
 per-step metrics, which it copies off the device in blocks. What happens to the numbers

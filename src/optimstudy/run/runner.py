@@ -3,28 +3,30 @@
 `optimstudy run` and every sweep trial go through `execute`, so both record runs the same way.
 """
 import functools
-import json
 import getpass
+import json
 import os
 import platform
 import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from optimstudy import __version__
-from optimstudy.facts import TAG_DEFAULT_LOSS, TAG_HAS_OPTIMUM, TAG_QUADRATIC, TAG_TARGET, TAG_TASK
-from optimstudy.run.config import RunConfig
-from optimstudy.run.devices import device_label
-from optimstudy.problems.data import Data
 from optimstudy.errors import UsageError
-from optimstudy.run.training import History, load_data as _load_data, train
-from importlib.metadata import version
+from optimstudy.facts import TAG_DEFAULT_LOSS, TAG_HAS_OPTIMUM, TAG_QUADRATIC, TAG_TARGET, TAG_TASK
+from optimstudy.problems.data import Data
 from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.registry import resolve_problem
+from optimstudy.run.config import RunConfig
+from optimstudy.run.devices import device_label
+from optimstudy.run.training import History
+from optimstudy.run.training import load_data as _load_data
+from optimstudy.run.training import train
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 
 

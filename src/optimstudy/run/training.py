@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 import torch
 
 from optimstudy.errors import Stop  # noqa: F401  (training.Stop: what on_eval raises)
-from optimstudy.run.config import RunConfig
-from optimstudy.problems.data import Batches, Data, Split, epochs_to_steps, steps_per_epoch
-from optimstudy.run.devices import synchronize
-from optimstudy.run.diagnostics import StepRecorder, capture
-from optimstudy.run.loggers import Logger, NullLogger
+from optimstudy.problems.data import Data, Split
 from optimstudy.problems.losses import LOSSES, mse
 from optimstudy.problems.optimizers import has_modes
 from optimstudy.problems.parameter_groups import build_optimizer
 from optimstudy.problems.registry import Problem, resolve_problem
 from optimstudy.problems.schedules import make_schedule
+from optimstudy.run.batches import Batches, epochs_to_steps, steps_per_epoch
+from optimstudy.run.config import RunConfig
+from optimstudy.run.devices import synchronize
+from optimstudy.run.diagnostics import StepRecorder, capture
+from optimstudy.run.loggers import Logger, NullLogger
 
 SYNC_EVERY = 50  # steps between host copies of the per-step metrics
 EVALS_A_RUN = 10  # the default cadence's evaluations a run, besides step 0 (default_eval_every)

@@ -12,21 +12,20 @@ import json
 import socket
 import sys
 
-from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError
 from optimstudy.tracking.client import end_orphaned_runs, resolve_tracking_uri
+from optimstudy.tracking.connectivity import hide_passwords
 
 
 def check(spec_path=None, *, experiment: str | None = None, storage: str | None = None,
           tracking_uri: str | None = None, dry_run: bool = False) -> int:
     from optuna.trial import TrialState  # on first use: it imports optuna
 
+    from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
     from optimstudy.sweep.storages import storage_url  # on first use: it imports optuna
-
+    from optimstudy.sweep.storages import open_existing_storage, study_exists  # on first use: it imports optuna
     # on first use: it imports optuna, torch
     from optimstudy.sweep.trials import RUN_ID, pid_alive, recover_dead_trials, trial_is_dead
-    from optimstudy.sweep.storages import open_existing_storage, study_exists  # on first use: it imports optuna
-    from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
     from optimstudy.tracking.reader import assert_intact, load_runs  # on first use: it imports pandas
 
     if spec_path is None and experiment is None:

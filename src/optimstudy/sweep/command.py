@@ -5,79 +5,93 @@
 
 Orchestration only: validate everything before any store is written; plan (planning.py); under
 the study's planning lock, check the spec against the study's identity, queue what is missing
-and open the parent run (study.py, tracking.py); run the queue with worker processes; confirm
-each optimizer's best configuration on new seeds; print the table of results.py's best
-configurations. Running the same command again resumes.
+and open the parent run (storages.py, queue.py, tracking/parent_runs.py); run the queue with worker
+processes (trials.py, workers.py); confirm each optimizer's best configuration on new seeds; print
+the table of the results' best configurations and verdicts (output.py). Running the same command
+again resumes.
 """
 import contextlib
 import json
-import math
-import numbers
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
-
-from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
-                                       storage_url, study_exists)
-
-from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
-                                     trial_config, trial_counts, unresolved_failures, work)
-from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy import results
 from optimstudy.errors import UsageError
-from optimstudy.results.objectives import selection_warning
-from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
 from optimstudy.processes import interrupted_by_signals
 from optimstudy.progress import progress_bar
-from optimstudy.sweep.spec import Spec
-from optimstudy.sweep.spec_reader import load_spec
-from optimstudy.sweep.workers import ForkedWorker, fork_workers
-import socket
-from optimstudy import results
-from optimstudy.problems.registry import PROBLEMS
+from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
+from optimstudy.sweep.output import format_table, json_number, print_dry_run, trial_numbers_text
+from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
+from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
+from optimstudy.sweep.spec import Spec
+from optimstudy.sweep.spec_reader import load_spec
+from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
+                                       storage_url, study_exists)
+from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
+                                     trial_config, trial_counts, unresolved_failures, work)
+from optimstudy.sweep.workers import ForkedWorker, fork_workers
 from optimstudy.tracking.client import NOTE_TAG, ensure_store, experiment_id, resolve_tracking_uri
+from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.parent_runs import create_parent_run, rename_experiment, set_notes, update_run
 from optimstudy.tracking.writer_handle import StoreError, start_writer, stop_writers
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What `optimstudy sweep` was asked besides the spec: its flags, as given (`storage` and
+    `tracking_uri` None: the defaults), then as resolved (`resolved`)."""
+    workers: int = 1
+    storage: str | None = None  # the Optuna storage URL; None: a journal file under mlruns/optuna/
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db
+    data_dir: str | None = None
+    dry_run: bool = False
+    as_json: bool = False
+    restart: bool = False
+
+    def resolved(self, spec: Spec) -> "SweepOptions":
+        return replace(self, storage=storage_url(self.storage, spec.name),
+                       tracking_uri=resolve_tracking_uri(self.tracking_uri))
 
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-
+    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
         start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
     try:
-        return _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
+        return _sweep(spec_path, options)
     finally:
         stop_writers(wait=False)  # a sweep stops its writers itself; this is for bad input, found before
 
 
-def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json, restart) -> int:
+def _sweep(spec_path, options: SweepOptions) -> int:
 
     spec = load_spec(spec_path)
     if selection_warning(spec.metric):  # before any compute is spent on it
         print(f"warning: {selection_warning(spec.metric)}", file=sys.stderr)
+    workers = options.workers
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     planned, skipped = plan(spec)
-    if dry_run:
+    if options.dry_run:
         print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
 
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
-    url = storage_url(storage, spec.name)
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    check_storage(url, tracking_uri)  # before any store exists
+    options = options.resolved(spec)
+    check_storage(options.storage, options.tracking_uri)  # before any store exists
     pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
     try:
         # after the fork above: the forked workers start without torch's threads
@@ -89,9 +103,9 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
             first.setdefault((item.config.problem, item.config.loss), item.config)
         for config in first.values():
             config = config.resolved()
-            check_model(config, load_data(config, data_dir))
+            check_model(config, load_data(config, options.data_dir))
         with interrupted_by_signals():
-            return _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool)
+            return _run(spec, planned, skipped, options, pool)
     finally:
         for worker in pool:  # the ones no phase needed exit now
             worker.dismiss()
@@ -99,29 +113,30 @@ def _sweep(spec_path, workers, storage, tracking_uri, data_dir, dry_run, as_json
             worker.wait()
 
 
-def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, restart, pool) -> int:
+def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     from optimstudy.results.notes import study_note  # on first use: it imports pandas
 
-    study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, restart)
+    url, tracking_uri = options.storage, options.tracking_uri
+    study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, options.restart)
     started = time.perf_counter()  # "N trials run now in X s": the trials, after the stores are set up
     for line in skip_notes(skipped) + notes:
         print(f"note: {line}", file=sys.stderr)
     before = trial_counts(study)
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
-    threads = spec.settings.get("threads")
+    worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
+                         threads=spec.settings.get("threads"))
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:
-        deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, spec.name,
-                            planned, pids, pool)
+        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool)
         confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
         if confirm:
             with planning_lock(url, spec.name):
                 queued = enqueue_missing(study, confirm, (spec.metric, spec.direction))
             if queued or trial_counts(study)["waiting"]:
-                deaths += run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads,
-                                    f"{spec.name} confirm", confirm, pids, pool)
+                deaths += run_phase(spec, study, worker_options, options.workers, f"{spec.name} confirm", confirm,
+                                    pids, pool)
         status = "FINISHED"
     except StoreError as error:  # every further trial would fail the same way: stop, and say so
         refused = error
@@ -161,7 +176,7 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
     for line in deaths:
         print(f"warning: {line}", file=sys.stderr)
     for reason, trial_numbers in failures.items():
-        print(f"failed: {len(trial_numbers)} trial(s) ({_numbers(trial_numbers)}): {reason}", file=sys.stderr)
+        print(f"failed: {len(trial_numbers)} trial(s) ({trial_numbers_text(trial_numbers)}): {reason}", file=sys.stderr)
     rerun = final["failed"] - sum(map(len, failures.values()))  # failed, and their configuration queued again
     print(f"sweep '{spec.name}': {new} trials run now in {time.perf_counter() - started:.1f} s; study totals: "
           f"{final['complete']} complete, {final['pruned']} pruned, {final['failed']} failed"
@@ -171,7 +186,7 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
     if unfinished:
         print(f"sweep '{spec.name}': {unfinished} configuration(s) not done; fix the cause above if it is "
               "yours, then run the same command again to resume (failed trials are queued again)", file=sys.stderr)
-    if as_json:
+    if options.as_json:
         print(json.dumps({"study": spec.name, "storage": hide_passwords(url),
                           "tracking_uri": hide_passwords(tracking_uri), "parent_run_id": parent_run_id,
                           "new_trials": new, "added": added,
@@ -179,10 +194,10 @@ def _run(spec, planned, skipped, url, tracking_uri, data_dir, workers, as_json, 
                                      "failed": final["failed"], "skipped": sum(skipped.values())},
                           "failures": {reason: len(numbers) for reason, numbers in failures.items()},
                           "best": [{"problem": r["problem"], "optimizer": r["optimizer"],
-                                    "lr": _number(r["best_lr"]), "mean": _number(r["mean"]), "std": _number(r["std"]),
-                                    "median": _number(r["median"]), "ci_low": _number(r["ci_low"]),
-                                    "ci_high": _number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
-                          "verdicts": [{key: (_number(v[key]) if isinstance(v[key], float) else v[key])
+                                    "lr": json_number(r["best_lr"]), "mean": json_number(r["mean"]), "std": json_number(r["std"]),
+                                    "median": json_number(r["median"]), "ci_low": json_number(r["ci_low"]),
+                                    "ci_high": json_number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
+                          "verdicts": [{key: (json_number(v[key]) if isinstance(v[key], float) else v[key])
                                         for key in ("problem", "a", "b", "metric", "verdict", "decided", "outcome",
                                                     "seeds", "test", "difference", "ci_low", "ci_high", "p_value",
                                                     "p_holm", "pairs", "seeds_needed", "vary", "evidence")}
@@ -258,8 +273,8 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
     return run_id
 
 
-def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, threads, label, planned,
-              pids: set, pool: list) -> list[str]:
+def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, label: str, planned, pids: set,
+              pool: list) -> list[str]:
     """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
     line per worker that died.
 
@@ -273,7 +288,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     if todo == 0:
         return []
     workers = min(workers, todo)  # more would only start, find the queue empty and exit
-    threads = threads or default_threads(workers)
+    threads = worker_options.threads or default_threads(workers)
     print(f"{label}: {todo} trials to run with {workers} worker{'s' if workers > 1 else ''} "
           f"({threads} torch thread{'s' if threads > 1 else ''} each)", file=sys.stderr, flush=True)
     cores = cpu_count()
@@ -283,8 +298,9 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
     done_before = total["complete"] + total["pruned"] + total["failed"]
     alive_read, alive_write = os.pipe()  # closes when we die, however we die: the workers then stop
 
-    experiment = experiment_id(tracking_uri, spec.name)  # looked up here: a forked worker needs no MLflow client
-    options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, experiment, data_dir, threads)
+    # the experiment looked up here: a forked worker needs no MLflow client
+    options = replace(worker_options, threads=threads,
+                      experiment_id=experiment_id(worker_options.tracking_uri, spec.name))
     others = []
     for _ in range(workers - 1):
         if pool:
@@ -337,7 +353,7 @@ def run_phase(spec, study, url, tracking_uri, parent_run_id, data_dir, workers, 
             for p in others if p.returncode not in (0, 130)]
 
 
-# ---- the results (results.py computes them; the sweep prints them) -------------------------
+# ---- the results (results/ computes them; the sweep prints them) ------------------------
 
 def study_results(spec: Spec, tracking_uri: str):
     """results.Study of this study's runs, read as the report reads them (one answer)."""
@@ -360,79 +376,3 @@ def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
                 and not row.get("all_diverged"):
             picks.append((trial.user_attrs.get("optimizer"), trial_config(trial)))
     return picks
-
-
-def format_table(summary: list[dict], verdicts: list[dict], spec: Spec, answers: list[dict] = ()) -> str:
-    """Each optimizer's best configuration (results.summary_table rows), then the answer per problem
-    and the decided verdicts."""
-    lines = [f"{'problem':15} {'optimizer':12} {'best lr':>9}  {spec.metric}: mean ± std, 95% interval of the mean "
-             "(seeds)"]
-    for row in summary:
-        if row.get("no_outcome"):  # no run ended with a value (all failed): not a divergence
-            lines.append(f"{row['problem']:15} {row['optimizer']:12} {'-':>9}  {row['no_outcome']}")
-            continue
-        lr = f"{row['best_lr']:9.3g}" if _finite(row["best_lr"]) else f"{'diverged':>9}"
-        std = row["std"] if _finite(row["std"]) else 0.0
-        line = f"{row['problem']:15} {row['optimizer']:12} {lr}  "
-        if _finite(row["mean"]):
-            line += f"{row['mean']:.4g} ± {std:.2g}"
-            if _finite(row["ci_low"]):
-                line += f", {'range ' if row.get('ci_kind') == 'range' else ''}[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
-        line += f" (n={row['seeds']})"
-        if row.get("optimizer_args"):
-            line += f"  {row['optimizer_args']}"
-        if row.get("setting"):
-            line += f"  {row['setting']}"
-        if _finite(row.get("confirm_seeds")) and row["confirm_seeds"]:
-            spread = row["confirm_std"] if _finite(row["confirm_std"]) else 0.0
-            line += (f"   confirmed on {int(row['confirm_seeds'])} new seeds: "
-                     f"{row['confirm_mean']:.4g} ± {spread:.2g}")
-        lines.append(line)
-    for answer in answers:
-        lines.append(f"ranking: {answer['problem']}: {answer['ranking']} ({answer['basis']})")
-    decided = [v for v in verdicts if v["decided"]]
-    for verdict in decided:
-        lines.append(f"verdict: {verdict['problem']}: {verdict['a']} vs {verdict['b']}: {verdict['verdict']} "
-                     f"({verdict['evidence']})")
-    for outcome in ("no variation", "undecidable"):
-        for problem in dict.fromkeys(v["problem"] for v in verdicts if v["outcome"] == outcome):
-            found = [v for v in verdicts if v["problem"] == problem and v["outcome"] == outcome]
-            pairs = ", ".join(f"{v['a']} vs {v['b']}" for v in found)
-            lines.append(f"verdict: {problem}: {outcome} ({pairs}): {found[0]['evidence']}")
-    if len(decided) < len(verdicts):
-        lines.append(f"verdict: {len(verdicts) - len(decided)} of {len(verdicts)} optimizer pairs are not "
-                     "decided with the seeds run (`optimstudy report` shows the seeds each would need)")
-    return "\n".join(lines)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, numbers.Real) and math.isfinite(value)
-
-
-def _number(value):
-    """JSON has no NaN: a missing number is null."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def _numbers(numbers: list[int]) -> str:
-    shown = ", ".join(map(str, numbers[:8]))
-    return f"trial{'s' if len(numbers) > 1 else ''} {shown}" + (" …" if len(numbers) > 8 else "")
-
-
-def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
-
-    print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
-          f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")
-    for number, item in enumerate(planned):
-        c = item.config
-        lr = "sampled" if item.space else f"{c.lr:g}"
-        extras = f"batch={c.batch_size} loss={c.loss or getattr(PROBLEMS.get(c.problem), 'default_loss', 'default')}"
-        extras += ("" if c.zero_grad else " no-zero-grad") + (f" accumulate={c.accumulate}" if c.accumulate > 1 else "")
-        gridded = [k for o in spec.optimizers if o.label == item.label for k in o.grid]  # the grid's other axes
-        extras += "".join(f" {k}={c.opt[k]}" for k in gridded if k in c.opt)
-        extras += "".join(f" {k}={c.schedule_args[k]}" for k in spec.schedule_grid if k in c.schedule_args)
-        print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
-    if spec.confirm_seeds:
-        print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
-    for line in skip_notes(skipped):
-        print(f"note: {line}")

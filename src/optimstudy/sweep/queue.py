@@ -1,6 +1,6 @@
 """The study's queue: every planned trial queued once, taken by workers one at a time.
 
-    with planning_lock(url, spec.name):           # study.py: one planner, however many commands
+    with planning_lock(url, spec.name):           # storages.py: one planner, however many commands
         enqueue_missing(study, planned, ("val_loss", "minimize"))
     queue = Queue(spec, storage)
     study, trial, trial_id = queue.take()          # None once nothing is queued
@@ -16,10 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from optimstudy.compat.optuna import cached_storage, trial_of
-from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.sweep.planning import Planned, config_json
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.storages import open_study
+from optimstudy.tracking.connectivity import hide_passwords
 
 KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
 ERROR = "optimstudy.error"

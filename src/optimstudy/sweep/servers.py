@@ -11,6 +11,7 @@ seconds, and a SIGKILL to it alone would orphan uvicorn with the port still take
 """
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -20,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError, near
 from optimstudy.processes import interrupted_by_signals
-import json
 from optimstudy.tracking.client import artifact_root, ensure_store, resolve_tracking_uri
+from optimstudy.tracking.connectivity import hide_passwords
 
 
 def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
@@ -73,8 +73,8 @@ def dashboard(spec_path: str | None = None, storage: str | None = None, host: st
               port: int = 8080) -> int:
     """optuna-dashboard on a sweep's study storage (the spec's default storage, or `storage`)."""
     from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
-    from optimstudy.sweep.storages import storage_url  # on first use: it imports optuna
     from optimstudy.sweep.storages import open_existing_storage  # on first use: it imports optuna
+    from optimstudy.sweep.storages import storage_url  # on first use: it imports optuna
 
     if spec_path is None and storage is None:
         raise UsageError("give an experiment spec or --storage URL")

@@ -49,9 +49,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from optimstudy.errors import UsageError
 from optimstudy.facts import DEFAULT_VARY
 from optimstudy.run.config import RunConfig
-from optimstudy.errors import UsageError
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("none", "median", "hyperband")

@@ -7,14 +7,15 @@ import re
 import types
 import typing
 
-from optimstudy.run.config import SEED_RANGE, VARY_PARTS, RunConfig, is_seed
 from optimstudy.errors import UsageError
 from optimstudy.problems.losses import LOSSES
-from optimstudy.results.objectives import evaluation_metric, final_metric_names
-from optimstudy.problems.optimizers import OPTIMIZERS, OptimizerArgumentError, optimizer_arguments, resolve_optimizer_class
+from optimstudy.problems.optimizers import (OPTIMIZERS, OptimizerArgumentError, optimizer_arguments,
+                                            resolve_optimizer_class)
 from optimstudy.problems.parameter_groups import REST_EXAMPLE, check_rest
 from optimstudy.problems.registry import resolve_problem
 from optimstudy.problems.schedules import schedule_factory
+from optimstudy.results.objectives import evaluation_metric, final_metric_names
+from optimstudy.run.config import SEED_RANGE, VARY_PARTS, RunConfig, is_seed
 from optimstudy.sweep.spec import OptimizerPlan, Spec, SpecError, _every_config
 
 

@@ -6,13 +6,14 @@ its line and what is valid in each error (spec_fields.Where); the result is a fr
 import tomllib
 from pathlib import Path
 
-from optimstudy.run.config import SEED_RANGE, RunConfig, is_seed
-from optimstudy.run.devices import DEVICE_CHOICES
 from optimstudy.errors import UsageError
 from optimstudy.results.objectives import default_direction
+from optimstudy.run.config import SEED_RANGE, RunConfig, is_seed
+from optimstudy.run.devices import DEVICE_CHOICES
 from optimstudy.sweep.spec import (DIRECTIONS, GRID_SETTINGS, NAME_PATTERN, PRUNERS, RUN_KEYS, SAMPLERS,
                                    SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Search, Spec, SpecError, _every_config)
 from optimstudy.sweep.spec_fields import Where
+
 
 def load_spec(path) -> Spec:
     path = Path(path)

@@ -27,11 +27,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import optuna
-
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
-from optimstudy.errors import UsageError
-from optimstudy.tracking.locks import exclusive
 from optuna.storages.journal import JournalFileSymlinkLock
+
+from optimstudy.errors import UsageError
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.tracking.locks import exclusive
 
 RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
 

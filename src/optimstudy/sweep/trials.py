@@ -14,6 +14,7 @@ queued again.
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -24,17 +25,16 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
-from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
-from optimstudy.sweep.planning import config_from_json, plan
-from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running, fail_trial,
-                                    requeue, trial_key)
-from optimstudy.sweep.spec import Spec
-import signal
 from optimstudy.processes import STOP_SIGNALS, raise_interrupt
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute
 from optimstudy.run.training import Stop
+from optimstudy.sweep.planning import config_from_json, plan
+from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running,
+                                    fail_trial, requeue, trial_key)
+from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
+from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
 from optimstudy.tracking.client import artifact_location, end_orphaned_runs
 from optimstudy.tracking.writer_handle import StoreError, WriterDied, start_writer
 

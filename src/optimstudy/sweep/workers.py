@@ -99,7 +99,7 @@ def fork_workers(count: int) -> list[ForkedWorker]:
     import mlflow.tracking  # noqa: F401
 
     import optimstudy.run.runner  # noqa: F401  (torch, the training loop)
-    import optimstudy.tracking.client  # noqa: F401
+    import optimstudy.tracking.mlflow_logger  # noqa: F401  (the run's logger and MLflow's client module)
     from optimstudy.compat.torch import import_dynamo  # on first use: it imports torch
 
     import_dynamo()  # every torch optimizer imports it as it first steps: ~1.2 s per process

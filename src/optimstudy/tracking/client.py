@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
 from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
+from optimstudy.tracking.locks import exclusive
 from optimstudy.tracking.writer import (DeletedExperiment, find_or_create_experiment, quiet_store_logs,
                                         report_connection_retries)
-from optimstudy.tracking.locks import exclusive
 
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"

@@ -5,11 +5,12 @@
     set_notes(uri, run_id, "## quickstart ...", "quickstart")
 """
 import errno
-import time
 import sys
+import time
+from pathlib import Path
+
 from optimstudy.tracking.client import NOTE_TAG, experiment_id, mlflow_client, once_more_if_raced, param_text
 from optimstudy.tracking.connectivity import hide_passwords
-from pathlib import Path
 
 # how a store that takes no writes says so: SQLite, the file system (EROFS, EACCES), an MLflow server
 READ_ONLY_SIGNS = ("readonly database", "read-only file system", "permission denied", "errno 30", "errno 13")

@@ -7,7 +7,7 @@ Every report figure and every test that reads results goes through `load_runs`:
     frame.columns  # run_id, step, metric, value, then run columns: experiment, status,
                    # parent_run_id, run_name, study, trial, kind, phase, optimizer_label,
                    # objective_metric, objective_direction, lr_space, device_name, dataset,
-                   # problem_task, problem_default_loss, problem_target, ... (optimstudy.problem_facts)
+                   # problem_task, problem_default_loss, problem_target, ... (optimstudy.facts)
                    # and every param (lr, seed, batch_size as numbers)
 
 Text columns that repeat on every point (run_id, metric and the run columns) are categorical
@@ -20,17 +20,18 @@ queries and the points in one query per run, through the DB-API cursor: no MLflo
 """
 import contextlib
 import gc
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
-from optimstudy.facts import TAG_COLUMNS
-from optimstudy.tracking.client import TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client, resolve_tracking_uri, sql_engine_url
-import sqlite3
 from optimstudy.errors import UsageError, near
+from optimstudy.facts import TAG_COLUMNS
+from optimstudy.tracking.client import (TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client, resolve_tracking_uri,
+                                        sql_engine_url)
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
                   "clip_grad_norm", "split_seed", "val_fraction", "diverge_factor", "update_norm_every")

@@ -7,10 +7,10 @@ and compares every row, and these writes run only on the schema revisions it com
 """
 import contextlib
 import math
-
-from optimstudy.compat import mlflow as mlflow_internals
 import time
 import uuid
+
+from optimstudy.compat import mlflow as mlflow_internals
 
 # A write waits this long for a SQLite lock held by another process, then fails; the writer retries it
 # (writer.patiently: LOCK_RETRY_S in all, said once on stderr) instead of waiting inside SQLite, silent.

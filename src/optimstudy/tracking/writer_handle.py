@@ -17,6 +17,7 @@ within it too.
 import contextlib
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -26,10 +27,9 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 
-from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.errors import UsageError
+from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.writer import URI_VARIABLE, DeletedExperiment
-import select
 
 # Longer than every wait the writer makes on purpose: MLflow retries a lost server for ~4 minutes,
 # the writer retries a locked SQLite store for 60 s (writer.LOCK_RETRY_S) after MLflow's own 20 s.
