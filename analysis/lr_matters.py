@@ -7,7 +7,7 @@ from matplotlib.lines import Line2D
 
 from optimstudy.report import plotting
 from optimstudy.report.plotting import (SMALL, GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, style)
-from optimstudy.results.tables import group_runs
+from optimstudy.results import group_runs
 
 TITLE = "The learning rate matters: too small, good, too large"
 SPEC = "experiments/lr_sensitivity.toml"

@@ -6,7 +6,7 @@ from matplotlib.lines import Line2D
 
 from optimstudy.report import plotting
 from optimstudy.report.plotting import WORST_EDGE, Drawn, grid_axes, new_figure, score_axis, style
-from optimstudy.results.tables import group_runs
+from optimstudy.results import group_runs
 
 TITLE = "Learning-rate sensitivity"
 SPEC = "experiments/lr_sensitivity.toml"

@@ -7,7 +7,7 @@ import pandas as pd
 from optimstudy.report import plotting
 from optimstudy.report.plotting import (SMALL, GOOD, LARGE, Drawn, lr_text, new_figure, style)
 from optimstudy.facts import VALLEY_START, expected_valley_quadratic
-from optimstudy.results.tables import group_runs
+from optimstudy.results import group_runs
 
 TITLE = "The loss landscape: steps down a valley"
 SPEC = "experiments/landscape.toml"
@@ -100,7 +100,7 @@ def _training_loss(valley_runs):
         form = json.loads(recorded.iloc[0])
         source = "as its runs measured it on their training split"
     elif len(valley_runs):
-        from optimstudy.problems.data import load_problem_data
+        from optimstudy.problems import load_problem_data  # only here: it imports torch
 
         split_seed = int(valley_runs["split_seed"].dropna().iloc[0]) if valley_runs["split_seed"].notna().any() else 0
         val_fraction = float(valley_runs["val_fraction"].dropna().iloc[0]) \

@@ -49,3 +49,26 @@ def function_level_imports_without_a_reason() -> list[str]:
 
 def test_every_function_level_import_says_why():
     assert function_level_imports_without_a_reason() == []
+
+
+# What a user's problem module, the examples and the analysis scripts may import: the public API
+# (optimstudy's own names), the results package, the figure style, the problem facts, and the
+# entry point that runs one figure script alone.
+PUBLIC = ("optimstudy", "optimstudy.problems", "optimstudy.results", "optimstudy.results.aggregates",
+          "optimstudy.results.comparison", "optimstudy.report.plotting", "optimstudy.facts", "optimstudy.cli")
+
+
+def test_examples_and_analysis_scripts_use_only_the_public_api():
+    imported = {}
+    for path in [*sorted((REPO / "analysis").glob("*.py")), *sorted((REPO / "examples").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("optimstudy"):
+                for alias in node.names:  # `from optimstudy.report import plotting` is the module itself
+                    module = f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in PUBLIC else node.module
+                    imported.setdefault(module, []).append(path.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("optimstudy"):
+                        imported.setdefault(alias.name, []).append(path.name)
+    assert "optimstudy" in imported and "optimstudy.report.plotting" in imported  # the scan saw them
+    assert {module: files for module, files in imported.items() if module not in PUBLIC} == {}

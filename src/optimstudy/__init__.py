@@ -5,8 +5,10 @@
     print(history.final["excess_loss"])
 
 This module is the public API: what a user's problem module (`Problem`) and an analysis script
-(`load_runs`, `load_study`, `Study`, the results tables) import. Everything else is internal; the
-subpackages are the architecture (docs/design.md).
+(`load_runs`, `load_study`, `Study`, the results tables) import. A figure script also uses
+`optimstudy.results` (its tables and statistics), `optimstudy.report.plotting` (the shared style)
+and `optimstudy.facts`; tests/test_architecture.py holds the examples and analysis scripts to that.
+Everything else is internal; the subpackages are the architecture (docs/design.md).
 """
 import importlib
 
