@@ -36,7 +36,7 @@ def schema_is_verified(store) -> bool:
     revision = schema_revision(store)
     if revision in VERIFIED_SCHEMA_REVISIONS:
         return True
-    logging.getLogger("optimstudy.writer").debug(
+    logging.getLogger("optimstudy.tracking.writer").debug(
         "MLflow schema revision %s is not one the direct SQL writes were compared on (%s): writing through "
         "MlflowClient", revision, ", ".join(sorted(VERIFIED_SCHEMA_REVISIONS)))
     return False

@@ -7,7 +7,7 @@ The numbers come from optimstudy.results, computed once (results.study.Study); e
 in the analysis folder (see analysis/README.md and optimstudy.report.plotting), run here in turn, so a
 script a user drops into analysis/ appears on the page without touching the package.
 
-Which analysis folder, and which of its scripts: see optimstudy.analysis_scripts.
+Which analysis folder, and which of its scripts: see report/scripts.py.
 """
 import ctypes
 import inspect

@@ -8,7 +8,7 @@
 - Across problems (Agarwal et al. 2021, as rliable computes them): the interquartile mean of
   normalised scores and the probability of improvement P(A better than B), each with a stratified
   bootstrap interval (seeds resampled within each problem). They describe the problems chosen; the
-  tests are optimstudy.comparison's, per problem.
+  tests are comparison.py's, per problem.
 - Performance profiles (Dolan & Moré 2002, as AlgoPerf scores): per optimizer, the fraction of
   problems solved within tau x the fastest optimizer's time to target; never reached = not solved.
 - Tuning-budget curves (Crowded Valley): the best configuration found after k configurations,

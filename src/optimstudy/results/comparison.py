@@ -17,7 +17,7 @@ Why these tests (measured by optimstudy.results.calibration, numbers in docs/res
   of any false "better" among all its pairs at 5% (Holm 1979).
 - Values that do not vary over seeds (identical runs) give no verdict: they say nothing about noise.
 Across problems and configurations (IQM, probability of improvement, performance profiles,
-tuning budgets): optimstudy.aggregates.
+tuning budgets): aggregates.py.
 numpy, pandas and scipy (which MLflow installs) only.
 """
 import itertools

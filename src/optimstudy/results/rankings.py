@@ -13,7 +13,7 @@ def verdicts(runs: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFra
     """Per experiment x problem x setting, each pair of optimizer labels at their best configurations:
     "A better" (decided after Holm's adjustment over the pairs of that problem and setting), "not
     distinguishable with N seeds", "no variation…" or "undecidable…", with the evidence and the seeds
-    likely needed (see optimstudy.comparison). What the sweep prints and puts in --json."""
+    likely needed (see results/comparison.py). What the sweep prints and puts in --json."""
     return comparison.pairwise_verdicts(best_configurations(runs) if best is None else best)
 
 

@@ -1,7 +1,6 @@
-"""Every number about a study, computed once from the tidy frame (pandas and numpy only).
+"""One row per run, and each label's best configuration, from the tidy frame (pandas and numpy only).
 
-    from optimstudy.tracking.reader import load_runs
-    from optimstudy import results
+    from optimstudy import load_runs, results
     runs = results.run_table(load_runs("sqlite:///mlruns/mlflow.db", experiments=["quickstart"]))
     best = results.best_configurations(runs)  # per problem x optimizer label x setting: best lr, mean ± std
     results.edge_warnings(best)               # best lrs (and grid arguments) at the edge of what was tried
@@ -13,7 +12,8 @@ val_loss, minimize). A finished run that diverged (or has no finite value) score
 a run with no outcome (pruned, failed, killed) scores NaN and never competes. Configurations are
 keyed by text keys of their full configuration (lr, opt.* arguments, settings), so a missing
 optimizer argument is "" and never a NaN group key. The statistics over seeds (intervals,
-verdicts, profiles, tuning curves) are in optimstudy.comparison.
+verdicts, profiles, tuning curves) are in comparison.py and aggregates.py; the summary in
+summary.py, the verdicts in rankings.py, all of them computed once in study.Study.
 """
 import json
 import math

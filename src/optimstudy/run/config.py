@@ -52,7 +52,7 @@ class RunConfig:
     # 1 = every step. Loss, gradient norm and lr are recorded every step whatever it is
     update_norm_every: int = UPDATE_NORM_EVERY
     clip_grad_norm: float | None = None
-    schedule: str = "constant"  # see optimstudy.schedules: step, multistep, cosine, ..., or a path
+    schedule: str = "constant"  # see problems/schedules.py: step, multistep, cosine, ..., or a path
     schedule_args: dict = field(default_factory=dict)  # e.g. {"step_size": 1, "gamma": 0.7}
     schedule_every: str | None = None  # "step" or "epoch"; None = the schedule's usual (resolved)
     shuffle: bool = True  # a fresh order of the training rows each epoch; False: the data's own order

@@ -8,30 +8,22 @@
     if recorder.flush(history, logger):      # every SYNC_EVERY steps: one host copy
         ...                                  # the run diverged
 
-Why it is built this way (one CPU thread, MNIST MLP, batch 64, a 0.43-0.6 ms step; measured in
-the loop by benchmarks/bench_floor.py): a step's recording is dispatched ops (2-3 us each on a
-CPU) and memory passes over the weights (400 KB for the MLP), 7-17 us each alone and about
-twice that inside the loop, where the weights, gradients and saved copy no longer fit the
-core's cache together. An exact update norm needs a copy of the weights before the step and a
-pass reading both after it; in eager PyTorch the least found costs ~10% of the step, so it is
-measured every `update_every`-th step (RunConfig.update_norm_every, default 10; 1 = every step).
-Measured side by side (21 interleaved repeats, fastest repeat per step, bare loop = 1): update
-norm every step 1.167x, every 5th 1.089x, 10th 1.081x, 20th 1.075x, 50th 1.074x, never 1.072x.
-The rest (~7%) is the gradient norm (~2.6%), the recorder's bookkeeping and flush (~2.5%) and
-the loop's own (~1.7%); loss, gradient norm and lr stay every step's.
+Why it is built this way: a step's recording is a few dispatched ops and memory passes over the
+weights, so each one counts against a small model's step. An exact update norm needs a copy of
+the weights before the step and a pass reading both after it, which no eager formulation makes
+cheap, so it is measured every `update_every`-th step (RunConfig.update_norm_every, default 10;
+1 = every step); loss, gradient norm and lr are every step's.
 - The gradient norm is one `torch._foreach_norm` (one fused kernel on CUDA); the per-tensor
   norms are kept and combined into the global norm at the flush, so a step adds no stack.
 - The weights from before a measured step live in one flat buffer: `_foreach_copy_` fills it
   just before the step, one `_foreach_sub_` after it turns it into minus the update and one
-  `dot` gives its squared norm (BLAS: 8 us against vector_norm's 12 us alone). Alternatives
-  measured alone: torch.dist on flat buffers 18 us, vector_norm(a - b) 19 us, a flat
-  torch.cat(out=) of the weights plus sub_ + dot 20 us against these three ops' 23 us.
-  Re-pointing the model's weights into one flat buffer saves ~10 us more (one op instead of
-  a foreach over views) but changes the storage of the user's model: not done.
-- A step's results are 0-d tensors appended to Python lists (0.1 us): writing each into a
-  preallocated buffer by index costs a dispatch (2-3 us on CPU, a kernel launch on a GPU).
-  The lists are stacked once per flush (~150 us for 50 steps) and copied to the host in a
-  single transfer, so a GPU run has no host sync per step.
+  `dot` gives its squared norm, the cheapest of the formulations compared. Re-pointing the
+  model's weights into one flat buffer would save one more op but changes the storage of the
+  user's model: not done.
+- A step's results are 0-d tensors appended to Python lists: writing each into a preallocated
+  buffer by index would cost a dispatch (a kernel launch on a GPU). The lists are stacked once
+  per flush and copied to the host in a single transfer, so a GPU run has no host sync per step.
+The measurements behind each choice: docs/performance.md, "Why the code is built as it is".
 In captured mode (`capture`, RunConfig(compile=True)) the forward, the optimizer step and the
 three measuring functions are compiled; what the recorder keeps of their outputs is cloned,
 because CUDA graphs reuse output memory on every replay.

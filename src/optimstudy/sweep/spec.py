@@ -6,7 +6,7 @@
     batch_size = 128              # a list makes it a grid axis (also loss, zero_grad, accumulate)
     seeds = [0, 1, 2]
     devices = ["cpu"]             # "cuda", "mps", "auto"; absent devices are skipped
-    schedule = "step"             # optimstudy.schedules; with schedule_args = { gamma = 0.7 },
+    schedule = "step"             # problems/schedules.py; with schedule_args = { gamma = 0.7 },
     schedule_every = "epoch"      # and "step" or "epoch"; also shuffle, val_fraction (0: none), split_seed (a list too)
                                   # schedule_args = { warmup = [5, 10] }: tuned like an optimizer argument
     vary = ["init", "order"]      # what a seed varies; "data": each seed its own train/validation split
@@ -141,7 +141,7 @@ class SpecError(UsageError):
     pass
 
 
-def _every_config(spec: Spec):
+def every_config(spec: Spec):
     for problem, optimizer, settings in itertools.product(spec.problems, spec.optimizers, spec.grid_settings()):
         lr = optimizer.lrs[0] if optimizer.lrs else optimizer.space.get("lr", (1e-3,))[0]
         for opt, schedule_args in itertools.product(optimizer.argument_sets(), spec.schedule_arg_sets()):

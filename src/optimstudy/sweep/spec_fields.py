@@ -16,7 +16,7 @@ from optimstudy.problems.registry import resolve_problem
 from optimstudy.problems.schedules import schedule_factory
 from optimstudy.results.objectives import evaluation_metric, final_metric_names
 from optimstudy.run.config import SEED_RANGE, VARY_PARTS, RunConfig, is_seed
-from optimstudy.sweep.spec import OptimizerPlan, Spec, SpecError, _every_config
+from optimstudy.sweep.spec import OptimizerPlan, Spec, SpecError, every_config
 
 
 class Where:
@@ -143,7 +143,7 @@ class Where:
         default_val_fraction = RunConfig.__dataclass_fields__["val_fraction"].default
         pruning = spec.search is not None and spec.search.pruner != "none"
         for problem_name, val_fraction in dict.fromkeys(
-                (c["problem"], c.get("val_fraction", default_val_fraction)) for c in _every_config(spec)):
+                (c["problem"], c.get("val_fraction", default_val_fraction)) for c in every_config(spec)):
             problem, has_validation = resolve_problem(problem_name), val_fraction > 0
             logged = final_metric_names(problem.task, problem.has_optimum, has_validation)
             if spec.metric not in logged:

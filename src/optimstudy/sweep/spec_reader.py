@@ -11,7 +11,7 @@ from optimstudy.results.objectives import default_direction
 from optimstudy.run.config import SEED_RANGE, RunConfig, is_seed
 from optimstudy.run.devices import DEVICE_CHOICES
 from optimstudy.sweep.spec import (DIRECTIONS, GRID_SETTINGS, NAME_PATTERN, PRUNERS, RUN_KEYS, SAMPLERS,
-                                   SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Search, Spec, SpecError, _every_config)
+                                   SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Search, Spec, SpecError, every_config)
 from optimstudy.sweep.spec_fields import Where
 
 
@@ -152,7 +152,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
                 devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
                 direction=direction, search=search, confirm_seeds=confirm_seeds, runs=tuple(runs),
                 description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid)
-    for config in _every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
+    for config in every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
         try:
             RunConfig(**config)
         except UsageError as error:

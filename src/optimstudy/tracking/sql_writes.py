@@ -24,13 +24,12 @@ class _NotActive(Exception):
 class FastWrites:
     """Direct writes to MLflow's own tables, for SQL stores (SQLite, PostgreSQL, MySQL).
 
-    Measured here on SQLite: `log_batch` spends ~106 ms of CPU on 1,200 points (an ORM object
-    and a latest-metric check per point), one Core `INSERT ... executemany` ~10 ms. Every step of
-    every run goes through here, so on 2 shared cores that is the difference between the writer
-    taking a worker's core and not. Creating a run is one transaction (run, tags, params, its data
-    set) with an id the training process chose, so it never waits for it; ending it is one more
-    (tags, status): through MLflow's ORM the two took ~10 ms of the writer's CPU and four commits
-    per run, most of a tiny sweep trial's bookkeeping. The rows are exactly the ones
+    `log_batch` builds an ORM object and checks the latest metric per point; one Core
+    `INSERT ... executemany` does neither. Every step of every run goes through here, so on 2
+    shared cores that is the difference between the writer taking a worker's core and not
+    (docs/performance.md, "Why the code is built as it is"). Creating a run is one transaction
+    (run, tags, params, its data set) with an id the training process chose, so it never waits for
+    it; ending it is one more (tags, status), where MLflow's ORM takes four commits. The rows are exactly the ones
     MLflow's SqlAlchemyStore writes (NaN as is_nan, ±inf clipped, latest_metrics kept current);
     anything unusual (a duplicate point, an odd metric name) goes through MLflow's own log_batch.
     """

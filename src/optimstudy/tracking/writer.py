@@ -16,7 +16,7 @@ id the training process chose so that it never waits for it), ("open", run_id, s
 ("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
 ("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
 Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
-compared on (sql_writes.py: ~10x less CPU than log_batch); anywhere else through MLflow's client.
+compared on (sql_writes.py: a fraction of log_batch's CPU); anywhere else through MLflow's client.
 When a training process dies, its socket closes and the runs it left open are ended as KILLED.
 A run that lost a batch of points is ended FAILED, never FINISHED.
 
