@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from optimstudy.errors import UsageError
 from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.locks import exclusive
-from optimstudy.tracking.writer import (DeletedExperiment, find_or_create_experiment, quiet_store_logs,
+from optimstudy.tracking.writer import (DeletedExperiment, end_run, find_or_create_experiment, quiet_store_logs,
                                         report_connection_retries)
 
 DEFAULT_STORE_DIR = "mlruns"
@@ -133,8 +133,7 @@ def end_orphaned_runs(tracking_uri: str, run_ids, reason: str) -> list[str]:
         except MlflowException:  # never stored: its worker and the writer died before the writer created it
             continue
         if status == "RUNNING":
-            client.set_tag(run_id, "optimstudy.error", reason)
-            client.set_terminated(run_id, "KILLED")
+            end_run(client, run_id, "KILLED", {TAG_ERROR: reason})
             changed.append(run_id)
     return changed
 

@@ -20,7 +20,7 @@ from optimstudy.errors import Stop, UsageError
 from optimstudy.tracking.client import (TAG_ERROR, TAG_PRUNED, artifact_location, mlflow_client, once_more_if_raced,
                                         param_text)
 from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.tracking.writer import BATCH_POINTS
+from optimstudy.tracking.writer import BATCH_POINTS, end_run
 from optimstudy.tracking.writer_handle import StoreError, WriterDied, start_writer, writer_timeout_s
 
 # Points go to the writer at every block the loop copies off the device (50 steps x 4 metrics),
@@ -155,10 +155,11 @@ class MlflowLogger:
             if self._create is not None and not run_exists(client, self.run_id):  # died before storing it
                 from optimstudy.tracking.sql_writes import FastWrites  # only now: it imports MLflow
 
-                FastWrites.for_client(client).create_run(self.run_id, **self._create)
-            for key, value in tags.items():
-                client.set_tag(self.run_id, key, str(value)[:5000])
-            client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
+                fast = FastWrites.for_client(client)
+                if fast is None:  # a schema not compared: the run cannot be made under our id; none is RUNNING
+                    raise
+                fast.create_run(self.run_id, **self._create)
+            end_run(client, self.run_id, "FAILED" if status == "FINISHED" else status, tags)
             raise
         if refused is not None:
             raise refused

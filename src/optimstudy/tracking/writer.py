@@ -137,6 +137,18 @@ class StoreLocked(Exception):
 _lock_told_at = [float("-inf")]  # when "the store is locked" was last printed: one line a minute at most
 
 
+def end_run(client, run_id: str, status: str, tags: dict, write=None) -> None:
+    """End `run_id` with `status` through MLflow's client, setting `tags` (why it ended) first: the one
+    way a run ends outside the direct SQL writes (here, a trainer whose writer died, orphaned runs).
+    `write(call, *args)` makes each call (the writer's: `patiently`, retried while the store is locked)."""
+    from mlflow.entities import RunTag  # on first use: it imports mlflow
+
+    write = write or (lambda call, *args, **kwargs: call(*args, **kwargs))
+    if tags:
+        write(client.log_batch, run_id, tags=[RunTag(key, str(value)[:5000]) for key, value in tags.items()])
+    write(client.set_terminated, run_id, status)
+
+
 def patiently(call, *args, **kwargs):
     """`call(...)`, retried with backoff while the SQLite store is locked by another process, for
     LOCK_RETRY_S ($OPTIMSTUDY_LOCK_RETRY_S); StoreLocked after that. Safe to retry: every write here
@@ -242,7 +254,7 @@ def yield_cores_to_training() -> None:
 
 
 def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
-    from mlflow.entities import Metric, RunTag  # on first use: it imports mlflow
+    from mlflow.entities import Metric  # on first use: it imports mlflow
 
     open_runs: set[str] = set()
     samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
@@ -251,11 +263,6 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
     held = None  # a message read ahead while merging metric messages, handled next
     stepping = False  # whether a trainer has sent steps yet
-
-    def end_through_client(run_id: str, status: str, tags: dict, write=patiently) -> None:
-        if tags:
-            write(store.client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-        write(store.client.set_terminated, run_id, status)
 
     while True:
         message, held = held or receive(conn), None
@@ -267,7 +274,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                 status, tags = unended.get(run_id, ("KILLED",
                                                     {"optimstudy.error": "the training process died mid-run"}))
                 with contextlib.suppress(Exception), store.lock:
-                    end_through_client(run_id, status, tags)
+                    end_run(store.client, run_id, status, tags, patiently)
             if message is not None:
                 for sampler in samplers.values():
                     stop_system_metrics(sampler)
@@ -332,7 +339,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     tags = {key: str(value)[:5000] for key, value in tags.items()}
                     unended[run_id] = (status, tags)  # until the store has it
                     if fast is None or not write(fast.end_run, run_id, status, tags):
-                        end_through_client(run_id, status, tags, write)
+                        end_run(client, run_id, status, tags, write)
                     del unended[run_id]
                     open_runs.discard(run_id)
                     if fast is not None:
