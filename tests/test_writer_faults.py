@@ -67,6 +67,39 @@ def lock_the_store(store: str) -> sqlite3.Connection:
 
 
 @pytest.mark.slow  # a writer start-up and seconds of waiting on purpose
+@pytest.mark.parametrize("schema", ["compared", "not compared"])
+def test_a_writer_killed_before_it_stored_the_run_leaves_no_running_run(store, monkeypatch, schema):
+    """The writer dies with the run's creation still in its socket: the trainer creates the run itself
+    (under its own id, through the direct writes) and ends it FAILED; on a schema revision those writes
+    were not compared on it cannot, so no run exists, and the death is still raised, not a crash."""
+    from mlflow.exceptions import MlflowException
+
+    from optimstudy.compat import mlflow as mlflow_internals
+    from optimstudy.tracking.client import experiment_id
+    from optimstudy.tracking.writer_handle import WriterDied
+
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    known = experiment_id(store, "never-stored")
+    os.kill(writer.pid, signal.SIGSTOP)  # it takes nothing more: the creation waits in its socket
+    logger = MlflowLogger(store, "never-stored", {"lr": 0.1}, {}, known_experiment_id=known)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.process.wait()
+    if schema == "not compared":
+        monkeypatch.setattr(mlflow_internals, "VERIFIED_SCHEMA_REVISIONS", frozenset({"another revision"}))
+    with pytest.raises(WriterDied):
+        logger.close("FINISHED")
+    client = MlflowClient(store)
+    if schema == "compared":
+        run = client.get_run(logger.run_id)
+        assert run.info.status == "FAILED" and "writer" in run.data.tags["optimstudy.error"]
+        assert run.data.params == {"lr": "0.1"}
+    else:
+        with pytest.raises(MlflowException):
+            client.get_run(logger.run_id)
+    assert not client.search_runs([known], "attributes.status = 'RUNNING'")
+
+
 def test_a_stalled_writer_is_warned_about_once_then_the_run_fails_naming_it(store, monkeypatch, capfd):
     monkeypatch.setenv("OPTIMSTUDY_WRITER_TIMEOUT_S", "3")
     logger = open_run(store, "stalled")
