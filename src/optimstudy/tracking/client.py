@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 from optimstudy.errors import UsageError
 from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.locks import exclusive
-from optimstudy.tracking.writer import (DeletedExperiment, end_run, find_or_create_experiment, quiet_store_logs,
-                                        report_connection_retries)
+from optimstudy.tracking.mlflow_setup import quiet_store_logs, report_connection_retries
+from optimstudy.tracking.writer import DeletedExperiment, end_run, find_or_create_experiment
 
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"

@@ -31,7 +31,6 @@ the write reported as failed. The training process reads such a report at its ne
 stops the run (writer_handle.py, the training process's side: start_writer, its sends and waits).
 """
 import contextlib
-import logging
 import os
 import re
 import select
@@ -44,6 +43,8 @@ from multiprocessing.connection import Connection
 
 from optimstudy.processes import quick_exit
 from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.mlflow_setup import (quiet_store_logs, report_connection_retries, start_system_metrics,
+                                              stop_system_metrics)
 from optimstudy.tracking.sql_writes import FastWrites
 
 URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv
@@ -54,44 +55,6 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 # How long a locked SQLite store is retried: more than MLflow's own client waits (busy_timeout 20 s),
 # so a reader holding the store for 30 s loses nothing; a test sets a few seconds.
 LOCK_RETRY_ENV, LOCK_RETRY_S = "OPTIMSTUDY_LOCK_RETRY_S", 60.0
-
-
-def quiet_store_logs() -> None:
-    """MLflow and alembic log every table creation and migration at INFO: noise for a user."""
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db", "mlflow.tracking.fluent",
-                 "mlflow.system_metrics"):  # "Started monitoring system metrics." for every run
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-class _RetryReport(logging.Handler):
-    """One line on stderr per retry when an MLflow server stops answering.
-
-    MLflow retries a lost server for ~4 minutes (7 tries, waits doubling to 120 s) through
-    urllib3, whose retry warnings go nowhere by default: a sweep would look hung. Retrying
-    is right (a restarted server is picked up); doing it silently is not.
-    """
-
-    def __init__(self, server: str | None):
-        super().__init__(logging.WARNING)
-        self.server = server  # the tracking URI, for errors that do not name the host (a dropped connection)
-
-    def emit(self, record):
-        if not str(record.msg).startswith("Retrying") or len(record.args or ()) != 3:
-            return
-        retries, error, path = record.args
-        where = re.search(r"host='([^']*)', port=(\d+)", str(error))
-        server = f" at {where[1]}:{where[2]}" if where else f" at {self.server}" if self.server else ""
-        reason = re.sub(r"\[Errno -?\d+\] ", "", str(error).rsplit(": ", 1)[-1].strip("')\""))
-        left, endpoint = getattr(retries, "total", None), str(path).split("?")[0]
-        print(f"optimstudy: the MLflow server{server} does not answer ({reason}) to {endpoint}; retrying"
-              + (f", {left} more tr{'y' if left == 1 else 'ies'}" if isinstance(left, int) else ""),
-              file=sys.stderr, flush=True)
-
-
-def report_connection_retries(tracking_uri: str | None = None) -> None:
-    logger = logging.getLogger("urllib3.connectionpool")
-    if not any(isinstance(h, _RetryReport) for h in logger.handlers):
-        logger.addHandler(_RetryReport(tracking_uri and hide_passwords(tracking_uri)))
 
 
 class _Store:
@@ -362,34 +325,6 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
         # after the answer, so the training process does not wait for it (~20 ms a run): the
         # last sample is stored into the ended run before the next message is read
         stop_system_metrics(ended_sampler)
-
-
-def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
-    """MLflow's sampler for `run_id`, started; None where it cannot run (no psutil)."""
-    try:
-        # on first use, and only when asked: psutil may be missing, MLflow's monitor is heavy
-        import psutil
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # as above: only when asked
-
-        psutil.cpu_percent()  # utilisation is measured between calls: this call starts the first interval
-        sampler = SystemMetricsMonitor(run_id, sampling_interval=seconds, tracking_uri=tracking_uri)
-        sampler.start()
-        return sampler
-    except Exception as error:  # system metrics are a convenience: a run is never lost for them
-        print(hide_passwords(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}"),
-              file=sys.stderr, flush=True)
-        return None
-
-
-def stop_system_metrics(sampler) -> None:
-    """Stop the sampler and store one last sample, so a run shorter than the interval has one too."""
-    if sampler is None:
-        return
-    with contextlib.suppress(Exception):  # a deleted run: nothing to store into
-        sampler.finish()
-        sampler.collect_metrics()
-        sampler.publish_metrics(sampler.aggregate_metrics())
-        sampler.mlflow_logger.flush()
 
 
 def reply(conn: Connection, message) -> None:
