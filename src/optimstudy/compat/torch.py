@@ -16,6 +16,6 @@ def import_dynamo():
     Private: torch's compiler module. Every torch optimizer imports it the first time it steps
     (~1.2 s per process here); no public API loads it ahead. If it moves: an ImportError as a sweep
     forks its workers; tests/test_compat.py fails first."""
-    import torch._dynamo  # here: the name is taken at module level
+    import torch._dynamo  # only when asked: the import is what this function is for
 
     return torch._dynamo

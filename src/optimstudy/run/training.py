@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optimstudy.errors import Stop  # noqa: F401  (training.Stop: what on_eval raises)
 from optimstudy.problems.data import Data, Split
 from optimstudy.problems.losses import LOSSES, mse
 from optimstudy.problems.optimizers import has_modes
@@ -156,7 +155,7 @@ def set_up(config: RunConfig, problem: Problem, data: Data) -> Setup:
 
 def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None = None,
           on_eval=None, data_dir: str | None = None, progress=None) -> History:
-    """Train one model as `config` says. `on_eval(step, metrics)` may raise Stop."""
+    """Train one model as `config` says. `on_eval(step, metrics)` may raise errors.Stop (the run then ends KILLED)."""
     config, problem = config.resolved(), resolve_problem(config.problem)
     logger, device = logger or NullLogger(), config.device
     if config.threads:

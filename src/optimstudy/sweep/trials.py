@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
+from optimstudy.errors import Stop
 from optimstudy.processes import STOP_SIGNALS, raise_interrupt
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute
-from optimstudy.run.training import Stop
 from optimstudy.sweep.planning import config_from_json, plan
 from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running,
                                     fail_trial, requeue, trial_key)
