@@ -42,7 +42,6 @@ def add_tracking_flags(parser, *, allow_no_track=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(prog="optimstudy", description=(
         "How optimizers and learning rates shape training, measured: runs, Optuna sweeps, "
         "MLflow tracking and a report."))
@@ -159,7 +158,6 @@ def exit_without_teardown(code: int | None) -> None:
     """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
     module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
     every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
-
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
     run_exit_handlers()
@@ -242,7 +240,6 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
     tracking = None
     if tracking_at is not None:
-
         tracking = Tracking(*tracking_at)
         ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
 
@@ -316,7 +313,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-
     return ui(args.tracking_uri, host=args.host, port=args.port, experiment=args.experiment)
 
 
@@ -334,7 +330,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-
     return dashboard(args.spec, storage=args.storage, host=args.host, port=args.port)
 
 
@@ -348,7 +343,6 @@ def cmd_report(args) -> int:
 def analysis_script_main(figure, argv=None) -> int:
     """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone.
     Each analysis script ends with `raise SystemExit(analysis_script_main(figure))`."""
-
     argv = sys.argv[1:] if argv is None else argv
 
     name = Path(inspect.getsourcefile(figure)).stem
@@ -371,7 +365,6 @@ def analysis_script_main(figure, argv=None) -> int:
 
 
 def cmd_check(args) -> int:
-
     return check(args.spec, experiment=args.experiment, storage=args.storage, tracking_uri=args.tracking_uri,
                  dry_run=args.dry_run)
 

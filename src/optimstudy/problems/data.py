@@ -144,7 +144,6 @@ def _torchvision_class(spec: TorchvisionData):
 # ---- torchvision image classification ---------------------------------------------------
 
 def _open_torchvision(spec: TorchvisionData, root: Path, train: bool):
-
     cls = _torchvision_class(spec)
     parameters = inspect.signature(cls.__init__).parameters
     kwargs = {"train": train} if "train" in parameters else {"split": "train" if train else "test"}

@@ -87,7 +87,6 @@ def _draw_one(index: int) -> Section:
 def _trim_heap() -> None:
     """Give the heap freed since reading the store back to the system (glibc keeps it): otherwise this
     process and every fork of it keep it resident, ~70 MB each at 1M points."""
-
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
@@ -97,7 +96,6 @@ def _trim_heap() -> None:
 def draw_all(scripts, study: Study, figures: Path, *, svg=True, debug=False) -> list[Section]:
     """Every script's figure; on Linux in forked processes, one per core: drawing is most of a report's
     time, and a fork inherits the results already computed (nothing is pickled but the sections)."""
-
     workers = min(len(scripts), os.cpu_count() or 1)
     if debug or workers < 2 or sys.platform != "linux":
         return [draw(section, function, study, figures, svg=svg, debug=debug) for section, function in scripts]
@@ -121,7 +119,6 @@ class StoreWriter:
     def __init__(self, tracking_uri: str, *, enabled: bool = True, in_process: bool = False):
         self.tracking_uri, self.enabled, self.process = tracking_uri, enabled, None
         if enabled and not in_process and sys.platform == "linux":
-
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
             self.process = context.Process(target=_store_process, args=(tracking_uri, child), daemon=True)
@@ -157,7 +154,6 @@ class StoreWriter:
 def _store_process(tracking_uri: str, connection) -> None:
     """MLflow imported and an existing SQLite store opened (opening creates a missing one, and a report
     never creates a store: whether it exists is for the reader to say); then one write."""
-
     database = sqlite_path(tracking_uri)
     if database is None or database.exists():
         mlflow_client(tracking_uri)
@@ -177,7 +173,6 @@ def _store_process(tracking_uri: str, connection) -> None:
 
 
 def _write_store(tracking_uri: str, parents, out: str, notes) -> int:
-
     # MLflow logs a failed SQL write with its traceback before raising it: the error raised says it once
     sql_log = logging.getLogger("mlflow.store.db.utils")
     level, _ = sql_log.level, sql_log.setLevel(logging.CRITICAL)
@@ -268,7 +263,6 @@ def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) 
 def sweep_notes(study: Study) -> list[tuple]:
     """(parent run id, experiment, note): each sweep parent run's description in the MLflow UI,
     redrawn from these results."""
-
     runs = study.runs
     if runs.empty or "parent_run_id" not in runs:
         return []

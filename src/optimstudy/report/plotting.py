@@ -213,8 +213,6 @@ def score_axis(ax, metric: str) -> None:
         ax.set_ylabel("final validation loss (log scale)")
 
 
-
-
 def ends(stats: pd.DataFrame) -> tuple:
     """(first, last) of a seed-mean curve."""
     values = stats["mean"].dropna() if len(stats) else pd.Series(dtype=float)

@@ -35,7 +35,6 @@ EDGE = 0.05  # a search's best lr within 5% (of the log range) of its end is "at
 DEFAULT_METRIC, DEFAULT_DIRECTION = "val_loss", "minimize"
 
 
-
 def objective_value(value, diverged, direction: str) -> float:
     """A finished run's objective: its final metric; diverged or not finite -> the worst value."""
     worst = math.inf if direction == "minimize" else -math.inf

@@ -120,7 +120,6 @@ class RunConfig:
 
     def resolved(self) -> "RunConfig":
         """Defaults made explicit (loss, budget, device), so what is logged is what ran."""
-
         return replace(
             self,
             loss=self.loss or resolve_problem(self.problem).default_loss,
@@ -154,7 +153,6 @@ def default_threads(workers: int = 1) -> int:
     2 threads is ~17% slower than untracked, because the writer process takes a torch thread's
     core; tracked at 1 thread is as fast as untracked.
     """
-
     spare_for_writer = 1 if workers == 1 else 0
     return max(1, cpu_count() // workers - spare_for_writer)
 

@@ -47,7 +47,6 @@ def check_model(config: RunConfig, data: Data) -> None:
     an nn.Module, that cannot take the data's shape, or whose outputs do not fit the labels and the
     loss is a UsageError here, before any run is created, not a FAILED run. Milliseconds; resolve
     `config` first. One call per distinct (problem, loss) is enough."""
-
     problem = resolve_problem(config.problem)
     factory = problem.make_model
     model_name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"

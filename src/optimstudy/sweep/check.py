@@ -22,8 +22,8 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
     from optuna.trial import TrialState  # on first use: it imports optuna
 
     from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
-    from optimstudy.sweep.storages import storage_url  # on first use: it imports optuna
-    from optimstudy.sweep.storages import open_existing_storage, study_exists  # on first use: it imports optuna
+    # on first use: it imports optuna
+    from optimstudy.sweep.storages import open_existing_storage, storage_url, study_exists
     # on first use: it imports optuna, torch
     from optimstudy.sweep.trials import RUN_ID, pid_alive, recover_dead_trials, trial_is_dead
     from optimstudy.tracking.reader import assert_intact, load_runs  # on first use: it imports pandas

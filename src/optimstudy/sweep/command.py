@@ -87,7 +87,6 @@ def _sweep(spec_path, options: SweepOptions) -> int:
         print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
-
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
     options = options.resolved(spec)
@@ -125,7 +124,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
-                         threads=spec.settings.get("threads"))
+                                   threads=spec.settings.get("threads"))
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:
@@ -212,7 +211,6 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
 def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
     """Under the study's planning lock (one command at a time, however many start at once): check
     the spec against the study, create both stores, queue what is missing, open the parent run."""
-
     notes = []
     with planning_lock(url, spec.name):
         storage = open_storage(url)
@@ -247,7 +245,6 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
 
 def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) -> str:
     """The study's one MLflow parent run: created once (under the planning lock), reopened after."""
-
     run_id = study.user_attrs.get(PARENT_RUN)
     live = {"optimstudy.pid": os.getpid(), "host": socket.gethostname()}
     if added:  # the spec grew: the parent run records the new spec and what it added
@@ -282,7 +279,6 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
     others come from `pool` (forked at start-up, see workers.py) while it lasts, else they are
     fresh processes, started first so that their start-up overlaps our work.
     """
-
     total = trial_counts(study)
     todo = total["waiting"]
     if todo == 0:

@@ -30,7 +30,6 @@ from optimstudy.tracking.connectivity import hide_passwords
 def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
        experiment: str | None = None) -> int:
     """The MLflow UI over the same store a run would use; with `experiment`, its runs page's URL."""
-
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         page = ui_url(tracking_uri.rstrip("/"), tracking_uri, experiment)
@@ -62,7 +61,6 @@ def ui_url(base: str, tracking_uri: str, experiment: str | None) -> str:
 
     found = experiment_ids(tracking_uri)
     if experiment not in found:
-
         raise UsageError(f"no experiment '{experiment}'{near(experiment, list(found))} in "
                          f"'{hide_passwords(tracking_uri)}'; "
                          f"experiments: {', '.join(sorted(found)) or 'none'}")
@@ -95,7 +93,6 @@ def _config_pipe(storage_url: str):
     TOML file (--from-config) and has no environment variable for it: the file it reads here is a
     pipe, /dev/fd/N, so the URI is never on a command line nor on disk. It fits the pipe's buffer,
     so it is written whole before the server starts."""
-
     read, write = os.pipe()
     text = f"[optuna_dashboard]\nstorage = {json.dumps(storage_url, ensure_ascii=False)}\n"  # a TOML string too
     with os.fdopen(write, "w") as pipe:

@@ -210,7 +210,6 @@ def _backup(path: Path) -> Path:
 @contextlib.contextmanager
 def _journal_lock(path: Path):
     """Optuna's own lock on a journal file (what it holds while it appends)."""
-
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
     try:

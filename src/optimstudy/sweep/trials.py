@@ -69,7 +69,6 @@ class WorkerOptions:
         return cls(**json.loads(text))
 
 
-
 # ---- what the study's trials say (the queue: queue.py) ------------------------------
 
 def trial_config(trial):
@@ -139,7 +138,6 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
                 continue  # another process recovered it first
             changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
     if tracking_uri:
-
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         run_ids = [t.user_attrs[RUN_ID] for t in failed if RUN_ID in t.user_attrs]
         for run_id in end_orphaned_runs(tracking_uri, run_ids, "its worker died mid-trial"):
@@ -243,13 +241,11 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
     A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
     store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
-
     url, tracking_uri = options.storage, options.tracking_uri
     storage = open_storage(url)
     queue = Queue(spec, storage)
     tracking = None
     if tracking_uri:
-
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
         tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment_id(
             spec.name, artifact_location(tracking_uri, spec.name)))
@@ -298,7 +294,6 @@ def worker_main(argv: list[str]) -> int:
     It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
     end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
     """
-
     options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
 

@@ -34,7 +34,6 @@ class ForkedWorker:
 
     def __init__(self, writer_connection=None):
         """`writer_connection`: (tracking URI, a spare connection to the sweep's writer) for the child."""
-
         read, self.orders = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -23,7 +23,6 @@ PROBE_TIMEOUT_S = 5.0  # a server that takes longer to accept one connection is 
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 
-
 def sqlite_path(uri: str | None) -> Path | None:
     """The database file of a sqlite:/// URI; None for any other URI (a server, PostgreSQL)."""
     return Path(uri[len(SQLITE):]) if uri and uri.startswith(SQLITE) else None

@@ -43,7 +43,6 @@ def system_metrics_s() -> float:
     return seconds
 
 
-
 class MlflowLogger:
     """Creates the run with its params and tags; buffers points; a writer process stores them."""
 
@@ -173,7 +172,6 @@ def run_exists(client, run_id: str) -> bool:
     except MlflowException:
         return False
     return True
-
 
 
 @contextlib.contextmanager

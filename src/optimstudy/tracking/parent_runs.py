@@ -27,7 +27,6 @@ def log_report(tracking_uri: str, run_ids, folder) -> int:
     """Attach a report (page, summary.csv, figures/) to each sweep parent run, under 'report/'.
     Returns how many runs got it; a run that cannot take it is warned about, not fatal; a store that
     takes no writes at all raises (is_read_only), said once by the report, not once per run."""
-
     from mlflow import MlflowClient  # on first use: it imports mlflow
     from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 
@@ -87,7 +86,6 @@ def update_run(tracking_uri: str, run_id: str, *, tags: dict | None = None, metr
 
 def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
     """Move an experiment (and its runs) out of the way of a study that starts afresh."""
-
     client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is None:
@@ -108,7 +106,6 @@ def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: 
     The experiment's description is the user's once they have written one (in the UI, or through
     MLflow): optimstudy writes it only while it is empty or still the text optimstudy wrote last;
     its own text is always in the experiment's optimstudy.description tag."""
-
     client = mlflow_client(tracking_uri)
     if run_id:
         once_more_if_raced(client.set_tag, run_id, NOTE_TAG, _clip(run_note))

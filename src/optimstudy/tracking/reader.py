@@ -153,7 +153,6 @@ def assert_intact(tracking_uri: str) -> None:
     """A UsageError "the store is corrupt (FILE: ERROR)" when an SQLite store fails SQLite's own
     check. Asked only when a read fails or finds nothing where something should be: the check
     reads the whole file (about a second per few hundred MB)."""
-
     url = sql_engine_url(tracking_uri)
     path = sqlite_path(url)
     if path is None or not path.is_file():
@@ -343,7 +342,6 @@ def load_study(tracking_uri: str, experiments=None, metrics=None) -> pd.DataFram
 
     Reading never creates a store: a missing SQLite file is an error, not an empty store.
     """
-
     database = sqlite_path(tracking_uri)
     if database is not None and not database.exists():
         raise UsageError(f"no tracking store at '{database}'; run "

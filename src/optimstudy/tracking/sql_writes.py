@@ -98,7 +98,6 @@ class FastWrites:
 
     def _link_dataset(self, connection, run_id: str, experiment_id: int, dataset: dict) -> None:
         """The data set (stored once per experiment) and the run's input edge to it, tagged "training"."""
-
         m, sa = self.models, self.sa
         key = (experiment_id, dataset["name"], dataset["digest"])
         found = self.datasets.get(key)
@@ -124,7 +123,6 @@ class FastWrites:
     def end_run(self, run_id: str, status: str, tags: dict) -> bool:
         """Set `tags` and end the run with `status` in one transaction, as log_batch and set_terminated
         do; False: not done (a deleted run, an unusual tag), use MLflow's own calls."""
-
         if status not in ("FINISHED", "FAILED", "KILLED") or "mlflow.runName" in tags:
             return False
         try:

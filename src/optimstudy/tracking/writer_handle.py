@@ -174,7 +174,6 @@ class _Writer:
             self._patience(time.monotonic() - self.waiting_since, "taken nothing")
 
     def _wait_writable(self) -> None:
-
         select.select([], [self.conn.fileno()], [], 0.2)
 
     def _drain(self) -> None:
