@@ -336,9 +336,17 @@ def test_end_to_end_no_false_winner_among_twins_and_the_worse_lr_found(tmp_path)
     assert verdicts["problem"].nunique() == 12 and (verdicts["seeds"] == 5).all()
     assert (verdicts["outcome"] != "no variation").all()  # fresh entropy: the runs do vary
     false, found = false_winners_and_found_worse(verdicts)
-    # at most 5% of problems name a false winner: 3 or more of 12 would happen 2 in 1,000 times
-    assert false <= 2, verdicts[verdicts["decided"]].to_string()
+    assert false <= most_false_winners_a_calibrated_verdict_names(12), verdicts[verdicts["decided"]].to_string()
     assert found >= 11
+
+
+def most_false_winners_a_calibrated_verdict_names(problems: int, failing_once_in: int = 1000) -> int:
+    """The count of problems with a false winner that a verdict wrong in 5% of problems exceeds only
+    once in `failing_once_in` studies: the noise is fresh each run, so this test must allow for luck.
+    For 12 problems it is 4 (more than 2 happens 2 in 100 times; more than 4, 2 in 10,000)."""
+    from scipy.stats import binom
+
+    return next(k for k in range(problems + 1) if binom.sf(k, problems, comparison.ALPHA) < 1 / failing_once_in)
 
 
 if __name__ == "__main__":  # the README's numbers: 60 problems
