@@ -4,7 +4,7 @@ Synthetic runs are written the way the training loop writes them (MlflowClient: 
 the sweep's tags, log_batch of RunConfig.params() and of metric points, set_terminated), with
 values chosen so that the means, stds, best lrs, times to target and edge warnings are known.
 The statistics (verdicts, intervals) are checked on real runs of the training loop, and the
-README's spec examples are swept and reported for real.
+spec examples of the README and docs/usage.md are swept and reported for real.
 """
 import html
 import json
@@ -720,8 +720,8 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
 
 
 def readme_specs() -> list[str]:
-    """The README's complete TOML spec examples (those with a name), as written."""
-    text = (REPO / "README.md").read_text()
+    """The complete TOML spec examples (those with a name) of the README and docs/usage.md, as written."""
+    text = (REPO / "README.md").read_text() + (REPO / "docs" / "usage.md").read_text()
     return [block for block in re.findall(r"```toml\n(.*?)```", text, re.S) if re.search(r"^name\s*=", block, re.M)]
 
 
