@@ -365,6 +365,34 @@ def test_built_in_problems_resolve_by_name_and_carry_their_targets():
         resolve_problem("mnist_mlpp")
 
 
+def test_a_problem_factory_is_read_alike_by_the_run_and_by_the_report(scratch, monkeypatch):
+    """The run side (resolve_problem) and the report side (facts_for, which may not import problems)
+    call a factory by one rule: called when it takes no argument and is not itself a problem."""
+    from optimstudy.facts import ProblemFacts, facts_for
+
+    (scratch / "factories.py").write_text(textwrap.dedent('''
+        import torch
+        from optimstudy.problems.registry import Problem, linear
+
+        def rows(generator):
+            x = torch.randn(100, 3, generator=generator)
+            return x, x.sum(1)
+
+        def make():
+            return Problem(data=rows, make_model=linear, task="regression", target=("val_loss", 0.5))
+
+        def make_with(width):
+            return make()
+    '''))
+    monkeypatch.chdir(scratch)
+    made = resolve_problem("factories:make")
+    assert facts_for("factories:make") == ProblemFacts("regression", made.default_loss, ("val_loss", 0.5),
+                                                       made.has_optimum)
+    with pytest.raises(UsageError, match="'factories:make_with' is not a Problem .it is a function"):
+        resolve_problem("factories:make_with")
+    assert facts_for("factories:make_with") is None
+
+
 # ---- pytorch/examples' mnist recipe, as a spec, against the example's own loop -------------------
 
 @pytest.mark.slow

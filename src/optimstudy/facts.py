@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from optimstudy.imports import import_object, is_import_path
+from optimstudy.imports import import_made, is_import_path
 
 TAG_TASK = "optimstudy.problem.task"
 TAG_DEFAULT_LOSS = "optimstudy.problem.default_loss"
@@ -99,9 +99,7 @@ def facts_for(name: str) -> ProblemFacts | None:
     if not is_import_path(name):
         return None
     try:  # the user's module, not optimstudy.problems: the results side never imports the run side
-        found = import_object(name, "problem", "a Problem")
-        if callable(found) and not hasattr(found, "task"):
-            found = found()
+        found = import_made(name, "problem", "a Problem", lambda found: hasattr(found, "task"))
         return ProblemFacts(found.task, found.default_loss, tuple(found.target) if found.target else None,
                             found.has_optimum)
     except Exception:  # noqa: BLE001  any failure to import a user's problem just means "no target"

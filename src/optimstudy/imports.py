@@ -10,6 +10,7 @@ One helper for every kind of path (problems/optimizers.py, registry.py, schedule
 paths for anything new should go through it too, so that all resolve the same way.
 """
 import importlib
+import inspect
 import os
 import sys
 
@@ -45,3 +46,25 @@ def import_object(path: str, kind: str, expected: str):
                              f"(it has: {', '.join(names[:20])}); expected {expected}")
         obj = getattr(obj, part)
     return obj
+
+
+def import_made(path: str, kind: str, expected: str, is_made) -> object:
+    """The object `path` names, or what it makes: a function with no arguments (`module:make_problem`)
+    is called when `is_made` says the object itself is not the thing wanted."""
+    found = import_object(path, kind, expected)
+    if not is_made(found) and callable(found) and not takes_an_argument(found):
+        try:
+            found = found()
+        except UsageError as error:
+            raise UsageError(f"{kind} '{path}': {error}") from None
+    return found
+
+
+def takes_an_argument(factory) -> bool:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: call it bare
+        return False
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    return bool(positional)

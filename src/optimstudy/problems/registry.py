@@ -19,14 +19,13 @@ like an optimizer, and every sweep worker imports it again:
 
     $ optimstudy run --problem myproblems:blobs --optimizer adam --lr 1e-3
 """
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from optimstudy.errors import UsageError, unknown
-from optimstudy.imports import import_object, is_import_path
+from optimstudy.imports import import_made, is_import_path, takes_an_argument
 # DataInfo and TorchvisionData are imported from here by users' problem modules
 from optimstudy.problems.data import DataInfo, as_torchvision, check_data, least_squares_mse, load_problem_data
 from optimstudy.problems.losses import LOSSES
@@ -97,19 +96,9 @@ class Problem:
 
     def build_model(self, info: DataInfo) -> nn.Module:
         """The model for data shaped as `info`; factories that take no argument are called without it."""
-        if _takes_an_argument(self.make_model):
+        if takes_an_argument(self.make_model):
             return self.make_model(info)
         return self.make_model()
-
-
-def _takes_an_argument(factory) -> bool:
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # a builtin without a signature: call it bare
-        return False
-    positional = [p for p in signature.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
-    return bool(positional)
 
 
 # ---- built-in models: each takes the data's shape ------------------------------------------
@@ -209,12 +198,7 @@ def resolve_problem(name: str) -> Problem:
         error = unknown("problem", name, PROBLEMS)
         raise UsageError(f"{error}, or an import path like 'package.module:problem'") from None
     expected = "an optimstudy.problems.Problem (or a function with no arguments returning one)"
-    problem = import_object(name, "problem", expected)
-    if not isinstance(problem, Problem) and callable(problem) and not _takes_an_argument(problem):
-        try:
-            problem = problem()
-        except UsageError as error:
-            raise UsageError(f"problem '{name}': {error}") from None
+    problem = import_made(name, "problem", expected, lambda found: isinstance(found, Problem))
     if not isinstance(problem, Problem):
         raise UsageError(f"problem '{name}' is not a Problem (it is a {type(problem).__name__}); expected {expected}")
     try:
