@@ -109,7 +109,6 @@ def environment_tags(device: str) -> dict:
 
 @functools.lru_cache(maxsize=1)  # importlib.metadata reads the installed files: ~3 ms a call
 def _mlflow_version() -> str:
-
     return version("mlflow")
 
 

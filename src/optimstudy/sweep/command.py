@@ -75,7 +75,6 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
 
 
 def _sweep(spec_path, options: SweepOptions) -> int:
-
     spec = load_spec(spec_path)
     if selection_warning(spec.metric):  # before any compute is spent on it
         print(f"warning: {selection_warning(spec.metric)}", file=sys.stderr)

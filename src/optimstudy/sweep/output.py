@@ -66,7 +66,6 @@ def trial_numbers_text(numbers: list[int]) -> str:
 
 
 def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
-
     print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
           f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")
     for number, item in enumerate(planned):

@@ -106,7 +106,7 @@ def end_run(client, run_id: str, status: str, tags: dict, write=None) -> None:
     `write(call, *args)` makes each call (the writer's: `patiently`, retried while the store is locked)."""
     from mlflow.entities import RunTag  # on first use: it imports mlflow
 
-    write = write or (lambda call, *args, **kwargs: call(*args, **kwargs))
+    write = write or _once
     if tags:
         write(client.log_batch, run_id, tags=[RunTag(key, str(value)[:5000]) for key, value in tags.items()])
     write(client.set_terminated, run_id, status)
