@@ -211,8 +211,56 @@ def test_ranking_groups_what_is_decided_apart():
     assert comparison.ranking(["rmsprop", "sgd", "adam"], verdicts) == "rmsprop ≈ sgd > adam"
     verdicts.loc[2, "decided"] = True
     assert comparison.ranking(["rmsprop", "sgd", "adam"], verdicts) == "rmsprop > sgd > adam"
-    verdicts["decided"] = [True, False, False]
-    assert comparison.ranking(["rmsprop", "sgd", "adam"], verdicts) == "rmsprop ≈ sgd ≈ adam; also rmsprop > adam"
+    verdicts["decided"] = [True, False, False]  # only rmsprop > adam: the chain would misstate a pair
+    assert comparison.ranking(["rmsprop", "sgd", "adam"], verdicts) == \
+        "rmsprop (a), sgd (ab), adam (b); a shared letter: not decided apart"
+
+
+def read_answer(line: str) -> tuple[list[str], set, set]:
+    """(labels in order, pairs stated not decided apart, pairs stated decided with the first better) of a
+    ranking line, in either of its two forms."""
+    if "(" not in line:  # 'x ≈ y > z'
+        groups = [group.split(" ≈ ") for group in line.split(" > ")]
+        labels = [x for g in groups for x in g]
+        together = {frozenset((x, y)) for g in groups for x in g for y in g if x != y}
+        better = {(x, y) for i, g in enumerate(groups) for later in groups[i + 1:] for x in g for y in later}
+        return labels, together, better
+    listed, _, rest = line.partition("; a shared letter")
+    letters = dict(item[:-1].split(" (") for item in listed.split(", "))
+    labels = list(letters)
+    together = {frozenset((x, y)) for x in labels for y in labels if x != y and set(letters[x]) & set(letters[y])}
+    if "decided: " in rest:  # a circle: each decided pair is stated
+        better = {tuple(p.split(" > ")) for p in rest.split("decided: ")[1].split(", ")}
+    else:
+        better = {(x, y) for i, x in enumerate(labels) for y in labels[i + 1:] if frozenset((x, y)) not in together}
+    return labels, together, better
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_an_answer_line_states_nothing_false_for_every_pattern_of_decided_pairs(size):
+    """Each pair undecided or decided either way (3**3 and 3**6 patterns, circles included): the line
+    lists every label once, says 'not decided apart' of exactly the undecided pairs, and 'better' of
+    exactly the decided ones, the right way round."""
+    import itertools
+
+    labels = ["adam", "sgd", "rmsprop", "lion"][:size]
+    pairs = list(itertools.combinations(labels, 2))
+    forms = set()
+    for pattern in itertools.product((None, 0, 1), repeat=len(pairs)):
+        rows = [{"a": a, "b": b, "better": "" if who is None else (a, b)[who], "decided": who is not None}
+                for (a, b), who in zip(pairs, pattern)]
+        line = comparison.ranking(labels, pd.DataFrame(rows))
+        listed, together, better = read_answer(line)
+        assert sorted(listed) == sorted(labels), line
+        for row in rows:
+            pair = frozenset((row["a"], row["b"]))
+            loser = row["b"] if row["better"] == row["a"] else row["a"]
+            if row["decided"]:
+                assert pair not in together and (row["better"], loser) in better, (line, rows)
+            else:
+                assert pair in together, (line, rows)
+        forms.add("letters" if "(" in line else "chain")
+    assert forms == {"letters", "chain"}
 
 
 def test_aggregates_across_problems_match_rliable():

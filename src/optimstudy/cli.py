@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sweep.add_argument("--until-decided", action="store_true",
+                       help="after the planned seeds, add seeds to the pairs still open until each is decided "
+                            "(the spec's [decide] table, else max_seeds = 20 in rounds of 5)")
     sweep.add_argument("--restart", action="store_true",
                        help="the spec changed beyond new lrs/seeds/optimizers: keep the old study under a new "
                             "name and start this one afresh")
@@ -326,7 +329,8 @@ def cmd_sweep(args) -> int:
     from optimstudy.sweep.command import sweep  # on first use: it imports optuna, torch
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
-                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
+                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart,
+                 until_decided=args.until_decided)
 
 
 def cmd_dashboard(args) -> int:

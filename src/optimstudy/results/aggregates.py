@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from optimstudy.results.comparison import SEED, median_or_nan
+from optimstudy.results.tables import on_new_seeds
 
 RESAMPLES = 2000  # stratified bootstrap resamples across problems
 
@@ -139,7 +140,7 @@ def tuning_curves(runs: pd.DataFrame, best: pd.DataFrame, orderings: int = 200, 
     for _, row in best.iterrows():
         members = runs[(runs["experiment"] == row["experiment"]) & (runs["problem"] == row["problem"])
                        & (runs["label"] == row["optimizer"]) & (runs["setting_key"] == row["setting_key"])
-                       & (runs["phase"].fillna("") != "confirm") & runs["rank"].notna()]
+                       & ~on_new_seeds(runs) & runs["rank"].notna()]
         per_config = members.groupby("config_key")["rank"].mean().to_numpy()  # a diverged seed: inf
         if len(per_config):
             found.append((row, per_config))

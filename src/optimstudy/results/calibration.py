@@ -18,11 +18,13 @@ noise standard deviations.
   construction; its table shows at which seed counts it can decide at all.
 """
 import argparse
+import math
+import warnings
 
 import numpy as np
 from scipy import stats
 
-from optimstudy.results import comparison
+from optimstudy.results import comparison, sequential
 
 SEED_COUNTS = (3, 4, 5, 8, 10, 20)
 EFFECTS = (0.5, 1.0, 2.0)
@@ -123,3 +125,90 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- seeds added until decided (sequential.py) ---------------------------------------------------
+
+PILOT, PER_ROUND, MAX_SEEDS = 5, 5, 20  # the simulated design: 5 seeds, then rounds of 5, up to 20
+
+
+def studies(rng, simulations: int, seeds: int, shifts, kinds, spreads=None, diverge=None) -> np.ndarray:
+    """(simulations, labels, seeds) results in "badness": a shared seed effect plus each run's own noise of
+    its label's kind and spread, shifted; a run that diverges (probability per label) is +inf."""
+    labels = len(shifts)
+    kinds = [kinds] * labels if isinstance(kinds, str) else list(kinds)
+    spreads = np.ones(labels) if spreads is None else np.asarray(spreads, dtype=float)
+    shared = SEED_EFFECT * rng.standard_normal((simulations, 1, seeds))
+    own = np.stack([noise(rng, (simulations, seeds), kind) * spread for kind, spread in zip(kinds, spreads)], axis=1)
+    values = shared + own + np.asarray(shifts, dtype=float)[None, :, None]
+    if diverge is not None:
+        blown = rng.random(values.shape) < np.asarray(diverge, dtype=float)[None, :, None]
+        values[blown] = np.inf
+    return values
+
+
+def sequential_design(values: np.ndarray, pilot: int = PILOT, per_round: int = PER_ROUND,
+                      max_seeds: int = MAX_SEEDS, alpha: float = comparison.ALPHA) -> dict:
+    """Run the design `optimstudy sweep --until-decided` runs on simulated results (simulations, labels,
+    seeds): every label starts with `pilot` seeds; after each look (Holm over the family's sequential
+    p-values), every label in a pair still open gets `per_round` more, until no pair is open or
+    `max_seeds` is reached. A pair is open while undecided, short of max_seeds and not out of reach.
+    Returns per simulation and pair: decided, the better side's sign; and the seeds each label ran."""
+    simulations, labels, _ = values.shape
+    pairs = [(i, j) for i in range(labels) for j in range(i + 1, labels)]
+    with np.errstate(invalid="ignore"):  # inf - inf: both diverged, no sign (sequential.weighted_paths)
+        differences = np.stack([values[:, i, :max_seeds] - values[:, j, :max_seeds] for i, j in pairs], axis=1)
+    size, sign = sequential.weighted_paths(differences)
+    weighted = size * sequential.weights(max_seeds, max_seeds)
+    p_path = sequential.pvalues(np.maximum.accumulate(weighted, axis=-1), max_seeds)  # p after each look
+    finite = np.where(np.isfinite(differences), differences, np.nan)
+    seeds = np.full((simulations, labels), min(pilot, max_seeds))
+    rows = np.arange(simulations)[:, None]
+    while True:
+        n = np.minimum(seeds[:, [i for i, _ in pairs]], seeds[:, [j for _, j in pairs]])  # (simulations, pairs)
+        p = p_path[rows, np.arange(len(pairs))[None, :], n - 1]
+        decided = comparison.holm(p) < alpha
+        within = np.arange(max_seeds)[None, None, :] < n[..., None]
+        seen = np.where(within, finite, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, spread = np.nanmean(seen, -1), np.nanstd(seen, -1, ddof=1)
+        counted = np.isfinite(seen).sum(-1)
+        gave_up = sequential.out_of_reach(mean, spread, counted, alpha / len(pairs), max_seeds)
+        still = ~decided & ~gave_up & (n < max_seeds)
+        wanting = np.zeros((simulations, labels), bool)
+        for k, (i, j) in enumerate(pairs):
+            wanting[:, i] |= still[:, k]
+            wanting[:, j] |= still[:, k]
+        if not wanting.any():
+            break
+        seeds = np.where(wanting, np.minimum(seeds + per_round, max_seeds), seeds)
+    # the sign where each pair's evidence peaked within its own seeds (as sequential.test says it)
+    peak = np.argmax(np.where(np.arange(max_seeds)[None, None, :] < n[..., None], weighted, -1.0), axis=-1)
+    better_sign = np.take_along_axis(sign, peak[..., None], axis=-1)[..., 0]
+    return {"decided": decided, "sign": better_sign, "seeds": seeds, "pairs": pairs}
+
+
+def sequential_table(simulations: int = 2000, seed: int = 0) -> list[dict]:
+    """The sequential design's family-wise false "better" (4 equal labels, 6 pairs) per noise, and the
+    seeds it spends to decide one pair at d = 0.5, 1, 2 against the fixed design at 80% power."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    cells = [("normal", "normal", None, None), ("t3", "t3", None, None), ("lognormal", "lognormal", None, None),
+             ("unequal spread (sd 1, 1, 3, 3)", "normal", [1, 1, 3, 3], None),
+             ("diverge 0.1 on one side", "normal", None, [0.1, 0.1, 0.0, 0.0]),
+             ("diverge 0.1 on both sides", "normal", None, [0.1] * 4),
+             ("lognormal vs normal sd 0.1 (equal means)", ["lognormal", "lognormal", "normal", "normal"],
+              [1, 1, 0.1, 0.1], None)]
+    for name, kinds, spreads, diverge in cells:
+        found = sequential_design(studies(rng, simulations, MAX_SEEDS, [0.0] * FAMILY, kinds, spreads, diverge))
+        rows.append({"cell": name, "false_any": float(found["decided"].any(-1).mean()),
+                     "seeds": float(found["seeds"].mean())})
+    for effect in EFFECTS:
+        found = sequential_design(studies(rng, simulations, MAX_SEEDS, [effect, 0.0], "normal"))
+        right = found["decided"][:, 0] & (found["sign"][:, 0] > 0)  # the first label is worse by `effect`
+        fixed = comparison._paired_seeds_for_power(effect, math.sqrt(2), comparison.ALPHA, comparison.POWER)
+        rows.append({"cell": f"d = {effect:g}", "decided": float(right.mean()),
+                     "wrong": float((found["decided"][:, 0] & (found["sign"][:, 0] < 0)).mean()),
+                     "seeds": float(found["seeds"].mean()), "fixed_seeds": fixed})
+    return rows

@@ -7,6 +7,7 @@ import pandas as pd
 from optimstudy.facts import problem_facts
 from optimstudy.results import aggregates
 from optimstudy.results.rankings import answers, verdicts
+from optimstudy.results.sequential import sequential_designs
 from optimstudy.results.summary import summary_table, time_to_target
 from optimstudy.results.tables import HUGE, best_configurations, main_configurations, run_table
 
@@ -47,8 +48,13 @@ class Study:
         return summary_table(self)
 
     @cached_property
+    def horizons(self) -> dict:
+        """experiment -> max_seeds of its sequential design (a sweep run with [decide] or --until-decided)."""
+        return sequential_designs(self.frame)
+
+    @cached_property
     def verdicts(self) -> pd.DataFrame:
-        return verdicts(self.runs, self.best)
+        return verdicts(self.runs, self.best, self.horizons)
 
     @cached_property
     def answers(self) -> pd.DataFrame:

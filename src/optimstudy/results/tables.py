@@ -25,7 +25,9 @@ from optimstudy.facts import DEFAULT_VARY, problem_facts
 from optimstudy.results.objectives import FINAL_METRICS, default_direction
 
 # logged once per run, at its last step (what the report loads; run_table also takes any other final_*)
-RUN_METRICS = (*FINAL_METRICS, "diverged", "diverged_at_step", "wall_s", "samples_per_s")
+# decide_max_seeds: a sweep parent's, when its seeds are added until decided (sequential.DESIGN_METRIC): read
+# with the runs, it brings the parent and its design into the tidy frame
+RUN_METRICS = (*FINAL_METRICS, "diverged", "diverged_at_step", "wall_s", "samples_per_s", "decide_max_seeds")
 # what, besides the optimizer and its hyperparameters, makes two runs different experiments
 SETTING = ("batch_size", "accumulate", "zero_grad", "loss", "schedule", "clip_grad_norm", "steps", "epochs",
            "device", "split_seed", "val_fraction", "diverge_factor", "vary")
@@ -33,6 +35,11 @@ GROUP = ("experiment", "problem", "label", "setting_key")
 HUGE = 1e300  # MLflow's SQL store keeps +-inf as +-1.8e308: anything this large is a blown-up run
 EDGE = 0.05  # a search's best lr within 5% (of the log range) of its end is "at the edge"
 DEFAULT_METRIC, DEFAULT_DIRECTION = "val_loss", "minimize"
+NEW_SEED_PHASES = ("confirm", "decide")  # runs of a chosen configuration on new seeds: they never compete
+
+
+def on_new_seeds(runs: pd.DataFrame) -> pd.Series:
+    return runs["phase"].fillna("").isin(NEW_SEED_PHASES)
 
 
 def objective_value(value, diverged, direction: str) -> float:
@@ -226,8 +233,8 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
     confirm-phase runs never compete, and give confirm_mean/std/seeds of the chosen configuration."""
     options = option_columns(runs)
     rows = []
-    competing = runs[runs["phase"].fillna("") != "confirm"]
-    confirming = runs[(runs["phase"].fillna("") == "confirm") & runs["objective"].notna()]
+    competing = runs[~on_new_seeds(runs)]
+    confirming = runs[on_new_seeds(runs) & runs["objective"].notna()]
     for key, members in competing.groupby(list(GROUP), sort=True):
         first = members.iloc[0]
         lrs = np.sort(members["lr"].dropna().unique())
@@ -253,6 +260,7 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
                     "std": finite["objective"].std(), "seeds": int(at["seed"].nunique()),
                     "diverged_seeds": int(at["diverged"].sum()), "run_ids": list(at["run_id"]),
                     "seed_values": dict(zip(at["seed"], at["objective"])), "values": list(at["objective"]),
+                    "failed_seeds": failed_seeds(members[members["config_key"] == config_key]),
                     "configurations": len(configs),
                     "all_diverged": diverged_share == 1, "no_outcome": ""})
         if diverged_share == 1:
@@ -279,7 +287,17 @@ def best_configurations(runs: pd.DataFrame) -> pd.DataFrame:
     by_config = {key: dict(zip(at["seed"], at["objective"]))
                  for key, at in confirming.groupby([*GROUP, "config_key"], sort=False)}
     best["confirm_seed_values"] = [by_config.get(key, {}) for key in index]
+    failed = {key: failed_seeds(at) for key, at in runs[on_new_seeds(runs)].groupby([*GROUP, "config_key"], sort=False)}
+    best["confirm_failed_seeds"] = [failed.get(key, []) for key in index]
+    added = runs[runs["phase"].fillna("") == "decide"].groupby([*GROUP, "config_key"]).size()
+    best["decide_seeds"] = added.reindex(index).fillna(0).astype("int64").to_numpy()
     return best
+
+
+def failed_seeds(runs: pd.DataFrame) -> list:
+    """Seeds whose every run ended without a value (failed, killed): a verdict leaves them out, by name."""
+    done = set(runs.loc[runs["objective"].notna(), "seed"])
+    return sorted(set(runs.loc[runs["objective"].isna(), "seed"]) - done)
 
 
 def edge_warnings(best: pd.DataFrame) -> list[str]:
@@ -305,4 +323,4 @@ def group_runs(runs: pd.DataFrame, row) -> pd.DataFrame:
     """The competing runs of one best configuration's group (experiment, problem, label, setting)."""
     return runs[(runs["experiment"] == row["experiment"]) & (runs["problem"] == row["problem"])
                 & (runs["label"] == row["optimizer"]) & (runs["setting_key"] == row["setting_key"])
-                & (runs["phase"].fillna("") != "confirm")]
+                & ~on_new_seeds(runs)]

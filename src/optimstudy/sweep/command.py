@@ -29,16 +29,16 @@ from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
 from optimstudy.sweep.output import format_table, json_number, print_dry_run, trial_numbers_text
-from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
-from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
-from optimstudy.sweep.spec import Spec
+from optimstudy.sweep.planning import compare_identity, confirm_plan, decide_plan, plan, skip_notes, spec_identity
+from optimstudy.sweep.queue import ERROR, PHASE, ROUND, enqueue_missing
+from optimstudy.sweep.spec import Decide, Spec
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
                                        storage_url, study_exists)
 from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
                                      trial_config, trial_counts, unresolved_failures, work)
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
-from optimstudy.tracking.client import NOTE_TAG, ensure_store, experiment_id, resolve_tracking_uri
+from optimstudy.tracking.client import NOTE_TAG, TAG_DECIDE, ensure_store, experiment_id, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.parent_runs import create_parent_run, rename_experiment, set_notes, update_run
 from optimstudy.tracking.writer_handle import StoreError, start_writer, stop_writers
@@ -55,6 +55,7 @@ class SweepOptions:
     dry_run: bool = False
     as_json: bool = False
     restart: bool = False
+    until_decided: bool = False  # add seeds until decided even without a [decide] table (its defaults)
 
     def resolved(self, spec: Spec) -> "SweepOptions":
         return replace(self, storage=storage_url(self.storage, spec.name),
@@ -62,9 +63,10 @@ class SweepOptions:
 
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
-          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
+          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False,
+          until_decided: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
+    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, until_decided)
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
         start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
@@ -76,6 +78,8 @@ def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_u
 
 def _sweep(spec_path, options: SweepOptions) -> int:
     spec = load_spec(spec_path)
+    if options.until_decided and spec.decide is None:
+        spec = replace(spec, decide=Decide())
     if selection_warning(spec.metric):  # before any compute is spent on it
         print(f"warning: {selection_warning(spec.metric)}", file=sys.stderr)
     workers = options.workers
@@ -120,7 +124,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     for line in skip_notes(skipped) + notes:
         print(f"note: {line}", file=sys.stderr)
     before = trial_counts(study)
-    if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds:
+    if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds and not spec.decide:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
                                    threads=spec.settings.get("threads"))
@@ -135,6 +139,8 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
             if queued or trial_counts(study)["waiting"]:
                 deaths += run_phase(spec, study, worker_options, options.workers, f"{spec.name} confirm", confirm,
                                     pids, pool)
+        if spec.decide:
+            deaths += decide_rounds(spec, study, worker_options, options.workers, pids, pool)
         status = "FINISHED"
     except StoreError as error:  # every further trial would fail the same way: stop, and say so
         refused = error
@@ -201,7 +207,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
                                                     "p_holm", "pairs", "seeds_needed", "vary", "evidence")}
                                        for v in verdicts],
                           "answers": [{key: a[key] for key in ("problem", "metric", "ranking", "basis", "seeds",
-                                                               "pairs", "undecided")}
+                                                               "pairs", "undecided", "added_seeds")}
                                       for a in outcome.answers.to_dict("records")],
                           "edge_warnings": warnings}))
     return 1 if unfinished else 0
@@ -360,14 +366,58 @@ def study_results(spec: Spec, tracking_uri: str):
 
 
 def best_to_confirm(spec: Spec, study, tracking_uri: str) -> list[tuple]:
-    """(label, RunConfig) of each best configuration: the trial that ran its first run holds the config."""
+    """(label, RunConfig) of each best configuration of the comparison."""
     if not spec.confirm_seeds:
         return []
+    return [(label, config) for label, config, _ in best_trial_configs(study, study_results(spec, tracking_uri).best)]
+
+
+def best_trial_configs(study, best) -> list[tuple]:
+    """(label, RunConfig, best row) of each best configuration of the comparison (grid or search; not
+    every lr diverged): the trial that ran its first run holds the config."""
     by_run = {t.user_attrs.get(RUN_ID): t for t in study.get_trials(deepcopy=False)}
     picks = []
-    for row in study_results(spec, tracking_uri).best.to_dict("records"):
+    for row in best.to_dict("records"):
         trial = next((by_run[r] for r in row["run_ids"] if r in by_run), None)
         if trial is not None and trial.user_attrs.get(PHASE) in ("grid", "search") \
                 and not row.get("all_diverged"):
-            picks.append((trial.user_attrs.get("optimizer"), trial_config(trial)))
+            picks.append((trial.user_attrs.get("optimizer"), trial_config(trial), row))
     return picks
+
+
+def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int, pids: set, pool: list) -> list[str]:
+    """Rounds of new seeds for the labels of every pair still open (results/rounds.py) until none is
+    open, the time budget is spent or a round adds no seed; returns a line per worker that died. The
+    parent run's tag declares the sequential design, so every verdict of the study is tested for it."""
+    from optimstudy.results.rounds import seeds_wanted  # on first use: it imports pandas
+    from optimstudy.results.sequential import DESIGN_METRIC
+
+    decide, tracking_uri = spec.decide, worker_options.tracking_uri
+    update_run(tracking_uri, worker_options.parent_run_id, tags={TAG_DECIDE: decide.as_tag()},
+               metrics={DESIGN_METRIC: decide.max_seeds})
+    deaths, started, seen = [], time.monotonic(), set()
+    while True:
+        best = study_results(spec, tracking_uri)
+        wanted = seeds_wanted(best.best, best.verdicts, decide.seeds_per_round, decide.max_seeds)
+        asked = {(w["problem"], w["setting_key"], w["label"], tuple(w["seeds"])) for w in wanted}
+        if not wanted or asked <= seen:  # decided, out of reach or at max_seeds; or the last round added nothing
+            return deaths
+        spent = time.monotonic() - started
+        if decide.time_budget_s is not None and spent >= decide.time_budget_s:
+            print(f"{spec.name} decide: the time budget of {decide.time_budget_s:g} s is spent ({spent:.0f} s); "
+                  f"{len(wanted)} label(s) of open pairs get no more seeds", file=sys.stderr)
+            return deaths
+        seen |= asked
+        where = {(w["problem"], w["setting_key"], w["label"]): w["seeds"] for w in wanted}
+        picks = [(label, config, where[(row["problem"], row["setting_key"], label)])
+                 for label, config, row in best_trial_configs(study, best.best)
+                 if (row["problem"], row["setting_key"], label) in where]
+        number = 1 + max((t.user_attrs.get(ROUND, 0) for t in study.get_trials(deepcopy=False)), default=0)
+        planned = decide_plan(picks, number)
+        with planning_lock(worker_options.storage, spec.name):
+            enqueue_missing(study, planned, (spec.metric, spec.direction))
+        labels = ", ".join(sorted({f"{label} ({w['problem']})" for w in wanted for label in [w["label"]]}))
+        print(f"{spec.name} decide round {number}: {len(planned)} new seeds for the open pairs of {labels}",
+              file=sys.stderr, flush=True)
+        deaths += run_phase(spec, study, worker_options, workers, f"{spec.name} decide round {number}", planned,
+                            pids, pool)

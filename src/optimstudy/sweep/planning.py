@@ -23,11 +23,12 @@ class Planned:
     """One trial the spec asks for: a full config, or (search) a config whose `space` is sampled."""
 
     key: str  # the trial's identity (configuration and label): what "queued exactly once" is counted by
-    phase: str  # "grid", "run", "search" or "confirm"
+    phase: str  # "grid", "run", "search", "confirm" or "decide"
     config: RunConfig
     label: str  # the optimizer's label in the spec
     space: dict = field(default_factory=dict)
     slot: str = ""  # search: the group whose budget this trial belongs to
+    round: int = 0  # decide: the round of seeds added until decided (1, 2, ...)
 
 
 def plan(spec: Spec) -> tuple[list[Planned], dict[str, int]]:
@@ -82,6 +83,12 @@ def confirm_plan(spec: Spec, best_configs: list[tuple[str, RunConfig]]) -> list[
             for label, best in best_configs
             for seed in range(first_new, first_new + spec.confirm_seeds)
             for config in [replace(best, seed=seed)]]
+
+
+def decide_plan(picks: list[tuple[str, RunConfig, list[int]]], round_number: int) -> list[Planned]:
+    """Each (label, best configuration, seeds) of a round of seeds added until decided (results/rounds.py)."""
+    return [Planned(config_key(config, label), "decide", config, label, round=round_number)
+            for label, best, seeds in picks for seed in seeds for config in [replace(best, seed=seed)]]
 
 
 def skip_notes(skipped: dict[str, int]) -> list[str]:

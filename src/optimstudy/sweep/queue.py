@@ -22,6 +22,7 @@ from optimstudy.sweep.storages import open_study
 from optimstudy.tracking.connectivity import hide_passwords
 
 KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
+ROUND = "optimstudy.round"  # a decide-phase trial's round
 ERROR = "optimstudy.error"
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -52,6 +53,8 @@ def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -
         attrs = {KEY: item.key, PHASE: item.phase, CONFIG: config_json(item.config), "optimizer": item.label,
                  "problem": item.config.problem, "seed": item.config.seed, "device": item.config.device,
                  "objective_metric": objective[0], "objective_direction": objective[1]}
+        if item.round:
+            attrs[ROUND] = item.round
         if item.space:
             attrs[SPACE] = {k: list(v) for k, v in item.space.items()}
             attrs[SLOT] = item.slot
@@ -63,7 +66,7 @@ def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -
 
 # what a queued trial carries (enqueue_missing), copied when a trial is queued again (requeue)
 QUEUED_ATTRS = (KEY, PHASE, CONFIG, "optimizer", "problem", "seed", "device", "objective_metric",
-                "objective_direction", SPACE, SLOT)
+                "objective_direction", SPACE, SLOT, ROUND)
 
 
 def requeue(study, trial) -> bool:

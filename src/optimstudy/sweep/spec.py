@@ -37,6 +37,11 @@
     [confirm]                     # tune, then rerun each optimizer's best with more seeds
     seeds = 3
 
+    [decide]                      # then add seeds to the pairs still open until each is decided
+    max_seeds = 20                # (or out of reach), with the error controlled at every look
+    seeds_per_round = 5
+    time_budget_s = 3600          # optional: no round starts after this
+
     [[runs]]                      # single runs beside the grid, e.g. the zero_grad bug
     optimizer = "sgd"
     lr = 0.1
@@ -47,7 +52,7 @@ Every error names the file, the key, the line where TOML gives one, and what was
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from optimstudy.errors import UsageError
 from optimstudy.facts import DEFAULT_VARY
@@ -61,8 +66,9 @@ GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed") 
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
                    "shuffle", "val_fraction", "vary", "update_norm_every")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
-            "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
+            "direction", "optimizers", "search", "confirm", "decide", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
+DECIDE_KEYS = ("max_seeds", "seeds_per_round", "time_budget_s")
 RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
 
 
@@ -91,6 +97,18 @@ class Search:
 
 
 @dataclass(frozen=True)
+class Decide:
+    """[decide]: after the planned seeds, add seeds in rounds to the best configurations whose pairs are
+    still open, until each is decided or out of reach, or max_seeds or the time budget is spent."""
+    max_seeds: int = 20  # per label and problem: the sequential test's horizon (results/sequential.py)
+    seeds_per_round: int = 5
+    time_budget_s: float | None = None  # no new round starts after this many seconds of rounds
+
+    def as_tag(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
 class Spec:
     path: str
     name: str
@@ -104,6 +122,7 @@ class Spec:
     direction: str = "minimize"
     search: Search | None = None
     confirm_seeds: int = 0
+    decide: Decide | None = None  # seeds until decided ([decide], or `sweep --until-decided`)
     runs: tuple = ()  # extra single configurations (dicts)
     description: str = ""
     text: str = ""  # the file as read, logged with the sweep

@@ -10,8 +10,9 @@ from optimstudy.errors import UsageError
 from optimstudy.results.objectives import default_direction
 from optimstudy.run.config import SEED_RANGE, RunConfig, is_seed
 from optimstudy.run.devices import DEVICE_CHOICES
-from optimstudy.sweep.spec import (DIRECTIONS, GRID_SETTINGS, NAME_PATTERN, PRUNERS, RUN_KEYS, SAMPLERS,
-                                   SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Search, Spec, SpecError, every_config)
+from optimstudy.sweep.spec import (DECIDE_KEYS, DIRECTIONS, GRID_SETTINGS, NAME_PATTERN, PRUNERS, RUN_KEYS, SAMPLERS,
+                                   SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Decide, Search, Spec, SpecError,
+                                   every_config)
 from optimstudy.sweep.spec_fields import Where
 
 
@@ -124,6 +125,22 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         where.keys(table, ("seeds",), "confirm")
         confirm_seeds = where.positive(table, "seeds", int, prefix="confirm.")
 
+    decide = None
+    if "decide" in raw:
+        from optimstudy.results.comparison import MIN_SEEDS  # on first use: it imports pandas and scipy
+
+        table = where.table(raw, "decide")
+        where.keys(table, DECIDE_KEYS, "decide")
+        defaults = Decide()
+        decide = Decide(
+            max_seeds=where.positive({"max_seeds": defaults.max_seeds, **table}, "max_seeds", int, prefix="decide."),
+            seeds_per_round=where.positive({"seeds_per_round": defaults.seeds_per_round, **table}, "seeds_per_round",
+                                           int, prefix="decide."),
+            time_budget_s=where.positive(table, "time_budget_s", float, prefix="decide.")
+            if "time_budget_s" in table else None)
+        if decide.max_seeds < MIN_SEEDS:
+            where.fail("decide.max_seeds", decide.max_seeds, f"at least {MIN_SEEDS}: fewer seeds never decide a pair")
+
     runs = []
     for index, entry in enumerate(raw.get("runs", [])):
         key = f"runs[{index}]"
@@ -150,7 +167,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
 
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
                 devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
-                direction=direction, search=search, confirm_seeds=confirm_seeds, runs=tuple(runs),
+                direction=direction, search=search, confirm_seeds=confirm_seeds, decide=decide, runs=tuple(runs),
                 description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid)
     for config in every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
         try:

@@ -30,7 +30,7 @@ from optimstudy.processes import STOP_SIGNALS, raise_interrupt
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute
 from optimstudy.sweep.planning import config_from_json, plan
-from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, SPACE, Queue, enqueue_missing, fail_if_running,
+from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, ROUND, SPACE, Queue, enqueue_missing, fail_if_running,
                                     fail_trial, requeue, trial_key)
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
@@ -207,6 +207,8 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
             "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
     if attrs.get(SPACE):
         tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+    if attrs.get(ROUND):
+        tags[ROUND] = attrs[ROUND]
     try:
         with Heartbeat(storage, trial_id):
             history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,

@@ -20,6 +20,7 @@ DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"
 TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
 TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
+TAG_DECIDE = "optimstudy.decide"  # a sweep parent run's sequential design: {"max_seeds": N, ...}
 NOTE_TAG = "mlflow.note.content"  # the Markdown description MLflow's UI shows on a run or experiment
 
 quiet_store_logs()

@@ -29,8 +29,8 @@ import pandas as pd
 
 from optimstudy.errors import UsageError, near
 from optimstudy.facts import TAG_COLUMNS
-from optimstudy.tracking.client import (TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client, resolve_tracking_uri,
-                                        sql_engine_url)
+from optimstudy.tracking.client import (TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client,
+                                        resolve_tracking_uri, sql_engine_url)
 from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
@@ -43,6 +43,7 @@ RUN_TAGS = {"mlflow.parentRunId": "parent_run_id", "mlflow.runName": "run_name",
             "optimstudy.objective_direction": "objective_direction", "optimstudy.lr_space": "lr_space",
             "device.name": "device_name", "dataset": "dataset", "optimstudy.error": "error", "host": "host",
             "optimstudy.pid": "pid",  # pid: a sweep parent run's process, for `optimstudy check`
+            "optimstudy.round": "round",  # a trial's round of seeds added until decided
             **TAG_COLUMNS}  # the problem's task, loss, target...: what the report knows without torch
 RUN_COLUMNS = ["run_id", "experiment", "status", "start_time", "end_time", *RUN_TAGS.values()]
 FLOAT_MAX = np.finfo(np.float64).max
