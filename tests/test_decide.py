@@ -135,11 +135,7 @@ def test_seeds_needed_reach_80_percent_power_at_the_true_difference():
         np.isnan(pilot["seeds_needed_high"])
 
 
-@pytest.mark.parametrize("cell", [
-    {"kinds": "normal"}, {"kinds": "t3"}, {"kinds": "lognormal"},
-    {"kinds": "normal", "spreads": [1, 1, 3, 3]},
-    {"kinds": "normal", "diverge": [0.1] * 4},
-], ids=["normal", "t3", "lognormal", "unequal-spread", "diverging"])
+@pytest.mark.parametrize("cell", list(calibration.NULL_CELLS.values()), ids=list(calibration.NULL_CELLS))
 def test_seeds_added_until_decided_keep_the_family_wise_error_at_5_percent(cell):
     """Four equal labels (6 pairs), 5 seeds, rounds of 5 to the labels of open pairs, up to 20: however
     the looks fall, a false 'better' anywhere in the family stays at or under 5%."""

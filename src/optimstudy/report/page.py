@@ -36,16 +36,23 @@ SUMMARY_TEXT = (
     "order-statistic interval of the median, which needs 6 seeds). Also in <a href='summary.csv'>"
     "summary.csv</a>.")
 VERDICT_TEXT = (
-    "Each pair of optimizers at their best configurations, on the same problem and setting. With the same seeds "
-    "on both sides, a paired t-test on the per-seed differences; with different seeds or a diverged seed, the "
-    "exact Mann-Whitney rank test. All pairs of a problem and setting are one family: a pair is decided only "
-    "when its Holm-adjusted p is below 0.05, so the chance of any false 'better' on the problem stays at 5% "
-    "(measured by simulation: docs/results.md). Seeds that give identical results decide nothing. "
-    "'Seeds needed' estimates how many seeds would decide a pair at the difference and spread observed.")
+    "Each pair of optimizers at their best configurations, on the same problem and setting, paired on the seeds "
+    "both have: a paired t-test on the per-seed differences; with a diverged seed among them, the exact "
+    "signed-rank test (a diverged seed is its side's worst value), from 6 seeds; with fewer than 3 shared seeds, "
+    "the exact Mann-Whitney rank test. Failed runs and seeds one side lacks are left out and named in the "
+    "evidence. A study that adds seeds until decided (<code>--until-decided</code>) is tested at every look by "
+    "the sequential signed-rank test, whose error stays at 5% however the looks fall. All pairs of a problem "
+    "and setting are one family: a pair is decided only when its Holm-adjusted p is below 0.05, so the chance "
+    "of any false 'better' on the problem stays at 5% (measured by simulation: docs/results.md). Seeds that "
+    "give identical results decide nothing. 'Seeds needed': the seeds at which a real difference of the size "
+    "observed would be found 80% of the time, and in brackets the range the seeds so far allow.")
 ANSWER_TEXT = (
-    "Per problem, the optimizers from best to worst mean: '&gt;' separates groups that are decided apart "
-    "(every optimizer before it is better than every one after it, Holm 5%), '≈' joins those the seeds "
-    "cannot tell apart yet.")
+    "Per problem, every optimizer, best first, written so that nothing on the line is false. Where the decided "
+    "pairs split them into ordered groups: '&gt;' (every optimizer before it is decided better than every one "
+    "after it, Holm 5%) and '≈' (not decided apart). Otherwise letters: optimizers sharing a letter are not "
+    "decided apart, and of two that share none the first is decided better. In brackets: the seeds that "
+    "decided it, and what a study that adds seeds until decided spent.")
+
 
 def html_table(table: pd.DataFrame) -> str:
     return "<div class='wide'>" + table.to_html(index=False, na_rep="", border=0, escape=True) + "</div>"
@@ -165,17 +172,28 @@ def answer_section(study: Study) -> list[str]:
     e = html.escape
     parts = ["<h2>The answer</h2>", f"<p>{ANSWER_TEXT}</p>", "<ul>"]
     settings = answers.groupby(["experiment", "problem"])["setting_key"].transform("nunique")
-    for row, several in zip(answers.itertuples(), settings):
+    decided_first = answers.assign(_several=settings).sort_values("decided_pairs", ascending=False, kind="stable")
+    for row, several in zip(decided_first.itertuples(), decided_first["_several"]):
         where = f"{row.problem} ({row.experiment}" + (f", {row.setting_key}" if several > 1 else "") + ")"
         line = (f"<li><b>{e(where)}</b>, {e(row.metric)}: <b>{e(row.ranking)}</b> "
                 f"<span class='source'>({e(row.basis)})</span>")
         if row.undecided:
-            line += f"<br><span class='source'>To decide the rest: {e(row.undecided)}</span>"
+            line += f"<br><span class='source'>Still open: {e(row.undecided)}</span>"
         if row.no_variation:
             line += (f"<br><span class='warn'>No variation over seeds ({e(row.no_variation)}): no evidence about "
                      "noise; vary the data split or the initialisation.</span>")
         parts.append(line + "</li>")
     return parts + ["</ul>"]
+
+
+def seeds_needed_cell(row) -> str:
+    """'~18 (9 to 60)': the seeds for 80% power at the difference seen, and the range the seeds allow."""
+    if row["decided"] or not pd.notna(row["seeds_needed"]):
+        return ""
+    low, high = row.get("seeds_needed_low"), row.get("seeds_needed_high")
+    if not pd.notna(low):
+        return f"~{row['seeds_needed']:.0f}"
+    return f"~{row['seeds_needed']:.0f} ({low:.0f} to {f'{high:.0f}' if pd.notna(high) else 'no limit'})"
 
 
 def verdict_tables(verdicts: pd.DataFrame) -> list[str]:
@@ -192,7 +210,7 @@ def verdict_tables(verdicts: pd.DataFrame) -> list[str]:
             "p": rows["p_value"].map(lambda v: f"{v:.2g}" if pd.notna(v) else ""),
             "Holm p": rows["p_holm"].map(lambda v: f"{v:.2g}" if pd.notna(v) else ""),
             "seeds": rows["seeds"],
-            "seeds needed": rows["seeds_needed"].map(lambda v: f"~{v:.0f}" if pd.notna(v) else ""),
+            "seeds needed": [seeds_needed_cell(row) for row in rows.to_dict("records")],
             "evidence": rows["evidence"]})
         parts.append(f"<h3>{html.escape(problem)} ({html.escape(experiment)})</h3>")
         if settings[(experiment, problem)] > 1:

@@ -1,6 +1,6 @@
 """How often a verdict is wrong, and how often it finds a real difference, measured by simulation.
 
-    python -m optimstudy.results.calibration              # docs/results.md's table (about a minute)
+    python -m optimstudy.results.calibration              # docs/results.md's tables (a few minutes)
     python -m optimstudy.results.calibration --simulations 400 --quick
 
 Each simulated optimizer's result on seed s is `seed effect[s] + noise`: the seed effect is shared
@@ -15,7 +15,11 @@ noise standard deviations.
   Holm's procedure (comparison.holm) declares any pair "better": the family-wise error rate;
 - power: the same pair with a true difference of 0.5, 1 or 2 standard deviations;
 - the rank test (different seeds on each side): the exact Mann-Whitney test, which is exact by
-  construction; its table shows at which seed counts it can decide at all.
+  construction; its table shows at which seed counts it can decide at all;
+- the limit: one side skewed and wide (lognormal), the other narrow (normal, sd 0.1), equal means;
+- seeds added until decided (sequential_design, the rule of results/rounds.py with the test of
+  results/sequential.py): the family-wise false "better" under each null above and with diverging
+  runs, and the seeds spent to decide a true difference against the fixed design at 80% power.
 """
 import argparse
 import math
@@ -115,18 +119,6 @@ def markdown(rows: list[dict], simulations: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--simulations", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(markdown(table(args.simulations, args.seed), args.simulations))
-
-
-if __name__ == "__main__":
-    main()
-
-
 # ---- seeds added until decided (sequential.py) ---------------------------------------------------
 
 PILOT, PER_ROUND, MAX_SEEDS = 5, 5, 20  # the simulated design: 5 seeds, then rounds of 5, up to 20
@@ -189,26 +181,79 @@ def sequential_design(values: np.ndarray, pilot: int = PILOT, per_round: int = P
     return {"decided": decided, "sign": better_sign, "seeds": seeds, "pairs": pairs}
 
 
+NULL_CELLS = {  # equal means: any "better" is false
+    "normal": {"kinds": "normal"}, "t(3)": {"kinds": "t3"}, "lognormal": {"kinds": "lognormal"},
+    "unequal spread (sd 1, 1, 3, 3)": {"kinds": "normal", "spreads": [1, 1, 3, 3]},
+    "every run diverges with probability 0.1": {"kinds": "normal", "diverge": [0.1] * 4},
+}
+# the stated limit: equal means, but one side skewed and wide, the other narrow (its median is not its mean)
+SKEWED_AGAINST_NARROW = {"kinds": ["lognormal", "normal", "lognormal", "normal"], "spreads": [1, 0.1, 1, 0.1]}
+
+
 def sequential_table(simulations: int = 2000, seed: int = 0) -> list[dict]:
     """The sequential design's family-wise false "better" (4 equal labels, 6 pairs) per noise, and the
     seeds it spends to decide one pair at d = 0.5, 1, 2 against the fixed design at 80% power."""
     rng = np.random.default_rng(seed)
     rows = []
-    cells = [("normal", "normal", None, None), ("t3", "t3", None, None), ("lognormal", "lognormal", None, None),
-             ("unequal spread (sd 1, 1, 3, 3)", "normal", [1, 1, 3, 3], None),
-             ("diverge 0.1 on one side", "normal", None, [0.1, 0.1, 0.0, 0.0]),
-             ("diverge 0.1 on both sides", "normal", None, [0.1] * 4),
-             ("lognormal vs normal sd 0.1 (equal means)", ["lognormal", "lognormal", "normal", "normal"],
-              [1, 1, 0.1, 0.1], None)]
-    for name, kinds, spreads, diverge in cells:
-        found = sequential_design(studies(rng, simulations, MAX_SEEDS, [0.0] * FAMILY, kinds, spreads, diverge))
+    for name, cell in [*NULL_CELLS.items(), ("lognormal against normal sd 0.1 (the limit)", SKEWED_AGAINST_NARROW)]:
+        found = sequential_design(studies(rng, simulations, MAX_SEEDS, [0.0] * FAMILY, **cell))
         rows.append({"cell": name, "false_any": float(found["decided"].any(-1).mean()),
                      "seeds": float(found["seeds"].mean())})
     for effect in EFFECTS:
         found = sequential_design(studies(rng, simulations, MAX_SEEDS, [effect, 0.0], "normal"))
-        right = found["decided"][:, 0] & (found["sign"][:, 0] > 0)  # the first label is worse by `effect`
-        fixed = comparison._paired_seeds_for_power(effect, math.sqrt(2), comparison.ALPHA, comparison.POWER)
-        rows.append({"cell": f"d = {effect:g}", "decided": float(right.mean()),
-                     "wrong": float((found["decided"][:, 0] & (found["sign"][:, 0] < 0)).mean()),
-                     "seeds": float(found["seeds"].mean()), "fixed_seeds": fixed})
+        decided, sign = found["decided"][:, 0], found["sign"][:, 0]  # the first label is worse by `effect`
+        rows.append({"cell": f"d = {effect:g}", "decided": float((decided & (sign > 0)).mean()),
+                     "wrong": float((decided & (sign < 0)).mean()), "seeds": float(found["seeds"].mean()),
+                     "fixed_seeds": comparison._paired_seeds_for_power(effect, math.sqrt(2), comparison.ALPHA,
+                                                                       comparison.POWER)})
     return rows
+
+
+def limit_table(simulations: int = 4000, seed: int = 0, seed_counts=SEED_COUNTS) -> list[dict]:
+    """The fixed design's false "better" when one side is skewed and wide and the other narrow (equal means):
+    one pair (paired t-test) and a family of two of each (Holm over 6 pairs)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for seeds in seed_counts:
+        values = studies(rng, simulations, seeds, [0.0] * FAMILY, **SKEWED_AGAINST_NARROW)
+        pairs = [(i, j) for i in range(FAMILY) for j in range(i + 1, FAMILY)]
+        p = np.stack([comparison.paired_t_pvalues(values[:, i] - values[:, j]) for i, j in pairs], axis=-1)
+        rows.append({"seeds": seeds, "pair": float(np.mean(p[:, 0] < comparison.ALPHA)),
+                     "family": float(np.mean((comparison.holm(p) < comparison.ALPHA).any(axis=-1)))})
+    return rows
+
+
+def sequential_markdown(rows: list[dict], simulations: int) -> str:
+    lines = ["| no difference (4 labels, 6 pairs) | any false “better” | runs per label |", "|---|---|---|"]
+    lines += [f"| {r['cell']} | {r['false_any']:.1%} | {r['seeds']:.1f} |" for r in rows if "false_any" in r]
+    lines += ["", "| true difference (2 labels) | decided within 20 seeds | the wrong way | runs per label, mean | "
+              "fixed design: seeds for 80% power |", "|---|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {r['decided']:.1%} | {r['wrong']:.1%} | {r['seeds']:.1f} | {r['fixed_seeds']:.0f} |"
+              for r in rows if "decided" in r]
+    lines += ["", f"{simulations:,} simulated studies per row: 5 seeds, then rounds of 5 to the labels of open pairs, "
+              f"at most {MAX_SEEDS}; a shared seed effect of {SEED_EFFECT:g} sd; d in noise standard deviations."]
+    return "\n".join(lines)
+
+
+def limit_markdown(rows: list[dict], simulations: int) -> str:
+    lines = ["| seeds | false “better”, one pair | any false “better” among 6 pairs (Holm) |", "|---|---|---|"]
+    lines += [f"| {r['seeds']} | {r['pair']:.1%} | {r['family']:.1%} |" for r in rows]
+    lines += ["", f"{simulations:,} simulations per row: lognormal noise (sd 1) against normal noise (sd 0.1), "
+              "equal means."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulations", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(markdown(table(args.simulations, args.seed), args.simulations))
+    print()
+    print(limit_markdown(limit_table(args.simulations, args.seed), args.simulations))
+    print()
+    print(sequential_markdown(sequential_table(args.simulations, args.seed), args.simulations))
+
+
+if __name__ == "__main__":
+    main()

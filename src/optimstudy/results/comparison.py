@@ -372,7 +372,7 @@ def seeds_needed_text(row) -> str:
     low, high = row.get("seeds_needed_low", np.nan), row.get("seeds_needed_high", np.nan)
     text = f"~{row['seeds_needed']:.0f} seeds for {POWER:.0%} power"
     if np.isfinite(low):
-        upper = f"{high:.0f}" if np.isfinite(high) else f"over {MOST_SEEDS:,}"
+        upper = f"{high:.0f}" if np.isfinite(high) else "no limit"
         text += f" (the seeds so far allow {low:.0f} to {upper})"
     return text
 

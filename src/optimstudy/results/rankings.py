@@ -19,7 +19,7 @@ def verdicts(runs: pd.DataFrame, best: pd.DataFrame | None = None, horizons: dic
 
 
 ANSWER_COLUMNS = ["experiment", "problem", "setting_key", "metric", "ranking", "basis", "seeds", "pairs", "vary",
-                  "undecided", "no_variation", "added_seeds"]
+                  "undecided", "no_variation", "added_seeds", "decided_pairs"]
 
 
 def seeds_text(counts) -> str:
@@ -93,9 +93,10 @@ def answers(best: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
                                            family.loc[family["decided"], "seeds"].astype(int).tolist(), design),
                      "seeds": int(family["seeds"].min()), "pairs": int(family["pairs"].max()),
                      "vary": family["vary"].iloc[0],
-                     "undecided": "; ".join(f"{r['a']} vs {r['b']}: {comparison.seeds_needed_text(r)}"
-                                            for r in undecided.to_dict("records")),
+                     "undecided": "; ".join(f"{r['a']} vs {r['b']}: " + ("out of reach of the seed budget, "
+                                                                            if r.get("out_of_reach") else "")
+                                            + comparison.seeds_needed_text(r) for r in undecided.to_dict("records")),
                      "no_variation": "; ".join(f"{r.a} vs {r.b}" for r in family.itertuples()
                                                if r.outcome == "no variation"),
-                     "added_seeds": added})
+                     "added_seeds": added, "decided_pairs": int(family["decided"].sum())})
     return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
