@@ -190,3 +190,59 @@ def test_a_round_gives_the_same_new_seeds_to_both_sides_of_every_open_pair():
     assert {"a", "b"} <= open_labels
     assert all(w["seeds"] == [5, 6, 7, 8, 9] for w in wanted)
     assert not seeds_wanted(best, verdicts, per_round=5, max_seeds=5)  # the budget is spent
+
+
+DECIDE_SPEC = """
+name = "decide-e2e"
+problem = "linreg"
+steps = 40
+batch_size = 32
+seeds = [0, 1, 2]
+devices = ["cpu"]
+
+[optimizers.sgd]
+lr = [0.01]
+
+[optimizers.slow]
+optimizer = "sgd"
+lr = [0.002]
+
+[optimizers.adam]
+lr = [0.01]
+"""
+
+
+@pytest.mark.slow
+def test_until_decided_adds_seeds_in_rounds_says_what_it_spent_and_resumes(tmp_path, cli):
+    import json
+
+    from optimstudy import load_runs
+
+    spec = tmp_path / "decide.toml"
+    spec.write_text(DECIDE_SPEC + "\n[decide]\nmax_seeds = 12\nseeds_per_round = 3\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DECIDE_SPEC + "\n[decide]\nmax_seeds = 2\n")
+    refused = cli("sweep", bad, cwd=tmp_path, check_exit=2)
+    assert "decide.max_seeds" in refused.stderr and "at least 3" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+    done = cli("sweep", spec, "--workers", "2", "--json", cwd=tmp_path, check_exit=0, timeout=600)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "decide round 1:" in done.stderr
+    answer = summary["answers"][0]
+    assert answer["added_seeds"] > 0 and "seeds added until decided" in answer["basis"]
+    assert all(v["test"].startswith("sequential signed-rank") for v in summary["verdicts"])
+    runs = load_runs(summary["tracking_uri"], experiments=["decide-e2e"], with_metrics=False)
+    added = runs[runs["phase"] == "decide"]
+    assert len(added) == answer["added_seeds"] and set(added["round"].astype(int)) >= {1}
+    # every label of an open pair got the same new seeds: the pairs stay paired
+    seeds = {label: set(group["seed"].astype(int)) for label, group in added.groupby("optimizer_label")}
+    assert len({frozenset(s) for s in seeds.values() if len(s) == max(map(len, seeds.values()))}) == 1
+    decided = sum(v["decided"] for v in summary["verdicts"])
+    open_pairs = [v for v in summary["verdicts"] if not v["decided"]]
+    assert decided >= 1  # sgd against the 5x slower lr, at the least
+    assert all(v["seeds"] == 12 or "out of reach" in answer["undecided"] for v in open_pairs)
+
+    again = cli("sweep", spec, "--json", cwd=tmp_path, check_exit=0, timeout=300)
+    assert "decide round" not in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["new_trials"] == 0

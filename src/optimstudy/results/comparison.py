@@ -145,7 +145,7 @@ def compare(a: dict, b: dict, direction: str, names=("A", "B"), pairs: int = 1, 
     Seeds both sides have are paired: a paired t-test when every one of them is finite; with a diverged
     seed among them, the exact signed-rank test (a diverged seed is the worst value of its side) from 6
     seeds, where a sign-flip test can first reach 5%, else Mann-Whitney on every value. Fewer than 3
-    shared seeds: Mann-Whitney. Failed runs and seeds only one side has are left out, and named. The
+    shared seeds: Mann-Whitney, if each side has 3. Failed runs and seeds only one side has are left out, and named. The
     direction comes from the data alone: swapping the two sides mirrors the verdict. `horizon`: the
     pair is tested sequentially (sequential.py), as a study that adds seeds until decided must be.
     `pairs` (the family's size) only scales the seeds a decision would need."""
@@ -171,7 +171,7 @@ def compare(a: dict, b: dict, direction: str, names=("A", "B"), pairs: int = 1, 
     threshold = ALPHA / pairs  # Holm's first step: what the clearest pair of the family must beat
     if horizon is not None:
         return {**result, **_sequential(values_a, values_b, sign, names, threshold, horizon)}
-    if result["seeds"] < 2 or len(values_a) + len(values_b) < 4:
+    if not paired and min(len(values_a), len(values_b)) < MIN_SEEDS:
         return {**result, "outcome": "too few seeds", "seeds_needed": MIN_SEEDS}
     if paired:
         differences = _difference(values_a, values_b)
