@@ -82,13 +82,13 @@ def _sweep(spec_path, options: SweepOptions) -> int:
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     planned, skipped = plan(spec)
+    options = options.resolved(spec)  # a URI typed with a raw password is refused even by a dry run
     if options.dry_run:
         print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
-    options = options.resolved(spec)
     check_storage(options.storage, options.tracking_uri)  # before any store exists
     pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
     try:

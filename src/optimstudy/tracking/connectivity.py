@@ -34,6 +34,29 @@ _URI_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/:@'\"]*:)[^\s'\"]*@")
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s,;)]+)", re.IGNORECASE)
 
 
+# scheme://user:PASSWORD@: the password as typed, to the last "@" (greedy), as hide_passwords reads it
+_TYPED_PASSWORD = re.compile(r"^[A-Za-z][\w+.-]*://[^/:@]*:(?P<password>.*)@", re.DOTALL)
+# what a parser reads as the end of the password, the host or the path; a "%" must start a %XX escape
+_UNENCODED = re.compile(r"[@/?#]|%(?![0-9A-Fa-f]{2})")
+
+
+def check_password_encoded(uri: str | None, source: str) -> None:
+    """Refuse a store URI whose password is typed unencoded (a raw "@", "/", "?", "#" or a "%" that
+    starts no %XX), before any parser splits it and quotes a piece of it as a host or a port. The
+    message never shows the password, nor which of those characters it holds. A raw ":" parses the
+    same in every parser here (SQLAlchemy, urllib), so it is accepted.
+
+        check_password_encoded("postgresql+psycopg://v:Sec@ret@db/x", "--storage")   # UsageError
+    """
+    typed = _TYPED_PASSWORD.match(uri or "")
+    if typed and _UNENCODED.search(typed["password"]):
+        raise UsageError(
+            f"{source} '{hide_passwords(uri)}': its password holds a character that must be percent-encoded in "
+            "a URI (@ / ? # or a % not followed by two hex digits). Encode the password, e.g. with python -c "
+            "\"import getpass, urllib.parse; print(urllib.parse.quote(getpass.getpass(), safe=''))\" "
+            "(@ -> %40, : -> %3A, / -> %2F, % -> %25), and put the result between ':' and '@'")
+
+
 def hide_passwords(text) -> str:
     """`text` (a URI, or a message, page or command that quotes one) with every password in it
     replaced by ***. The one place a password is hidden: everything optimstudy prints, logs, tags
