@@ -23,6 +23,7 @@ import pandas as pd
 
 from optimstudy.errors import UsageError
 from optimstudy.processes import interrupts_held, leave_interrupts
+from optimstudy.report.csv_files import write_csv
 from optimstudy.report.page import html_table, render_page
 # Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
 from optimstudy.report.scripts import Section, analysis_folder, load_scripts
@@ -302,7 +303,7 @@ def write_report(study, out, *, analysis=None, scripts=None, tracking_uri: str =
     (out / "figures").mkdir(parents=True, exist_ok=True)
     scripts = load_scripts(analysis_folder(analysis)) if scripts is None else scripts
     sections = draw_all(scripts, study, out / "figures", svg=svg, debug=debug)
-    study.summary.to_csv(out / "summary.csv", index=False)
+    write_csv(study.summary, out / "summary.csv")
     # the page is shared and attached to the parent runs: it names the store, never its password
     (out / "report.html").write_text(render_page(study, sections, hide_passwords(tracking_uri)), encoding="utf-8")
     return sections

@@ -112,7 +112,7 @@ def _sweep(spec_path, options: SweepOptions) -> int:
 
 
 def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
-    from optimstudy.results.notes import study_note  # on first use: it imports pandas
+    from optimstudy.results.notes import markdown_text, study_note  # on first use: it imports pandas
 
     url, tracking_uri = options.storage, options.tracking_uri
     study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, options.restart)
@@ -163,7 +163,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
-              spec.description or f"optimstudy sweep of {spec.path}")
+              spec.description or f"optimstudy sweep of {markdown_text(spec.path)}")
     new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     verdicts = outcome.verdicts.to_dict("records")

@@ -159,7 +159,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
             if setting in entry:
                 run[setting] = where.setting(f"{key}.{setting}", entry[setting])
         if "label" in entry:
-            run["label"] = str(entry["label"])
+            run["label"] = where.label(f"{key}.label", str(entry["label"]))
         runs.append(run)
 
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
