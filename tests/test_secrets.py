@@ -248,3 +248,35 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
         for index, out in enumerate(outputs):
             for piece in pieces:
                 assert piece not in out, f"output {index} shows part of the password: {out[-2000:]}"
+
+
+@pytest.mark.parametrize("uri, password, refused", [
+    ("postgresql+psycopg://v:Sec@ret55@host:5432/db", "Sec@ret55", True),
+    ("postgresql+psycopg://v:p@ss:w%40rd/x@host/db", "p@ss:w%40rd/x", True),
+    ("postgresql://u:ab@cd/ef@host/db", "ab@cd/ef", True),  # a "/" then a host-like piece: still one password
+    ("postgresql://u:a?b@host/db", "a?b", True),
+    ("postgresql://u:100%@host/db", "100%", True),
+    ("postgresql://u:p%40ss%3Aw@host/db", "p%40ss%3Aw", False),  # encoded
+    ("postgresql://u:pa:ss@host:5432/db", "pa:ss", False),  # a raw ":" parses the same everywhere
+    ("postgresql+psycopg://u:pw@h/db?sslcert=/certs/a@b", "pw", False),  # an "@" in the query
+    ("postgresql://u:pw@[::1]:5432/db", "pw", False),
+    ("postgresql://u:pw@/db?host=/var/run/postgresql", "pw", False),  # a Unix socket
+    ("postgresql://host:5432/db?application_name=a@b", None, False),
+    ("postgresql://u@host/db", None, False),
+    ("sqlite:////tmp/a@b/mlflow.db", None, False),
+    ("http://127.0.0.1:5000", None, False),
+])
+def test_a_password_is_read_as_typed_and_refused_only_when_a_parser_would_split_it(uri, password, refused):
+    from optimstudy.errors import UsageError
+    from optimstudy.tracking.connectivity import check_password_encoded, typed_password
+
+    assert typed_password(uri) == password
+    if not refused:
+        check_password_encoded(uri, "--storage")
+        return
+    with pytest.raises(UsageError) as caught:
+        check_password_encoded(uri, "--storage")
+    message = str(caught.value)
+    assert message.startswith("--storage '") and "quote(getpass.getpass(), safe='')" in message
+    for piece in password.replace("%", "@").replace("?", "@").replace("/", "@").split("@"):
+        assert len(piece) < 3 or piece not in message, piece
