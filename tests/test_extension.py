@@ -460,3 +460,41 @@ def test_the_quick_exit_keeps_the_users_atexit_handlers_output_and_threads(tmp_p
         assert (tmp_path / "atexit-ran").read_text() == "yes"
         assert (tmp_path / "thread-finished").exists() == linger
         (tmp_path / "atexit-ran").unlink()
+
+
+COUNTED_OPTIMIZER = '''
+import os
+import torch
+
+
+class Counted(torch.optim.SGD):
+    """SGD that writes one line per construction to the file named by $BUILDS_FILE."""
+    def __init__(self, params, lr=0.1, momentum=0.0):
+        with open(os.environ["BUILDS_FILE"], "a") as builds:
+            builds.write(f"{os.getpid()}\\n")
+        super().__init__(params, lr=lr, momentum=momentum)
+'''
+
+
+@pytest.mark.slow
+def test_a_user_optimizer_is_built_once_by_the_check_and_once_per_run(tmp_path):
+    """Its __init__ may print, allocate or open files: the command that validates builds it once per
+    configuration, each run (or trial) once more; a schedule's check steps a copy, not a new one."""
+    (tmp_path / "counted.py").write_text(COUNTED_OPTIMIZER)
+    (tmp_path / "two.toml").write_text('name = "two"\nproblem = "linreg"\nsteps = 10\nseeds = [0, 1]\n'
+                                       'schedule = "step"\nschedule_args = { gamma = 0.5 }\n'
+                                       '[optimizers."counted:Counted"]\nlr = [0.1]\n')
+
+    def builds(*args) -> list[str]:
+        record = tmp_path / f"builds-{len(list(tmp_path.glob('builds-*')))}.txt"
+        done = subprocess.run([sys.executable, "-m", "optimstudy", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "BUILDS_FILE": str(record)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return record.read_text().split()
+
+    assert len(builds("run", "--problem", "linreg", "--steps", "10", "--optimizer", "counted:Counted")) == 2
+    assert len(builds("run", "--problem", "linreg", "--steps", "10", "--optimizer", "counted:Counted",
+                      "--schedule", "step", "--schedule-arg", "gamma=0.5", "--no-track")) == 2
+    assert len(builds("sweep", "two.toml")) == 3  # the check, then one per trial
+    (tmp_path / "two.toml").write_text((tmp_path / "two.toml").read_text().replace('"two"', '"two_workers"'))
+    assert len(builds("sweep", "two.toml", "--workers", "2")) == 3  # a forked worker inherits the check

@@ -86,3 +86,89 @@ def test_two_labels_of_one_configuration_both_run_and_check_names_a_label_withou
     best = results.best_configurations(runs)
     assert sorted(best["optimizer"]) == ["sgd_a", "sgd_b"] and set(best["seeds"]) == {2}
     assert cli("check", spec, cwd=tmp_path).returncode == 0
+
+
+# ---- labels follow rules, and what quotes them (CSV, the MLflow note) neutralises them ----------
+
+def label_spec(label: str, in_runs: bool = False) -> str:
+    head = 'name = "labels"\nproblem = "linreg"\nsteps = 20\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1]\n'
+    if in_runs:
+        return head + f'[[runs]]\noptimizer = "sgd"\nlr = 0.01\nlabel = {json.dumps(label)}\n'
+    return head + f'[optimizers.{json.dumps(label)}]\noptimizer = "sgd"\nlr = [0.1]\n'
+
+
+@pytest.mark.parametrize("label", ["a|b", "two\nlines", "tab\there", "x" * 101, "   ", "bell\x07"])
+def test_a_label_that_would_break_a_table_is_refused_naming_it_and_the_rule(label):
+    from optimstudy.errors import UsageError
+
+    for in_runs in (False, True):
+        with pytest.raises(UsageError) as caught:
+            parse_spec(tomllib.loads(label_spec(label, in_runs)))
+        message = str(caught.value)
+        assert "optimizer label " in message and "printable characters" in message and "no '|'" in message
+        assert (repr(label) if len(label) <= 60 else repr(label[:40])) in message, message
+        assert ("runs[0].label" in message) == in_runs, message
+
+
+def test_labels_in_any_script_and_formula_like_ones_are_accepted():
+    for label in ("Адам-β", "最適化 1", "x" * 100, '=HYPERLINK("http://x","c")', "-lr.scan", "@home:Opt"):
+        for in_runs in (False, True):
+            spec = parse_spec(tomllib.loads(label_spec(label, in_runs)))
+            assert label in [o.label for o in spec.optimizers] + [r.get("label") for r in spec.runs]
+
+
+@pytest.mark.slow
+def test_a_5000_character_label_exits_2_and_writes_nothing(cli, tmp_path):
+    (tmp_path / "labels.toml").write_text(label_spec("y" * 5000))
+    result = cli("sweep", "labels.toml", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "optimizer label 'yyyy" in result.stderr and "(5000 characters)" in result.stderr
+    assert len(result.stderr) < 1000 and not (tmp_path / "mlruns").exists()
+
+
+def test_every_formula_like_text_cell_is_neutralised_and_numbers_stay_numbers(tmp_path):
+    import csv
+
+    import pandas as pd
+
+    from optimstudy.report.csv_files import write_csv
+
+    frame = pd.DataFrame({"optimizer": pd.array(['=HYPERLINK("http://x","c")', "+1+cmd", "-2+3", "@SUM(A1)",
+                                                 "\tx", "\rx", "sgd", "-1.5", None], dtype="str"),
+                          "mean": [-0.5, 1.0, -2.0, 3.0, 4.0, 5.0, 6.0, -7.25, float("nan")],
+                          "seeds": [-1, 2, 3, 4, 5, 6, 7, 8, 9],
+                          "mixed": ["=1", -3, "-x", None, "a", "b", "c", "d", "e"]})
+    with open(write_csv(frame, tmp_path / "t.csv"), newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["optimizer"] for r in rows] == ['\'=HYPERLINK("http://x","c")', "'+1+cmd", "'-2+3", "'@SUM(A1)",
+                                              "'\tx", "'\rx", "sgd", "-1.5", ""]
+    assert [r["mean"] for r in rows][:3] == ["-0.5", "1.0", "-2.0"] and rows[0]["seeds"] == "-1"
+    assert [r["mixed"] for r in rows][:3] == ["'=1", "-3", "'-x"]
+    assert list(frame["optimizer"])[0] == '=HYPERLINK("http://x","c")'  # the caller's frame is untouched
+
+
+@pytest.mark.slow
+def test_a_formula_label_reaches_summary_csv_neutralised_and_the_mlflow_note_escaped(cli, tmp_path):
+    import csv
+
+    from mlflow import MlflowClient
+
+    from optimstudy.tracking.client import NOTE_TAG
+
+    formula, markup = '=HYPERLINK("http://x","c")', "@[x](http://e) <b>`y`"
+    text = ('name = "labels"\nproblem = "linreg"\nsteps = 20\nseeds = [0]\n'
+            f'[optimizers.{json.dumps(formula)}]\noptimizer = "sgd"\nlr = [0.1]\n'
+            f'[optimizers.{json.dumps(markup)}]\noptimizer = "sgd"\nlr = [0.05]\n')
+    (tmp_path / "labels.toml").write_text(text)
+    summary = json.loads(cli("sweep", "labels.toml", "--json", cwd=tmp_path, check_exit=0).stdout.splitlines()[-1])
+    cli("report", "--out", "out", cwd=tmp_path, check_exit=0)
+    attached = [p for p in (tmp_path / "mlruns").rglob("summary.csv") if "report" in p.parts]
+    assert attached, "summary.csv was not attached to the parent run"
+    for path in (tmp_path / "out" / "summary.csv", attached[0]):
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert sorted(r["optimizer"] for r in rows) == sorted(["'" + formula, "'" + markup]), rows
+        assert all(float(r["best_lr"]) > 0 for r in rows)  # numbers are written as numbers
+    note = MlflowClient(summary["tracking_uri"]).get_run(summary["parent_run_id"]).data.tags[NOTE_TAG]
+    assert "&#91;x&#93;(http://e) &lt;b&gt;&#96;y&#96;" in note and "<b>" not in note and "[x]" not in note, note
+    assert formula in note  # nothing in it that Markdown reads

@@ -8,6 +8,7 @@ looked for everywhere they could have left it: their output, every file under th
 and descriptions, Optuna's attributes, and the command line of every process on the machine
 while they ran (`ps` shows those to every user).
 """
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -36,11 +38,19 @@ lr = [0.01, 0.1]
 @pytest.fixture
 def private_databases(postgres_server):
     """(optuna URL, mlflow URL, password) on databases owned by a fresh role with a unique password."""
+    password = f"Pw{uuid.uuid4().hex}"
+    with private_role(postgres_server, password) as urls:
+        yield (*urls, password)
+
+
+@contextlib.contextmanager
+def private_role(postgres_server: str, password: str):
+    """(optuna URL, mlflow URL), the password percent-encoded, on two databases owned by a fresh role."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
     server = make_url(f"{postgres_server}/postgres")
-    role, password = f"optimstudy_secret_{uuid.uuid4().hex[:8]}", f"Pw{uuid.uuid4().hex}"
+    role = f"optimstudy_secret_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
@@ -54,8 +64,8 @@ def private_databases(postgres_server):
         with owner.connect() as connection:
             for name in names:
                 connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield (*[server.set(username=role, password=password, database=name).render_as_string(hide_password=False)
-                 for name in names], password)
+        yield tuple(f"{server.drivername}://{role}:{quote(password, safe='')}@{server.host}:{server.port}/{name}"
+                    for name in names)
     finally:
         with owner.connect() as connection:
             for name in names:
@@ -190,3 +200,83 @@ def assert_not_in_the_stores(mlflow_url: str, optuna_url: str, password: str) ->
     texts += [json.dumps(trial.user_attrs, default=str) for trial in study.trials]
     for text in texts:
         assert password not in str(text), text[:500]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_shown(tmp_path, postgres_server):
+    pieces = [uuid.uuid4().hex[:10] for _ in range(5)]
+    password = "{}@{}:{}%40{}/{}".format(*pieces)  # every character a URI parser splits on, and a "%40" of its own
+    with private_role(postgres_server, password) as (optuna_url, mlflow_url):
+        typed_optuna, typed_mlflow = (url.replace(quote(password, safe=""), password) for url in (optuna_url, mlflow_url))
+        assert typed_mlflow.count("@") == 2 and unquote(mlflow_url).count(password) == 1
+        (tmp_path / "secretive.toml").write_text(textwrap.dedent(SPEC).replace("seeds = [0, 1]", "seeds = [0]")
+                                                 .replace("[0.01, 0.1]", "[0.1]"))
+
+        def optimstudy(*args, **variables):
+            done = subprocess.run([sys.executable, "-m", "optimstudy", *args], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=300, env={**os.environ, **variables})
+            return done.returncode, done.stdout + done.stderr
+
+        typed = [("sweep", "secretive.toml", "--tracking-uri", typed_mlflow),
+                 ("sweep", "secretive.toml", "--storage", typed_optuna, "--tracking-uri", mlflow_url),
+                 ("sweep", "secretive.toml", "--dry-run", "--storage", typed_optuna),
+                 ("run", "--problem", "linreg", "--steps", "5", "--tracking-uri", typed_mlflow),
+                 ("report", "--tracking-uri", typed_mlflow), ("ui", "--tracking-uri", typed_mlflow),
+                 ("check", "secretive.toml", "--storage", typed_optuna, "--tracking-uri", mlflow_url),
+                 ("dashboard", "--storage", typed_optuna)]
+        outputs = []
+        for args in typed + [("--debug", *args) for args in typed[:2] + typed[3:5]]:
+            code, out = optimstudy(*args)
+            debug = args[0] == "--debug"  # --debug: the UsageError raised, its traceback shown (exit 1)
+            assert code == (1 if debug else 2) and "must be percent-encoded" in out and "quote(" in out, (args[:2], out[-2000:])
+            assert ("Traceback" in out) == debug, out[-2000:]
+            outputs.append(out)
+        for variable, command in (("MLFLOW_TRACKING_URI", ("report",)), ("OPTIMSTUDY_STORAGE", ("check", "secretive.toml"))):
+            code, out = optimstudy(*command, **{variable: typed_mlflow if variable.startswith("MLFLOW") else typed_optuna})
+            assert code == 2 and "must be percent-encoded" in out and (f"${variable}" in out or "--storage" in out), out[-2000:]
+            outputs.append(out)
+
+        # encoded, it works; a raw ":" parses the same everywhere, so it may stay as typed
+        colon_kept = mlflow_url.replace(quote(password, safe=""), quote(password, safe=":"))
+        code, out = optimstudy("run", "--problem", "linreg", "--steps", "5", "--tracking-uri", colon_kept)
+        assert code == 0 and "tracked as run" in out, out[-3000:]
+        outputs.append(out)
+        code, out = optimstudy("sweep", "secretive.toml", "--storage", optuna_url, "--tracking-uri", mlflow_url)
+        assert code == 0 and "secretive" in out, out[-3000:]
+        outputs.append(out)
+        for index, out in enumerate(outputs):
+            for piece in pieces:
+                assert piece not in out, f"output {index} shows part of the password: {out[-2000:]}"
+
+
+@pytest.mark.parametrize("uri, password, refused", [
+    ("postgresql+psycopg://v:Sec@ret55@host:5432/db", "Sec@ret55", True),
+    ("postgresql+psycopg://v:p@ss:w%40rd/x@host/db", "p@ss:w%40rd/x", True),
+    ("postgresql://u:ab@cd/ef@host/db", "ab@cd/ef", True),  # a "/" then a host-like piece: still one password
+    ("postgresql://u:a?b@host/db", "a?b", True),
+    ("postgresql://u:100%@host/db", "100%", True),
+    ("postgresql://u:p%40ss%3Aw@host/db", "p%40ss%3Aw", False),  # encoded
+    ("postgresql://u:pa:ss@host:5432/db", "pa:ss", False),  # a raw ":" parses the same everywhere
+    ("postgresql+psycopg://u:pw@h/db?sslcert=/certs/a@b", "pw", False),  # an "@" in the query
+    ("postgresql://u:pw@[::1]:5432/db", "pw", False),
+    ("postgresql://u:pw@/db?host=/var/run/postgresql", "pw", False),  # a Unix socket
+    ("postgresql://host:5432/db?application_name=a@b", None, False),
+    ("postgresql://u@host/db", None, False),
+    ("sqlite:////tmp/a@b/mlflow.db", None, False),
+    ("http://127.0.0.1:5000", None, False),
+])
+def test_a_password_is_read_as_typed_and_refused_only_when_a_parser_would_split_it(uri, password, refused):
+    from optimstudy.errors import UsageError
+    from optimstudy.tracking.connectivity import check_password_encoded, typed_password
+
+    assert typed_password(uri) == password
+    if not refused:
+        check_password_encoded(uri, "--storage")
+        return
+    with pytest.raises(UsageError) as caught:
+        check_password_encoded(uri, "--storage")
+    message = str(caught.value)
+    assert message.startswith("--storage '") and "quote(getpass.getpass(), safe='')" in message
+    for piece in password.replace("%", "@").replace("?", "@").replace("/", "@").split("@"):
+        assert len(piece) < 3 or piece not in message, piece

@@ -32,6 +32,26 @@ def interrupted_by_signals():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C (SIGINT) held back within it, and delivered at its end. A process forked within it
+    starts with SIGINT held too, so a Ctrl-C sent to the process group right at the fork cannot
+    interrupt it before it calls `leave_interrupts`."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def leave_interrupts() -> None:
+    """In a helper process forked within `interrupts_held`: Ctrl-C reaches the whole process group,
+    and the process that forked this one answers it, with one line, and ends this one; here it
+    would print a second traceback. Ignored, then SIGINT let through again."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def quick_exit(code: int) -> None:
     """Flush the standard streams and end the process now, skipping the interpreter's teardown:
     module by module it takes ~1 s with torch, MLflow and pandas loaded (~0.7 s for the writer's

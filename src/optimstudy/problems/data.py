@@ -287,6 +287,9 @@ def split_indices(n: int, val_fraction: float, split_seed: int,
         split_seed = int.from_bytes(pair, "big") >> 1  # a non-negative 63-bit seed
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     n_val = int(round(n * val_fraction))
+    if n_val >= n:
+        raise UsageError(f"val_fraction {val_fraction:g} holds out all {n} training rows, leaving none to train on; "
+                         f"expected a val_fraction below {(n - 0.5) / n:.4g} for this data (0: no validation split)")
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 

@@ -12,6 +12,7 @@ checks, e.g. "Invalid momentum value: -1.0", and optimizers that cannot run in o
     optimizer_arguments("adam", {"betas": (0.9, 0.99)}, lr=1e-3)   # {'betas': (0.9, 0.99)}
     optimizer_arguments("adam", {"betas": "fast"})                 # OptimizerArgumentError
 """
+import copy
 import inspect
 import math
 import types
@@ -231,7 +232,22 @@ def _worth_showing(value) -> bool:
 
 # ---- building it once ------------------------------------------------------------------------
 
-_checked: set = set()  # (name, lr, arguments) already built: RunConfig is made often (replace, every trial)
+# A user's optimizer may print, allocate or open files in its __init__, so it is built as few times
+# as possible: once per configuration by this check (in each process that validates; RunConfig is
+# made often: replace, every trial), then once by each run. The schedule check steps a copy.
+_checked: set = set()  # (name, lr, arguments) already built
+CHECKED_KEPT = 64  # the optimizers the check built last, kept for checked_copy
+_kept: dict = {}
+
+
+def checked_copy(cls: type, lr: float, arguments: dict):
+    """A copy of the optimizer the check built and stepped for (cls, lr, arguments), made without
+    running its __init__ again; None when none is kept or it cannot be copied."""
+    kept = _kept.get((cls, lr, repr(sorted(arguments.items()))))
+    try:
+        return None if kept is None else copy.deepcopy(kept)
+    except Exception:  # noqa: BLE001  e.g. it holds a lock or a file: the caller builds one
+        return None
 
 
 def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: dict, matrices_only: bool) -> None:
@@ -280,6 +296,9 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
     finally:
         torch.set_num_threads(threads)
     _checked.add(key)
+    _kept[(cls, lr, repr(sorted(arguments.items())))] = optimizer
+    if len(_kept) > CHECKED_KEPT:
+        del _kept[next(iter(_kept))]
 
 
 def _takes_matrices_only(cls: type, lr: float, arguments: dict) -> bool:

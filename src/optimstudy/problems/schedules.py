@@ -23,7 +23,7 @@ import torch
 
 from optimstudy.errors import UsageError, near
 from optimstudy.imports import import_object, is_import_path
-from optimstudy.problems.optimizers import has_modes
+from optimstudy.problems.optimizers import checked_copy, has_modes
 
 SHORT_NAMES = {"step": "StepLR", "multistep": "MultiStepLR", "exponential": "ExponentialLR",
                "cosine": "CosineAnnealingLR", "onecycle": "OneCycleLR"}
@@ -117,17 +117,29 @@ def _warmup_cosine(optimizer, total: int, warmup: int | None = None, start_facto
         raise UsageError(f"schedule 'warmup_cosine': {error}") from None
 
 
+_schedules_checked: set = set()  # (schedule, arguments, optimizer configuration) already stepped
+
+
 def check_schedule(name: str, args: dict, every: str, optimizer_class, lr: float, optimizer_args: dict) -> None:
-    """Raise a UsageError for a bad name, argument or value, by building it once on one dummy weight."""
+    """Raise a UsageError for a bad name, argument or value, by stepping it once on a copy of the
+    optimizer that optimizer_arguments built (so a user's optimizer is not built again for it)."""
     if every not in EVERY:
         raise UsageError(f"schedule_every must be one of {', '.join(EVERY)}, got {every!r}")
     if not isinstance(args, dict):
         raise UsageError(f"schedule arguments must be a table of name = value, got {args!r}")
-    weight = torch.zeros(1, requires_grad=True)
-    try:
-        optimizer = optimizer_class([weight], lr=lr, **optimizer_args)
-    except Exception:  # the optimizer's own arguments are checked elsewhere; a matrices-only one (Muon) lands here
-        optimizer = torch.optim.SGD([weight], lr=lr, momentum=0.9)
+    if name == "constant":
+        make_schedule(name, args, None, total=100)  # no optimizer needed: it only checks for arguments
+        return
+    key = (name, repr(sorted(args.items())), optimizer_class, lr, repr(sorted(optimizer_args.items())))
+    if key in _schedules_checked:
+        return
+    optimizer = checked_copy(optimizer_class, lr, optimizer_args)
+    if optimizer is None:
+        weight = torch.zeros(1, requires_grad=True)
+        try:
+            optimizer = optimizer_class([weight], lr=lr, **optimizer_args)
+        except Exception:  # the optimizer's own arguments are checked elsewhere; a matrices-only one (Muon) lands here
+            optimizer = torch.optim.SGD([weight], lr=lr, momentum=0.9)
     if has_modes(optimizer):  # Schedule-Free steps only in train mode
         optimizer.train()
     schedule = make_schedule(name, args, optimizer, total=100)
@@ -142,3 +154,4 @@ def check_schedule(name: str, args: dict, every: str, optimizer_class, lr: float
         raise UsageError(f"schedule '{name}' with {args or 'no arguments'}: {error}") from None
     if not isinstance(lr_now, (int, float)) or not math.isfinite(lr_now):
         raise UsageError(f"schedule '{name}' with {args or 'no arguments'} gives lr {lr_now!r}; expected a number")
+    _schedules_checked.add(key)

@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from optimstudy.errors import UsageError
+from optimstudy.processes import interrupts_held, leave_interrupts
+from optimstudy.report.csv_files import write_csv
 from optimstudy.report.page import html_table, render_page
 # Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
 from optimstudy.report.scripts import Section, analysis_folder, load_scripts
@@ -29,7 +31,7 @@ from optimstudy.results.notes import study_note
 from optimstudy.results.study import Study
 from optimstudy.results.tables import RUN_METRICS
 from optimstudy.tracking.client import mlflow_client, resolve_tracking_uri
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.parent_runs import is_read_only, log_report, set_notes
 from optimstudy.tracking.reader import load_study
 
@@ -102,10 +104,17 @@ def draw_all(scripts, study: Study, figures: Path, *, svg=True, debug=False) -> 
     study.summary, study.verdicts  # noqa: B018  computed once, before the fork, for every script to share
     _trim_heap()
     _pending[:] = [scripts, study, figures, svg]
-    try:  # ProcessPoolExecutor, not Pool: a drawing process that dies raises here instead of hanging
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_draw_one, range(len(scripts))))
+    # ProcessPoolExecutor, not Pool: a drawing process that dies raises here instead of hanging
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=leave_interrupts)
+    try:
+        with interrupts_held():  # the forks happen at the first submit
+            drawn = [pool.submit(_draw_one, index) for index in range(len(scripts))]
+        return [future.result() for future in drawn]
+    except KeyboardInterrupt:  # the figures not started are dropped; those being drawn finish, quietly
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
+        pool.shutdown()
         _pending.clear()
 
 
@@ -122,7 +131,8 @@ class StoreWriter:
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
             self.process = context.Process(target=_store_process, args=(tracking_uri, child), daemon=True)
-            self.process.start()
+            with interrupts_held():
+                self.process.start()
             child.close()
 
     def write(self, parents, out, notes) -> int:
@@ -153,7 +163,9 @@ class StoreWriter:
 
 def _store_process(tracking_uri: str, connection) -> None:
     """MLflow imported and an existing SQLite store opened (opening creates a missing one, and a report
-    never creates a store: whether it exists is for the reader to say); then one write."""
+    never creates a store: whether it exists is for the reader to say); then one write. The report
+    process ends it on Ctrl-C (StoreWriter.__exit__)."""
+    leave_interrupts()
     database = sqlite_path(tracking_uri)
     if database is None or database.exists():
         mlflow_client(tracking_uri)
@@ -194,6 +206,7 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
 
     matplotlib.use("Agg")
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    probe_store(tracking_uri)  # a server that is not there or refuses: exit 2 in seconds, as sweep and run
     folder = analysis_folder(analysis)
     if folder.note:
         print(f"note: {folder.note}", file=sys.stderr)
@@ -246,7 +259,9 @@ def draw_alone(function, name: str, tracking_uri: str | None, experiments, out) 
 
     section = Section(name, name, "", metrics=getattr(inspect.getmodule(function), "METRICS", None))
     metrics = metrics_needed([(section, function)])
-    study = Study(load_study(resolve_tracking_uri(tracking_uri), experiments, metrics=metrics))
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    probe_store(tracking_uri)
+    study = Study(load_study(tracking_uri, experiments, metrics=metrics))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     section = draw(section, function, study, out)
@@ -288,7 +303,7 @@ def write_report(study, out, *, analysis=None, scripts=None, tracking_uri: str =
     (out / "figures").mkdir(parents=True, exist_ok=True)
     scripts = load_scripts(analysis_folder(analysis)) if scripts is None else scripts
     sections = draw_all(scripts, study, out / "figures", svg=svg, debug=debug)
-    study.summary.to_csv(out / "summary.csv", index=False)
+    write_csv(study.summary, out / "summary.csv")
     # the page is shared and attached to the parent runs: it names the store, never its password
     (out / "report.html").write_text(render_page(study, sections, hide_passwords(tracking_uri)), encoding="utf-8")
     return sections

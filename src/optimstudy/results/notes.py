@@ -11,13 +11,30 @@ import math
 
 import pandas as pd
 
+# what could end a table cell, open a link or an image, HTML or a code span, or escape the next
+# character, as entities every Markdown renderer shows as the character itself ("&" too: an entity
+# typed in a label shows as typed); emphasis (* _) is left alone: it can only restyle the text
+_MARKDOWN_ENTITIES = {"&": "&amp;", "\\": "&#92;", "|": "&#124;", "`": "&#96;", "<": "&lt;", ">": "&gt;",
+                      "[": "&#91;", "]": "&#93;"}
+
+
+def markdown_text(value) -> str:
+    """`value` as text inside Markdown (a table cell, a list item): it shows as typed and starts no
+    markup; a newline becomes a space. Every value the note quotes (labels, problems, warnings)
+    goes through here; MLflow's sanitiser is then not the only guard.
+
+        markdown_text("a|b <i>")   # 'a&#124;b &lt;i&gt;'
+    """
+    text = str(value).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return "".join(_MARKDOWN_ENTITIES.get(char, char) for char in text)
+
 
 def study_note(study, experiment: str, description: str = "") -> str:
     """The best configuration per optimizer with its spread over seeds, warnings, verdicts and
     time to target, for one experiment (a sweep's study)."""
     summary = study.summary
     summary = summary[summary["experiment"] == experiment] if not summary.empty else summary
-    lines = [f"**{experiment}**: each optimizer at its best configuration (optimstudy results)", ""]
+    lines = [f"**{markdown_text(experiment)}**: each optimizer at its best configuration (optimstudy results)", ""]
     if description:
         lines += [description.strip(), ""]
     if summary.empty:
@@ -26,14 +43,15 @@ def study_note(study, experiment: str, description: str = "") -> str:
         lines += _best_table(summary)
     warnings = [w for w in summary.get("edge_warning", pd.Series(dtype=str)) if w]
     if warnings:
-        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
+        lines += ["", "**Warnings**", ""] + [f"- {markdown_text(w)}" for w in warnings]
     verdicts, answers = study.verdicts, study.answers
     if not verdicts.empty and "experiment" in verdicts:
         verdicts = verdicts[verdicts["experiment"] == experiment]
         answers = answers[answers["experiment"] == experiment]
         if not verdicts.empty:
             lines += ["", "**The answer** (best first; `>`: decided apart, Holm 5% over each problem's pairs)", ""]
-            lines += [f"- {row.problem}: {row.ranking} ({row.basis})" for row in answers.itertuples()]
+            lines += [f"- {markdown_text(row.problem)}: {markdown_text(row.ranking)} ({markdown_text(row.basis)})"
+                      for row in answers.itertuples()]
             decided = verdicts[verdicts["decided"].astype(bool)]
             if len(decided) < len(verdicts):
                 lines.append(f"- {len(verdicts) - len(decided)} of {len(verdicts)} pairs are not decided with the "
@@ -61,7 +79,7 @@ def _best_table(summary: pd.DataFrame) -> list[str]:
         reached = (f"{row.steps_to_target:,.0f} ({row.target}, {row.target_reached})" if _finite(row.steps_to_target)
                    else (f"not reached ({row.target})" if row.target else ""))
         cells = [row.problem, optimizer, lr, f"{row.metric} {interval}", spread, confirmed, reached]
-        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+        rows.append("| " + " | ".join(markdown_text(c) for c in cells) + " |")
     return rows
 
 

@@ -60,6 +60,10 @@ def check_model(config: RunConfig, data: Data) -> None:
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{where} returned a {type(model).__name__}, not a torch.nn.Module; expected make_model(data) "
                          "-> nn.Module (e.g. nn.Sequential(...)), or an nn.Module class")
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise UsageError(f"{where} has no trainable parameters (none, or all with requires_grad=False): an "
+                         "optimizer would have nothing to update; expected a model with at least one nn.Parameter "
+                         "(e.g. an nn.Linear)")
     x, y, info = data.train.x[:2], data.train.y[:2], data.info
     example = tuple(x.shape[1:])
     try:

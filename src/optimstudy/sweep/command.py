@@ -86,13 +86,13 @@ def _sweep(spec_path, options: SweepOptions) -> int:
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     planned, skipped = plan(spec)
+    options = options.resolved(spec)  # a URI typed with a raw password is refused even by a dry run
     if options.dry_run:
         print_dry_run(spec, planned, skipped)
         return 0
     if not planned:
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
-    options = options.resolved(spec)
     check_storage(options.storage, options.tracking_uri)  # before any store exists
     pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
     try:
@@ -116,7 +116,7 @@ def _sweep(spec_path, options: SweepOptions) -> int:
 
 
 def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
-    from optimstudy.results.notes import study_note  # on first use: it imports pandas
+    from optimstudy.results.notes import markdown_text, study_note  # on first use: it imports pandas
 
     url, tracking_uri = options.storage, options.tracking_uri
     study, storage, parent_run_id, added, notes = prepare(spec, planned, url, tracking_uri, options.restart)
@@ -169,7 +169,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
-              spec.description or f"optimstudy sweep of {spec.path}")
+              spec.description or f"optimstudy sweep of {markdown_text(spec.path)}")
     new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     verdicts = outcome.verdicts.to_dict("records")

@@ -77,7 +77,7 @@ def dashboard(spec_path: str | None = None, storage: str | None = None, host: st
     if spec_path is None and storage is None:
         raise UsageError("give an experiment spec or --storage URL")
     name = load_spec(spec_path).name if spec_path else None
-    url = storage_url(storage, name) if name else storage
+    url = storage_url(storage, name)
     check_port_free(host, port)
     open_existing_storage(url, f"run `optimstudy sweep {spec_path}` first")
     program = installed_program("optuna-dashboard")

@@ -62,6 +62,10 @@ SAMPLERS = ("tpe", "random", "gp", "grid")
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
 NAME_PATTERN = re.compile(r"[^\W_][\w. -]{0,99}")  # letters of any script (MLflow and Optuna store them), digits
+LABEL_MAX = 100  # an optimizer's label may be its import path: as long as a name
+LABEL_RULE = (f"1-{LABEL_MAX} printable characters, not all spaces (letters of any script, digits, spaces, "
+              "punctuation such as '.', ':', '_', '-'), with no '|', newline, tab or other control character (a "
+              "label is a cell of the sweep's table, the report's and the MLflow note's)")
 GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed")  # a list here is a grid axis
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
                    "shuffle", "val_fraction", "vary", "update_norm_every")
@@ -70,6 +74,12 @@ TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "se
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
 DECIDE_KEYS = ("max_seeds", "seeds_per_round", "time_budget_s")
 RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
+
+
+def valid_label(label) -> bool:
+    """Whether `label` may name an optimizer in a spec (LABEL_RULE)."""
+    return (isinstance(label, str) and 0 < len(label) <= LABEL_MAX and label.isprintable() and "|" not in label
+            and bool(label.strip()))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from optimstudy.problems.registry import resolve_problem
 from optimstudy.problems.schedules import schedule_factory
 from optimstudy.results.objectives import evaluation_metric, final_metric_names
 from optimstudy.run.config import SEED_RANGE, VARY_PARTS, RunConfig, is_seed
-from optimstudy.sweep.spec import OptimizerPlan, Spec, SpecError, every_config
+from optimstudy.sweep.spec import LABEL_RULE, OptimizerPlan, Spec, SpecError, every_config, valid_label
 
 
 class Where:
@@ -219,8 +219,17 @@ class Where:
             self.fail(key, values, "no repeated learning rates")
         return tuple(float(lr) for lr in values)
 
+    def label(self, key: str, label) -> str:
+        """An optimizer's label, checked (LABEL_RULE); named in the error as repr shows it, cut if long."""
+        if not valid_label(label):
+            shown = repr(label) if len(str(label)) <= 60 else f"{str(label)[:40]!r}… ({len(label)} characters)"
+            line = next((f" (line {n})" for n, text in enumerate(self.lines, 1) if str(label) in text), "")
+            raise SpecError(f"{self.source}: optimizer label {shown} ({key}){line}: expected {LABEL_RULE}")
+        return label
+
     def optimizer(self, label, entry, searching: bool) -> OptimizerPlan:
         key = f"optimizers.{label}"
+        self.label("an [optimizers.LABEL] table", label)
         if not isinstance(entry, dict):
             self.fail(key, entry, f"a table [optimizers.{label}] with lr = ...")
         name = entry.get("optimizer", label)

@@ -25,9 +25,23 @@ def load_spec(path) -> Spec:
     text = _read_utf8(path)
     try:
         raw = tomllib.loads(text)
+        return parse_spec(raw, str(path), text)
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: malformed TOML: {error}") from None
-    return parse_spec(raw, str(path), text)
+    except RecursionError:  # the parser, or the checks, walking arrays or tables nested thousands deep
+        raise SpecError(f"{path}: arrays or tables nested too deeply for Python to read (line "
+                        f"{_deepest_line(text)}); a spec nests a few levels at most") from None
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets and braces first nest deepest (quoted text is not skipped: a guide)."""
+    depth, deepest, line = 0, 0, 1
+    for number, row in enumerate(text.splitlines(), 1):
+        for char in row:
+            depth += (char in "[{") - (char in "]}")
+            if depth > deepest:
+                deepest, line = depth, number
+    return line
 
 
 def _read_utf8(path: Path) -> str:
@@ -162,7 +176,7 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
             if setting in entry:
                 run[setting] = where.setting(f"{key}.{setting}", entry[setting])
         if "label" in entry:
-            run["label"] = str(entry["label"])
+            run["label"] = where.label(f"{key}.label", str(entry["label"]))
         runs.append(run)
 
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),

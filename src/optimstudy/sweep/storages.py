@@ -30,7 +30,7 @@ import optuna
 from optuna.storages.journal import JournalFileSymlinkLock
 
 from optimstudy.errors import UsageError
-from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
+from optimstudy.tracking.connectivity import check_password_encoded, hide_passwords, sqlite_path
 from optimstudy.tracking.locks import exclusive
 
 RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
@@ -44,7 +44,9 @@ def default_storage_path(spec_name: str) -> Path:
     return Path.cwd() / "mlruns" / "optuna" / f"{spec_name}.journal"
 
 
-def storage_url(url: str | None, spec_name: str) -> str:
+def storage_url(url: str | None, spec_name: str | None) -> str:
+    """--storage (or $OPTIMSTUDY_STORAGE) if given, else the spec's journal file."""
+    check_password_encoded(url, "--storage")
     return url or str(default_storage_path(spec_name))
 
 

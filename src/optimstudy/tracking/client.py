@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
-from optimstudy.tracking.connectivity import hide_passwords, probe_store, sqlite_path
+from optimstudy.tracking.connectivity import check_password_encoded, hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.locks import exclusive
 from optimstudy.tracking.mlflow_setup import quiet_store_logs, report_connection_retries
 from optimstudy.tracking.writer import DeletedExperiment, end_run, find_or_create_experiment
@@ -31,8 +31,10 @@ report_connection_retries()  # a server that stops answering mid-sweep is said, 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db (SQLite)."""
+    source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        check_password_encoded(uri, source)
         return uri
     return f"sqlite:///{(Path.cwd() / DEFAULT_STORE_DIR / 'mlflow.db').as_posix()}"
 

@@ -34,6 +34,55 @@ _URI_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/:@'\"]*:)[^\s'\"]*@")
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s,;)]+)", re.IGNORECASE)
 
 
+# scheme://user: the start of a password; what may follow the "@" that ends it: a host (or an IPv6
+# address, or none: a Unix socket), a numeric port, a path without "@", then a query (which may hold "@")
+_USER = re.compile(r"[A-Za-z][\w+.-]*://[^/:@?#]*:")
+_AFTER_PASSWORD = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^/:?#@\[\]]*)(:\d*)?(/[^?#@]*)?([?#].*)?", re.DOTALL)
+# what a parser reads as the end of the password, the host or the path; a "%" must start a %XX escape
+_UNENCODED = re.compile(r"[@/?#]|%(?![0-9A-Fa-f]{2})")
+
+
+def typed_password(uri: str) -> str | None:
+    """The password of scheme://user:PASSWORD@host/... as typed: up to the first "@" that a host, a
+    port and a path can follow (else the last "@"); None when the URI has none."""
+    user = _USER.match(uri)
+    ats = [index for index, char in enumerate(uri) if char == "@" and user and index >= user.end()]
+    if not ats:
+        return None
+    query = uri.find("?", user.end())
+    if 0 <= query < ats[0] and _plain_address(uri[:query]):
+        return None  # scheme://host:port/db?key=a@b: no user, no password; the "@" is the query's
+    end = next((at for at in ats if _AFTER_PASSWORD.fullmatch(uri, at + 1)), ats[-1])
+    return uri[user.end():end]
+
+
+def _plain_address(uri: str) -> bool:
+    """Whether `uri` parses as scheme://host[:port][/path], with no user and a numeric port."""
+    try:
+        parsed = urlparse(uri)
+        parsed.port  # noqa: B018  raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return "@" not in parsed.netloc
+
+
+def check_password_encoded(uri: str | None, source: str) -> None:
+    """Refuse a store URI whose password is typed unencoded (a raw "@", "/", "?", "#" or a "%" that
+    starts no %XX), before any parser splits it and quotes a piece of it as a host or a port. The
+    message never shows the password, nor which of those characters it holds. A raw ":" parses the
+    same in every parser here (SQLAlchemy, urllib), so it is accepted.
+
+        check_password_encoded("postgresql+psycopg://v:Sec@ret@db/x", "--storage")   # UsageError
+    """
+    password = typed_password(uri or "")
+    if password is not None and _UNENCODED.search(password):
+        raise UsageError(
+            f"{source} '{hide_passwords(uri)}': its password holds a character that must be percent-encoded in "
+            "a URI (@ / ? # or a % not followed by two hex digits). Encode the password, e.g. with python -c "
+            "\"import getpass, urllib.parse; print(urllib.parse.quote(getpass.getpass(), safe=''))\" "
+            "(@ -> %40, : -> %3A, / -> %2F, % -> %25), and put the result between ':' and '@'")
+
+
 def hide_passwords(text) -> str:
     """`text` (a URI, or a message, page or command that quotes one) with every password in it
     replaced by ***. The one place a password is hidden: everything optimstudy prints, logs, tags
