@@ -390,7 +390,7 @@ def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int
     open, the time budget is spent or a round adds no seed; returns a line per worker that died. The
     parent run's tag declares the sequential design, so every verdict of the study is tested for it."""
     from optimstudy.results.rounds import seeds_wanted  # on first use: it imports pandas
-    from optimstudy.results.sequential import DESIGN_METRIC
+    from optimstudy.results.sequential import DESIGN_METRIC  # on first use: it imports scipy
 
     decide, tracking_uri = spec.decide, worker_options.tracking_uri
     update_run(tracking_uri, worker_options.parent_run_id, tags={TAG_DECIDE: decide.as_tag()},
