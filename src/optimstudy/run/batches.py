@@ -38,6 +38,12 @@ class Batches:
 
     def gathered(self):
         """The next batch as a copy of its rows, gathered by index (every batch smaller than the split)."""
+        index = self.next_index()
+        return self.split.x.index_select(0, index), self.split.y.index_select(0, index)  # 3x faster than x[index]
+
+    def next_index(self) -> torch.Tensor:
+        """The rows of the next batch (smaller than the split), in this generator's order: stacked seeds
+        (run/stacked.py) gather several seeds' batches at once from these."""
         if self._next == self.per_epoch:
             n = len(self.split)
             order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
@@ -46,7 +52,7 @@ class Batches:
             self._next = 0
         index = self._order[self._next]
         self._next += 1
-        return self.split.x.index_select(0, index), self.split.y.index_select(0, index)  # 3x faster than x[index]
+        return index
 
     def __iter__(self):
         return self
