@@ -218,25 +218,33 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
             results += [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
                                 progress=progress, save_model=save_model) for c in group]
         else:
-            results += _execute_stack(prepared, tracking, parent_run_id, tags, progress, save_model)
+            results += execute_stack(prepared, tracking, parent_run_id=parent_run_id, tags=tags, progress=progress,
+                                     save_model=save_model)
     return results
 
 
-def _execute_stack(stack: Stack, tracking: Tracking | None, parent_run_id, tags, progress,
-                   save_model) -> list[tuple[History, str | None]]:
+def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None, tags=None, on_evals=None,
+                  on_starts=None, progress=None, save_model=False) -> list[tuple[History, str | None]]:
+    """`execute` for a prepared stack of seeds (run.stacked.prepare_stack): (history, run id) per seed.
+    `tags`: one dict for every seed or a list, one per seed; `on_evals`, `on_starts`: one callable (or
+    None) per seed, as `execute`'s. A seed whose on_eval raised errors.Stop ends KILLED, the others FINISHED."""
     if tracking is None:
-        histories = train_stack(stack, progress=progress)
+        histories = train_stack(stack, on_evals=on_evals, progress=progress)
         return [(history, None) for history in histories]
-    stacked_tags = {**(tags or {}), TAG_STACKED: ",".join(str(seed) for seed in stack.seeds)}
-    loggers = [open_logger(c, data, note, tracking, parent_run_id, stacked_tags)
-               for c, data, note in zip(stack.configs, stack.datas, stack.notes)]
+    each_tags = tags if isinstance(tags, list) else [tags] * len(stack.configs)
+    stacked = {TAG_STACKED: ",".join(str(seed) for seed in stack.seeds)}
+    loggers = [open_logger(c, data, note, tracking, parent_run_id, {**(seed_tags or {}), **stacked})
+               for c, data, note, seed_tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
     runs = [tracked_run(logger) for logger in loggers]  # each ended as execute ends its one run
     entered = []
     try:
         for run in runs:
             run.__enter__()
             entered.append(run)
-        histories = train_stack(stack, loggers, progress=progress)
+        for logger, on_start in zip(loggers, on_starts or [None] * len(loggers)):
+            if on_start is not None:
+                on_start(logger.run_id)
+        histories = train_stack(stack, loggers, on_evals=on_evals, progress=progress)
         if save_model:
             for logger, history in zip(loggers, histories):
                 _save_state_dict(logger, history.model)

@@ -299,11 +299,16 @@ def _batch_source(stack: Stack):
     if whole_split:  # each seed's own whole split, stacked once
         x, y = torch.stack([d.train.x for d in datas]), torch.stack([d.train.y for d in datas])
         return lambda: (losses_of, x, y)
-    if stack.shared_data:  # one gather for all seeds' rows
-        split, seeds = datas[0].train, len(runs)
+    if stack.shared_data:  # one gather for all seeds' rows, from each seed's epoch order
+        split, seeds, per_epoch = datas[0].train, len(runs), runs[0].batches.per_epoch
+        epoch = {"orders": None, "next": per_epoch}
 
         def gathered():
-            index = torch.stack([run.batches.next_index() for run in runs]).view(-1)
+            if epoch["next"] == per_epoch:  # (per_epoch, seeds * batch): a step's rows are one row of it
+                orders = torch.stack([run.batches.epoch_order() for run in runs], 1)
+                epoch["orders"], epoch["next"] = orders.view(per_epoch, -1), 0
+            index = epoch["orders"][epoch["next"]]
+            epoch["next"] += 1
             x, y = split.x.index_select(0, index), split.y.index_select(0, index)
             return losses_of, x.view(seeds, -1, *x.shape[1:]), y.view(seeds, -1, *y.shape[1:])
         return gathered
