@@ -119,6 +119,25 @@ def test_a_diverging_seed_stops_alone_and_the_others_go_on():
     assert stacked[0].steps[-1] == 150
 
 
+def test_a_pruned_seed_stops_alone_and_the_others_go_on():
+    """A search trial's pruner raises errors.Stop from its on_eval: in a stack, only that seed stops."""
+    from optimstudy.errors import Stop
+
+    configs = [RunConfig(problem="linreg", optimizer="adam", lr=0.01, steps=40, eval_every=10, seed=seed, threads=1)
+               for seed in (0, 1, 2)]
+    stack = prepare_stack(configs)
+
+    def prune_at_20(step, metrics):
+        if step == 20:
+            raise Stop("pruned at step 20")
+
+    stacked = train_stack(stack, on_evals=[None, prune_at_20, None])
+    assert list(stack.stopped) == [1] and str(stack.stopped[1]) == "pruned at step 20"
+    assert stacked[1].steps[-1] == 20 and [e["step"] for e in stacked[1].evals] == [0, 10, 20]
+    assert stacked[1].final == {}  # ended KILLED, as a pruned run alone: no final metrics
+    assert_same_runs([stacked[0], stacked[2]], [train(configs[0]), train(configs[2])])
+
+
 def test_a_users_optimizer_declared_elementwise_is_stacked():
     stacked, alone = stacked_and_alone(seeds=(3, 5), problem="linreg", optimizer="stacking_problems:DeclaredSGD",
                                        lr=0.05, steps=20)
@@ -195,3 +214,73 @@ def test_optimstudy_run_stack_seeds_records_the_same_runs_as_separate_ones(tmp_p
 def test_bad_seed_flags_exit_2_naming_the_flag(argv, message, capsys):
     assert main(["run", "--problem", "linreg", "--steps", "2", "--no-track", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+SWEEP = """
+name = "{name}"
+problem = "linreg"
+steps = 40
+seeds = [0, 1, 2]
+stack_seeds = {stack}
+max_stack = 2
+
+[optimizers.adam]
+lr = [0.003, 0.03]
+
+[[runs]]
+optimizer = "sgd"
+lr = 0.1
+clip_grad_norm = 1.0
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_stacks_the_seeds_of_each_configuration_into_the_same_trials(tmp_path):
+    """stack_seeds = true: a worker claims up to max_stack queued seeds of one configuration and trains
+    them stacked; each is still its own trial with its own value and its own MLflow run, with the
+    numbers the same configuration has alone; clip_grad_norm's seeds run one after another, saying why."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from optimstudy.sweep.trials import trial_config
+
+    spec = tmp_path / "stacked.toml"
+    spec.write_text(SWEEP.format(name="stacked", stack="true"))
+    done = subprocess.run([sys.executable, "-m", "optimstudy", "sweep", str(spec), "--json"], cwd=tmp_path,
+                          env={**os.environ, "OPTIMSTUDY_SYSTEM_METRICS_S": "0"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == {"complete": 9, "pruned": 0, "failed": 0, "skipped": 0}
+    assert done.stderr.count("not stacked: clip_grad_norm") == 1  # sgd's 3 seeds: a pair, then one alone
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "mlruns" / "optuna" / "stacked.journal")))
+    client = MlflowClient(summary["tracking_uri"])
+    stacks = []
+    for trial in optuna.load_study(study_name="stacked", storage=storage).trials:
+        alone = train(trial_config(trial))
+        close(trial.value, alone.final["val_loss"], trial.number)
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["optimstudy.trial"] == str(trial.number)
+        stacks.append(run.data.tags.get(TAG_STACKED))
+        for name, value in alone.final.items():
+            if value is not None:
+                close(run.data.metrics[f"final_{name}"], value, (trial.number, name))
+        points = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
+        curve = [m.value for m in points]
+        for x, y in zip(curve, alone.step_metrics["train_loss"], strict=True):
+            close(x, y, (trial.number, "train_loss"))
+    # adam's 3 seeds per lr: a stack of 2 (max_stack) and one alone; sgd's runs never stacked
+    assert sorted(s for s in stacks if s) == ["0,1", "0,1", "0,1", "0,1"] and stacks.count(None) == 5
+
+
+@pytest.mark.parametrize("line, message", [
+    ('stack_seeds = "yes"', "stack_seeds"), ("max_stack = 0", "max_stack"), ("max_stack = 2.5", "max_stack")])
+def test_bad_stacking_keys_in_a_spec_exit_2_naming_the_key(line, message, tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    key = line.split(" = ")[0]
+    body = SWEEP.format(name="bad", stack="true")
+    spec.write_text("\n".join(line if text.startswith(key + " =") else text for text in body.splitlines()))
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("true or false" in err or "a positive integer" in err), err
