@@ -172,6 +172,7 @@ def test_other_runs_than_seeds_of_one_configuration_are_not_stacked():
     assert prepare_stack(configs) == "the runs differ in more than their seed"
 
 
+@pytest.mark.slow
 def test_optimstudy_run_stack_seeds_records_the_same_runs_as_separate_ones(tmp_path, tracking_uri):
     """The whole command, into a real MLflow store: each stacked seed is a run with the same params,
     curves and final metrics as the same seed run alone, and a tag naming the stack."""
@@ -209,6 +210,7 @@ def test_optimstudy_run_stack_seeds_records_the_same_runs_as_separate_ones(tmp_p
     (["--seeds", "0,x"], "--seeds must list distinct seeds"),
     (["--seeds", "1,1"], "--seeds must list distinct seeds"),
     (["--stack-seeds"], "--stack-seeds needs several seeds: --seeds"),
+    (["--seed", "3", "--seeds", "0,1"], "give --seed 3 or --seeds 0,1, not both"),
     (["--seeds", "0,1", "--stack-seeds", "--max-stack", "0"], "--max-stack must be a positive integer"),
 ])
 def test_bad_seed_flags_exit_2_naming_the_flag(argv, message, capsys):
@@ -284,3 +286,57 @@ def test_bad_stacking_keys_in_a_spec_exit_2_naming_the_key(line, message, tmp_pa
     assert main(["sweep", str(spec), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and ("true or false" in err or "a positive integer" in err), err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp_path, request):
+    """Each seed of an interrupted stack is a trial interrupted as any other: FAIL (queued again on
+    resume) and its run KILLED; the resumed sweep runs every configuration once, and check agrees."""
+    import signal
+    import time
+
+    import optuna
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    spec = tmp_path / "interrupt.toml"
+    spec.write_text('name = "interrupt"\nproblem = "linreg"\nsteps = 8000\nseeds = [0, 1, 2, 3]\nstack_seeds = true\n'
+                    '[optimizers.sgd]\nlr = [0.01, 0.1]\n')
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+    def trials():
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(tmp_path / "mlruns" / "optuna" / "interrupt.journal")))
+        return optuna.load_study(study_name="interrupt", storage=storage).trials
+
+    def stack_is_training():
+        try:
+            running = [t for t in trials() if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            return len(running) == 4 and bool(MlflowClient(uri).get_metric_history(
+                running[0].user_attrs["mlflow_run_id"], "train_loss"))
+        except Exception:  # the study or the store is not there yet
+            return False
+
+    command = [sys.executable, "-m", "optimstudy", "sweep", str(spec)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(process.kill)
+    deadline = time.time() + 180
+    while not stack_is_training() and time.time() < deadline:
+        time.sleep(0.2)
+    assert stack_is_training(), "no stack of 4 seeds started training"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "resume" in err
+    interrupted = [t for t in trials() if t.state == TrialState.FAIL]
+    assert len(interrupted) == 4 and TrialState.RUNNING not in [t.state for t in trials()]
+    client = MlflowClient(uri)
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in interrupted} == {"KILLED"}
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    complete = [t for t in trials() if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["optimstudy.key"] for t in complete]
+    assert len(keys) == len(set(keys)) == 8
+    checked = subprocess.run([sys.executable, "-m", "optimstudy", "check", str(spec)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=float, help="passes over the training split (default: 3)")
     budget.add_argument("--steps", type=int, help="optimizer updates")
     run.add_argument("--batch-size", type=int, default=64, help="examples per micro-batch (default: 64)")
-    run.add_argument("--seed", type=int, default=0, help="what --vary names (default: 0)")
+    run.add_argument("--seed", type=int, help="what --vary names (default: 0)")
     run.add_argument("--seeds", metavar="LIST", help="several seeds of the same run, each its own run: "
                      "0,1,2 or 0-7 (replaces --seed)")
     run.add_argument("--stack-seeds", action="store_true", help="train --seeds together as one batched model "
@@ -205,6 +205,9 @@ def main(argv=None) -> int:
 
 def cmd_run(args) -> int:
     args.seed_list = parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.seed_list is not None and args.seed is not None:
+        raise UsageError(f"give --seed {args.seed} or --seeds {args.seeds}, not both (--seeds 0,1,2 makes one run per "
+                         "seed)")
     if args.stack_seeds and args.seed_list is None:
         raise UsageError("--stack-seeds needs several seeds: --seeds 0,1,2 (or 0-7)")
     for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate),
@@ -231,7 +234,7 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
         rest=parse_opt(args.rest, "--rest"),
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=0 if args.seed is None else args.seed,
         device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
         accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
         **({} if args.update_norm_every is None else {"update_norm_every": args.update_norm_every}),
