@@ -167,6 +167,15 @@ def test_what_cannot_be_stacked_runs_one_after_another_saying_why(fields, reason
         assert history.config.seed == config.seed and history.steps[-1] == 3 and run_id is None
 
 
+def test_more_seeds_than_max_stack_make_several_stacks_in_order():
+    configs = [RunConfig(problem="linreg", optimizer="adam", lr=0.01, steps=20, seed=seed, threads=1)
+               for seed in (4, 5, 6)]
+    said = []
+    results = execute_seeds(configs, None, max_stack=2, say=said.append)  # a stack of 4, 5; then 6 alone
+    assert said == [] and [history.config.seed for history, _ in results] == [4, 5, 6]
+    assert_same_runs([history for history, _ in results], [train(c) for c in configs])
+
+
 def test_other_runs_than_seeds_of_one_configuration_are_not_stacked():
     configs = [RunConfig(problem="linreg", optimizer="adam", lr=lr, steps=3) for lr in (0.01, 0.02)]
     assert prepare_stack(configs) == "the runs differ in more than their seed"

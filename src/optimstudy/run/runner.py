@@ -210,9 +210,9 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
     results = []
     for start in range(0, len(configs), size):
         group = configs[start:start + size]
-        prepared = prepare_stack(group, data_dir=data_dir) if len(group) > 1 else "a single seed left"
-        if isinstance(prepared, str):
-            if say is not None:
+        prepared = prepare_stack(group, data_dir=data_dir) if len(group) > 1 else None  # one seed: nothing to stack
+        if not isinstance(prepared, Stack):
+            if say is not None and prepared is not None:
                 seeds = ",".join(str(c.seed) for c in group)
                 say(f"seeds {seeds} run one after another, not stacked: {prepared}")
             results += [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
