@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from optimstudy import __version__
@@ -65,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=float, help="passes over the training split (default: 3)")
     budget.add_argument("--steps", type=int, help="optimizer updates")
     run.add_argument("--batch-size", type=int, default=64, help="examples per micro-batch (default: 64)")
-    run.add_argument("--seed", type=int, default=0, help="what --vary names (default: 0)")
+    run.add_argument("--seed", type=int, help="what --vary names (default: 0)")
+    run.add_argument("--seeds", metavar="LIST", help="several seeds of the same run, each its own run: "
+                     "0,1,2 or 0-7 (replaces --seed)")
+    run.add_argument("--stack-seeds", action="store_true", help="train --seeds together as one batched model "
+                     "where the optimizer is elementwise and the model runs under vmap (else one after another, "
+                     "saying why); each seed is still its own run, the same numbers as alone")
+    run.add_argument("--max-stack", type=int, metavar="N", help="at most N seeds in one stack (default: 8 on a "
+                     "CPU, 32 on a GPU)")
     run.add_argument("--vary", default="init,order", help="what the seed varies, of init (weights), order "
                      "(batches), data (the train/validation split) (default: init,order)")
     run.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
@@ -199,7 +207,14 @@ def main(argv=None) -> int:
 
 
 def cmd_run(args) -> int:
-    for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate)):
+    args.seed_list = parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.seed_list is not None and args.seed is not None:
+        raise UsageError(f"give --seed {args.seed} or --seeds {args.seeds}, not both (--seeds 0,1,2 makes one run per "
+                         "seed)")
+    if args.stack_seeds and args.seed_list is None:
+        raise UsageError("--stack-seeds needs several seeds: --seeds 0,1,2 (or 0-7)")
+    for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate),
+                        ("--max-stack", args.max_stack)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.no_track:
@@ -222,7 +237,7 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
     config = RunConfig(
         problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
         rest=parse_opt(args.rest, "--rest"),
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=0 if args.seed is None else args.seed,
         device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
         accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
         **({} if args.update_norm_every is None else {"update_norm_every": args.update_norm_every}),
@@ -246,6 +261,8 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         tracking = Tracking(*tracking_at)
         ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
 
+    if args.seed_list is not None:
+        return _run_seeds(args, config, tracking)
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
                                   tags={"optimstudy.kind": "run"})
@@ -253,6 +270,39 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
     if args.json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
     return 0
+
+
+def _run_seeds(args, config, tracking) -> int:
+    """--seeds: one run per seed, stacked with --stack-seeds where the mathematics allows."""
+    from optimstudy.run.runner import execute_seeds  # on first use: it imports torch
+
+    configs = [replace(config, seed=seed) for seed in args.seed_list]
+    label = f"{config.problem} {config.optimizer} lr={config.lr:g} seeds {args.seeds}"
+    with progress_bar(label, unit="step") as progress:
+        results = execute_seeds(configs, tracking, stack=args.stack_seeds, max_stack=args.max_stack,
+                                data_dir=args.data_dir, tags={"optimstudy.kind": "run"}, progress=progress,
+                                save_model=args.save_model, say=lambda line: print(f"note: {line}", file=sys.stderr))
+    for history, run_id in results:
+        print(f"seed {history.config.seed}: ", end="", file=sys.stderr)
+        print_run_summary(history, run_id, tracking)
+    if args.json:
+        print(json.dumps({"runs": [{"run_id": run_id, **history.summary()} for history, run_id in results]}))
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds: '0,1,2' or '0-7' (or both, '0-3,10'), each a seed once."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds must list distinct seeds (integers from 0), e.g. --seeds 0,1,2 or --seeds 0-7; "
+                         f"got {text!r}")
+    return seeds
 
 
 def _schedule_args(items, parse_value) -> dict:

@@ -32,31 +32,38 @@ class OptimizerSpec:
     space: dict = field(default_factory=dict)  # arg -> (low, high, log)
     description: str = ""
     rest: dict = field(default_factory=dict)  # an optimizer for what this one does not take (parameter_groups)
+    # each element's update depends only on its own gradient history and a shared step count, so a
+    # configuration's seeds can train stacked in one model (run/stacked.py); False: it looks across a
+    # tensor or across tensors (Muon's orthogonalisation), and stacked seeds would mix
+    elementwise: bool = False
 
 
 LR_SPACE_SGD = {"lr": (1e-4, 1.0, True)}
 LR_SPACE_ADAPTIVE = {"lr": (1e-5, 1e-1, True)}
 
 OPTIMIZERS = {
-    "sgd": OptimizerSpec(torch.optim.SGD, {}, LR_SPACE_SGD, "plain gradient descent: w -= lr * g"),
+    "sgd": OptimizerSpec(torch.optim.SGD, {}, LR_SPACE_SGD, "plain gradient descent: w -= lr * g",
+                         elementwise=True),
     "momentum": OptimizerSpec(
-        torch.optim.SGD, {"momentum": 0.9}, LR_SPACE_SGD, "SGD with heavy-ball momentum 0.9"
+        torch.optim.SGD, {"momentum": 0.9}, LR_SPACE_SGD, "SGD with heavy-ball momentum 0.9", elementwise=True
     ),
     "nesterov": OptimizerSpec(
         torch.optim.SGD, {"momentum": 0.9, "nesterov": True}, LR_SPACE_SGD,
-        "SGD with Nesterov momentum 0.9",
+        "SGD with Nesterov momentum 0.9", elementwise=True,
     ),
-    "adam": OptimizerSpec(torch.optim.Adam, {}, LR_SPACE_ADAPTIVE, "per-weight steps from gradient moments"),
+    "adam": OptimizerSpec(torch.optim.Adam, {}, LR_SPACE_ADAPTIVE, "per-weight steps from gradient moments",
+                          elementwise=True),
     "adamw": OptimizerSpec(
-        torch.optim.AdamW, {}, LR_SPACE_ADAPTIVE, "Adam with decoupled weight decay (0.01)"
+        torch.optim.AdamW, {}, LR_SPACE_ADAPTIVE, "Adam with decoupled weight decay (0.01)", elementwise=True
     ),
     "rmsprop": OptimizerSpec(
-        torch.optim.RMSprop, {}, LR_SPACE_ADAPTIVE, "per-weight steps from a running mean of g^2"
+        torch.optim.RMSprop, {}, LR_SPACE_ADAPTIVE, "per-weight steps from a running mean of g^2", elementwise=True
     ),
     "adagrad": OptimizerSpec(
-        torch.optim.Adagrad, {}, {"lr": (1e-4, 1.0, True)}, "per-weight steps from the sum of g^2"
+        torch.optim.Adagrad, {}, {"lr": (1e-4, 1.0, True)}, "per-weight steps from the sum of g^2", elementwise=True
     ),
-    "nadam": OptimizerSpec(torch.optim.NAdam, {}, LR_SPACE_ADAPTIVE, "Adam with Nesterov momentum"),
+    "nadam": OptimizerSpec(torch.optim.NAdam, {}, LR_SPACE_ADAPTIVE, "Adam with Nesterov momentum",
+                           elementwise=True),
 }
 if hasattr(torch.optim, "Muon"):  # torch 2.9 and later
     # Muon's own README (github.com/KellerJordan/Muon): Muon at lr 0.02, weight decay 0.01 on the hidden
@@ -67,6 +74,28 @@ if hasattr(torch.optim, "Muon"):  # torch 2.9 and later
         "orthogonalized momentum on the hidden matrices; AdamW (lr x 0.015) on the rest",
         rest={"optimizer": "adamw", "lr_ratio": 0.015, "betas": (0.9, 0.95), "weight_decay": 0.01},
     )
+
+
+# Optimizers named by import path whose update is elementwise (see OptimizerSpec.elementwise): torch's
+# own beyond the registry's classes, and the `optimizers` extra's (schedulefree's warmup and averaging
+# weights and Lion's sign are per element, from lr and the step count). Not Prodigy or D-Adaptation
+# (a global step-size estimate), LAMB (a per-tensor trust ratio), Adafactor (factored moments).
+# A user's class declares itself with a class attribute `elementwise = True`.
+ELEMENTWISE_PATHS = {
+    "torch.optim:RAdam", "torch.optim:Adamax", "torch.optim:Adadelta",
+    "schedulefree:AdamWScheduleFree", "schedulefree:SGDScheduleFree", "schedulefree:RAdamScheduleFree",
+    "lion_pytorch:Lion",
+}
+
+
+def is_elementwise(name: str) -> bool:
+    """Whether optimizer `name` (a registry name or an import path) is known to update each element alone."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name].elementwise
+    cls = resolve_optimizer_class(name)
+    known = {spec.cls for spec in OPTIMIZERS.values() if spec.elementwise and not spec.defaults}
+    return (cls.__dict__.get("elementwise") is True or cls in known
+            or f"{cls.__module__.split('.')[0]}:{cls.__name__}" in ELEMENTWISE_PATHS)
 
 
 def has_modes(optimizer) -> bool:

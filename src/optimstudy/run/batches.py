@@ -38,15 +38,23 @@ class Batches:
 
     def gathered(self):
         """The next batch as a copy of its rows, gathered by index (every batch smaller than the split)."""
+        index = self.next_index()
+        return self.split.x.index_select(0, index), self.split.y.index_select(0, index)  # 3x faster than x[index]
+
+    def next_index(self) -> torch.Tensor:
+        """The rows of the next batch (smaller than the split), in this generator's order."""
         if self._next == self.per_epoch:
-            n = len(self.split)
-            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-            self._order = order.to(self.split.x.device)[: self.per_epoch * self.batch_size]
-            self._order = self._order.view(self.per_epoch, self.batch_size)
-            self._next = 0
+            self._order, self._next = self.epoch_order(), 0
         index = self._order[self._next]
         self._next += 1
-        return self.split.x.index_select(0, index), self.split.y.index_select(0, index)  # 3x faster than x[index]
+        return index
+
+    def epoch_order(self) -> torch.Tensor:
+        """The next epoch's batches, (per_epoch, batch_size) rows: stacked seeds (run/stacked.py) draw
+        each seed's whole epoch at once and gather all seeds' batches in one op. Use this or next_index."""
+        n = len(self.split)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        return order.to(self.split.x.device)[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
 
     def __iter__(self):
         return self

@@ -148,27 +148,125 @@ class StepRecorder:
         self.update_squares.clear()
         self.update_steps.clear()
 
-        losses = columns["train_loss"]
         if self.first_loss is None:
-            self.first_loss = losses[0]
-        bound = self.diverge_factor * max(abs(self.first_loss), 1.0)
-        bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss) or abs(loss) > bound), None)
-        kept = count if bad is None else bad + 1  # a diverged run ends at the step where it diverged
+            self.first_loss = columns["train_loss"][0]
+        return record_block(history, logger, columns, update_norms, self.finished - count + 1,
+                            self.diverge_factor * max(abs(self.first_loss), 1.0))
+
+
+def record_block(history, logger, columns: dict, update_norms: dict, first_step: int, bound: float) -> bool:
+    """One run's block of steps on the host into its history and logger; True when the run diverged
+    in it (a loss not finite or beyond `bound`): the block then ends at that step."""
+    losses = columns["train_loss"]
+    count = len(losses)
+    bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss) or abs(loss) > bound), None)
+    kept = count if bad is None else bad + 1  # a diverged run ends at the step where it diverged
+    steps = list(range(first_step, first_step + kept))
+    columns = {name: values[:kept] for name, values in columns.items()}
+    update_norms = {step: value for step, value in update_norms.items() if step < first_step + kept}
+    history.steps.extend(steps)
+    for name, values in columns.items():
+        history.step_metrics.setdefault(name, []).extend(values)
+    # update_norm stays aligned with the steps: NaN where the step's update was not measured
+    history.step_metrics.setdefault("update_norm", []).extend(update_norms.get(step, math.nan) for step in steps)
+    logger.log_steps(steps, columns)
+    if update_norms:
+        logger.log_steps(list(update_norms), {"update_norm": list(update_norms.values())})
+    if bad is not None:
+        history.diverged, history.diverged_at_step = True, steps[-1]
+    return bad is not None
+
+
+class StackedRecorder:
+    """StepRecorder for stacked seeds (run/stacked.py): every weight has a leading seed axis, and each
+    seed's row of diagnostics is what StepRecorder records for that seed's run alone (the same
+    cadence, the same divergence rule), computed for all seeds at once.
+
+    `flush(histories, loggers, live)` writes the live seeds' blocks and returns the seeds that
+    diverged in this block; their later steps are never recorded.
+    """
+
+    def __init__(self, params, seeds: int, *, diverge_factor: float, trace_weights: bool = False,
+                 update_every: int = 1):
+        self.params, self.seeds = list(params), seeds
+        self.weights = [p.detach() for p in self.params]
+        self.diverge_factor, self.trace_weights, self.update_every = diverge_factor, trace_weights, update_every
+        self.finished = 0
+        sizes = [w[0].numel() for w in self.weights]
+        first = self.weights[0]
+        self.previous = torch.empty(seeds, sum(sizes), dtype=first.dtype, device=first.device)
+        self.previous_views = [view.view_as(w) for view, w in zip(torch.split(self.previous, sizes, dim=1),
+                                                                     self.weights)]
+        self.first_losses: list[float | None] = [None] * seeds
+        self.losses: list[torch.Tensor] = []  # per step: (seeds,)
+        self.grad_norms: list[torch.Tensor] = []  # per step: (tensors, seeds), each gradient tensor's norm per seed
+        self.update_squares: list[torch.Tensor] = []
+        self.update_steps: list[int] = []
+        self.lrs: list = []
+        self.weight_rows: list[torch.Tensor] = []
+
+    def measures_update(self) -> bool:
+        return (self.finished + 1) % self.update_every == 0
+
+    def gradients(self, micro_losses: list[torch.Tensor]) -> None:
+        self.losses.append(micro_losses[0] if len(micro_losses) == 1 else torch.stack(micro_losses).mean(0))
+        grads = [p.grad.reshape(self.seeds, -1) for p in self.params if p.grad is not None]
+        if grads:  # per tensor and seed, as StepRecorder's per-tensor norms, summed in float64 at the flush
+            self.grad_norms.append(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads]))
+        else:
+            self.grad_norms.append(torch.zeros(1, self.seeds, device=self.previous.device))
+        if self.measures_update():
+            foreach_copy_(self.previous_views, self.weights)
+
+    def update(self, lr) -> None:
+        if self.measures_update():
+            foreach_sub_(self.previous_views, self.weights)
+            # one dot per seed, StepRecorder's own op: a float32 sum of squares depends on its summation
+            # order (a sum over the seed axis read 4e-5 apart from `dot` on Lion's equal-sized updates)
+            self.update_squares.append(torch.stack([torch.dot(row, row) for row in self.previous]))
+            self.update_steps.append(self.finished + 1)
+        self.finished += 1
+        self.lrs.append(lr.clone() if isinstance(lr, torch.Tensor) else lr)
+        if self.trace_weights:
+            self.weight_rows.append(torch.cat([w.reshape(self.seeds, -1) for w in self.weights], 1))
+
+    def flush(self, histories: list, loggers: list, live: list[bool]) -> list[int]:
+        count = len(self.lrs)
+        if count == 0:
+            return []
+        device = self.previous.device
+        update_norms = (torch.stack(self.update_squares).double().sqrt() if self.update_squares
+                        else torch.zeros(0, self.seeds, dtype=torch.float64, device=device))
+        grad_norms = torch.stack(self.grad_norms[:count]).double().square().sum(1).sqrt()  # (steps, seeds)
+        # (steps, seeds) each; one host sync for the three
+        losses, grad_norms, update_norms = torch.cat([torch.stack(self.losses[:count]).double(), grad_norms,
+                                                      update_norms]).split([count, count, len(self.update_steps)])
+        losses, grad_norms, update_norms = losses.T.tolist(), grad_norms.T.tolist(), update_norms.T.tolist()
+        lrs = self.lrs[:count]
+        lrs = (torch.stack(lrs).double().tolist() if isinstance(lrs[0], torch.Tensor) else [float(lr) for lr in lrs])
+        rows = torch.stack(self.weight_rows[:count]).double().tolist() if self.trace_weights else None
         first_step = self.finished - count + 1
-        steps = list(range(first_step, first_step + kept))
-        columns = {name: values[:kept] for name, values in columns.items()}
-        update_norms = {step: value for step, value in update_norms.items() if step < first_step + kept}
-        history.steps.extend(steps)
-        for name, values in columns.items():
-            history.step_metrics.setdefault(name, []).extend(values)
-        # update_norm stays aligned with the steps: NaN where the step's update was not measured
-        history.step_metrics.setdefault("update_norm", []).extend(update_norms.get(step, math.nan) for step in steps)
-        logger.log_steps(steps, columns)
-        if update_norms:
-            logger.log_steps(list(update_norms), {"update_norm": list(update_norms.values())})
-        if bad is not None:
-            history.diverged, history.diverged_at_step = True, steps[-1]
-        return bad is not None
+        update_steps = list(self.update_steps)
+        for recorded in (self.losses, self.grad_norms, self.lrs, self.weight_rows):
+            del recorded[:count]
+        self.update_squares.clear()
+        self.update_steps.clear()
+
+        diverged = []
+        for seed in range(self.seeds):
+            if not live[seed]:
+                continue
+            columns = {"train_loss": losses[seed], "grad_norm": grad_norms[seed], "lr": lrs}
+            if rows is not None:
+                columns.update({f"w{i + 1}": list(column) for i, column in
+                                enumerate(zip(*(step_rows[seed] for step_rows in rows)))})
+            if self.first_losses[seed] is None:
+                self.first_losses[seed] = columns["train_loss"][0]
+            bound = self.diverge_factor * max(abs(self.first_losses[seed]), 1.0)
+            if record_block(histories[seed], loggers[seed], columns, dict(zip(update_steps, update_norms[seed])),
+                            first_step, bound):
+                diverged.append(seed)
+        return diverged
 
 
 def _gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -24,6 +25,8 @@ from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.registry import resolve_problem
 from optimstudy.run.config import RunConfig
 from optimstudy.run.devices import device_label
+from optimstudy.run.stacked import TAG_STACKED, Stack, prepare_stack, train_stack
+from optimstudy.run.stacked import max_stack as max_stack_for
 from optimstudy.run.training import History
 from optimstudy.run.training import load_data as _load_data
 from optimstudy.run.training import train
@@ -168,17 +171,7 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
         history.note = note or history.note
         return history, None
 
-    # problem_tags: what the report needs about the problem, so that it never imports torch
-    run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),
-                "dataset": data.name,
-                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
-    if note:
-        run_tags["optimstudy.batch_note"] = note
-    dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
-               "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
-    logger = MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
-                          run_name=run_name(config), parent_run_id=parent_run_id,
-                          known_experiment_id=tracking.experiment_id, dataset=dataset)
+    logger = open_logger(config, data, note, tracking, parent_run_id, tags)
     with tracked_run(logger):
         if on_start is not None:
             on_start(logger.run_id)
@@ -187,6 +180,93 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
         if save_model:
             _save_state_dict(logger, history.model)
     return history, logger.run_id
+
+
+def open_logger(config: RunConfig, data: Data, note: str, tracking: Tracking, parent_run_id=None,
+                tags=None) -> MlflowLogger:
+    """The MLflow run of one resolved, fitted config, with its params, tags and data set."""
+    # problem_tags: what the report needs about the problem, so that it never imports torch
+    run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),
+                "dataset": data.name,
+                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
+    if note:
+        run_tags["optimstudy.batch_note"] = note
+    dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
+               "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
+    return MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
+                        run_name=run_name(config), parent_run_id=parent_run_id,
+                        known_experiment_id=tracking.experiment_id, dataset=dataset)
+
+
+def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack: bool = True,
+                  max_stack: int | None = None, data_dir=None, parent_run_id=None, tags=None, progress=None,
+                  save_model=False, say=None) -> list[tuple[History, str | None]]:
+    """Train the seeds of one configuration (configs that differ only in seed): stacked in groups of
+    at most `max_stack` (run.stacked; None: its MAX_STACK for the device) where `stack` and the
+    mathematics allow, else one after another through `execute`. Each seed is its own MLflow run;
+    a stacked one carries the tag stacked.TAG_STACKED. `say(line)` hears why seeds were not stacked.
+    Returns (history, run id) per config, in order."""
+    configs = [c.resolved() for c in configs]
+    if not stack or len(configs) < 2:
+        return [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags, progress=progress,
+                        save_model=save_model) for c in configs]
+    size = max_stack or max_stack_for(configs[0].device)
+    results = []
+    for start in range(0, len(configs), size):
+        group = configs[start:start + size]
+        prepared = prepare_stack(group, data_dir=data_dir) if len(group) > 1 else None  # one seed: nothing to stack
+        if not isinstance(prepared, Stack):
+            if say is not None and prepared is not None:
+                seeds = ",".join(str(c.seed) for c in group)
+                say(f"seeds {seeds} run one after another, not stacked: {prepared}")
+            results += [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
+                                progress=progress, save_model=save_model) for c in group]
+        else:
+            results += execute_stack(prepared, tracking, parent_run_id=parent_run_id, tags=tags, progress=progress,
+                                     save_model=save_model)
+    return results
+
+
+def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None, tags=None, on_evals=None,
+                  on_starts=None, progress=None, save_model=False) -> list[tuple[History, str | None]]:
+    """`execute` for a prepared stack of seeds (run.stacked.prepare_stack): (history, run id) per seed.
+    `tags`: one dict for every seed or a list, one per seed; `on_evals`, `on_starts`: one callable (or
+    None) per seed, as `execute`'s. A seed whose on_eval raised errors.Stop ends KILLED, the others FINISHED."""
+    if tracking is None:
+        histories = train_stack(stack, on_evals=on_evals, progress=progress)
+        return [(history, None) for history in histories]
+    each_tags = tags if isinstance(tags, list) else [tags] * len(stack.configs)
+    stacked = {TAG_STACKED: ",".join(str(seed) for seed in stack.seeds)}
+    loggers = [open_logger(c, data, note, tracking, parent_run_id, {**(seed_tags or {}), **stacked})
+               for c, data, note, seed_tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
+    runs = [tracked_run(logger) for logger in loggers]  # each ended as execute ends its one run
+    entered = []
+    try:
+        for run in runs:
+            run.__enter__()
+            entered.append(run)
+        for logger, on_start in zip(loggers, on_starts or [None] * len(loggers)):
+            if on_start is not None:
+                on_start(logger.run_id)
+        histories = train_stack(stack, loggers, on_evals=on_evals, progress=progress)
+        if save_model:
+            for logger, history in zip(loggers, histories):
+                _save_state_dict(logger, history.model)
+    except BaseException:
+        failure = sys.exc_info()
+        for run in entered:
+            run.__exit__(*failure)  # FAILED, or KILLED on Ctrl-C; each re-raises nothing of its own
+        raise
+    for seed, run in enumerate(runs):
+        stopped = stack.stopped.get(seed)
+        if stopped is None:
+            run.__exit__(None, None, None)
+        else:  # a pruned seed ends KILLED, as a pruned separate run does
+            try:
+                run.__exit__(type(stopped), stopped, stopped.__traceback__)
+            except type(stopped):
+                pass
+    return [(history, logger.run_id) for history, logger in zip(histories, loggers)]
 
 
 def _save_state_dict(logger, model) -> None:

@@ -144,13 +144,18 @@ def set_up(config: RunConfig, problem: Problem, data: Data) -> Setup:
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.opt, config.rest)  # rest: Muon's AdamW
     n_steps = total_steps(config, len(data.train))
     per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.accumulate)
-    schedule_steps = n_steps if config.schedule_every == "step" else math.ceil(n_steps / per_epoch)
-    schedule = make_schedule(config.schedule, config.schedule_args, optimizer, schedule_steps)
+    schedule = run_schedule(config, optimizer, n_steps, per_epoch)
     batches = Batches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed_of("order")),
                       config.shuffle)
     eval_every = config.eval_every or default_eval_every(n_steps, per_epoch, has_val=len(data.val) > 0)
     return Setup(model, params, optimizer, schedule, batches, LOSSES[config.loss][0], n_steps, per_epoch,
                  eval_every, "val" if len(data.val) else "train")
+
+
+def run_schedule(config: RunConfig, optimizer, n_steps: int, per_epoch: int):
+    """`config`'s lr schedule over `optimizer`, counted in steps or epochs as it says (None: constant)."""
+    schedule_steps = n_steps if config.schedule_every == "step" else math.ceil(n_steps / per_epoch)
+    return make_schedule(config.schedule, config.schedule_args, optimizer, schedule_steps)
 
 
 def train(config: RunConfig, logger: Logger | None = None, *, data: Data | None = None,

@@ -99,11 +99,13 @@ class Queue:
         self.spec, self.storage = spec, cached_storage(storage)
         self.study_id = storage.get_study_id_from_name(spec.name)
         self.waiting: collections.deque = collections.deque()
+        self.waiting_attrs: dict = {}  # number -> user attrs of the waiting trials at the last pass
         self.twinned: set = set()  # keys of more than one live trial at the last pass: checked afresh
 
     def read(self) -> None:
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         self.waiting = collections.deque(sorted(t.number for t in trials if t.state == TrialState.WAITING))
+        self.waiting_attrs = {t.number: t.user_attrs for t in trials if t.state == TrialState.WAITING}
         keys = collections.Counter(trial_key(t.user_attrs) for t in trials if t.state in LIVE)
         self.twinned = {key for key, count in keys.items() if count > 1}
 
@@ -131,9 +133,49 @@ class Queue:
             self.read()
         return None
 
+    def take_siblings(self, attrs: dict, limit: int) -> list:
+        """Up to `limit` more waiting trials of the configuration of `attrs` (a trial just taken) that
+        differ from it only in their seed (the same label, phase and device; never a search trial,
+        whose values are sampled when it runs), each taken atomically as `take` takes one: the
+        seeds one worker trains stacked (spec.stack_seeds). [(study, trial, trial_id), ...]"""
+        family = sibling_family(attrs)
+        taken = []
+        if family is None:
+            return taken
+        for number in list(self.waiting):
+            if len(taken) >= limit:
+                break
+            if sibling_family(self.waiting_attrs.get(number, {})) != family:
+                continue
+            self.waiting.remove(number)
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+            try:
+                if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            try:
+                study = open_study(self.spec, self.storage, trial_number=number)
+                taken.append((study, trial_of(study, trial_id), trial_id))
+            except BaseException as error:  # as in take: no trial stays RUNNING without a worker
+                for _, _, other_id in taken + [(None, None, trial_id)]:
+                    fail_if_running(self.storage, other_id,
+                                    f"{type(error).__name__} before the trial started; queued again on resume")
+                raise
+        return taken
+
     def duplicate_of(self, study, number: int, key: str, started) -> int | None:
         """duplicate_of, for a configuration queued more than once (the only way to have a twin)."""
         return duplicate_of(study, number, key, started) if key in self.twinned else None
+
+
+def sibling_family(attrs: dict) -> str | None:
+    """What a queued trial shares with the other seeds of its configuration: its config less the
+    seed, its label and phase (None for a search trial or one without a config)."""
+    if attrs.get(SPACE) or CONFIG not in attrs:
+        return None
+    return json.dumps({"config": {**attrs[CONFIG], "seed": None}, "label": attrs.get("optimizer"),
+                       "phase": attrs.get(PHASE)}, sort_keys=True, default=str)
 
 
 def fail_trial(study, trial, why: str) -> None:

@@ -11,6 +11,8 @@
                                   # schedule_args = { warmup = [5, 10] }: tuned like an optimizer argument
     vary = ["init", "order"]      # what a seed varies; "data": each seed its own train/validation split
     update_norm_every = 10        # steps between exact update norms (1: every step); loss and grad norm: every step
+    stack_seeds = true            # a configuration's seeds train as one batched model where the optimizer allows
+    max_stack = 8                 # (run/stacked.py); at most this many in one stack (default: 8 CPU, 32 GPU)
 
     [optimizers.sgd]
     lr = [0.01, 0.03, 0.1, 0.3]   # an explicit grid
@@ -70,7 +72,8 @@ GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed") 
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
                    "shuffle", "val_fraction", "vary", "update_norm_every")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
-            "direction", "optimizers", "search", "confirm", "decide", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
+            "direction", "optimizers", "search", "confirm", "decide", "runs", "stack_seeds", "max_stack",
+            *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
 DECIDE_KEYS = ("max_seeds", "seeds_per_round", "time_budget_s")
 RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
@@ -137,6 +140,10 @@ class Spec:
     description: str = ""
     text: str = ""  # the file as read, logged with the sweep
     schedule_grid: dict = field(default_factory=dict)  # schedule argument -> values: tuned like optimizer.grid
+    # how trials run, not what they are (not part of the study's identity): seeds of one configuration
+    # claimed together by one worker and trained stacked (run/stacked.py), at most max_stack at once
+    stack_seeds: bool = False
+    max_stack: int | None = None  # None: stacked.MAX_STACK for the device
 
     def grid_settings(self):
         """Every combination of the list-valued settings, as dicts."""

@@ -11,6 +11,7 @@ every Optuna storage), so no configuration runs twice, even with workers on seve
 Trials of a dead worker are found (its pid is gone, or its heartbeat is stale), failed, and
 queued again.
 """
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,8 @@ from optuna.trial import TrialState
 from optimstudy.errors import Stop
 from optimstudy.processes import STOP_SIGNALS, raise_interrupt
 from optimstudy.results.objectives import evaluation_metric
-from optimstudy.run.runner import Tracking, execute
+from optimstudy.run.runner import Tracking, execute, execute_stack
+from optimstudy.run.stacked import max_stack, prepare_stack
 from optimstudy.sweep.planning import config_from_json, plan
 from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, ROUND, SPACE, Queue, enqueue_missing, fail_if_running,
                                     fail_trial, requeue, trial_key)
@@ -170,6 +172,115 @@ class Heartbeat:
         return False
 
 
+def trial_hooks(spec: Spec, trial, config) -> tuple:
+    """(on_eval, tags) of a trial's run: its pruning (searches only) and its MLflow tags."""
+    attrs, label, phase = trial.user_attrs, trial.user_attrs.get("optimizer"), trial.user_attrs.get(PHASE, "")
+    at_evaluation = evaluation_metric(spec.metric, config.val_fraction > 0)  # train_loss is train_full_loss there
+
+    def on_eval(step, metrics):
+        value = metrics.get(at_evaluation)
+        # only searches prune: a grid, a [[runs]] entry or a confirmation runs to the end
+        if phase == "search" and value is not None and math.isfinite(value) and step > 0:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise Stop(f"pruned at step {step} ({spec.metric} {value:.4g})")
+
+    tags = {"optimstudy.kind": "trial", "optimstudy.study": spec.name, "optimstudy.trial": trial.number,
+            "optimstudy.phase": phase, "optimstudy.optimizer_label": label,
+            "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
+    if attrs.get(SPACE):
+        tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+    if attrs.get(ROUND):
+        tags[ROUND] = attrs[ROUND]
+    return on_eval, tags
+
+
+def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent_run_id, data_dir,
+                       threads) -> list[str]:
+    """Run claimed trials that differ only in seed (Queue.take_siblings) as one stack of seeds
+    (run/stacked.py): each is still its own trial, told its own value, and its own MLflow run.
+    Where they cannot be stacked, one line says why and each runs as run_trial runs it.
+    Returns each trial's final state's name, in order."""
+    from optimstudy.results.tables import objective_value  # on first use: it imports pandas
+
+    storage = queue.storage
+    ready = []
+    for study, trial, trial_id in claimed:
+        for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+            trial.set_user_attr(name, value)
+        attrs = trial.user_attrs
+        other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
+        if other is not None:
+            fail_trial(study, trial, f"duplicate of trial {other}; not run")
+            continue
+        config = config_from_json(attrs[CONFIG])
+        config = replace(config, threads=threads or config.threads)
+        trial.suggest_float(f"{attrs.get('optimizer')}.lr", config.lr, config.lr, log=True)  # the queued value
+        ready.append((study, trial, trial_id, config))
+    states = {trial_id: "duplicate" for _, _, trial_id in claimed}
+    if not ready:
+        return list(states.values())
+
+    def run_each(why):
+        if why:
+            print(f"optimstudy: trials {', '.join(str(t.number) for _, t, _, _ in ready)} run one after another, "
+                  f"not stacked: {why}", file=sys.stderr, flush=True)
+        for study, trial, trial_id, _ in ready:
+            states[trial_id] = run_trial(spec, queue, study, trial, trial_id, tracking, parent_run_id, data_dir,
+                                         threads)
+        return list(states.values())
+
+    if len(ready) < 2:
+        return run_each(None)
+    hooks = [trial_hooks(spec, trial, config) for _, trial, _, config in ready]
+    try:
+        with contextlib.ExitStack() as beats:
+            for _, _, trial_id, _ in ready:
+                beats.enter_context(Heartbeat(storage, trial_id))
+            stack = prepare_stack([config for *_, config in ready], data_dir=data_dir)
+            if not isinstance(stack, str):
+                results = execute_stack(stack, tracking, parent_run_id=parent_run_id,
+                                        tags=[tags for _, tags in hooks],
+                                        on_evals=[on_eval for on_eval, _ in hooks],
+                                        on_starts=[lambda run_id, t=trial: t.set_user_attr(RUN_ID, run_id)
+                                                   for _, trial, _, _ in ready])
+    except KeyboardInterrupt:
+        for study, trial, _, _ in ready:
+            fail_trial(study, trial, INTERRUPTED)
+        raise
+    except WriterDied as died:
+        for study, trial, trial_id, _ in ready:
+            fail_trial(study, trial, f"{WRITER_DIED} ({died})")
+            states[trial_id] = "writer died"
+        return list(states.values())
+    except StoreError as refused:
+        for study, trial, trial_id, _ in ready:
+            fail_trial(study, trial, f"StoreError: {refused}")
+            states[trial_id] = "failed"
+        if refused.store_wide:
+            raise
+        return list(states.values())
+    except Exception as error:  # as run_trial: FAIL them, with the message; the sweep goes on
+        for study, trial, trial_id, _ in ready:
+            fail_trial(study, trial, f"{type(error).__name__}: {error}")
+            states[trial_id] = "failed"
+        return list(states.values())
+    if isinstance(stack, str):  # after its heartbeats stopped: each trial runs with its own
+        return run_each(stack)
+    for index, ((study, trial, trial_id, config), (history, _)) in enumerate(zip(ready, results)):
+        stopped = stack.stopped.get(index)
+        if stopped is not None:
+            trial.set_user_attr("pruned", str(stopped))
+            study.tell(trial, state=TrialState.PRUNED)
+            states[trial_id] = "pruned"
+            continue
+        trial.set_user_attr(DIVERGED, history.diverged)
+        trial.set_user_attr("lr", config.lr)
+        study.tell(trial, objective_value(history.final.get(spec.metric), history.diverged, spec.direction))
+        states[trial_id] = "complete"
+    return list(states.values())
+
+
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
               threads) -> str:
     """Run one claimed trial to a final state; returns that state's name."""
@@ -192,23 +303,7 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
         trial.suggest_float(f"{label}.lr", config.lr, config.lr, log=True)  # the queued value, as the trial's param
     config = replace(config, threads=threads or config.threads)
 
-    at_evaluation = evaluation_metric(spec.metric, config.val_fraction > 0)  # train_loss is train_full_loss there
-
-    def on_eval(step, metrics):
-        value = metrics.get(at_evaluation)
-        # only searches prune: a grid, a [[runs]] entry or a confirmation runs to the end
-        if phase == "search" and value is not None and math.isfinite(value) and step > 0:
-            trial.report(value, step)
-            if trial.should_prune():
-                raise Stop(f"pruned at step {step} ({spec.metric} {value:.4g})")
-
-    tags = {"optimstudy.kind": "trial", "optimstudy.study": spec.name, "optimstudy.trial": trial.number,
-            "optimstudy.phase": phase, "optimstudy.optimizer_label": label,
-            "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
-    if attrs.get(SPACE):
-        tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
-    if attrs.get(ROUND):
-        tags[ROUND] = attrs[ROUND]
+    on_eval, tags = trial_hooks(spec, trial, config)
     try:
         with Heartbeat(storage, trial_id):
             history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
@@ -263,16 +358,26 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
                 continue
             return
         study, trial, trial_id = claimed
+        group = [claimed]
         try:
-            state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
-                              options.threads)
+            if spec.stack_seeds:  # the other seeds of its configuration, to train as one stack
+                limit = spec.max_stack or max_stack(trial.user_attrs.get("device") or "cpu")
+                group += queue.take_siblings(trial.user_attrs, limit - 1)
+            if len(group) > 1:
+                states = run_stacked_trials(spec, queue, group, tracking, options.parent_run_id, options.data_dir,
+                                            options.threads)
+            else:
+                states = [run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id,
+                                    options.data_dir, options.threads)]
         except KeyboardInterrupt:  # also when it came before run_trial could record it
-            fail_if_running(storage, trial_id, INTERRUPTED)
+            for _, _, taken_id in group:
+                fail_if_running(storage, taken_id, INTERRUPTED)
             raise
-        if state == "writer died":
-            rerun_after_writer_death(spec, url, study, storage.get_trial(trial_id))
-        if on_trial_done is not None:
-            on_trial_done(state)
+        for (study, _, trial_id), state in zip(group, states):
+            if state == "writer died":
+                rerun_after_writer_death(spec, url, study, storage.get_trial(trial_id))
+            if on_trial_done is not None:
+                on_trial_done(state)
 
 
 def rerun_after_writer_death(spec: Spec, url: str, study, trial) -> None:
