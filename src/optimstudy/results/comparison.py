@@ -172,6 +172,8 @@ def compare(a: dict, b: dict, direction: str, names=("A", "B"), pairs: int = 1, 
     if horizon is not None:
         return {**result, **_sequential(values_a, values_b, sign, names, threshold, horizon)}
     if not paired and min(len(values_a), len(values_b)) < MIN_SEEDS:
+        if min(len(values_a), len(values_b)) >= 2 and _same(values_a) and _same(values_b):
+            return {**result, "outcome": "no variation"}
         return {**result, "outcome": "too few seeds", "seeds_needed": MIN_SEEDS}
     if paired:
         differences = _difference(values_a, values_b)
