@@ -329,6 +329,7 @@ steps = 15
 batch_size = 1280           # the whole training split (2,000 rows less 20% test, less 20% validation)
 eval_every = 15
 seeds = [0, 1, 2, 3, 4]
+stack_seeds = true          # a label's 5 seeds as one model (torch.optim:SGD, by import path, runs them apart)
 
 [optimizers.sgd]
 lr = [0.2]
