@@ -79,5 +79,9 @@ def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
         print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
     if spec.confirm_seeds:
         print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
+    if spec.decide:
+        print(f"then: new seeds in rounds of {spec.decide.seeds_per_round} for the pairs still open, up to "
+              f"{spec.decide.max_seeds} per label"
+              + (f" or {spec.decide.time_budget_s:g} s" if spec.decide.time_budget_s else ""))
     for line in skip_notes(skipped):
         print(f"note: {line}")
