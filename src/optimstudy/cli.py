@@ -15,8 +15,8 @@ from pathlib import Path
 
 from optimstudy import __version__
 from optimstudy.compat.python import run_exit_handlers
-from optimstudy.errors import UsageError
-from optimstudy.processes import quick_exit
+from optimstudy.errors import TrialTimeout, UsageError
+from optimstudy.processes import Watchdog, quick_exit, stall_timeout_s
 from optimstudy.progress import progress_bar
 from optimstudy.sweep.check import check
 from optimstudy.sweep.servers import dashboard, ui
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR, else ~/.cache/optimstudy/data)")
     run.add_argument("--save-model", action="store_true", help="store the final state_dict as an artifact")
     run.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    run.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                     help="end the run FAILED past this wall-clock time (default: none; a run with no training "
+                          "step for $OPTIMSTUDY_STALL_TIMEOUT_S, 600 s, is ended anyway)")
     add_tracking_flags(run)
 
     listing = commands.add_parser("list", help="list problems, optimizers, losses or schedules")
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sweep.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                       help="end a trial FAILED past this wall-clock time; the sweep goes on (default: the spec's "
+                            "trial_timeout_s, else none; the stall guard, $OPTIMSTUDY_STALL_TIMEOUT_S, always)")
     sweep.add_argument("--restart", action="store_true",
                        help="the spec changed beyond new lrs/seeds/optimizers: keep the old study under a new "
                             "name and start this one afresh")
@@ -179,6 +185,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `optimstudy … | head` closed our stdout: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except TrialTimeout as error:  # the run is FAILED in the store, with this reason
+        if args.debug:
+            raise
+        print(f"optimstudy {args.command}: {error}; the run is FAILED", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -199,6 +210,8 @@ def cmd_run(args) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
+    check_trial_timeout(args.trial_timeout)
+    stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
     if args.no_track:
         return _run(args, None)
 
@@ -212,7 +225,18 @@ def cmd_run(args) -> int:
         stop_writers(wait=False)
 
 
+def check_trial_timeout(seconds) -> None:
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise UsageError(f"--trial-timeout must be a positive number of seconds, got {seconds:g}")
+
+
 def _run(args, tracking_at: tuple[str, str] | None) -> int:
+    # the limits hold from here: a problem whose data or model never returns must not hang the command
+    with Watchdog(args.trial_timeout, stall_timeout_s()) as watchdog:
+        return _run_watched(args, tracking_at, watchdog)
+
+
+def _run_watched(args, tracking_at: tuple[str, str] | None, watchdog: Watchdog) -> int:
     from optimstudy.problems.optimizers import parse_opt, parse_opt_value  # on first use: it imports torch
     from optimstudy.run.config import RunConfig  # on first use: it imports torch
 
@@ -245,7 +269,7 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
 
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
-                                  tags={"optimstudy.kind": "run"})
+                                  tags={"optimstudy.kind": "run"}, watchdog=watchdog)
     print_run_summary(history, run_id, tracking)
     if args.json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
@@ -317,6 +341,8 @@ def cmd_ui(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    check_trial_timeout(args.trial_timeout)
+    stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
@@ -326,7 +352,8 @@ def cmd_sweep(args) -> int:
     from optimstudy.sweep.command import sweep  # on first use: it imports optuna, torch
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
-                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart)
+                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart,
+                 trial_timeout_s=args.trial_timeout)
 
 
 def cmd_dashboard(args) -> int:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from optimstudy import results
-from optimstudy.errors import UsageError
-from optimstudy.processes import interrupted_by_signals
+from optimstudy.errors import TrialTimeout, UsageError
+from optimstudy.processes import EXIT_TIMED_OUT, Watchdog, interrupted_by_signals, stall_timeout_s
 from optimstudy.progress import progress_bar
 from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
@@ -55,6 +55,7 @@ class SweepOptions:
     dry_run: bool = False
     as_json: bool = False
     restart: bool = False
+    trial_timeout_s: float | None = None  # --trial-timeout; None: the spec's trial_timeout_s
 
     def resolved(self, spec: Spec) -> "SweepOptions":
         return replace(self, storage=storage_url(self.storage, spec.name),
@@ -62,9 +63,10 @@ class SweepOptions:
 
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
-          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False) -> int:
+          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False,
+          trial_timeout_s: float | None = None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart)
+    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, trial_timeout_s)
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
         start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
@@ -99,9 +101,16 @@ def _sweep(spec_path, options: SweepOptions) -> int:
         first = {}  # the first configuration of each (problem, loss): the model and its loss checked once
         for item in planned:
             first.setdefault((item.config.problem, item.config.loss), item.config)
-        for config in first.values():
-            config = config.resolved()
-            check_model(config, load_data(config, options.data_dir))
+        # a problem whose data or model never returns must not hang the sweep here either
+        with Watchdog(options.trial_timeout_s or spec.trial_timeout_s, stall_timeout_s(),
+                      what="the up-front check of the problem's data and model"):
+            try:
+                for config in first.values():
+                    config = config.resolved()
+                    check_model(config, load_data(config, options.data_dir))
+            except TrialTimeout as error:
+                raise UsageError(f"{spec.path}: problem '{config.problem}': {error}; its data or model "
+                                 "does not return") from None
         with interrupted_by_signals():
             return _run(spec, planned, skipped, options, pool)
     finally:
@@ -123,7 +132,8 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
-                                   threads=spec.settings.get("threads"))
+                                   threads=spec.settings.get("threads"),
+                                   trial_timeout_s=options.trial_timeout_s or spec.trial_timeout_s)
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:
@@ -343,8 +353,11 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
         for process in others:
             if isinstance(process, ForkedWorker):
                 process.dismiss()
-    return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}" if p.returncode < 0 else
-                                  f"exited with code {p.returncode}") + "; its trial was failed and queued again"
+    return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}; its trial was failed and queued again"
+                                  if p.returncode < 0 else
+                                  "ended itself: its trial timed out stuck where it could not be interrupted; the "
+                                  "trial is FAILED (not queued again in this sweep)" if p.returncode == EXIT_TIMED_OUT
+                                  else f"exited with code {p.returncode}; its trial was failed and queued again")
             for p in others if p.returncode not in (0, 130)]
 
 

@@ -41,10 +41,10 @@ def trial_key(attrs: dict) -> str | None:
     return prefix + json.dumps({**json.loads(brace + rest), "label": label}, sort_keys=True, default=str)
 
 
-def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str]) -> list[Planned]:
-    """Queue every planned trial that has no queued, running or finished trial yet (call it under
-    planning_lock: two callers at once would both see a configuration missing)."""
-    present = {trial_key(t.user_attrs) for t in study.get_trials(deepcopy=False, states=LIVE)}
+def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str], skip=frozenset()) -> list[Planned]:
+    """Queue every planned trial that has no queued, running or finished trial yet, nor a key in
+    `skip` (call it under planning_lock: two callers at once would both see a configuration missing)."""
+    present = {trial_key(t.user_attrs) for t in study.get_trials(deepcopy=False, states=LIVE)} | set(skip)
     added = []
     for item in planned:
         if item.key in present:

@@ -61,7 +61,8 @@ GRID_SETTINGS = ("batch_size", "loss", "zero_grad", "accumulate", "split_seed") 
 SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", "clip_grad_norm", "threads",
                    "shuffle", "val_fraction", "vary", "update_norm_every")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
-            "direction", "optimizers", "search", "confirm", "runs", *GRID_SETTINGS, *SCALAR_SETTINGS)
+            "direction", "optimizers", "search", "confirm", "runs", "trial_timeout_s", "max_trials",
+            *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
 RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
 
@@ -108,6 +109,9 @@ class Spec:
     description: str = ""
     text: str = ""  # the file as read, logged with the sweep
     schedule_grid: dict = field(default_factory=dict)  # schedule argument -> values: tuned like optimizer.grid
+    # how it runs, not what: neither is part of the study's identity (planning.spec_identity)
+    trial_timeout_s: float | None = None  # a trial past this wall-clock time is FAILED (processes.Watchdog)
+    max_trials: int | None = None  # allows a plan over planning.MAX_TRIALS_UNASKED trials, up to this many
 
     def grid_settings(self):
         """Every combination of the list-valued settings, as dicts."""

@@ -148,10 +148,14 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
             run["label"] = str(entry["label"])
         runs.append(run)
 
+    trial_timeout_s = where.positive(raw, "trial_timeout_s", float) if "trial_timeout_s" in raw else None
+    max_trials = where.positive(raw, "max_trials", int) if "max_trials" in raw else None
+
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
                 devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
                 direction=direction, search=search, confirm_seeds=confirm_seeds, runs=tuple(runs),
-                description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid)
+                description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid,
+                trial_timeout_s=trial_timeout_s, max_trials=max_trials)
     for config in every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
         try:
             RunConfig(**config)

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
-from optimstudy.errors import Stop
-from optimstudy.processes import STOP_SIGNALS, raise_interrupt
+from optimstudy.errors import Stop, TrialTimeout
+from optimstudy.processes import STOP_SIGNALS, Watchdog, raise_interrupt, stall_timeout_s
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute
 from optimstudy.sweep.planning import config_from_json, plan
@@ -60,6 +60,7 @@ class WorkerOptions:
     data_dir: str | None = None
     threads: int | None = None
     alive_fd: int | None = None  # a worker process's read end of the sweep's pipe: closed when the sweep dies
+    trial_timeout_s: float | None = None  # a trial past this wall-clock time is FAILED (processes.Watchdog)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,6 +103,15 @@ def unresolved_failures(study) -> dict[str, list[int]]:
             if not why.startswith("duplicate"):
                 reasons.setdefault(why, []).append(trial.number)
     return reasons
+
+
+def timed_out_keys(study) -> set:
+    """Keys of configurations whose latest attempt timed out: a sweep does not queue them again
+    (a hang would repeat); a new command does, as it does every failed configuration."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {trial_key(t.user_attrs) for t in trials if t.state in LIVE}
+    return {trial_key(t.user_attrs) for t in trials if t.state == TrialState.FAIL
+            and str(t.user_attrs.get(ERROR, "")).startswith(TrialTimeout.__name__)} - settled
 
 
 # ---- recovering from dead workers ----------------------------------------------------------
@@ -171,8 +181,13 @@ class Heartbeat:
 
 
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
-              threads) -> str:
-    """Run one claimed trial to a final state; returns that state's name."""
+              threads, trial_timeout_s: float | None = None) -> str:
+    """Run one claimed trial to a final state; returns that state's name.
+
+    A trial past `trial_timeout_s`, or with no step for the stall guard's time, is FAILED with
+    "TrialTimeout: …" (processes.Watchdog); one stuck where it cannot be interrupted is FAILED by
+    the watchdog's thread, which then ends this process (EXIT_TIMED_OUT). Either way, `work` does
+    not queue it again in this sweep (timed_out_keys): a hang would only repeat."""
     from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
     storage = queue.storage
@@ -207,10 +222,15 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
             "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
     if attrs.get(SPACE):
         tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+    def fail_stuck(reason):  # from the watchdog's thread, before it ends this process
+        fail_trial(study, trial, f"{TrialTimeout.__name__}: {reason}")
+
+    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], what=f"trial {trial.number}")
     try:
-        with Heartbeat(storage, trial_id):
+        with Heartbeat(storage, trial_id), watchdog:
             history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
-                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
+                                 watchdog=watchdog)
     except Stop as stop:
         trial.set_user_attr("pruned", str(stop))
         study.tell(trial, state=TrialState.PRUNED)
@@ -256,14 +276,14 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
             with planning_lock(url, spec.name):
                 study = open_study(spec, storage)
                 requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
-                    study, planned or plan(spec)[0], (spec.metric, spec.direction))
+                    study, planned or plan(spec)[0], (spec.metric, spec.direction), skip=timed_out_keys(study))
             if requeued:
                 continue
             return
         study, trial, trial_id = claimed
         try:
             state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
-                              options.threads)
+                              options.threads, options.trial_timeout_s)
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             fail_if_running(storage, trial_id, INTERRUPTED)
             raise
