@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
     sweep.add_argument("--storage", default=os.environ.get(STORAGE_VARIABLE) or None,
                        help=f"Optuna storage URL (default: ${STORAGE_VARIABLE}, else a journal file under mlruns/)")
-    sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the trials (a plan over 200: a summary and the first 10) and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sweep.add_argument("--trial-timeout", type=float, metavar="SECONDS",

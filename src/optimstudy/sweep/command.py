@@ -28,8 +28,9 @@ from optimstudy.progress import progress_bar
 from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
-from optimstudy.sweep.output import format_table, json_number, print_dry_run, trial_numbers_text
-from optimstudy.sweep.planning import compare_identity, confirm_plan, plan, skip_notes, spec_identity
+from optimstudy.sweep.output import LISTED_TRIALS, format_table, json_number, print_dry_run, trial_numbers_text
+from optimstudy.sweep.planning import (check_plan_size, compare_identity, confirm_plan, iter_plan, plan, plan_counts,
+                                       plan_devices, skip_notes, spec_identity)
 from optimstudy.sweep.queue import ERROR, PHASE, enqueue_missing
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
@@ -83,6 +84,14 @@ def _sweep(spec_path, options: SweepOptions) -> int:
     workers = options.workers
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
+    counts = plan_counts(spec)  # counted, not built: a huge grid is refused (or summarised) in microseconds
+    if options.dry_run and sum(counts.values()) > LISTED_TRIALS:
+        devices, absent = plan_devices(spec)
+        skipped = {device: sum(counts.values()) // len(devices) for device in absent} if devices else {}
+        print_dry_run(spec, iter_plan(spec, devices), skipped, counts)
+        return 0
+    if not options.dry_run:
+        check_plan_size(spec, sum(counts.values()))
     planned, skipped = plan(spec)
     if options.dry_run:
         print_dry_run(spec, planned, skipped)
