@@ -4,6 +4,7 @@ watchdog that ends a run past its time limit or stalled, and a child that dies w
 Standard library only: the MLflow writer, a plain script started without torch, uses it too.
 """
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -34,6 +35,27 @@ def interrupted_by_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Linux: have the kernel SIGKILL this process the moment the thread that started it ends,
+    however it ends (`kill -9` of a sweep's process group too), through prctl(PR_SET_PDEATHSIG).
+    For a sweep's workers: they keep their own session (a terminal's Ctrl-C reaches only the sweep,
+    which relays it), so a signal to the sweep's group misses them, and a worker left running a
+    trial would meet the next command on the same stores. `parent_pid`: the parent as the child
+    saw it before the call; if it is gone already, this process exits at once. False off Linux
+    (nothing set: a worker then stops after its trial, when the sweep's pipe closes)."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:  # it died between the fork and the prctl: nobody will signal us
+        quick_exit(0)
+    return True
 
 
 def quick_exit(code: int) -> None:

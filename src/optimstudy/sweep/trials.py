@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optimstudy.errors import Stop, TrialTimeout
-from optimstudy.processes import STOP_SIGNALS, Watchdog, raise_interrupt, stall_timeout_s
+from optimstudy.processes import STOP_SIGNALS, Watchdog, die_with_parent, raise_interrupt, stall_timeout_s
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute
 from optimstudy.sweep.planning import config_from_json, plan
@@ -311,9 +311,13 @@ def worker_main(argv: list[str]) -> int:
     URIs, which a command line would show to every user), or WORKER-JSON as `argv[0]` (a forked
     worker): one extra worker process of a sweep.
 
-    It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
-    end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
+    On Linux it dies with the sweep that started it (processes.die_with_parent: its trial is then
+    failed and queued again by the next command). Elsewhere it stops after its trial when the sweep
+    is gone: the sweep holds the write end of a pipe whose read end is ours, so the pipe closes when
+    the sweep dies, however it dies.
     """
+    if not argv:  # a fresh process (a forked worker set this up as it was forked): it dies with its sweep
+        die_with_parent(os.getppid())
     options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
 
