@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only read the store: do not attach the page and figures to each sweep's parent run "
                              "(by default they are logged there as artifacts under 'report/')")
     report.add_argument("--analysis", metavar="DIR",
-                        help="folder of analysis scripts, one figure each (default: ./analysis if it holds "
-                             "scripts, else the optimstudy checkout's analysis/)")
+                        help="folder of analysis scripts, one figure each, drawn instead of the built-in ones "
+                             "(default: the built-in figures, plus ./analysis's scripts, which add figures or "
+                             "replace a built-in one of the same file name)")
     add_tracking_flags(report, allow_no_track=False)
 
     check = commands.add_parser("check", help="check that a sweep's study and tracking store agree; repair")
@@ -369,12 +370,13 @@ def cmd_report(args) -> int:
 
 
 def analysis_script_main(figure, argv=None) -> int:
-    """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone.
+    """`python PATH/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]` (a built-in one:
+    `python -m optimstudy.report.figures.NAME …`): one figure alone.
     Each analysis script ends with `raise SystemExit(analysis_script_main(figure))`."""
     argv = sys.argv[1:] if argv is None else argv
 
     name = Path(inspect.getsourcefile(figure)).stem
-    parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"Draw the '{name}' figure.")
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=f"Draw the '{name}' figure.")
     parser.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
                         help="experiments to draw from, repeatable (default: all)")
     parser.add_argument("--out", default="analysis/figures", help="output folder (default: analysis/figures)")
