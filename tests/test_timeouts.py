@@ -5,6 +5,9 @@ The user's problem hangs in `forward` only on training batches of 32 rows, so th
 check (2 rows) and the evaluations pass and a grid over batch_size = [16, 32] has one trial that
 hangs and one that finishes.
 """
+import os
+import subprocess
+import sys
 import time
 
 import optuna
@@ -17,6 +20,9 @@ from conftest import run_cli
 HANGING_MODULE = '''
 import os
 import signal
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -157,3 +163,34 @@ def test_a_sweep_fails_the_hung_trial_in_both_stores_and_finishes_the_other(scra
                           timeout=180)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "limit of 2 s" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_own_trial_is_stuck_where_no_signal_reaches_goes_on_with_the_next(scratch):
+    """The sweep process is itself worker 1: stuck there, it FAILs the trial and starts the same
+    command again in the same process, which goes on with the trials after it."""
+    store = f"sqlite:///{scratch / 'mlruns' / 'mlflow.db'}"
+    (scratch / "hangs.toml").write_text(SPEC.replace("batch_size = [16, 32]", "batch_size = [32, 16]"))
+    sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "hangs.toml", "--tracking-uri", store,
+                              "--trial-timeout", "3"], cwd=scratch, env={**os.environ, "HANG_DEAF": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 1, err[-3000:]
+    assert "does not respond" in err and "starts again in this process" in err, err[-3000:]
+    assert "failed: 1 trial(s)" in err and "Traceback" not in err, err[-3000:]
+
+    study = optuna.load_study(study_name="hangs", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(scratch / "mlruns" / "optuna" / "hangs.journal"))))
+    trials = study.get_trials(deepcopy=False)
+    by_batch = {trial.user_attrs["optimstudy.config"]["batch_size"]: trial for trial in trials}
+    assert len(trials) == 2, [(t.number, t.state) for t in trials]
+    assert by_batch[32].number == 0 and by_batch[32].state == TrialState.FAIL
+    assert "TrialTimeout" in by_batch[32].user_attrs["optimstudy.error"]
+    assert by_batch[16].state == TrialState.COMPLETE  # run after the restart
+    trial_runs = {run.data.params["batch_size"]: run for run in runs_of(store, "hangs")
+                  if run.data.tags.get("optimstudy.kind") == "trial"}
+    assert trial_runs["32"].info.status == "FAILED" and "TrialTimeout" in trial_runs["32"].data.tags["optimstudy.error"]
+    assert trial_runs["16"].info.status == "FINISHED"

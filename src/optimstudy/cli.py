@@ -175,6 +175,8 @@ def exit_without_teardown(code: int | None) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command as typed, to run again (a sweep whose own trial is stuck: sweep.command.restart_sweep)
+    args.restart_argv = [sys.executable, "-m", "optimstudy", *sys.argv[1:]] if argv is None else None
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:
@@ -355,7 +357,7 @@ def cmd_sweep(args) -> int:
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
                  data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart,
-                 trial_timeout_s=args.trial_timeout)
+                 trial_timeout_s=args.trial_timeout, restart_argv=args.restart_argv)
 
 
 def cmd_dashboard(args) -> int:

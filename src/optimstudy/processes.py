@@ -109,14 +109,17 @@ class Watchdog:
     2. no step comes (a hung `data` or `forward`): the main thread gets SIGUSR1, whose handler
        raises TrialTimeout there; sleeps, socket reads and lock waits return to run it;
     3. still nothing (stuck in C, or signals blocked): the watchdog's own thread runs `on_stuck`
-       (each action given the reason: FAIL the trial, end the MLflow run) and ends the process
-       with EXIT_TIMED_OUT.
+       (each action given the reason: FAIL the trial, end the MLflow run), then `last_resort`
+       (given the reason; default: end the process with EXIT_TIMED_OUT; a sweep starts itself
+       again in the same process: sweep.command.restart_sweep).
     Way 2 needs the main thread (a library user's run on another thread gets 1 and 3).
     """
 
-    def __init__(self, limit_s: float | None = None, stall_s: float | None = None, on_stuck=(), what="the run"):
+    def __init__(self, limit_s: float | None = None, stall_s: float | None = None, on_stuck=(), what="the run",
+                 last_resort=None):
         self.limit_s, self.stall_s, self.what = limit_s, stall_s, what
         self.on_stuck = list(on_stuck)
+        self.last_resort = last_resort
         self.reason: str | None = None  # set once it fires
         self.step: int | None = None
         self.started: float | None = None  # the time limit counts from begin()
@@ -201,11 +204,17 @@ class Watchdog:
                 return
         # 3: the training thread is stuck where nothing reaches it: record why here, and end the process
         print(f"optimstudy: {reason}; it does not respond (stuck in code that cannot be interrupted), so "
-              f"process {os.getpid()} ends (exit {EXIT_TIMED_OUT})", file=sys.stderr, flush=True)
+              f"process {os.getpid()} ends" + ("" if self.last_resort else f" (exit {EXIT_TIMED_OUT})"),
+              file=sys.stderr, flush=True)
         for action in self.on_stuck:
             try:
                 action(reason)
             except BaseException as error:  # noqa: BLE001  the next action, and the exit, still come
                 print(f"optimstudy: while ending the timed-out run: {type(error).__name__}: {error}",
                       file=sys.stderr, flush=True)
+        if self.last_resort is not None:
+            try:
+                self.last_resort(reason)
+            except BaseException as error:  # noqa: BLE001  it failed: the exit below still comes
+                print(f"optimstudy: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         quick_exit(EXIT_TIMED_OUT)

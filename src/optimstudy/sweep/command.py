@@ -37,7 +37,7 @@ from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
                                        storage_url, study_exists)
 from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
-                                     trial_config, trial_counts, unresolved_failures, work)
+                                     timed_out_keys, trial_config, trial_counts, unresolved_failures, work)
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
 from optimstudy.tracking.client import NOTE_TAG, ensure_store, experiment_id, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
@@ -57,6 +57,9 @@ class SweepOptions:
     as_json: bool = False
     restart: bool = False
     trial_timeout_s: float | None = None  # --trial-timeout; None: the spec's trial_timeout_s
+    # the command line that runs this sweep again (cli.cmd_sweep's own): how the sweep goes on after a
+    # trial of its own process is stuck where nothing reaches it (restart_sweep); None: it ends instead
+    restart_argv: tuple | None = None
 
     def resolved(self, spec: Spec) -> "SweepOptions":
         return replace(self, storage=storage_url(self.storage, spec.name),
@@ -65,9 +68,10 @@ class SweepOptions:
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False,
-          trial_timeout_s: float | None = None) -> int:
+          trial_timeout_s: float | None = None, restart_argv=None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, trial_timeout_s)
+    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, trial_timeout_s,
+                           tuple(restart_argv) if restart_argv else None)
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
         start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
@@ -146,14 +150,15 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:
-        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool)
+        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool,
+                            restart_argv=options.restart_argv)
         confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
         if confirm:
             with planning_lock(url, spec.name):
                 queued = enqueue_missing(study, confirm, (spec.metric, spec.direction))
             if queued or trial_counts(study)["waiting"]:
                 deaths += run_phase(spec, study, worker_options, options.workers, f"{spec.name} confirm", confirm,
-                                    pids, pool)
+                                    pids, pool, restart_argv=options.restart_argv)
         status = "FINISHED"
     except StoreError as error:  # every further trial would fail the same way: stop, and say so
         refused = error
@@ -255,7 +260,9 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
         study.set_user_attr(IDENTITY, identity)
         parent_run_id = ensure_parent_run(spec, study, tracking_uri, added)
         notes += [f"recovered: {line}" for line in recover_dead_trials(study, storage, tracking_uri)]
-        queued = enqueue_missing(study, planned, (spec.metric, spec.direction))
+        # started again by restart_sweep: the trial that was stuck stays FAILED (it would only hang again)
+        skip = timed_out_keys(study) if os.environ.get(RESTARTED_AFTER_STUCK) else frozenset()
+        queued = enqueue_missing(study, planned, (spec.metric, spec.direction), skip=skip)
     if added:
         notes.append(f"the spec extends the study: added {'; '.join(added)} ({len(queued)} new trials queued)")
     return study, storage, parent_run_id, added, notes
@@ -289,7 +296,7 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
 
 
 def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, label: str, planned, pids: set,
-              pool: list) -> list[str]:
+              pool: list, restart_argv=None) -> list[str]:
     """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
     line per worker that died.
 
@@ -336,7 +343,8 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
 
             refused = None
             try:
-                work(spec, options, on_trial_done=report, planned=planned)
+                work(spec, options, on_trial_done=report, planned=planned,
+                     last_resort=(lambda reason: restart_sweep(restart_argv)) if restart_argv else None)
             except StoreError as error:  # the store refuses writes: the others stop at their next batch too
                 refused = error
             while any(p.poll() is None for p in others):
@@ -368,6 +376,21 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
                                   "trial is FAILED (not queued again in this sweep)" if p.returncode == EXIT_TIMED_OUT
                                   else f"exited with code {p.returncode}; its trial was failed and queued again")
             for p in others if p.returncode not in (0, 130)]
+
+
+RESTARTED_AFTER_STUCK = "OPTIMSTUDY_RESTARTED_AFTER_STUCK"
+
+
+def restart_sweep(argv) -> None:
+    """From the watchdog's thread, once a trial of this process is stuck where nothing reaches it
+    and is FAILED in both stores: the same sweep command again, in this process (same pid, same
+    terminal; os.execve), so that the sweep goes on with the next trials. Its workers die with the
+    old program (processes.die_with_parent) and their trials run again; the stuck one is not queued
+    again (RESTARTED_AFTER_STUCK)."""
+    print("optimstudy: the sweep starts again in this process, to go on with the other trials",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execve(argv[0], list(argv), {**os.environ, RESTARTED_AFTER_STUCK: "1"})
 
 
 # ---- the results (results/ computes them; the sweep prints them) ------------------------

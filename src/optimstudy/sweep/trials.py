@@ -181,7 +181,7 @@ class Heartbeat:
 
 
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
-              threads, trial_timeout_s: float | None = None) -> str:
+              threads, trial_timeout_s: float | None = None, last_resort=None) -> str:
     """Run one claimed trial to a final state; returns that state's name.
 
     A trial past `trial_timeout_s`, or with no step for the stall guard's time, is FAILED with
@@ -225,7 +225,8 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     def fail_stuck(reason):  # from the watchdog's thread, before it ends this process
         fail_trial(study, trial, f"{TrialTimeout.__name__}: {reason}")
 
-    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], what=f"trial {trial.number}")
+    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], what=f"trial {trial.number}",
+                        last_resort=last_resort)
     try:
         with Heartbeat(storage, trial_id), watchdog:
             history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
@@ -256,11 +257,12 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
 
 
 def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading.Event | None = None,
-         planned=None) -> None:
+         planned=None, last_resort=None) -> None:
     """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
     A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
-    store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
+    store_wide) stops this worker: more trials would only fail the same way, and stay queued.
+    `last_resort`: what ends a trial stuck where nothing reaches it (processes.Watchdog)."""
     url, tracking_uri = options.storage, options.tracking_uri
     storage = open_storage(url)
     queue = Queue(spec, storage)
@@ -283,7 +285,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
         study, trial, trial_id = claimed
         try:
             state = run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id, options.data_dir,
-                              options.threads, options.trial_timeout_s)
+                              options.threads, options.trial_timeout_s, last_resort)
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             fail_if_running(storage, trial_id, INTERRUPTED)
             raise
