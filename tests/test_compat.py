@@ -111,3 +111,33 @@ def test_the_writers_compat_module_starts_without_torch_or_the_package():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow', 'optuna', 'optimstudy')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "['optimstudy', 'optimstudy.compat', 'optimstudy.compat.mlflow']", result.stderr
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_trials_added_in_bulk_are_the_trials_enqueue_trial_makes(tmp_path, kind):
+    from optuna.trial import create_trial
+
+    from optimstudy.compat.optuna import add_trials
+
+    def storage(name):
+        if kind == "journal":
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / name)))
+        return f"sqlite:///{tmp_path / name}"
+
+    queued = [({"sgd.lr": 0.1 * (index + 1)}, {"optimstudy.key": f"k{index}", "config": {"lr": index, "opt": [1, 2]}})
+              for index in range(7)]
+    one_by_one = optuna.create_study(study_name="s", storage=storage("one"))
+    for params, attrs in queued:
+        one_by_one.enqueue_trial(params=params, user_attrs=attrs)
+    in_bulk = optuna.create_study(study_name="s", storage=storage("bulk"))
+    add_trials(in_bulk, [create_trial(state=TrialState.WAITING, user_attrs=attrs, system_attrs={"fixed_params": params})
+                         for params, attrs in queued], len(queued), chunk=3)
+    # read back through a fresh storage: what is on disk, not the writer's cache
+    reread = optuna.load_study(study_name="s", storage=storage("bulk"))
+    for expected, got in zip(one_by_one.get_trials(), reread.get_trials(), strict=True):
+        assert (got.number, got.state, got.params, got.user_attrs, got.system_attrs, got.datetime_start) == \
+            (expected.number, expected.state, expected.params, expected.user_attrs, expected.system_attrs,
+             expected.datetime_start)
+    # and a worker takes them as it takes enqueued ones: the fixed params become the trial's params
+    trial = reread.ask()
+    assert trial.number == 0 and trial.suggest_float("sgd.lr", 0.01, 1.0) == pytest.approx(0.1)

@@ -23,7 +23,7 @@ from optimstudy.results import comparison
 from optimstudy.run.config import RunConfig
 from optimstudy.problems.registry import PROBLEMS
 from optimstudy.facts import VALLEY_START
-from optimstudy.report.scripts import PACKAGE_ANALYSIS, load_scripts
+from optimstudy.report.scripts import BUILT_IN, load_scripts
 from optimstudy.report.build import write_report
 from optimstudy.results.study import Study
 from optimstudy.results.tables import best_configurations, edge_warnings, objective_value, run_table
@@ -33,7 +33,7 @@ from optimstudy.tracking.reader import load_runs
 from optimstudy.tracking.client import experiment_id
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p.stem for p in (REPO / "analysis").glob("*.py"))
+SCRIPTS = sorted(p.stem for p in (REPO / "src" / "optimstudy" / "report" / "figures").glob("*.py"))
 
 
 # ---- writing synthetic runs -------------------------------------------------------------------
@@ -378,7 +378,7 @@ def test_the_reports_torch_free_tables_match_the_registries():
     registered = tuple(name for name in BUILTIN_OPTIMIZERS if name != "muon" or hasattr(torch.optim, "Muon"))
     assert list(BUILTIN_PROBLEMS) == list(PROBLEMS) and registered == tuple(OPTIMIZERS)
     assert (VALLEY_SCALES, NOISE_STD) == (data.VALLEY_SCALES, data.NOISE_STD)
-    spec = importlib.util.spec_from_file_location("loss_functions_script", REPO / "analysis" / "loss_functions.py")
+    spec = importlib.util.spec_from_file_location("loss_functions_script", REPO / "src" / "optimstudy" / "report" / "figures" / "loss_functions.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.LESSON_PAIRS == LESSON_PAIRS
@@ -468,7 +468,7 @@ def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
     from optimstudy.report.scripts import load_scripts
     from optimstudy.report.build import draw
 
-    section, figure = next(item for item in load_scripts(REPO / "analysis") if item[0].name == "across_problems")
+    section, figure = next(item for item in load_scripts(REPO / "src" / "optimstudy" / "report" / "figures") if item[0].name == "across_problems")
     section = draw(section, figure, Study(grid_frame), tmp_path)
     assert section.note.startswith("one problem only (") and "needs two or more" in section.note
     assert not list(tmp_path.glob("across_problems.*")) and not section.error
@@ -510,7 +510,7 @@ def test_verdicts_on_real_runs(tracking_uri):
 def full_report(store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis")
     frame = load_runs(store, compact=True)
-    sections = write_report(frame, folder, analysis=REPO / "analysis", tracking_uri=store)
+    sections = write_report(frame, folder, analysis=REPO / "src" / "optimstudy" / "report" / "figures", tracking_uri=store)
     return folder, sections, frame
 
 
@@ -575,7 +575,7 @@ def test_figures_tolerate_nan_values_and_diverged_runs(full_report):
 
 def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp_path):
     frame = load_runs(store, experiments=["single"])  # one linreg run
-    sections = {s.name: s for s in write_report(frame, tmp_path, analysis=REPO / "analysis", svg=False)}
+    sections = {s.name: s for s in write_report(frame, tmp_path, analysis=REPO / "src" / "optimstudy" / "report" / "figures", svg=False)}
     assert sections["lr_sensitivity"].note == (
         "no runs for it yet: run `optimstudy sweep experiments/lr_sensitivity.toml`")
     assert not (tmp_path / "figures" / "lr_sensitivity.png").exists()
@@ -612,7 +612,7 @@ if __name__ == "__main__":
 
 def test_a_script_dropped_into_analysis_appears_on_the_page(store, tmp_path):
     folder = tmp_path / "analysis"
-    shutil.copytree(REPO / "analysis", folder, ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
+    shutil.copytree(REPO / "src" / "optimstudy" / "report" / "figures", folder, ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
     (folder / "runs_per_optimizer.py").write_text(USER_SCRIPT)
     (folder / "broken.py").write_text("import no_such_module\n\n\ndef figure(study):\n    pass\n")
     sections = {s.name: s for s in write_report(load_runs(store, experiments=["grid"]), tmp_path / "out",
@@ -637,7 +637,7 @@ def run_script(*args, check_exit):
 
 @pytest.mark.slow
 def test_an_analysis_script_runs_alone(store, tmp_path):
-    script = REPO / "analysis" / "lr_sensitivity.py"
+    script = REPO / "src" / "optimstudy" / "report" / "figures" / "lr_sensitivity.py"
     result = run_script(script, "--tracking-uri", store, "--experiment", "grid", "--out", tmp_path, check_exit=0)
     assert "lr_sensitivity.png" in result.stdout
     assert_real_png(tmp_path / "lr_sensitivity.png")
@@ -645,8 +645,8 @@ def test_an_analysis_script_runs_alone(store, tmp_path):
     assert "did you mean 'grid'" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_the_package_finds_the_checkouts_scripts():
-    assert PACKAGE_ANALYSIS == REPO / "analysis"
+def test_the_package_finds_its_built_in_scripts():
+    assert BUILT_IN == REPO / "src" / "optimstudy" / "report" / "figures" and len(SCRIPTS) >= 10
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -744,7 +744,7 @@ def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_p
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {"OPTIMSTUDY_DATA_DIR": mnist_dir, "PYTHONPATH": str(REPO)}  # REPO: examples.* problems import
     swept = cli("sweep", spec, "--tracking-uri", uri, "--json", check_exit=0, cwd=tmp_path, env=env, timeout=600)
-    result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out", "--analysis", REPO / "analysis",
+    result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out", "--analysis", REPO / "src" / "optimstudy" / "report" / "figures",
                  check_exit=0, cwd=tmp_path, env=env)
     assert "failed" not in result.stderr
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
@@ -771,14 +771,21 @@ def test_an_analysis_folder_of_other_scripts_is_never_run_and_the_built_in_figur
     (tmp_path / "analysis" / "train.py").write_text(f"open({str(ran)!r}, 'w').write('top-level code ran')\n")
     (tmp_path / "analysis" / "old.py").write_text("print 'python 2'\n")
     chosen = analysis_folder()
-    assert chosen.path == PACKAGE_ANALYSIS and len(chosen.scripts) == len(SCRIPTS)
-    assert "./analysis holds no figure scripts (2 *.py" in chosen.note and str(PACKAGE_ANALYSIS) in chosen.note
-    (tmp_path / "analysis" / "mine.py").write_text(USER_SCRIPT)  # one figure script: this folder, the rest skipped
+    assert chosen.path == BUILT_IN and len(chosen.scripts) == len(SCRIPTS)
+    assert "./analysis holds no figure scripts (2 *.py" in chosen.note and str(BUILT_IN) in chosen.note
+    (tmp_path / "analysis" / "mine.py").write_text(USER_SCRIPT)  # a figure script: added to the built-in ones
+    (tmp_path / "analysis" / "zero_grad.py").write_text(USER_SCRIPT)  # one named like a built-in: replaces it
     chosen = analysis_folder()
-    assert chosen.path == Path("analysis") and [p.name for p in chosen.scripts] == ["mine.py"] and not chosen.note
+    assert chosen.path == Path("analysis")
+    assert sorted(p.name for p in chosen.scripts) == sorted({f"{name}.py" for name in SCRIPTS} | {"mine.py"})
+    assert {p.name: p.parent for p in chosen.scripts}["zero_grad.py"] == Path("analysis")
+    assert {p.name: p.parent for p in chosen.scripts}["lr_sensitivity.py"] == BUILT_IN
+    assert "adds 1 figure script(s)" in chosen.note and "replaces the built-in zero_grad" in chosen.note
     assert dict(chosen.skipped)["train.py"] == "no top-level figure(study) function"
     assert dict(chosen.skipped)["old.py"].startswith("does not parse: SyntaxError")
-    assert [section.name for section, _ in load_scripts(chosen)] == ["mine"]
+    loaded = {section.name: section for section, _ in load_scripts(chosen)}
+    assert set(loaded) == set(SCRIPTS) | {"mine"}
+    assert loaded["zero_grad"].title == loaded["mine"].title  # the user's script, not the built-in one
     assert not ran.exists()
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from optimstudy import __version__
 from optimstudy.compat.python import run_exit_handlers
-from optimstudy.errors import UsageError
-from optimstudy.processes import quick_exit
+from optimstudy.errors import TrialTimeout, UsageError
+from optimstudy.processes import Watchdog, quick_exit, stall_timeout_s
 from optimstudy.progress import progress_bar
 from optimstudy.sweep.check import check
 from optimstudy.sweep.servers import dashboard, ui
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR, else ~/.cache/optimstudy/data)")
     run.add_argument("--save-model", action="store_true", help="store the final state_dict as an artifact")
     run.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    run.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                     help="end the run FAILED past this wall-clock time (default: none; a run with no training "
+                          "step for $OPTIMSTUDY_STALL_TIMEOUT_S, 600 s, is ended anyway)")
     add_tracking_flags(run)
 
     listing = commands.add_parser("list", help="list problems, optimizers, losses or schedules")
@@ -120,12 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
     sweep.add_argument("--storage", default=os.environ.get(STORAGE_VARIABLE) or None,
                        help=f"Optuna storage URL (default: ${STORAGE_VARIABLE}, else a journal file under mlruns/)")
-    sweep.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the trials (a plan over 200: a summary and the first 10) and exit")
     sweep.add_argument("--data-dir", help="dataset root (default: $OPTIMSTUDY_DATA_DIR)")
     sweep.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sweep.add_argument("--until-decided", action="store_true",
                        help="after the planned seeds, add seeds to the pairs still open until each is decided "
                             "(the spec's [decide] table, else max_seeds = 20 in rounds of 5)")
+    sweep.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                       help="end a trial FAILED past this wall-clock time; the sweep goes on (default: the spec's "
+                            "trial_timeout_s, else none; the stall guard, $OPTIMSTUDY_STALL_TIMEOUT_S, always)")
     sweep.add_argument("--restart", action="store_true",
                        help="the spec changed beyond new lrs/seeds/optimizers: keep the old study under a new "
                             "name and start this one afresh")
@@ -146,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only read the store: do not attach the page and figures to each sweep's parent run "
                              "(by default they are logged there as artifacts under 'report/')")
     report.add_argument("--analysis", metavar="DIR",
-                        help="folder of analysis scripts, one figure each (default: ./analysis if it holds "
-                             "scripts, else the optimstudy checkout's analysis/)")
+                        help="folder of analysis scripts, one figure each, drawn instead of the built-in ones "
+                             "(default: the built-in figures, plus ./analysis's scripts, which add figures or "
+                             "replace a built-in one of the same file name)")
     add_tracking_flags(report, allow_no_track=False)
 
     check = commands.add_parser("check", help="check that a sweep's study and tracking store agree; repair")
@@ -178,6 +186,8 @@ def exit_without_teardown(code: int | None) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command as typed, to run again (a sweep whose own trial is stuck: sweep.command.restart_sweep)
+    args.restart_argv = [sys.executable, "-m", "optimstudy", *sys.argv[1:]] if argv is None else None
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:
@@ -190,6 +200,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `optimstudy … | head` closed our stdout: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except TrialTimeout as error:  # the run is FAILED in the store, with this reason
+        if args.debug:
+            raise
+        print(f"optimstudy {args.command}: {error}; the run is FAILED", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -217,6 +232,8 @@ def cmd_run(args) -> int:
                         ("--max-stack", args.max_stack)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
+    check_trial_timeout(args.trial_timeout)
+    stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
     if args.no_track:
         return _run(args, None)
 
@@ -230,7 +247,18 @@ def cmd_run(args) -> int:
         stop_writers(wait=False)
 
 
+def check_trial_timeout(seconds) -> None:
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise UsageError(f"--trial-timeout must be a positive number of seconds, got {seconds:g}")
+
+
 def _run(args, tracking_at: tuple[str, str] | None) -> int:
+    # the limits hold from here: a problem whose data or model never returns must not hang the command
+    with Watchdog(args.trial_timeout, stall_timeout_s()) as watchdog:
+        return _run_watched(args, tracking_at, watchdog)
+
+
+def _run_watched(args, tracking_at: tuple[str, str] | None, watchdog: Watchdog) -> int:
     from optimstudy.problems.optimizers import parse_opt, parse_opt_value  # on first use: it imports torch
     from optimstudy.run.config import RunConfig  # on first use: it imports torch
 
@@ -265,7 +293,7 @@ def _run(args, tracking_at: tuple[str, str] | None) -> int:
         return _run_seeds(args, config, tracking)
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
-                                  tags={"optimstudy.kind": "run"})
+                                  tags={"optimstudy.kind": "run"}, watchdog=watchdog)
     print_run_summary(history, run_id, tracking)
     if args.json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
@@ -370,6 +398,8 @@ def cmd_ui(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    check_trial_timeout(args.trial_timeout)
+    stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
@@ -380,7 +410,8 @@ def cmd_sweep(args) -> int:
 
     return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
                  data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart,
-                 until_decided=args.until_decided)
+                 until_decided=args.until_decided, trial_timeout_s=args.trial_timeout,
+                 restart_argv=args.restart_argv)
 
 
 def cmd_dashboard(args) -> int:
@@ -395,12 +426,13 @@ def cmd_report(args) -> int:
 
 
 def analysis_script_main(figure, argv=None) -> int:
-    """`python analysis/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]`: one figure alone.
+    """`python PATH/NAME.py [--tracking-uri URI] [--experiment NAME] [--out DIR]` (a built-in one:
+    `python -m optimstudy.report.figures.NAME …`): one figure alone.
     Each analysis script ends with `raise SystemExit(analysis_script_main(figure))`."""
     argv = sys.argv[1:] if argv is None else argv
 
     name = Path(inspect.getsourcefile(figure)).stem
-    parser = argparse.ArgumentParser(prog=f"analysis/{name}.py", description=f"Draw the '{name}' figure.")
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=f"Draw the '{name}' figure.")
     parser.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
                         help="experiments to draw from, repeatable (default: all)")
     parser.add_argument("--out", default="analysis/figures", help="output folder (default: analysis/figures)")

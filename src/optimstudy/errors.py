@@ -21,3 +21,8 @@ def unknown(kind: str, word, valid) -> UsageError:
 
 class Stop(Exception):
     """Raised by an `on_eval` hook to end a run early (a pruned sweep trial); the run ends KILLED."""
+
+
+class TrialTimeout(Exception):
+    """A run went past its wall-clock limit (trial_timeout_s, --trial-timeout) or made no progress
+    for the stall limit (processes.Watchdog); the run and its trial end FAILED with this message."""

@@ -1,11 +1,12 @@
-"""The report: the tracking store -> the results -> every script in analysis/ -> one HTML page.
+"""The report: the tracking store -> the results -> every figure script -> one HTML page.
 
     optimstudy report --experiment quickstart          # -> analysis/report.html
     optimstudy report --analysis my_plots/              # another folder of analysis scripts
 
 The numbers come from optimstudy.results, computed once (results.study.Study); each figure is a script
-in the analysis folder (see analysis/README.md and optimstudy.report.plotting), run here in turn, so a
-script a user drops into analysis/ appears on the page without touching the package.
+(the built-in ones ship in optimstudy/report/figures/; see analysis/README.md and
+optimstudy.report.plotting), run here in turn, so a script a user drops into ./analysis/ appears on
+the page without touching the package.
 
 Which analysis folder, and which of its scripts: see report/scripts.py.
 """
@@ -25,7 +26,7 @@ from optimstudy.errors import UsageError
 from optimstudy.processes import interrupts_held, leave_interrupts
 from optimstudy.report.csv_files import write_csv
 from optimstudy.report.page import html_table, render_page
-# Section, analysis_folder, load_scripts, PACKAGE_ANALYSIS: imported from here by tests and users
+# Section, analysis_folder, load_scripts: imported from here by tests and users
 from optimstudy.report.scripts import Section, analysis_folder, load_scripts
 from optimstudy.results.notes import study_note
 from optimstudy.results.study import Study

@@ -1,7 +1,8 @@
-"""Shared plot style for the analysis scripts in analysis/, and the script protocol.
+"""Shared plot style for the analysis scripts (the built-in ones in optimstudy/report/figures/, a
+user's in ./analysis/), and the script protocol.
 
-An analysis script is a file in analysis/ with a title, the spec that fills it and one function
-of the study's results (see analysis/README.md):
+An analysis script is a file with a title, the spec that fills it and one function of the study's
+results (see analysis/README.md):
 
     from optimstudy.report import plotting
 
@@ -15,7 +16,7 @@ of the study's results (see analysis/README.md):
         ...
         return plotting.Drawn(fig, "one sentence: what it shows", run_ids)
 
-    if __name__ == "__main__":              # python analysis/NAME.py --tracking-uri ... --experiment ... --out DIR
+    if __name__ == "__main__":              # python NAME.py --tracking-uri ... --experiment ... --out DIR
         from optimstudy.cli import analysis_script_main
 
         raise SystemExit(analysis_script_main(figure))

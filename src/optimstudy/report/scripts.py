@@ -3,11 +3,12 @@
     folder = analysis_folder()          # or analysis_folder("my_plots/")
     scripts = load_scripts(folder)      # [(Section, figure function or None)], in page order
 
-Which folder: --analysis DIR when given; else ./analysis when it holds figure scripts; else the
-analysis/ folder of the optimstudy checkout this package runs from (folder.note says why ./analysis
-was passed over). A figure script is a *.py with a top-level `figure` function, found by parsing it,
-not running it: a folder named analysis/ may hold a user's other scripts, whose top-level code
-must never run here.
+Which scripts: --analysis DIR's alone when given; else the built-in ones, shipped inside the
+package (optimstudy/report/figures/, so a wheel draws them too), with ./analysis's figure scripts
+added, each replacing a built-in one of the same file name (folder.note says what it added and
+replaced, or why ./analysis was passed over). A figure script is a *.py with a top-level `figure`
+function, found by parsing it, not running it: a folder named analysis/ may hold a user's other
+scripts, whose top-level code must never run here.
 """
 import ast
 import importlib.util
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from optimstudy.errors import UsageError
 
-PACKAGE_ANALYSIS = Path(__file__).resolve().parents[3] / "analysis"  # the checkout's scripts
+# The built-in figure scripts: package data (no __init__.py: they are scripts, loaded by path and
+# run alone, not modules of the package; `python -m optimstudy.report.figures.NAME` runs one)
+BUILT_IN = Path(__file__).resolve().parent / "figures"
 DEFAULT_ORDER = 100
 
 
@@ -87,22 +90,26 @@ def analysis_folder(analysis=None) -> AnalysisFolder:
                              f"figure(study) function{found}; see analysis/README.md for how to write one")
         return AnalysisFolder(Path(analysis), scripts, skipped)
     local = Path("analysis")
-    scripts, skipped = figure_scripts(local) if local.is_dir() else ((), ())
-    if scripts:
-        return AnalysisFolder(local, scripts, skipped)
-    note = ""
-    if skipped and local.resolve() != PACKAGE_ANALYSIS.resolve():  # no *.py at all (the report's own output): silent
-        names = ", ".join(name for name, _ in skipped[:5]) + (", …" if len(skipped) > 5 else "")
-        note = (f"./analysis holds no figure scripts ({len(skipped)} *.py without a top-level figure(study) "
-                f"function, not run: {names}): drew the built-in figures from {PACKAGE_ANALYSIS}; pass "
-                "--analysis DIR for another folder")
-    if PACKAGE_ANALYSIS.is_dir():
-        built_in, built_in_skipped = figure_scripts(PACKAGE_ANALYSIS)
-        if built_in:
-            return AnalysisFolder(PACKAGE_ANALYSIS, built_in, built_in_skipped, note)
-    raise UsageError("no analysis scripts: ./analysis/ holds no *.py with a figure(study) function and this "
-                     "installation has no analysis/ folder; pass --analysis DIR (see analysis/README.md in the "
-                     "optimstudy repository)")
+    built_in, built_in_skipped = figure_scripts(BUILT_IN) if BUILT_IN.is_dir() else ((), ())
+    scripts, skipped = figure_scripts(local) if local.is_dir() and local.resolve() != BUILT_IN else ((), ())
+    if not built_in and not scripts:
+        raise UsageError(f"no analysis scripts: ./analysis/ holds no *.py with a figure(study) function and this "
+                         f"installation's built-in figure scripts are missing ({BUILT_IN}); reinstall optimstudy, "
+                         "or pass --analysis DIR (see analysis/README.md in the optimstudy repository)")
+    if not scripts:
+        note = ""
+        if skipped:  # no *.py at all (the report's own output): silent
+            names = ", ".join(name for name, _ in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+            note = (f"./analysis holds no figure scripts ({len(skipped)} *.py without a top-level figure(study) "
+                    f"function, not run: {names}): drew the built-in figures from {BUILT_IN}; pass "
+                    "--analysis DIR for another folder")
+        return AnalysisFolder(BUILT_IN, built_in, built_in_skipped, note)
+    mine = {path.name for path in scripts}
+    replaced = sorted(path.stem for path in built_in if path.name in mine)
+    merged = sorted([path for path in built_in if path.name not in mine] + list(scripts), key=lambda path: path.name)
+    note = (f"./analysis adds {len(scripts) - len(replaced)} figure script(s) to the built-in ones"
+            + (f" and replaces the built-in {', '.join(replaced)}" if replaced else ""))
+    return AnalysisFolder(local, tuple(merged), skipped, note)
 
 
 def load_scripts(folder) -> list:

@@ -30,6 +30,7 @@ from optimstudy.run.stacked import max_stack as max_stack_for
 from optimstudy.run.training import History
 from optimstudy.run.training import load_data as _load_data
 from optimstudy.run.training import train
+from optimstudy.tracking.client import TAG_ERROR
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 
 
@@ -156,22 +157,31 @@ def run_name(config: RunConfig) -> str:
 
 def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None = None, data_dir=None,
             parent_run_id=None, tags=None, on_eval=None, progress=None, save_model=False,
-            on_start=None) -> tuple[History, str | None]:
+            on_start=None, watchdog=None) -> tuple[History, str | None]:
     """Train `config` (resolved first); returns the history and the MLflow run id (None untracked).
+
+    `watchdog` (processes.Watchdog, entered by the caller): each step beats it, so a limit raises
+    TrialTimeout at a step boundary; if it has to end the process, it ends this run FAILED first.
 
     `on_start(run_id)` is called with the run's id before training starts. On a SQL store the
     writer process stores the run meanwhile (tracking.MlflowLogger): before any of its points,
     but perhaps a few milliseconds after this call.
     """
+    if watchdog is not None:
+        watchdog.begin()
     config = config.resolved()
     data = data or load_data(config, data_dir)
     config, note = config.fitted(len(data.train))  # params record the batch that runs (full-batch: the split)
+    if watchdog is not None:
+        progress = watchdog.progress(progress)
     if tracking is None:
         history = train(config, data=data, on_eval=on_eval, progress=progress)
         history.note = note or history.note
         return history, None
 
     logger = open_logger(config, data, note, tracking, parent_run_id, tags)
+    if watchdog is not None:  # the training thread is stuck: the watchdog's thread ends the run, with why
+        watchdog.on_stuck.append(lambda reason: logger.close("FAILED", {TAG_ERROR: f"TrialTimeout: {reason}"}))
     with tracked_run(logger):
         if on_start is not None:
             on_start(logger.run_id)

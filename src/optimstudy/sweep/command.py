@@ -22,21 +22,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from optimstudy import results
-from optimstudy.errors import UsageError
-from optimstudy.processes import interrupted_by_signals
+from optimstudy.errors import TrialTimeout, UsageError
+from optimstudy.processes import EXIT_TIMED_OUT, Watchdog, interrupted_by_signals, stall_timeout_s
 from optimstudy.progress import progress_bar
 from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
-from optimstudy.sweep.output import format_table, json_number, print_dry_run, trial_numbers_text
-from optimstudy.sweep.planning import compare_identity, confirm_plan, decide_plan, plan, skip_notes, spec_identity
+from optimstudy.sweep.output import LISTED_TRIALS, format_table, json_number, print_dry_run, trial_numbers_text
+from optimstudy.sweep.planning import (check_plan_size, compare_identity, confirm_plan, decide_plan, iter_plan, plan,
+                                       plan_counts, plan_devices, skip_notes, spec_identity)
 from optimstudy.sweep.queue import ERROR, PHASE, ROUND, enqueue_missing
 from optimstudy.sweep.spec import Decide, Spec
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
                                        storage_url, study_exists)
 from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
-                                     trial_config, trial_counts, unresolved_failures, work)
+                                     timed_out_keys, trial_config, trial_counts, unresolved_failures, work)
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
 from optimstudy.tracking.client import NOTE_TAG, TAG_DECIDE, ensure_store, experiment_id, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
@@ -56,6 +57,10 @@ class SweepOptions:
     as_json: bool = False
     restart: bool = False
     until_decided: bool = False  # add seeds until decided even without a [decide] table (its defaults)
+    trial_timeout_s: float | None = None  # --trial-timeout; None: the spec's trial_timeout_s
+    # the command line that runs this sweep again (cli.cmd_sweep's own): how the sweep goes on after a
+    # trial of its own process is stuck where nothing reaches it (restart_sweep); None: it ends instead
+    restart_argv: tuple | None = None
 
     def resolved(self, spec: Spec) -> "SweepOptions":
         return replace(self, storage=storage_url(self.storage, spec.name),
@@ -64,9 +69,10 @@ class SweepOptions:
 
 def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
           data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False,
-          until_decided: bool = False) -> int:
+          until_decided: bool = False, trial_timeout_s: float | None = None, restart_argv=None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, until_decided)
+    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, until_decided,
+                           trial_timeout_s, tuple(restart_argv) if restart_argv else None)
     if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
         start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
@@ -85,6 +91,14 @@ def _sweep(spec_path, options: SweepOptions) -> int:
     workers = options.workers
     if not isinstance(workers, int) or workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
+    counts = plan_counts(spec)  # counted, not built: a huge grid is refused (or summarised) in microseconds
+    if options.dry_run and sum(counts.values()) > LISTED_TRIALS:
+        devices, absent = plan_devices(spec)
+        skipped = {device: sum(counts.values()) // len(devices) for device in absent} if devices else {}
+        print_dry_run(spec, iter_plan(spec, devices), skipped, counts)
+        return 0
+    if not options.dry_run:
+        check_plan_size(spec, sum(counts.values()))
     planned, skipped = plan(spec)
     options = options.resolved(spec)  # a URI typed with a raw password is refused even by a dry run
     if options.dry_run:
@@ -103,9 +117,16 @@ def _sweep(spec_path, options: SweepOptions) -> int:
         first = {}  # the first configuration of each (problem, loss): the model and its loss checked once
         for item in planned:
             first.setdefault((item.config.problem, item.config.loss), item.config)
-        for config in first.values():
-            config = config.resolved()
-            check_model(config, load_data(config, options.data_dir))
+        # a problem whose data or model never returns must not hang the sweep here either
+        with Watchdog(options.trial_timeout_s or spec.trial_timeout_s, stall_timeout_s(),
+                      what="the up-front check of the problem's data and model"):
+            try:
+                for config in first.values():
+                    config = config.resolved()
+                    check_model(config, load_data(config, options.data_dir))
+            except TrialTimeout as error:
+                raise UsageError(f"{spec.path}: problem '{config.problem}': {error}; its data or model "
+                                 "does not return") from None
         with interrupted_by_signals():
             return _run(spec, planned, skipped, options, pool)
     finally:
@@ -127,20 +148,22 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds and not spec.decide:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
-                                   threads=spec.settings.get("threads"))
+                                   threads=spec.settings.get("threads"),
+                                   trial_timeout_s=options.trial_timeout_s or spec.trial_timeout_s)
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:
-        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool)
+        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool,
+                            restart_argv=options.restart_argv)
         confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
         if confirm:
             with planning_lock(url, spec.name):
                 queued = enqueue_missing(study, confirm, (spec.metric, spec.direction))
             if queued or trial_counts(study)["waiting"]:
                 deaths += run_phase(spec, study, worker_options, options.workers, f"{spec.name} confirm", confirm,
-                                    pids, pool)
+                                    pids, pool, restart_argv=options.restart_argv)
         if spec.decide:
-            deaths += decide_rounds(spec, study, worker_options, options.workers, pids, pool)
+            deaths += decide_rounds(spec, study, worker_options, options.workers, pids, pool, options.restart_argv)
         status = "FINISHED"
     except StoreError as error:  # every further trial would fail the same way: stop, and say so
         refused = error
@@ -242,7 +265,9 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
         study.set_user_attr(IDENTITY, identity)
         parent_run_id = ensure_parent_run(spec, study, tracking_uri, added)
         notes += [f"recovered: {line}" for line in recover_dead_trials(study, storage, tracking_uri)]
-        queued = enqueue_missing(study, planned, (spec.metric, spec.direction))
+        # started again by restart_sweep: the trial that was stuck stays FAILED (it would only hang again)
+        skip = timed_out_keys(study) if os.environ.get(RESTARTED_AFTER_STUCK) else frozenset()
+        queued = enqueue_missing(study, planned, (spec.metric, spec.direction), skip=skip)
     if added:
         notes.append(f"the spec extends the study: added {'; '.join(added)} ({len(queued)} new trials queued)")
     return study, storage, parent_run_id, added, notes
@@ -276,7 +301,7 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
 
 
 def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, label: str, planned, pids: set,
-              pool: list) -> list[str]:
+              pool: list, restart_argv=None) -> list[str]:
     """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
     line per worker that died.
 
@@ -323,7 +348,8 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
 
             refused = None
             try:
-                work(spec, options, on_trial_done=report, planned=planned)
+                work(spec, options, on_trial_done=report, planned=planned,
+                     last_resort=(lambda reason: restart_sweep(restart_argv)) if restart_argv else None)
             except StoreError as error:  # the store refuses writes: the others stop at their next batch too
                 refused = error
             while any(p.poll() is None for p in others):
@@ -349,9 +375,27 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
         for process in others:
             if isinstance(process, ForkedWorker):
                 process.dismiss()
-    return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}" if p.returncode < 0 else
-                                  f"exited with code {p.returncode}") + "; its trial was failed and queued again"
+    return [f"worker {p.pid} " + (f"was killed by signal {-p.returncode}; its trial was failed and queued again"
+                                  if p.returncode < 0 else
+                                  "ended itself: its trial timed out stuck where it could not be interrupted; the "
+                                  "trial is FAILED (not queued again in this sweep)" if p.returncode == EXIT_TIMED_OUT
+                                  else f"exited with code {p.returncode}; its trial was failed and queued again")
             for p in others if p.returncode not in (0, 130)]
+
+
+RESTARTED_AFTER_STUCK = "OPTIMSTUDY_RESTARTED_AFTER_STUCK"
+
+
+def restart_sweep(argv) -> None:
+    """From the watchdog's thread, once a trial of this process is stuck where nothing reaches it
+    and is FAILED in both stores: the same sweep command again, in this process (same pid, same
+    terminal; os.execve), so that the sweep goes on with the next trials. Its workers die with the
+    old program (processes.die_with_parent) and their trials run again; the stuck one is not queued
+    again (RESTARTED_AFTER_STUCK)."""
+    print("optimstudy: the sweep starts again in this process, to go on with the other trials",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execve(argv[0], list(argv), {**os.environ, RESTARTED_AFTER_STUCK: "1"})
 
 
 # ---- the results (results/ computes them; the sweep prints them) ------------------------
@@ -385,7 +429,8 @@ def best_trial_configs(study, best) -> list[tuple]:
     return picks
 
 
-def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int, pids: set, pool: list) -> list[str]:
+def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int, pids: set, pool: list,
+                  restart_argv=None) -> list[str]:
     """Rounds of new seeds for the labels of every pair still open (results/rounds.py) until none is
     open, the time budget is spent or a round adds no seed; returns a line per worker that died. The
     parent run's tag declares the sequential design, so every verdict of the study is tested for it."""
@@ -420,4 +465,4 @@ def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int
         print(f"{spec.name} decide round {number}: {len(planned)} new seeds for the open pairs of {labels}",
               file=sys.stderr, flush=True)
         deaths += run_phase(spec, study, worker_options, workers, f"{spec.name} decide round {number}", planned,
-                            pids, pool)
+                            pids, pool, restart_argv=restart_argv)

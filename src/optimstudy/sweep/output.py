@@ -4,7 +4,7 @@ import math
 import numbers
 
 from optimstudy.problems.registry import PROBLEMS
-from optimstudy.sweep.planning import skip_notes
+from optimstudy.sweep.planning import MAX_TRIALS_UNASKED, skip_notes
 from optimstudy.sweep.spec import Spec
 
 
@@ -65,10 +65,23 @@ def trial_numbers_text(numbers: list[int]) -> str:
     return f"trial{'s' if len(numbers) > 1 else ''} {shown}" + (" …" if len(numbers) > 8 else "")
 
 
-def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
-    print(f"sweep '{spec.name}' ({spec.path}): {len(planned)} trials, "
+LISTED_TRIALS = 200  # a dry run lists every trial of a plan up to this size; past it, a summary
+FIRST_TRIALS = 10  # and the first of them
+
+
+def print_dry_run(spec: Spec, planned, skipped: dict[str, int], counts: dict | None = None) -> None:
+    """Every trial of `planned`; or, given `counts` (planning.plan_counts) of a plan over LISTED_TRIALS,
+    its trials per problem and optimizer and the first FIRST_TRIALS of `planned` (an iterable)."""
+    total = len(planned) if counts is None else sum(counts.values())
+    print(f"sweep '{spec.name}' ({spec.path}): {total} trials, "
           f"{'search: ' + spec.search.sampler if spec.search else 'grid'}, budget {spec.budget}")
+    if counts is not None:
+        for (problem, label), count in counts.items():
+            print(f"  {problem:15} {label:10} {count:,} trials")
+        print(f"the first {FIRST_TRIALS} (of {total:,}; a plan of up to {LISTED_TRIALS} is listed in full):")
     for number, item in enumerate(planned):
+        if counts is not None and number >= FIRST_TRIALS:
+            break
         c = item.config
         lr = "sampled" if item.space else f"{c.lr:g}"
         extras = f"batch={c.batch_size} loss={c.loss or getattr(PROBLEMS.get(c.problem), 'default_loss', 'default')}"
@@ -77,6 +90,12 @@ def print_dry_run(spec: Spec, planned, skipped: dict[str, int]) -> None:
         extras += "".join(f" {k}={c.opt[k]}" for k in gridded if k in c.opt)
         extras += "".join(f" {k}={c.schedule_args[k]}" for k in spec.schedule_grid if k in c.schedule_args)
         print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
+    if counts is not None:
+        print(f"… {total - FIRST_TRIALS:,} more")
+    allowed = spec.max_trials or MAX_TRIALS_UNASKED
+    if total > allowed:
+        print(f"note: {total:,} trials are more than {'its max_trials' if spec.max_trials else 'a sweep runs unasked'} "
+              f"({allowed:,}): running it needs max_trials = {total} in the spec")
     if spec.confirm_seeds:
         print(f"then: each optimizer's best configuration on {spec.confirm_seeds} new seeds")
     if spec.decide:

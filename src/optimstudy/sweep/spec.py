@@ -51,6 +51,7 @@
 
 Every error names the file, the key, the line where TOML gives one, and what was valid.
 """
+import copy
 import itertools
 import json
 import re
@@ -73,7 +74,7 @@ SCALAR_SETTINGS = ("eval_every", "schedule", "schedule_args", "schedule_every", 
                    "shuffle", "val_fraction", "vary", "update_norm_every")
 TOP_KEYS = ("name", "description", "problem", "problems", "epochs", "steps", "seeds", "devices", "metric",
             "direction", "optimizers", "search", "confirm", "decide", "runs", "stack_seeds", "max_stack",
-            *GRID_SETTINGS, *SCALAR_SETTINGS)
+            "trial_timeout_s", "max_trials", *GRID_SETTINGS, *SCALAR_SETTINGS)
 SEARCH_KEYS = ("sampler", "trials", "pruner", "metric", "direction", "seed")
 DECIDE_KEYS = ("max_seeds", "seeds_per_round", "time_budget_s")
 RUN_KEYS = ("problem", "optimizer", "lr", "opt", "rest", "label", *GRID_SETTINGS, *SCALAR_SETTINGS)
@@ -144,6 +145,9 @@ class Spec:
     # claimed together by one worker and trained stacked (run/stacked.py), at most max_stack at once
     stack_seeds: bool = False
     max_stack: int | None = None  # None: stacked.MAX_STACK for the device
+    # how it runs, not what: neither is part of the study's identity (planning.spec_identity)
+    trial_timeout_s: float | None = None  # a trial past this wall-clock time is FAILED (processes.Watchdog)
+    max_trials: int | None = None  # allows a plan over planning.MAX_TRIALS_UNASKED trials, up to this many
 
     def grid_settings(self):
         """Every combination of the list-valued settings, as dicts."""
@@ -203,3 +207,25 @@ def config_key(config: RunConfig, label: str | None = None) -> str:
     if label is not None and label != config.optimizer:
         params["label"] = label
     return json.dumps(params, sort_keys=True, default=str)
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    """`config` with another seed, without building and checking it again (RunConfig's checks take
+    ~0.3 ms, and a seed changes nothing they check): for a planner whose seeds are checked already.
+    The copy shares the original's argument dicts, which nothing changes in place."""
+    if seed == config.seed:
+        return config
+    copied = copy.copy(config)
+    object.__setattr__(copied, "seed", seed)
+    return copied
+
+
+def config_keys_by_seed(config: RunConfig, label: str | None, seeds) -> list[str]:
+    """config_key(with_seed(config, seed), label) for each seed, from one text: the seed's value is
+    the only part that differs (checked: the marker must appear exactly once, else each is built)."""
+    marker = -7_919_104_733  # no seed is negative: it cannot be part of the configuration otherwise
+    text = config_key(with_seed(config, marker), label)
+    if text.count(str(marker)) != 1:
+        return [config_key(with_seed(config, seed), label) for seed in seeds]
+    before, after = text.split(str(marker))
+    return [f"{before}{seed}{after}" for seed in seeds]

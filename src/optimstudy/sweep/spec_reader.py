@@ -184,12 +184,14 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
         where.fail("stack_seeds", stack_seeds, "true or false (true: train a configuration's seeds as one batched "
                    "model where the optimizer is elementwise)")
     max_stack = where.positive(raw, "max_stack", int) if "max_stack" in raw else None
+    trial_timeout_s = where.positive(raw, "trial_timeout_s", float) if "trial_timeout_s" in raw else None
+    max_trials = where.positive(raw, "max_trials", int) if "max_trials" in raw else None
 
     spec = Spec(path=source, name=name, problems=tuple(problems), budget=budget, seeds=tuple(seeds),
                 devices=tuple(devices), settings=settings, optimizers=optimizers, metric=metric,
                 direction=direction, search=search, confirm_seeds=confirm_seeds, decide=decide, runs=tuple(runs),
                 description=str(raw.get("description", "")), text=text, schedule_grid=schedule_grid,
-                stack_seeds=stack_seeds, max_stack=max_stack)
+                stack_seeds=stack_seeds, max_stack=max_stack, trial_timeout_s=trial_timeout_s, max_trials=max_trials)
     for config in every_config(spec):  # whatever RunConfig itself rejects, reject here, before any run
         try:
             RunConfig(**config)

@@ -222,13 +222,23 @@ def _journal_lock(path: Path):
 
 # ---- opening them -------------------------------------------------------------------------------
 
+# A SQLite storage locked by another process (one still stopping, another sweep writing) is waited
+# for this long, in SQLite's busy handler, before a statement fails (sqlite3's default: 5 s).
+SQLITE_LOCK_WAIT_S = 60.0
+
+
 def open_storage(url: str):
     """An RDB URL (postgresql://, sqlite:///, mysql://) or a journal file path."""
     if "://" in url:
+        engine = {}
+        if urlparse(url).scheme.startswith("sqlite"):
+            wait_while_locked(_sqlite_path(url), url)
+            engine = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_S}}
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental": noise on every sweep
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S,
+                                                  engine_kwargs=engine)
         except Exception as error:
             raise UsageError(hide_passwords(f"--storage '{url}' cannot be opened: "
                                             f"{str(error).splitlines()[0][:300]}")) from None
@@ -246,6 +256,35 @@ def open_storage(url: str):
     if repaired:
         print(f"optimstudy: repaired {repaired}; {_trials_kept(storage)}", file=sys.stderr, flush=True)
     return storage
+
+
+def wait_while_locked(path: Path, url: str, wait_s: float = SQLITE_LOCK_WAIT_S) -> None:
+    """If another process holds the SQLite file `path` locked for writing, say so in one line and
+    wait for it, up to `wait_s`; still locked then: a UsageError saying by what, likely. Without
+    this, the first write of a command started while another one was still stopping failed with
+    SQLAlchemy's raw OperationalError ("database is locked")."""
+    import sqlite3  # on first use: only a SQLite storage needs it
+
+    if not path.exists():
+        return
+    for timeout in (2.0, wait_s):  # a moment silently: a busy sweep's workers lock it for milliseconds
+        connection = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # a write lock, as the first write would take it
+            connection.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                return  # not a lock: RDBStorage says what it is
+            if timeout != wait_s:
+                print(f"optimstudy: the Optuna storage '{hide_passwords(url)}' is locked by another process "
+                      f"(a sweep still stopping, or one writing); waiting for it, up to {wait_s:g} s",
+                      file=sys.stderr, flush=True)
+        finally:
+            connection.close()
+    raise UsageError(f"--storage '{hide_passwords(url)}' is still locked after {wait_s:g} s: another process "
+                     "holds it (`fuser` on the file names it); let it finish, or stop it, then run the same "
+                     "command again")
 
 
 def _journal_storage(path: Path):

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
-from optimstudy.errors import Stop
-from optimstudy.processes import STOP_SIGNALS, raise_interrupt
+from optimstudy.errors import Stop, TrialTimeout
+from optimstudy.processes import STOP_SIGNALS, Watchdog, die_with_parent, raise_interrupt, stall_timeout_s
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute, execute_stack
 from optimstudy.run.stacked import max_stack, prepare_stack
@@ -62,6 +62,7 @@ class WorkerOptions:
     data_dir: str | None = None
     threads: int | None = None
     alive_fd: int | None = None  # a worker process's read end of the sweep's pipe: closed when the sweep dies
+    trial_timeout_s: float | None = None  # a trial past this wall-clock time is FAILED (processes.Watchdog)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -104,6 +105,15 @@ def unresolved_failures(study) -> dict[str, list[int]]:
             if not why.startswith("duplicate"):
                 reasons.setdefault(why, []).append(trial.number)
     return reasons
+
+
+def timed_out_keys(study) -> set:
+    """Keys of configurations whose latest attempt timed out: a sweep does not queue them again
+    (a hang would repeat); a new command does, as it does every failed configuration."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {trial_key(t.user_attrs) for t in trials if t.state in LIVE}
+    return {trial_key(t.user_attrs) for t in trials if t.state == TrialState.FAIL
+            and str(t.user_attrs.get(ERROR, "")).startswith(TrialTimeout.__name__)} - settled
 
 
 # ---- recovering from dead workers ----------------------------------------------------------
@@ -196,7 +206,7 @@ def trial_hooks(spec: Spec, trial, config) -> tuple:
 
 
 def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent_run_id, data_dir,
-                       threads) -> list[str]:
+                       threads, trial_timeout_s: float | None = None, last_resort=None) -> list[str]:
     """Run claimed trials that differ only in seed (Queue.take_siblings) as one stack of seeds
     (run/stacked.py): each is still its own trial, told its own value, and its own MLflow run.
     Where they cannot be stacked, one line says why and each runs as run_trial runs it.
@@ -227,23 +237,35 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
                   f"not stacked: {why}", file=sys.stderr, flush=True)
         for study, trial, trial_id, _ in ready:
             states[trial_id] = run_trial(spec, queue, study, trial, trial_id, tracking, parent_run_id, data_dir,
-                                         threads)
+                                         threads, trial_timeout_s, last_resort)
         return list(states.values())
 
     if len(ready) < 2:
         return run_each(None)
     hooks = [trial_hooks(spec, trial, config) for _, trial, _, config in ready]
+
+    def fail_stuck(reason):  # from the watchdog's thread, before it ends this process
+        for study, trial, _, _ in ready:
+            fail_trial(study, trial, f"{TrialTimeout.__name__}: {reason}")
+
+    # one limit for the stack: its seeds step together (their MLflow runs, if the process must end, are
+    # ended as KILLED by the writer)
+    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], last_resort=last_resort,
+                        what=f"trials {', '.join(str(t.number) for _, t, _, _ in ready)}")
     try:
         with contextlib.ExitStack() as beats:
             for _, _, trial_id, _ in ready:
                 beats.enter_context(Heartbeat(storage, trial_id))
+            beats.enter_context(watchdog)
             stack = prepare_stack([config for *_, config in ready], data_dir=data_dir)
             if not isinstance(stack, str):
+                watchdog.begin()
                 results = execute_stack(stack, tracking, parent_run_id=parent_run_id,
                                         tags=[tags for _, tags in hooks],
                                         on_evals=[on_eval for on_eval, _ in hooks],
                                         on_starts=[lambda run_id, t=trial: t.set_user_attr(RUN_ID, run_id)
-                                                   for _, trial, _, _ in ready])
+                                                   for _, trial, _, _ in ready],
+                                        progress=watchdog.progress())
     except KeyboardInterrupt:
         for study, trial, _, _ in ready:
             fail_trial(study, trial, INTERRUPTED)
@@ -282,8 +304,13 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
 
 
 def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
-              threads) -> str:
-    """Run one claimed trial to a final state; returns that state's name."""
+              threads, trial_timeout_s: float | None = None, last_resort=None) -> str:
+    """Run one claimed trial to a final state; returns that state's name.
+
+    A trial past `trial_timeout_s`, or with no step for the stall guard's time, is FAILED with
+    "TrialTimeout: …" (processes.Watchdog); one stuck where it cannot be interrupted is FAILED by
+    the watchdog's thread, which then ends this process (EXIT_TIMED_OUT). Either way, `work` does
+    not queue it again in this sweep (timed_out_keys): a hang would only repeat."""
     from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
     storage = queue.storage
@@ -304,10 +331,17 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     config = replace(config, threads=threads or config.threads)
 
     on_eval, tags = trial_hooks(spec, trial, config)
+
+    def fail_stuck(reason):  # from the watchdog's thread, before it ends this process
+        fail_trial(study, trial, f"{TrialTimeout.__name__}: {reason}")
+
+    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], what=f"trial {trial.number}",
+                        last_resort=last_resort)
     try:
-        with Heartbeat(storage, trial_id):
+        with Heartbeat(storage, trial_id), watchdog:
             history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
-                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
+                                 watchdog=watchdog)
     except Stop as stop:
         trial.set_user_attr("pruned", str(stop))
         study.tell(trial, state=TrialState.PRUNED)
@@ -333,11 +367,12 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
 
 
 def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading.Event | None = None,
-         planned=None) -> None:
+         planned=None, last_resort=None) -> None:
     """Take queued trials until the queue is empty, or `stop` is set (after the current trial).
     `planned`: what to queue again when a dead worker's trial is recovered (default: the first phase).
     A trial whose writer died is queued again at once; a store that refuses every write (StoreError,
-    store_wide) stops this worker: more trials would only fail the same way, and stay queued."""
+    store_wide) stops this worker: more trials would only fail the same way, and stay queued.
+    `last_resort`: what ends a trial stuck where nothing reaches it (processes.Watchdog)."""
     url, tracking_uri = options.storage, options.tracking_uri
     storage = open_storage(url)
     queue = Queue(spec, storage)
@@ -353,7 +388,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
             with planning_lock(url, spec.name):
                 study = open_study(spec, storage)
                 requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
-                    study, planned or plan(spec)[0], (spec.metric, spec.direction))
+                    study, planned or plan(spec)[0], (spec.metric, spec.direction), skip=timed_out_keys(study))
             if requeued:
                 continue
             return
@@ -365,10 +400,10 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
                 group += queue.take_siblings(trial.user_attrs, limit - 1)
             if len(group) > 1:
                 states = run_stacked_trials(spec, queue, group, tracking, options.parent_run_id, options.data_dir,
-                                            options.threads)
+                                            options.threads, options.trial_timeout_s, last_resort)
             else:
                 states = [run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id,
-                                    options.data_dir, options.threads)]
+                                    options.data_dir, options.threads, options.trial_timeout_s, last_resort)]
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             for _, _, taken_id in group:
                 fail_if_running(storage, taken_id, INTERRUPTED)
@@ -398,9 +433,13 @@ def worker_main(argv: list[str]) -> int:
     URIs, which a command line would show to every user), or WORKER-JSON as `argv[0]` (a forked
     worker): one extra worker process of a sweep.
 
-    It stops (after its trial) when the sweep that started it is gone: the sweep holds the write
-    end of a pipe whose read end is ours, so the pipe closes when the sweep dies, however it dies.
+    On Linux it dies with the sweep that started it (processes.die_with_parent: its trial is then
+    failed and queued again by the next command). Elsewhere it stops after its trial when the sweep
+    is gone: the sweep holds the write end of a pipe whose read end is ours, so the pipe closes when
+    the sweep dies, however it dies.
     """
+    if not argv:  # a fresh process (a forked worker set this up as it was forked): it dies with its sweep
+        die_with_parent(os.getppid())
     options = WorkerOptions.from_json(argv[0] if argv else os.environ.pop(WORKER_OPTIONS))
     stop = threading.Event()
 

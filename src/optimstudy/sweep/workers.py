@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import replace
 
-from optimstudy.processes import quick_exit
+from optimstudy.processes import die_with_parent, quick_exit
 from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections
 
 _open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
@@ -38,11 +38,13 @@ class ForkedWorker:
         sys.stdout.flush()
         sys.stderr.flush()
         self.returncode = None
+        sweep = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns into the sweep's code (os._exit, no finally blocks)
             for fd in (*_open_order_pipes, self.orders):
                 os.close(fd)
             os.setsid()  # its own session, like start_new_session: the sweep relays Ctrl-C itself
+            die_with_parent(sweep)  # ...and so a kill of the sweep's group must reach it another way
             code = 1
             try:
                 adopt_writer(writer_connection)

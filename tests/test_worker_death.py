@@ -1,0 +1,107 @@
+"""Workers die with their sweep (issue 29, part 7): `kill -9` of a sweep's process group leaves no
+worker behind, and a resume started at once succeeds. Real processes, real signals, a real
+SQLite Optuna storage (the one that met a leftover worker: "database is locked") and MLflow store.
+"""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli
+from test_reliability import wait_for
+
+SPEC = """
+name = "orphans"
+problem = "linreg"
+steps = 20000
+seeds = [0, 1]
+[optimizers.sgd]
+lr = [0.01, 0.1]
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie (a killed child nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="a parent-death signal is Linux's (elsewhere workers stop "
+                                                    "after their trial)")
+def test_kill_9_of_a_sweeps_group_leaves_no_worker_and_a_resume_at_once_succeeds(tmp_path):
+    (tmp_path / "orphans.toml").write_text(SPEC)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "orphans.toml", "--workers", "2",
+                              "--storage", storage], cwd=tmp_path, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def running_pids():
+        try:
+            trials = optuna.load_study(study_name="orphans", storage=storage).trials
+        except (KeyError, Exception):  # not created yet
+            return set()
+        return {t.user_attrs["pid"] for t in trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs}
+
+    try:
+        assert wait_for(lambda: len(running_pids() - {sweep.pid}) >= 1, 180), sweep.stderr.read()[-3000:] \
+            if sweep.poll() is not None else "no worker started a trial"
+        workers = running_pids() - {sweep.pid}
+        assert workers and all(alive(pid) for pid in workers)
+        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep's own group: the workers have their own sessions
+        sweep.wait(timeout=30)
+        killed_at = time.monotonic()
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 5)
+        gone_after = time.monotonic() - killed_at
+        assert gone_after < 1.5, gone_after
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+
+    # at once: nothing left holds the storage, and the interrupted trials run again
+    resumed = run_cli("sweep", "orphans.toml", "--storage", storage, cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "OperationalError" not in resumed.stderr and "Traceback" not in resumed.stderr
+    assert "recovered: trial" in resumed.stderr
+    trials = optuna.load_study(study_name="orphans", storage=storage).trials
+    complete = {t.user_attrs["optimstudy.key"] for t in trials if t.state == TrialState.COMPLETE}
+    assert len(complete) == 4
+
+
+@pytest.mark.slow
+def test_a_locked_sqlite_storage_is_waited_for_with_one_line(tmp_path):
+    (tmp_path / "locked.toml").write_text(SPEC.replace("orphans", "locked").replace("steps = 20000", "steps = 20"))
+    database = tmp_path / "optuna.db"
+    storage = f"sqlite:///{database}"
+    assert run_cli("sweep", "locked.toml", "--storage", storage, cwd=tmp_path, timeout=300).returncode == 0
+
+    holder = sqlite3.connect(str(database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, held until the sweep says it waits
+    sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "locked.toml", "--storage", storage],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in sweep.stderr:
+            lines.append(line)
+            if "is locked by another process" in line:
+                time.sleep(2)  # it waits, and does not fail meanwhile
+                assert sweep.poll() is None
+                break
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    lines += sweep.stderr.readlines()
+    sweep.wait(timeout=300)
+    err = "".join(lines)
+    assert sweep.returncode == 0, err[-3000:]
+    assert err.count("is locked by another process") == 1, err[-3000:]
+    assert "OperationalError" not in err and "Traceback" not in err
