@@ -205,6 +205,18 @@ def trial_hooks(spec: Spec, trial, config) -> tuple:
     return on_eval, tags
 
 
+def start_trial(queue: Queue, study, trial, trial_id: int) -> bool:
+    """Mark a claimed trial as this process's (pid, host, heartbeat); False, and the trial FAILED, when
+    its configuration already ran in another trial (queued twice)."""
+    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+        trial.set_user_attr(name, value)
+    other = queue.duplicate_of(study, trial.number, trial_key(trial.user_attrs),
+                               queue.storage.get_trial(trial_id).datetime_start)
+    if other is not None:
+        fail_trial(study, trial, f"duplicate of trial {other}; not run")
+    return other is None
+
+
 def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent_run_id, data_dir,
                        threads, trial_timeout_s: float | None = None, last_resort=None) -> list[str]:
     """Run claimed trials that differ only in seed (Queue.take_siblings) as one stack of seeds
@@ -216,13 +228,9 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
     storage = queue.storage
     ready = []
     for study, trial, trial_id in claimed:
-        for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
-            trial.set_user_attr(name, value)
-        attrs = trial.user_attrs
-        other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
-        if other is not None:
-            fail_trial(study, trial, f"duplicate of trial {other}; not run")
+        if not start_trial(queue, study, trial, trial_id):
             continue
+        attrs = trial.user_attrs
         config = config_from_json(attrs[CONFIG])
         config = replace(config, threads=threads or config.threads)
         trial.suggest_float(f"{attrs.get('optimizer')}.lr", config.lr, config.lr, log=True)  # the queued value
@@ -314,13 +322,9 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
     storage = queue.storage
-    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
-        trial.set_user_attr(name, value)
-    attrs = trial.user_attrs
-    other = queue.duplicate_of(study, trial.number, trial_key(attrs), storage.get_trial(trial_id).datetime_start)
-    if other is not None:
-        fail_trial(study, trial, f"duplicate of trial {other}; not run")
+    if not start_trial(queue, study, trial, trial_id):
         return "duplicate"
+    attrs = trial.user_attrs
     config, label, phase = config_from_json(attrs[CONFIG]), attrs.get("optimizer"), attrs.get(PHASE, "")
     if attrs.get(SPACE):
         sampled = {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
