@@ -4,6 +4,7 @@ Tests that need MNIST or PostgreSQL skip with a reason on a user's machine witho
 CI sets OPTIMSTUDY_REQUIRE_FIXTURES=1 so that a missing fixture fails instead.
 """
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -78,3 +79,11 @@ def run_cli(*args, cwd=None, env=None, timeout=300, check_exit=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def pytest_configure(config):
+    """Ctrl-C as a terminal sends it. A suite started as a background job (`cmd &` in a script) inherits
+    SIGINT ignored, and so would every optimstudy process the tests start, which then could not be
+    interrupted: the Ctrl-C tests would fail for the way the suite was launched."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
