@@ -42,7 +42,8 @@ def answer_basis(seeds, pairs: int, vary: str, tested_on: str = "tuning", chosen
         most = max(seeds, default=0)
         return f"{most}{new} seed{'s' * (most != 1)}: a verdict needs at least {comparison.MIN_SEEDS}"
     if not pairs:
-        return f"{seeds_text(seeds).replace(' seed', new + ' seed')}, no pair tested: the seeds did not change the results"
+        tested = seeds_text(seeds).replace(" seed", new + " seed")
+        return f"{tested}, no pair tested: the seeds did not change the results"
     shown = decided_seeds if len(decided_seeds) else seeds
     where = "decided on " if len(decided_seeds) else ""
     basis = (f"{where}{seeds_text(shown).replace(' seed', new + ' seed')} varying {vary.replace(',', ', ')}; "

@@ -2,7 +2,8 @@
 
     from optimstudy.results.rounds import seeds_wanted
     seeds_wanted(study.best, study.verdicts, per_round=5, max_seeds=20)
-    # [{'experiment': 'quickstart', 'problem': 'linreg', 'setting_key': '…', 'label': 'sgd', 'seeds': [2, 3, 4, 5, 6]}, …]
+    # [{'experiment': 'quickstart', 'problem': 'linreg', 'setting_key': '…', 'label': 'sgd',
+    #   'seeds': [2, 3, 4, 5, 6]}, …]
 
 A pair is open while it is undecided, short of max_seeds and not judged out of reach of that
 budget (sequential.out_of_reach). Every label of an open pair gets the same new seeds, the next
