@@ -121,20 +121,9 @@ class Queue:
         """
         for _ in range(2):  # what is left of the last pass, then a new pass
             while self.waiting:
-                number = self.waiting.popleft()
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-                try:
-                    if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                        continue
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    continue
-                try:
-                    study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
-                    return study, trial_of(study, trial_id), trial_id
-                except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
-                    fail_if_running(self.storage, trial_id,
-                                    f"{type(error).__name__} before the trial started; queued again on resume")
-                    raise
+                claimed = self._claim(self.waiting.popleft())
+                if claimed is not None:
+                    return claimed
             self.read()
         return None
 
@@ -153,21 +142,33 @@ class Queue:
             if sibling_family(self.waiting_attrs.get(number, {})) != family:
                 continue
             self.waiting.remove(number)
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
             try:
-                if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            try:
-                study = open_study(self.spec, self.storage, trial_number=number)
-                taken.append((study, trial_of(study, trial_id), trial_id))
+                claimed = self._claim(number)
             except BaseException as error:  # as in take: no trial stays RUNNING without a worker
-                for _, _, other_id in taken + [(None, None, trial_id)]:
+                for _, _, other_id in taken:
                     fail_if_running(self.storage, other_id,
                                     f"{type(error).__name__} before the trial started; queued again on resume")
                 raise
+            if claimed is not None:
+                taken.append(claimed)
         return taken
+
+    def _claim(self, number: int):
+        """Trial `number` set RUNNING for this worker unless another took it first: (study, trial,
+        trial_id) or None. Interrupted before the trial runs, it is failed (queued again on resume)."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        try:
+            if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None
+        try:
+            study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
+            return study, trial_of(study, trial_id), trial_id
+        except BaseException as error:  # Ctrl-C/SIGTERM between taking the trial and running it
+            fail_if_running(self.storage, trial_id,
+                            f"{type(error).__name__} before the trial started; queued again on resume")
+            raise
 
     def duplicate_of(self, study, number: int, key: str, started) -> int | None:
         """duplicate_of, for a configuration queued more than once (the only way to have a twin)."""
