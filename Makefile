@@ -1,21 +1,21 @@
 # make demo: set up and run the quickstart sweep + report.  make test: set up and run every test.
-# Both create .venv on first use and reinstall only when pyproject.toml changes.
+# Both create .venv on first use and reinstall only when pyproject.toml or constraints.txt changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean-store
+.PHONY: demo test bench setup lock clean-store
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	# torch/torchvision pinned to what pip serves here; any torch>=2.4 works elsewhere
 	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" || \
 		$(BIN)/pip install --quiet --disable-pip-version-check "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 # three lost the race in test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c: the sweep ended first
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+# after upgrading a library in .venv and a green make test: record the versions CI will install
+lock:
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check | grep -v '^optimstudy'; } > constraints.new
+	mv constraints.new constraints.txt
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

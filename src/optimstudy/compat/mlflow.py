@@ -6,10 +6,11 @@ the top, MLflow inside the functions (the writer has imported it by then).
 import logging
 
 # The alembic_version of the stores tests/test_writer.py compared row by row (the writer's direct
-# writes against MLflow's own client): MLflow 3.17.2's schema. Any other revision may have moved a
+# writes against MLflow's own client): MLflow 3.17.2's schema and 3.18.0's (its three migrations add
+# skill, issue and MCP tables only). Any other revision may have moved a
 # column, so the writer then goes through MLflow's public client (sql_writes.FastWrites.for_client).
 # After an MLflow upgrade that test fails until its revision is compared and added here.
-VERIFIED_SCHEMA_REVISIONS = frozenset({"dc11669786a5"})
+VERIFIED_SCHEMA_REVISIONS = frozenset({"dc11669786a5", "f4a9b2c7d1e6"})
 
 
 def sql_store(client):
