@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-
 from common import comparison, interleave, machine, median, options, say, spread, write_result
+
 from optimstudy.run.config import UPDATE_NORM_EVERY
 
 NAME = "floor"
@@ -62,9 +62,9 @@ def fastest_steps_s(runs: list[list[float]]) -> float:
 
 def bare_loop(data, steps: int, eval_at: set, batches=None, diagnostics=None) -> dict:
     """The bare loop on optimstudy's batches (or `batches`), evaluating at `eval_at`, plus `diagnostics`."""
-    from optimstudy.run.batches import Batches
     from optimstudy.problems.losses import cross_entropy
     from optimstudy.problems.registry import mlp
+    from optimstudy.run.batches import Batches
     from optimstudy.run.training import evaluate
 
     torch.manual_seed(SEED)
@@ -98,7 +98,7 @@ def recorder_diagnostics(params, update_every: int | None = None):
     from optimstudy.run.config import UPDATE_NORM_EVERY
     from optimstudy.run.diagnostics import StepRecorder
     from optimstudy.run.loggers import NullLogger
-    from optimstudy.run.training import History, SYNC_EVERY
+    from optimstudy.run.training import SYNC_EVERY, History
 
     recorder = StepRecorder(params, diverge_factor=100.0, update_every=update_every or UPDATE_NORM_EVERY)
     history, logger = History(config=None), NullLogger()
@@ -125,8 +125,8 @@ def per_call_us(function, calls: int) -> float:
 def extras_microbenchmark(data, calls: int) -> dict:
     """µs per call of each piece of a step's recording, each alone (in the loop they cost ~2x more:
     the weights, gradients and snapshot no longer fit the core's cache together)."""
-    from optimstudy.run.diagnostics import StepRecorder
     from optimstudy.problems.registry import mlp
+    from optimstudy.run.diagnostics import StepRecorder
 
     torch.manual_seed(SEED)
     model = mlp()

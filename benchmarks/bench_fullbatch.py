@@ -23,11 +23,11 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-
 from bench_floor import Window, fastest_steps_s, recorder_diagnostics
 from common import comparison, interleave, machine, median, options, say, spread, threads, write_result
-from optimstudy.run.config import UPDATE_NORM_EVERY
+
 from optimstudy.problems.registry import Problem, linear
+from optimstudy.run.config import UPDATE_NORM_EVERY
 
 NAME = "fullbatch"
 TARGET = 1.15  # optimstudy's full-batch loop within 1.15x of a bare full-batch loop

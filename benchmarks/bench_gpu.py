@@ -27,9 +27,19 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-
-from common import (comparison, interleave, machine, median, options, say, sgd_grid_spec, spread, sweep_in_fresh_folder,
-                    toml_list, write_result)
+from common import (
+    comparison,
+    interleave,
+    machine,
+    median,
+    options,
+    say,
+    sgd_grid_spec,
+    spread,
+    sweep_in_fresh_folder,
+    toml_list,
+    write_result,
+)
 
 NAME = "gpu"
 PROBLEMS = ("mnist_mlp", "mnist_cnn")
@@ -71,8 +81,8 @@ class Window:
 
 
 def bare_loop(problem_name: str, data, device: str, steps: int) -> dict:
-    from optimstudy.run.batches import Batches
     from optimstudy.problems.registry import resolve_problem
+    from optimstudy.run.batches import Batches
 
     torch.manual_seed(SEED)
     model = resolve_problem(problem_name).build_model(data.info).to(device)

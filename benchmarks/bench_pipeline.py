@@ -15,8 +15,19 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from common import comparison, cpu_timed, interleave, machine, median, options, say, spread, threads, timed, write_result
+from common import (
+    comparison,
+    cpu_timed,
+    interleave,
+    machine,
+    median,
+    options,
+    say,
+    spread,
+    threads,
+    timed,
+    write_result,
+)
 
 NAME = "pipeline"
 TARGET = 5.0  # optimstudy's loop at least 5x faster than the DataLoader pipeline

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import comparison, machine, say, write_result
 
 NAME = "report"
@@ -36,11 +35,11 @@ def make_store(folder: Path, runs: int, steps: int) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
+    from optimstudy.problems.registry import resolve_problem
     from optimstudy.run.config import RunConfig
     from optimstudy.run.runner import problem_tags
-    from optimstudy.problems.registry import resolve_problem
-    from optimstudy.tracking.client import ensure_store, experiment_id
     from optimstudy.run.training import load_data
+    from optimstudy.tracking.client import ensure_store, experiment_id
 
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     ensure_store(uri)
@@ -115,14 +114,14 @@ def timed_report(uri: str, out: Path) -> dict:
     memory = tree_memory(process)
     stdout, stderr = process.communicate()
     total = time.perf_counter() - started
-    line = next((l for l in stderr.splitlines() if l.startswith("RESULT")), None)
+    line = next((row for row in stderr.splitlines() if row.startswith("RESULT")), None)
     if line is None:
         raise SystemExit(f"report failed:\n{stderr[-3000:]}")
     _, code, wall, rss_kb, floor_kb, torch = line.split()
     return {"exit": int(code), "report_s": float(wall), "process_s": total, **memory,
             "peak_rss_gb": int(rss_kb) / 2 ** 20, "imports_rss_gb": int(floor_kb) / 2 ** 20,
             "above_imports_gb": (int(rss_kb) - int(floor_kb)) / 2 ** 20, "imported_torch": torch == "True",
-            "stderr": [l for l in stderr.splitlines() if l.startswith("report:")]}
+            "stderr": [row for row in stderr.splitlines() if row.startswith("report:")]}
 
 
 def main(argv=None) -> dict:

@@ -18,9 +18,19 @@ import time
 from pathlib import Path
 
 import torch
-
-from common import (comparison, interleave, machine, median, options, say, spread, stage_fashion_mnist, threads,
-                    timed, write_result)
+from common import (
+    comparison,
+    interleave,
+    machine,
+    median,
+    options,
+    say,
+    spread,
+    stage_fashion_mnist,
+    threads,
+    timed,
+    write_result,
+)
 
 NAME = "scale"
 TARGET_SIZE = 1.2  # ms/step on 60k images at most 1.2x that on 8k

@@ -19,8 +19,19 @@ import time
 from pathlib import Path
 
 import torch
-
-from common import comparison, cpu_timed, interleave, machine, median, options, say, spread, threads, timed, write_result
+from common import (
+    comparison,
+    cpu_timed,
+    interleave,
+    machine,
+    median,
+    options,
+    say,
+    spread,
+    threads,
+    timed,
+    write_result,
+)
 
 NAME = "tracking"
 TARGET = 1.05  # tracked at most 5% slower than untracked
@@ -35,10 +46,10 @@ def main(argv=None) -> dict:
     info = machine()
     from optimstudy import RunConfig
     from optimstudy.run.runner import Tracking, execute, load_data
-    from optimstudy.tracking.mlflow_logger import SYSTEM_METRICS_ENV
-    from optimstudy.tracking.client import ensure_store
-    from optimstudy.tracking.writer_handle import start_writer, stop_writers
     from optimstudy.run.training import total_steps
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.mlflow_logger import SYSTEM_METRICS_ENV
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
 
     torch_threads = threads(args)
     torch.set_num_threads(torch_threads)
@@ -122,9 +133,8 @@ def main(argv=None) -> dict:
 
 def fixed_costs(config, data, uri: str, repeats: int) -> dict:
     """Seconds of each per-run step of a tracked run that does not depend on its length."""
-    from optimstudy.run.runner import run_name
+    from optimstudy.run.runner import environment_tags, run_name
     from optimstudy.tracking.mlflow_logger import MlflowLogger
-    from optimstudy.run.runner import environment_tags
 
     parts = {"environment_tags (incl. git rev-parse)": [], "create run + params (MlflowLogger())": [],
              "close an empty run (flush + end, via the writer)": []}

@@ -14,8 +14,7 @@ tags, Optuna's ask/tell and the storage writes.
 import os
 import time
 
-from common import (comparison, machine, median, options, say, sgd_grid_spec, spread, sweep_in_fresh_folder,
-                    write_result)
+from common import comparison, machine, median, options, say, sgd_grid_spec, spread, sweep_in_fresh_folder, write_result
 
 NAME = "trials"
 TARGET_MS = 40.0  # bookkeeping per trial

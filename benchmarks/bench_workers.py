@@ -20,8 +20,19 @@ import re
 import time
 from pathlib import Path
 
-from common import (comparison, interleave, machine, median, options, say, sgd_grid_spec, spread, sweep_in_fresh_folder,
-                    toml_list, write_result)
+from common import (
+    comparison,
+    interleave,
+    machine,
+    median,
+    options,
+    say,
+    sgd_grid_spec,
+    spread,
+    sweep_in_fresh_folder,
+    toml_list,
+    write_result,
+)
 
 NAME = "workers"
 TARGET = 1.7  # 2 workers at least 1.7x the trials per minute of 1 on 2 cores

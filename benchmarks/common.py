@@ -207,9 +207,9 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict:
-    import torch
-
     from importlib.metadata import version
+
+    import torch
 
     from optimstudy import __version__
     from optimstudy.run.devices import cpu_count, device_label
@@ -220,7 +220,7 @@ def machine() -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": version("torchvision"),
         "mlflow": version("mlflow"), "optuna": version("optuna"), "optimstudy": __version__,
         "git": git_commit(), "os": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds"),
         "load_average_1_5_15": load_average(),
     }
 

@@ -1,5 +1,6 @@
 """The package's layering (pyproject.toml [tool.importlinter]), checked with import-linter on the
-real source, and once on a copy with one forbidden import added, so that the check is seen to fail."""
+real source, and once on a copy with one forbidden import added, so that the check is seen to fail;
+the same for ruff ([tool.ruff]) over everything we wrote."""
 import ast
 import shutil
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).with_name("lint-imports")
+RUFF = Path(sys.executable).with_name("ruff")
+LINTED = ["src", "tests", "benchmarks", "analysis", "examples", "experiments"]
 
 
 def lint(source_root: Path, config: Path) -> subprocess.CompletedProcess:
@@ -31,6 +34,28 @@ def test_a_results_module_importing_the_training_loop_breaks_them(tmp_path):
     broken = done.stdout.split("Broken contracts")[-1]
     assert "layers: each package imports only the ones below it" in broken
     assert "the results side never imports the run side or torch" in broken
+
+
+def ruff(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RUFF), "check", "--no-cache", "--output-format", "concise", *LINTED], cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_finds_nothing():
+    done = ruff(REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_ruff_finds_an_unused_import_and_a_long_line(tmp_path):
+    for name in [*LINTED, "pyproject.toml"]:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(
+            REPO / name, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (REPO / name).is_dir() else {}))
+    tables = tmp_path / "src" / "optimstudy" / "results" / "tables.py"
+    tables.write_text(tables.read_text() + "\n\ndef _late():\n    import json\n    return '" + "x" * 120 + "'\n")
+    done = ruff(tmp_path)
+    assert done.returncode == 1
+    assert "tables.py" in done.stdout and "F401" in done.stdout and "E501" in done.stdout
 
 
 FIGURES = REPO / "src" / "optimstudy" / "report" / "figures"

@@ -312,8 +312,8 @@ def bad_problems(tmp_path, monkeypatch):
     ("four_outputs", ["gave outputs of shape (2, 4); expected (2, 1) or (2,): one value per example"]),
 ])
 def test_a_model_that_does_not_fit_its_data_is_named_before_training(bad_problems, problem, expected):
-    from optimstudy.run.config import RunConfig
     from optimstudy.errors import UsageError
+    from optimstudy.run.config import RunConfig
     from optimstudy.run.runner import check_model, load_data
 
     config = RunConfig(problem=f"bad_problems:{problem}", steps=5).resolved()
@@ -349,8 +349,8 @@ def test_run_and_sweep_refuse_a_bad_model_before_writing(bad_problems, capsys):
 
 
 def test_seeds_outside_torchs_range_are_refused_where_given(tmp_path):
-    from optimstudy.run.config import RunConfig
     from optimstudy.errors import UsageError
+    from optimstudy.run.config import RunConfig
     from optimstudy.sweep.spec_reader import load_spec
 
     for seed in (99999999999999999999, 2**63, -1):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, train
+from optimstudy.problems.registry import resolve_problem
 from optimstudy.run.diagnostics import StepRecorder
 from optimstudy.run.loggers import NullLogger
-from optimstudy.problems.registry import resolve_problem
 from optimstudy.run.training import History, load_data, set_up
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_bad_input import assert_nothing_written, closed_port
 
 NO_PARAMETERS = '''\

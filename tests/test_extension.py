@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.run.batches import Batches
 from optimstudy.problems.data import Split, TorchvisionData, check_data, load_problem_data
 from optimstudy.problems.registry import PROBLEMS, Problem, linear, resolve_problem
+from optimstudy.run.batches import Batches
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("optimstudy")  # the console script: cwd is not on sys.path by itself

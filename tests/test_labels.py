@@ -9,10 +9,10 @@ import pytest
 from optimstudy import results
 from optimstudy.run.config import RunConfig
 from optimstudy.sweep.planning import plan
+from optimstudy.sweep.queue import Queue, enqueue_missing
 from optimstudy.sweep.spec import config_key
 from optimstudy.sweep.spec_reader import parse_spec
 from optimstudy.tracking.reader import load_runs
-from optimstudy.sweep.queue import Queue, enqueue_missing
 
 ONE_LABEL = """
 name = "{name}"

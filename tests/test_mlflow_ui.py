@@ -7,9 +7,8 @@ MlflowClient, as the UI does.
 import pytest
 from mlflow import MlflowClient
 
-from optimstudy.tracking.writer import EXPERIMENT_KIND_TAG, MODEL_TRAINING
-
 from optimstudy.tracking.client import experiment_id
+from optimstudy.tracking.writer import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
 
 def test_a_tracked_run_marks_its_experiment_as_model_training(cli, tmp_path, tracking_uri):

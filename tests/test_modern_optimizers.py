@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from optimstudy import RunConfig, UsageError, train
-from optimstudy.run.batches import Batches
 from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.parameter_groups import SplitOptimizer, build_optimizer, split_parameters
 from optimstudy.problems.registry import resolve_problem
+from optimstudy.run.batches import Batches
 from optimstudy.run.training import evaluate, load_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_a_rest_lr_set_by_its_ratio_is_no_argument_of_its_own():
     its own arguments, and the lr curve, the robust lr range and an edge warning on rest.lr would follow."""
     import pandas as pd
 
-    from optimstudy.results.tables import argument_edge_warnings, args_text
+    from optimstudy.results.tables import args_text, argument_edge_warnings
 
     muon = {"rest.lr": 0.00015, "rest.lr_ratio": 0.015, "rest.optimizer": "adamw"}
     assert args_text(muon) == "rest.lr_ratio=0.015 rest.optimizer=adamw"

@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 import torch
 
-from optimstudy.run.config import RunConfig
-from optimstudy.results.objectives import evaluation_metric, final_metric_names
-from optimstudy.report.page import render_page
 from optimstudy.problems.registry import Problem, linear
-from optimstudy.results.summary import SUMMARY_COLUMNS
+from optimstudy.report.page import render_page
+from optimstudy.results.objectives import evaluation_metric, final_metric_names
 from optimstudy.results.study import Study
+from optimstudy.results.summary import SUMMARY_COLUMNS
 from optimstudy.results.tables import best_configurations, run_table
-from optimstudy.tracking.reader import load_runs, load_study
+from optimstudy.run.config import RunConfig
 from optimstudy.run.training import train
+from optimstudy.tracking.reader import load_runs, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 

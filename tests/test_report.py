@@ -18,19 +18,18 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from optimstudy.results import aggregates
-from optimstudy.results import comparison
-from optimstudy.run.config import RunConfig
-from optimstudy.problems.registry import PROBLEMS
 from optimstudy.facts import VALLEY_START
-from optimstudy.report.scripts import BUILT_IN, load_scripts
+from optimstudy.problems.registry import PROBLEMS
 from optimstudy.report.build import write_report
-from optimstudy.results.study import Study
-from optimstudy.results.tables import best_configurations, edge_warnings, objective_value, run_table
-from optimstudy.results.summary import target_for, time_to_target
+from optimstudy.report.scripts import BUILT_IN, load_scripts
+from optimstudy.results import aggregates, comparison
 from optimstudy.results.rankings import verdicts
-from optimstudy.tracking.reader import load_runs
+from optimstudy.results.study import Study
+from optimstudy.results.summary import target_for, time_to_target
+from optimstudy.results.tables import best_configurations, edge_warnings, objective_value, run_table
+from optimstudy.run.config import RunConfig
 from optimstudy.tracking.client import experiment_id
+from optimstudy.tracking.reader import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (REPO / "src" / "optimstudy" / "report" / "figures").glob("*.py"))
@@ -249,7 +248,9 @@ def test_a_store_whose_tables_differ_is_read_through_mlflow_with_the_same_result
     pd.testing.assert_frame_equal(by_sql.sort_values(key).reset_index(drop=True)[by_api.columns],
                                   by_api.sort_values(key).reset_index(drop=True), check_dtype=False,
                                   check_categorical=False)
-    with pytest.raises(Exception):  # a store that does not answer is an error, not a fallback
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError):  # a store that does not answer is an error, not a fallback
         stores._by_sql_unless_schema_differs(a_newer_schema, "postgresql+psycopg://nobody:pw@127.0.0.1:1/none")
 
 
@@ -366,10 +367,10 @@ def test_the_reports_torch_free_tables_match_the_registries():
     numbers without it must equal the real thing."""
     import importlib.util
 
+    from optimstudy.facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
     from optimstudy.problems import data
     from optimstudy.problems.losses import LESSON_PAIRS, lesson_numbers
     from optimstudy.problems.optimizers import OPTIMIZERS
-    from optimstudy.facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
 
     assert BUILTIN_PROBLEMS == {name: ProblemFacts(p.task, p.default_loss, p.target, p.has_optimum)
                                 for name, p in PROBLEMS.items()}
@@ -465,8 +466,8 @@ def test_tuning_curves_end_at_the_best_configuration(grid_frame):
 
 
 def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
-    from optimstudy.report.scripts import load_scripts
     from optimstudy.report.build import draw
+    from optimstudy.report.scripts import load_scripts
 
     section, figure = next(item for item in load_scripts(REPO / "src" / "optimstudy" / "report" / "figures") if item[0].name == "across_problems")
     section = draw(section, figure, Study(grid_frame), tmp_path)

@@ -22,7 +22,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-
 from conftest import missing
 
 SPEC = """

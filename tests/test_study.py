@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from optimstudy.cli import main
-from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.planning import plan
+from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.tracking.reader import load_runs
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))

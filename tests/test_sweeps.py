@@ -1,7 +1,5 @@
 """Sweeps: specs as Optuna studies with one MLflow child run per trial; real stores."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import optuna
@@ -10,7 +8,6 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optimstudy.tracking.reader import load_runs
-from optimstudy.tracking.client import ensure_store
 
 GRID = """
 name = "{name}"

@@ -12,10 +12,9 @@ import time
 
 import optuna
 import pytest
+from conftest import run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-
-from conftest import run_cli
 
 HANGING_MODULE = '''
 import os

@@ -26,10 +26,10 @@ import optimstudy
 from optimstudy import RunConfig
 from optimstudy.run.devices import device_label
 from optimstudy.run.runner import Tracking, execute
-from optimstudy.tracking.reader import load_runs
-from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
-from optimstudy.tracking.writer_handle import StoreError, WriterDied, _writers, stop_writers
 from optimstudy.tracking.client import ensure_store
+from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
+from optimstudy.tracking.reader import load_runs
+from optimstudy.tracking.writer_handle import StoreError, WriterDied, _writers, stop_writers
 
 PER_STEP = ("train_loss", "grad_norm", "update_norm", "lr")
 SOURCE = Path(optimstudy.__file__).resolve().parent

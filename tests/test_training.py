@@ -137,6 +137,7 @@ def test_list_commands(cli):
 
 def test_fashion_mnist_loads_from_debians_package(tmp_path):
     from conftest import missing
+
     from optimstudy.problems.data import DEBIAN_FASHION_MNIST
 
     if not DEBIAN_FASHION_MNIST.is_dir():
@@ -150,8 +151,8 @@ def test_fashion_mnist_loads_from_debians_package(tmp_path):
 # ---- full batches: the split itself, no per-step gather ----------------------------------------
 
 def test_a_full_batch_is_the_split_itself_and_a_minibatch_a_copy():
-    from optimstudy.run.batches import Batches
     from optimstudy.problems.data import Split
+    from optimstudy.run.batches import Batches
 
     split = Split(torch.randn(12, 3), torch.randn(12))
     whole = Batches(split, 100, torch.Generator().manual_seed(0))

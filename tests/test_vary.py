@@ -3,15 +3,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from optimstudy import RunConfig
-from optimstudy import results
+from optimstudy import RunConfig, results
 from optimstudy.facts import DEFAULT_VARY
-from optimstudy.sweep.planning import plan, spec_identity
 from optimstudy.problems.registry import resolve_problem
+from optimstudy.run.training import load_data, set_up
+from optimstudy.sweep.planning import plan, spec_identity
 from optimstudy.sweep.spec import config_key
 from optimstudy.sweep.spec_reader import parse_spec
 from optimstudy.tracking.reader import load_runs
-from optimstudy.run.training import load_data, set_up
 
 
 def data_of_seeds(problem: str, vary: str, data_dir=None, split_seed=0):

@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optimstudy.results import aggregates
-from optimstudy.results import calibration
-from optimstudy.results import comparison
 from optimstudy import results
+from optimstudy.results import aggregates, calibration, comparison
 
 SIMULATIONS = 2000
 

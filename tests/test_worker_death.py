@@ -11,9 +11,8 @@ import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import run_cli
+from optuna.trial import TrialState
 from test_reliability import wait_for
 
 SPEC = """

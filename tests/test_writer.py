@@ -14,13 +14,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-from optimstudy.tracking.mlflow_logger import MlflowLogger
-
 from optimstudy.tracking.client import ensure_store, experiment_id
-
-from optimstudy.tracking.writer_handle import start_writer, stop_writers
+from optimstudy.tracking.mlflow_logger import MlflowLogger
 from optimstudy.tracking.writer import URI_VARIABLE
-from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections
+from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections, start_writer, stop_writers
 
 POINTS = {  # name -> values by step: NaN, ±inf, a repeated step, a step logged out of order
     "loss": [(0, 2.5), (1, float("nan")), (2, float("inf")), (3, -float("inf")), (5, 0.25), (4, 0.5)],

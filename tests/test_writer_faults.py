@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optimstudy.cli import main
-from optimstudy.tracking.connectivity import sqlite_path
 from optimstudy.sweep.queue import requeue
+from optimstudy.tracking.client import ensure_store
+from optimstudy.tracking.connectivity import sqlite_path
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 from optimstudy.tracking.writer_handle import StoreError, WriterStalled, start_writer, stop_writers
-from optimstudy.tracking.client import ensure_store
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ imported as before, by its import path (that alone imports torch).
 """
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from optimstudy.imports import import_made, is_import_path
 
@@ -89,7 +89,7 @@ def facts_from_columns(task, default_loss, target, has_optimum) -> ProblemFacts 
                         has_optimum == "True")
 
 
-@lru_cache(maxsize=None)
+@cache
 def facts_for(name: str) -> ProblemFacts | None:
     """A problem's facts by name, for runs recorded without the optimstudy.problem.* tags: the
     built-in table, else the user's problem imported (that alone imports torch); None when it does

@@ -1,5 +1,6 @@
 """Optuna internals the study's queue relies on (sweep/queue.py)."""
 import itertools
+from datetime import UTC
 
 import optuna
 
@@ -59,7 +60,6 @@ def add_trials(study, templates, count: int, chunk: int = 5000) -> None:
 
 def _create_trial_log(study_id: int, template) -> dict:
     """The record JournalStorage.create_new_trial writes for `template` (optuna 4.x-5.x)."""
-    from datetime import timezone  # with the journal's records (add_trials): only they need it
 
     from optuna.distributions import distribution_to_json  # with the journal's records, as above
 
@@ -67,10 +67,10 @@ def _create_trial_log(study_id: int, template) -> dict:
     log = {"study_id": study_id, "state": template.state,
            "value": None if values is not None and len(values) > 1 else template.value,
            "values": values if values is not None and len(values) > 1 else None,
-           "datetime_start": (template.datetime_start.astimezone(timezone.utc).isoformat(timespec="microseconds")
+           "datetime_start": (template.datetime_start.astimezone(UTC).isoformat(timespec="microseconds")
                               if template.datetime_start else None)}
     if template.datetime_complete:
-        log["datetime_complete"] = template.datetime_complete.astimezone(timezone.utc).isoformat(
+        log["datetime_complete"] = template.datetime_complete.astimezone(UTC).isoformat(
             timespec="microseconds")
     log["distributions"] = {k: distribution_to_json(d) for k, d in template.distributions.items()}
     log["params"] = {k: template.distributions[k].to_internal_repr(v) for k, v in template.params.items()}

@@ -34,8 +34,12 @@ import torch
 from torch import nn
 
 from optimstudy.errors import UsageError
-from optimstudy.problems.optimizers import (OPTIMIZERS, OptimizerArgumentError, optimizer_arguments,
-                                            resolve_optimizer_class)
+from optimstudy.problems.optimizers import (
+    OPTIMIZERS,
+    OptimizerArgumentError,
+    optimizer_arguments,
+    resolve_optimizer_class,
+)
 
 REST_EXAMPLE = 'rest = { optimizer = "adamw", lr = 3e-4 } (command line: --rest optimizer=adamw --rest lr=3e-4)'
 OWN_KEYS = ("optimizer", "lr", "lr_ratio")  # rest's keys that are not the rest optimizer's arguments

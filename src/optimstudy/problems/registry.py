@@ -26,6 +26,7 @@ from torch import nn
 
 from optimstudy.errors import UsageError, unknown
 from optimstudy.imports import import_made, is_import_path, takes_an_argument
+
 # DataInfo and TorchvisionData are imported from here by users' problem modules
 from optimstudy.problems.data import DataInfo, as_torchvision, check_data, least_squares_mse, load_problem_data
 from optimstudy.problems.losses import LOSSES

@@ -26,6 +26,7 @@ from optimstudy.errors import UsageError
 from optimstudy.processes import interrupts_held, leave_interrupts
 from optimstudy.report.csv_files import write_csv
 from optimstudy.report.page import html_table, render_page
+
 # Section, analysis_folder, load_scripts: imported from here by tests and users
 from optimstudy.report.scripts import Section, analysis_folder, load_scripts
 from optimstudy.results.notes import study_note

@@ -5,7 +5,8 @@ per-step metrics, which it copies off the device in blocks. What happens to the 
 (nothing, a buffer, a writer process) is the logger's business, so library users and tests
 need no MLflow.
 """
-from typing import Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 
 class Logger(Protocol):

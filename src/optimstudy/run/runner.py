@@ -27,9 +27,8 @@ from optimstudy.run.config import RunConfig
 from optimstudy.run.devices import device_label
 from optimstudy.run.stacked import TAG_STACKED, Stack, prepare_stack, train_stack
 from optimstudy.run.stacked import max_stack as max_stack_for
-from optimstudy.run.training import History
+from optimstudy.run.training import History, train
 from optimstudy.run.training import load_data as _load_data
-from optimstudy.run.training import train
 from optimstudy.tracking.client import TAG_ERROR
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 

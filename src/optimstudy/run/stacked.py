@@ -40,8 +40,13 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from optimstudy.errors import Stop
 from optimstudy.problems.data import Data
-from optimstudy.problems.optimizers import (OPTIMIZERS, has_modes, is_elementwise, optimizer_arguments,
-                                            resolve_optimizer_class)
+from optimstudy.problems.optimizers import (
+    OPTIMIZERS,
+    has_modes,
+    is_elementwise,
+    optimizer_arguments,
+    resolve_optimizer_class,
+)
 from optimstudy.problems.registry import Problem, resolve_problem
 from optimstudy.run.config import RunConfig
 from optimstudy.run.devices import synchronize

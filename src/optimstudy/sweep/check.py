@@ -22,8 +22,10 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
     from optuna.trial import TrialState  # on first use: it imports optuna
 
     from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
+
     # on first use: it imports optuna
     from optimstudy.sweep.storages import open_existing_storage, storage_url, study_exists
+
     # on first use: it imports optuna, torch
     from optimstudy.sweep.trials import RUN_ID, pid_alive, recover_dead_trials, trial_is_dead
     from optimstudy.tracking.reader import assert_intact, load_runs  # on first use: it imports pandas
@@ -103,7 +105,7 @@ def _runs_of_complete_trials(trials, frame, runs) -> list[str]:
                    .agg(["count", "min", "max"]) if len(frame) else None)
     finals = set(frame.loc[frame["metric"] == "wall_s", "run_id"]) if len(frame) else set()
     finished = {}
-    for run_id, trial, state in zip(runs.get("run_id", []), runs.get("trial", []), runs.get("status", [])):
+    for trial, state in zip(runs.get("trial", []), runs.get("status", [])):
         if state == "FINISHED":
             finished[trial] = finished.get(trial, 0) + 1
     problems = []

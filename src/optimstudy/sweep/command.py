@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from optimstudy import results
 from optimstudy.errors import TrialTimeout, UsageError
@@ -29,15 +29,43 @@ from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
 from optimstudy.sweep.output import LISTED_TRIALS, format_table, json_number, print_dry_run, trial_numbers_text
-from optimstudy.sweep.planning import (check_plan_size, compare_identity, confirm_plan, decide_plan, iter_plan, plan,
-                                       plan_counts, plan_devices, skip_notes, spec_identity)
+from optimstudy.sweep.planning import (
+    check_plan_size,
+    compare_identity,
+    confirm_plan,
+    decide_plan,
+    iter_plan,
+    plan,
+    plan_counts,
+    plan_devices,
+    skip_notes,
+    spec_identity,
+)
 from optimstudy.sweep.queue import ERROR, PHASE, ROUND, enqueue_missing
 from optimstudy.sweep.spec import Decide, Spec
 from optimstudy.sweep.spec_reader import load_spec
-from optimstudy.sweep.storages import (check_storage, open_storage, open_study, planning_lock, restart_study,
-                                       storage_url, study_exists)
-from optimstudy.sweep.trials import (IDENTITY, PARENT_RUN, RUN_ID, WORKER_OPTIONS, WorkerOptions, recover_dead_trials,
-                                     timed_out_keys, trial_config, trial_counts, unresolved_failures, work)
+from optimstudy.sweep.storages import (
+    check_storage,
+    open_storage,
+    open_study,
+    planning_lock,
+    restart_study,
+    storage_url,
+    study_exists,
+)
+from optimstudy.sweep.trials import (
+    IDENTITY,
+    PARENT_RUN,
+    RUN_ID,
+    WORKER_OPTIONS,
+    WorkerOptions,
+    recover_dead_trials,
+    timed_out_keys,
+    trial_config,
+    trial_counts,
+    unresolved_failures,
+    work,
+)
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
 from optimstudy.tracking.client import NOTE_TAG, TAG_DECIDE, ensure_store, experiment_id, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
@@ -256,7 +284,7 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
         ensure_store(tracking_uri, start_writer(tracking_uri), client_here=True)  # once, before any worker starts
         experiment_id(tracking_uri, spec.name)  # a deleted experiment is a usage error, before the study is written
         if restart and study_exists(storage, spec.name):
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             kept = restart_study(storage, spec.name, stamp)
             moved = rename_experiment(tracking_uri, spec.name, kept)
             notes.append(f"--restart: the old study is kept as '{kept}'"
@@ -278,7 +306,7 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
     run_id = study.user_attrs.get(PARENT_RUN)
     live = {"optimstudy.pid": os.getpid(), "host": socket.gethostname()}
     if added:  # the spec grew: the parent run records the new spec and what it added
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         history = json.loads(study.user_attrs.get("optimstudy.extensions", "[]"))
         history.append({"at": stamp, "added": added})
         study.set_user_attr("optimstudy.extensions", json.dumps(history))

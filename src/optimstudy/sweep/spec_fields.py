@@ -9,8 +9,12 @@ import typing
 
 from optimstudy.errors import UsageError
 from optimstudy.problems.losses import LOSSES
-from optimstudy.problems.optimizers import (OPTIMIZERS, OptimizerArgumentError, optimizer_arguments,
-                                            resolve_optimizer_class)
+from optimstudy.problems.optimizers import (
+    OPTIMIZERS,
+    OptimizerArgumentError,
+    optimizer_arguments,
+    resolve_optimizer_class,
+)
 from optimstudy.problems.parameter_groups import REST_EXAMPLE, check_rest
 from optimstudy.problems.registry import resolve_problem
 from optimstudy.problems.schedules import schedule_factory

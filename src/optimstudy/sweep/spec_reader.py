@@ -10,9 +10,23 @@ from optimstudy.errors import UsageError
 from optimstudy.results.objectives import default_direction
 from optimstudy.run.config import SEED_RANGE, RunConfig, is_seed
 from optimstudy.run.devices import DEVICE_CHOICES
-from optimstudy.sweep.spec import (DECIDE_KEYS, DIRECTIONS, GRID_SETTINGS, NAME_PATTERN, PRUNERS, RUN_KEYS, SAMPLERS,
-                                   SCALAR_SETTINGS, SEARCH_KEYS, TOP_KEYS, Decide, Search, Spec, SpecError,
-                                   every_config)
+from optimstudy.sweep.spec import (
+    DECIDE_KEYS,
+    DIRECTIONS,
+    GRID_SETTINGS,
+    NAME_PATTERN,
+    PRUNERS,
+    RUN_KEYS,
+    SAMPLERS,
+    SCALAR_SETTINGS,
+    SEARCH_KEYS,
+    TOP_KEYS,
+    Decide,
+    Search,
+    Spec,
+    SpecError,
+    every_config,
+)
 from optimstudy.sweep.spec_fields import Where
 
 

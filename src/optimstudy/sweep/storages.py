@@ -22,7 +22,7 @@ import shlex
 import shutil
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -200,7 +200,7 @@ def _parses(line: bytes) -> bool:
 
 
 def _backup(path: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     backup, number = path.with_name(f"{path.name}.torn-{stamp}"), 1
     while backup.exists():
         number += 1

@@ -32,8 +32,20 @@ from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute, execute_stack
 from optimstudy.run.stacked import max_stack, prepare_stack
 from optimstudy.sweep.planning import config_from_json, plan
-from optimstudy.sweep.queue import (CONFIG, ERROR, LIVE, PHASE, ROUND, SPACE, Queue, enqueue_missing, fail_if_running,
-                                    fail_trial, requeue, trial_key)
+from optimstudy.sweep.queue import (
+    CONFIG,
+    ERROR,
+    LIVE,
+    PHASE,
+    ROUND,
+    SPACE,
+    Queue,
+    enqueue_missing,
+    fail_if_running,
+    fail_trial,
+    requeue,
+    trial_key,
+)
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
@@ -325,7 +337,7 @@ def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, p
     if not start_trial(queue, study, trial, trial_id):
         return "duplicate"
     attrs = trial.user_attrs
-    config, label, phase = config_from_json(attrs[CONFIG]), attrs.get("optimizer"), attrs.get(PHASE, "")
+    config, label = config_from_json(attrs[CONFIG]), attrs.get("optimizer")
     if attrs.get(SPACE):
         sampled = {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
                    for arg, (low, high, log) in attrs[SPACE].items()}

@@ -17,8 +17,14 @@ import time
 import uuid
 
 from optimstudy.errors import Stop, UsageError
-from optimstudy.tracking.client import (TAG_ERROR, TAG_PRUNED, artifact_location, mlflow_client, once_more_if_raced,
-                                        param_text)
+from optimstudy.tracking.client import (
+    TAG_ERROR,
+    TAG_PRUNED,
+    artifact_location,
+    mlflow_client,
+    once_more_if_raced,
+    param_text,
+)
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.writer import BATCH_POINTS, end_run
 from optimstudy.tracking.writer_handle import StoreError, WriterDied, start_writer, writer_timeout_s

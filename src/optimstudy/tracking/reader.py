@@ -29,8 +29,14 @@ import pandas as pd
 
 from optimstudy.errors import UsageError, near
 from optimstudy.facts import TAG_COLUMNS
-from optimstudy.tracking.client import (TAG_KIND, TAG_STUDY, TAG_TRIAL, mlflow_client,
-                                        resolve_tracking_uri, sql_engine_url)
+from optimstudy.tracking.client import (
+    TAG_KIND,
+    TAG_STUDY,
+    TAG_TRIAL,
+    mlflow_client,
+    resolve_tracking_uri,
+    sql_engine_url,
+)
 from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",

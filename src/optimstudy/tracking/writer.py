@@ -43,8 +43,12 @@ from multiprocessing.connection import Connection
 
 from optimstudy.processes import quick_exit
 from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.tracking.mlflow_setup import (quiet_store_logs, report_connection_retries, start_system_metrics,
-                                              stop_system_metrics)
+from optimstudy.tracking.mlflow_setup import (
+    quiet_store_logs,
+    report_connection_retries,
+    start_system_metrics,
+    stop_system_metrics,
+)
 from optimstudy.tracking.sql_writes import FastWrites
 
 URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv

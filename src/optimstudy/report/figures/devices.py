@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from optimstudy.report.plotting import (Drawn, lr_text, new_figure, palette, style, note_in, matching)
+from optimstudy.report.plotting import Drawn, lr_text, matching, new_figure, note_in, palette, style
 
 TITLE = "Devices: throughput and agreement"
 SPEC = "experiments/devices.toml"

@@ -1,10 +1,8 @@
 """Global gradient norm per step for each optimizer at its best lr; one panel per problem."""
 import math
 
-
-
 from optimstudy.report import plotting
-from optimstudy.report.plotting import (Drawn, grid_axes, lr_text, mean_band, new_figure, smoothing_window, style)
+from optimstudy.report.plotting import Drawn, grid_axes, lr_text, mean_band, new_figure, smoothing_window, style
 
 TITLE = "Gradient norms during training"
 SPEC = "experiments/mnist_optimizers.toml"

@@ -5,7 +5,21 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from optimstudy.report import plotting
-from optimstudy.report.plotting import (WORST_EDGE, SMALL, GOOD, LARGE, LOSS_COLORS, LOSS_NAMES, Drawn, lr_text, new_figure, smoothing_window, style, seed_mean, note_in)
+from optimstudy.report.plotting import (
+    GOOD,
+    LARGE,
+    LOSS_COLORS,
+    LOSS_NAMES,
+    SMALL,
+    WORST_EDGE,
+    Drawn,
+    lr_text,
+    new_figure,
+    note_in,
+    seed_mean,
+    smoothing_window,
+    style,
+)
 
 TITLE = "Loss functions: what the measure rewards"
 SPEC = "experiments/loss_functions.toml"
@@ -32,7 +46,7 @@ def _loss_runs(runs, facts):
     candidates = runs[runs["problem"].isin(optimum) & (runs["last_step"] > 0) & runs["zero_grad"].ne(False)
                       & (runs["accumulate"].fillna(1) == 1)]
     best, best_count = None, 1
-    for key, members in candidates.groupby(["experiment", "problem"]):
+    for _, members in candidates.groupby(["experiment", "problem"]):
         if members["loss"].nunique() > best_count:
             best, best_count = members, members["loss"].nunique()
     return best

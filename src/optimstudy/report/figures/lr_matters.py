@@ -6,7 +6,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from optimstudy.report import plotting
-from optimstudy.report.plotting import (SMALL, GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, style)
+from optimstudy.report.plotting import GOOD, LARGE, SMALL, Drawn, loss_label, lr_text, mean_band, new_figure, style
 from optimstudy.results import group_runs
 
 TITLE = "The learning rate matters: too small, good, too large"

@@ -6,7 +6,16 @@ Runs without a validation split (val_fraction = 0) evaluate the whole training s
 import math
 
 from optimstudy.report import plotting
-from optimstudy.report.plotting import Drawn, grid_axes, loss_label, lr_text, mean_band, new_figure, smoothing_window, style
+from optimstudy.report.plotting import (
+    Drawn,
+    grid_axes,
+    loss_label,
+    lr_text,
+    mean_band,
+    new_figure,
+    smoothing_window,
+    style,
+)
 
 TITLE = "Optimizers compared at their best learning rates"
 SPEC = "experiments/mnist_optimizers.toml"

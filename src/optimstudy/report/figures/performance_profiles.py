@@ -1,8 +1,8 @@
 """Performance profiles (Dolan & Moré, as AlgoPerf scores): the share of problems each optimizer
 reaches its target on within tau x the fastest optimizer's time, in steps and in seconds."""
-from optimstudy.results import aggregates
 from optimstudy.report import plotting
 from optimstudy.report.plotting import Drawn, new_figure, style
+from optimstudy.results import aggregates
 
 TITLE = "Performance profiles: how often is each optimizer (nearly) the fastest?"
 SPEC = "experiments/mnist_optimizers.toml"

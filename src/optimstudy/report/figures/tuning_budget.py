@@ -3,9 +3,9 @@ import math
 
 from matplotlib.ticker import MaxNLocator
 
-from optimstudy.results import aggregates
 from optimstudy.report import plotting
 from optimstudy.report.plotting import Drawn, grid_axes, new_figure, score_axis, style
+from optimstudy.results import aggregates
 
 TITLE = "Tuning budget: how good is each optimizer after k configurations?"
 SPEC = "experiments/mnist_optimizers.toml"

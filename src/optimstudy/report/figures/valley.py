@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from optimstudy.report import plotting
-from optimstudy.report.plotting import (SMALL, GOOD, LARGE, Drawn, lr_text, new_figure, style)
 from optimstudy.facts import VALLEY_START, expected_valley_quadratic
+from optimstudy.report import plotting
+from optimstudy.report.plotting import GOOD, LARGE, SMALL, Drawn, lr_text, new_figure, style
 from optimstudy.results import group_runs
 
 TITLE = "The loss landscape: steps down a valley"

@@ -4,7 +4,19 @@ import math
 import pandas as pd
 
 from optimstudy.report import plotting
-from optimstudy.report.plotting import (GOOD, LARGE, Drawn, loss_label, lr_text, mean_band, new_figure, smoothing_window, style, note_in, matching)
+from optimstudy.report.plotting import (
+    GOOD,
+    LARGE,
+    Drawn,
+    loss_label,
+    lr_text,
+    matching,
+    mean_band,
+    new_figure,
+    note_in,
+    smoothing_window,
+    style,
+)
 
 TITLE = "Forgetting zero_grad(), and gradient accumulation"
 SPEC = "experiments/zero_grad.toml"
