@@ -52,7 +52,8 @@ def small_mlp(info):
 wide_regression = Problem(data=wide_rows, make_model=linear, task="regression",
                           description=f"{ROWS} x {FEATURES:,} linear regression (bench_fullbatch.py)")
 wide_mlp = Problem(data=wide_rows, make_model=small_mlp, task="regression",
-                   description=f"{ROWS} x {FEATURES:,} regression, a {FEATURES}-{HIDDEN}-1 tanh MLP (bench_fullbatch.py)")
+                   description=f"{ROWS} x {FEATURES:,} regression, a {FEATURES}-{HIDDEN}-1 tanh MLP "
+                               "(bench_fullbatch.py)")
 PROBLEM, MLP_PROBLEM = "bench_fullbatch:wide_regression", "bench_fullbatch:wide_mlp"
 
 

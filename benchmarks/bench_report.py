@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
         # in its own process: making the store imports torch, and a child's peak RSS starts at its parent's
         made_by = subprocess.run([sys.executable, "-c", "import json, sys; from pathlib import Path; "
                                   "from bench_report import make_store; "
-                                  "print(json.dumps(make_store(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))",
+                                  "print(json.dumps(make_store(Path(sys.argv[1]), int(sys.argv[2]), "
+                                  "int(sys.argv[3]))))",
                                   str(folder), str(runs), str(steps)], capture_output=True, text=True,
                                  cwd=Path(__file__).resolve().parent, check=True)
         uri, points = json.loads(made_by.stdout.strip().splitlines()[-1])

@@ -214,7 +214,8 @@ def machine() -> dict:
     from optimstudy import __version__
     from optimstudy.run.devices import cpu_count, device_label
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
     return {
         "cpu": device_label("cpu"), "cores": cpu_count(), "memory_gb": _memory_gb(), "gpus": gpus,
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": version("torchvision"),

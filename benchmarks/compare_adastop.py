@@ -74,7 +74,8 @@ def main(argv=None) -> None:
             spent.append(runs)
         theirs = np.array(theirs)
         # AdaStop's "larger": the first agent's mean is larger, i.e. worse here (lower is better)
-        their_rate = np.isin(theirs, ["larger", "smaller"]).any(-1).mean() if null else (theirs[:, 0] == "larger").mean()
+        their_rate = (np.isin(theirs, ["larger", "smaller"]).any(-1).mean() if null
+                      else (theirs[:, 0] == "larger").mean())
         print(f"| {name} | {our_rate:.1%} | {ours['seeds'].mean():.1f} | {their_rate:.1%} | {np.mean(spent):.1f} |"
               f"  <!-- {time.perf_counter() - started:.0f} s -->", flush=True)
     print(f"\n{args.studies} studies per cell; rounds of {N} seeds, at most {calibration.MAX_SEEDS}.")

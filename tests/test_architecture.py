@@ -90,7 +90,8 @@ PUBLIC = ("optimstudy", "optimstudy.problems", "optimstudy.results", "optimstudy
 
 def test_examples_and_analysis_scripts_use_only_the_public_api():
     imported = {}
-    for path in [*sorted((REPO / "src" / "optimstudy" / "report" / "figures").glob("*.py")), *sorted((REPO / "examples").glob("*.py"))]:
+    for path in [*sorted((REPO / "src" / "optimstudy" / "report" / "figures").glob("*.py")),
+                 *sorted((REPO / "examples").glob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("optimstudy"):
                 for alias in node.names:  # `from optimstudy.report import plotting` is the module itself

@@ -374,5 +374,6 @@ def test_a_spec_with_a_byte_order_mark_and_a_name_in_any_script_loads(tmp_path):
     loaded = load_spec(spec)
     assert loaded.name == "ünïcødé études" and not loaded.text.startswith("\ufeff")
     spec.write_text(spec.read_text(encoding="utf-8-sig").replace("ünïcødé études", "a/b"), encoding="utf-8")
-    with pytest.raises(UsageError, match=r"key 'name'.*got 'a/b'; expected 1-100 characters: letters, .*\(letters of any script"):
+    with pytest.raises(UsageError,
+                       match=r"key 'name'.*got 'a/b'; expected 1-100 characters: letters, .*\(letters of any script"):
         load_spec(spec)

@@ -273,7 +273,8 @@ def test_warmup_cosine_onecycle_and_schedules_by_class_or_path():
     (dict(schedule="nosuchmodule:make"), "cannot be imported"),
     (dict(val_fraction=1.0), "val_fraction must lie in [0, 1)"),
     (dict(problem="nosuchmodule:problem"), "No module named 'nosuchmodule'"),
-    (dict(problem="optimstudy.problems.registry:mlp"), "problem 'optimstudy.problems.registry:mlp' is not a Problem (it is a function)"),
+    (dict(problem="optimstudy.problems.registry:mlp"),
+     "problem 'optimstudy.problems.registry:mlp' is not a Problem (it is a function)"),
     (dict(problem="optimstudy.problems.registry:nothing"), "has no attribute 'nothing'"),
 ])
 def test_bad_schedules_and_problems_are_usage_errors(settings, message):
@@ -304,7 +305,8 @@ def test_spec_keys_for_recipes(tmp_path):
     spec = parse_spec({**base, "val_fraction": 0, "split_seed": 3, "shuffle": False, "schedule": "step",
                        "schedule_args": {"gamma": 0.5}, "schedule_every": "step"})
     config = spec.base_config("linreg", spec.optimizers[0], 0.1, 0, "cpu")
-    assert (config.val_fraction, config.split_seed, config.shuffle, config.schedule_args) == (0, 3, False, {"gamma": 0.5})
+    assert ((config.val_fraction, config.split_seed, config.shuffle, config.schedule_args)
+            == (0, 3, False, {"gamma": 0.5}))
     assert spec.metric == "train_loss"  # no validation split: the objective names the training split
     with pytest.raises(SpecError, match="val_fraction = 0 leaves no validation split"):
         parse_spec({**base, "val_fraction": 0, "metric": "val_loss"})
@@ -453,7 +455,8 @@ def test_the_quick_exit_keeps_the_users_atexit_handlers_output_and_threads(tmp_p
     for linger in (False, True):
         result = subprocess.run([sys.executable, "-m", "optimstudy", "run", "--problem", "linreg", "--steps", "3",
                                  "--no-track", "--json", "--optimizer", "leaves_work:Slow", "--opt",
-                                 f"linger={linger}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                                 f"linger={linger}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=120)
         assert result.returncode == 0, result.stderr
         assert "unflushed line from the user's module" in result.stdout
         assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 3

@@ -239,7 +239,8 @@ def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(cli, tmp_path):
     assert not curves.loc[("adam", 2), "all_tried"]
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lr_sensitivity", REPO / "src" / "optimstudy" / "report" / "figures" / "lr_sensitivity.py")
+    spec = importlib.util.spec_from_file_location(
+        "lr_sensitivity", REPO / "src" / "optimstudy" / "report" / "figures" / "lr_sensitivity.py")
     lr_sensitivity = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lr_sensitivity)
     (ax,) = lr_sensitivity.figure(study).figure.axes

@@ -213,7 +213,8 @@ def test_ranking_by_a_test_metric_warns_and_the_curves_show_the_training_split(c
     assert render_page(study, [], uri).count(warning) == 1
 
     # without a validation split the lower panel shows the loss over the whole training split
-    spec = importlib.util.spec_from_file_location("optimizer_curves", REPO / "src" / "optimstudy" / "report" / "figures" / "optimizer_curves.py")
+    spec = importlib.util.spec_from_file_location(
+        "optimizer_curves", REPO / "src" / "optimstudy" / "report" / "figures" / "optimizer_curves.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     drawn = script.figure(study)

@@ -152,7 +152,8 @@ def test_diverging_and_failing_trials_are_recorded_and_the_sweep_goes_on(cli, tm
     assert "failed: 1 trial(s) (trial 2): " in result.stderr and "out of memory" in result.stderr
     assert "run the same command again to resume" in result.stderr
     assert list(summary["failures"].values()) == [1]
-    trials = {(t.user_attrs["optimizer"], t.user_attrs["optimstudy.config"]["lr"]): t for t in study(tmp_path, "faults").trials}
+    trials = {(t.user_attrs["optimizer"], t.user_attrs["optimstudy.config"]["lr"]): t
+              for t in study(tmp_path, "faults").trials}
     diverged = trials[("sgd", 1000.0)]
     assert diverged.state == TrialState.COMPLETE and diverged.user_attrs["diverged"] is True
     assert diverged.value == float("inf")  # the worst objective for a minimized val_loss

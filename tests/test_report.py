@@ -379,7 +379,8 @@ def test_the_reports_torch_free_tables_match_the_registries():
     registered = tuple(name for name in BUILTIN_OPTIMIZERS if name != "muon" or hasattr(torch.optim, "Muon"))
     assert list(BUILTIN_PROBLEMS) == list(PROBLEMS) and registered == tuple(OPTIMIZERS)
     assert (VALLEY_SCALES, NOISE_STD) == (data.VALLEY_SCALES, data.NOISE_STD)
-    spec = importlib.util.spec_from_file_location("loss_functions_script", REPO / "src" / "optimstudy" / "report" / "figures" / "loss_functions.py")
+    spec = importlib.util.spec_from_file_location(
+        "loss_functions_script", REPO / "src" / "optimstudy" / "report" / "figures" / "loss_functions.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.LESSON_PAIRS == LESSON_PAIRS
@@ -469,7 +470,8 @@ def test_a_figure_script_can_say_why_it_drew_nothing(grid_frame, tmp_path):
     from optimstudy.report.build import draw
     from optimstudy.report.scripts import load_scripts
 
-    section, figure = next(item for item in load_scripts(REPO / "src" / "optimstudy" / "report" / "figures") if item[0].name == "across_problems")
+    section, figure = next(item for item in load_scripts(REPO / "src" / "optimstudy" / "report" / "figures")
+                           if item[0].name == "across_problems")
     section = draw(section, figure, Study(grid_frame), tmp_path)
     assert section.note.startswith("one problem only (") and "needs two or more" in section.note
     assert not list(tmp_path.glob("across_problems.*")) and not section.error
@@ -496,7 +498,8 @@ def test_verdicts_on_real_runs(tracking_uri):
     too small an lr loses. (That noise alone never names a winner is test_verdicts' end-to-end test.)"""
     seeds = range(4)
     real_runs(tracking_uri, "twins", [(label, "sgd", 0.05, seed) for label in ("sgd_a", "sgd_b") for seed in seeds])
-    real_runs(tracking_uri, "broken", [("sgd", "sgd", 0.05, s) for s in seeds] + [("slow", "sgd", 1e-5, s) for s in seeds])
+    real_runs(tracking_uri, "broken",
+              [("sgd", "sgd", 0.05, s) for s in seeds] + [("slow", "sgd", 1e-5, s) for s in seeds])
     twins = verdicts(run_table(load_runs(tracking_uri, experiments=["twins"]))).iloc[0]
     assert (twins["a"], twins["b"]) == ("sgd_a", "sgd_b")
     assert twins["outcome"] == "no variation" and twins["difference"] == 0 and not twins["decided"]
@@ -511,7 +514,8 @@ def test_verdicts_on_real_runs(tracking_uri):
 def full_report(store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis")
     frame = load_runs(store, compact=True)
-    sections = write_report(frame, folder, analysis=REPO / "src" / "optimstudy" / "report" / "figures", tracking_uri=store)
+    sections = write_report(frame, folder, analysis=REPO / "src" / "optimstudy" / "report" / "figures",
+                            tracking_uri=store)
     return folder, sections, frame
 
 
@@ -576,7 +580,8 @@ def test_figures_tolerate_nan_values_and_diverged_runs(full_report):
 
 def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp_path):
     frame = load_runs(store, experiments=["single"])  # one linreg run
-    sections = {s.name: s for s in write_report(frame, tmp_path, analysis=REPO / "src" / "optimstudy" / "report" / "figures", svg=False)}
+    sections = {s.name: s for s in write_report(frame, tmp_path,
+                                                analysis=REPO / "src" / "optimstudy" / "report" / "figures", svg=False)}
     assert sections["lr_sensitivity"].note == (
         "no runs for it yet: run `optimstudy sweep experiments/lr_sensitivity.toml`")
     assert not (tmp_path / "figures" / "lr_sensitivity.png").exists()
@@ -613,7 +618,8 @@ if __name__ == "__main__":
 
 def test_a_script_dropped_into_analysis_appears_on_the_page(store, tmp_path):
     folder = tmp_path / "analysis"
-    shutil.copytree(REPO / "src" / "optimstudy" / "report" / "figures", folder, ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
+    shutil.copytree(REPO / "src" / "optimstudy" / "report" / "figures", folder,
+                    ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
     (folder / "runs_per_optimizer.py").write_text(USER_SCRIPT)
     (folder / "broken.py").write_text("import no_such_module\n\n\ndef figure(study):\n    pass\n")
     sections = {s.name: s for s in write_report(load_runs(store, experiments=["grid"]), tmp_path / "out",
@@ -704,7 +710,8 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
     result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "analysis", check_exit=0, cwd=REPO,
                  env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert "report.html" in result.stdout
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")]
     assert "optimstudy.report" in imported and "matplotlib" in imported  # the timing covers the command
     assert not [name for name in imported if name == "torch" or name.startswith("torch.")]
     valley = next(r for r in client.search_runs([client.get_run(parent).info.experiment_id])
@@ -745,7 +752,8 @@ def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_p
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {"OPTIMSTUDY_DATA_DIR": mnist_dir, "PYTHONPATH": str(REPO)}  # REPO: examples.* problems import
     swept = cli("sweep", spec, "--tracking-uri", uri, "--json", check_exit=0, cwd=tmp_path, env=env, timeout=600)
-    result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out", "--analysis", REPO / "src" / "optimstudy" / "report" / "figures",
+    result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out",
+                 "--analysis", REPO / "src" / "optimstudy" / "report" / "figures",
                  check_exit=0, cwd=tmp_path, env=env)
     assert "failed" not in result.stderr
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")

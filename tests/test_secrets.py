@@ -140,7 +140,8 @@ def test_the_store_password_appears_in_no_output_file_tag_or_command_line(tmp_pa
 
     code, out, seen = optimstudy("sweep", "secretive.toml", "--json")
     assert code == 0, out[-3000:]
-    assert any(b"optimstudy.tracking.writer" in line for line in seen), "the writer was never seen: the scan proved nothing"
+    assert any(b"optimstudy.tracking.writer" in line for line in seen), (
+        "the writer was never seen: the scan proved nothing")
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["storage"] == optuna_url.replace(password, "***")
     assert summary["tracking_uri"] == mlflow_url.replace(password, "***")
@@ -207,7 +208,8 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
     pieces = [uuid.uuid4().hex[:10] for _ in range(5)]
     password = "{}@{}:{}%40{}/{}".format(*pieces)  # every character a URI parser splits on, and a "%40" of its own
     with private_role(postgres_server, password) as (optuna_url, mlflow_url):
-        typed_optuna, typed_mlflow = (url.replace(quote(password, safe=""), password) for url in (optuna_url, mlflow_url))
+        typed_optuna, typed_mlflow = (url.replace(quote(password, safe=""), password)
+                                      for url in (optuna_url, mlflow_url))
         assert typed_mlflow.count("@") == 2 and unquote(mlflow_url).count(password) == 1
         (tmp_path / "secretive.toml").write_text(textwrap.dedent(SPEC).replace("seeds = [0, 1]", "seeds = [0]")
                                                  .replace("[0.01, 0.1]", "[0.1]"))
@@ -228,12 +230,16 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
         for args in typed + [("--debug", *args) for args in typed[:2] + typed[3:5]]:
             code, out = optimstudy(*args)
             debug = args[0] == "--debug"  # --debug: the UsageError raised, its traceback shown (exit 1)
-            assert code == (1 if debug else 2) and "must be percent-encoded" in out and "quote(" in out, (args[:2], out[-2000:])
+            assert (code == (1 if debug else 2) and "must be percent-encoded" in out
+                    and "quote(" in out), (args[:2], out[-2000:])
             assert ("Traceback" in out) == debug, out[-2000:]
             outputs.append(out)
-        for variable, command in (("MLFLOW_TRACKING_URI", ("report",)), ("OPTIMSTUDY_STORAGE", ("check", "secretive.toml"))):
-            code, out = optimstudy(*command, **{variable: typed_mlflow if variable.startswith("MLFLOW") else typed_optuna})
-            assert code == 2 and "must be percent-encoded" in out and (f"${variable}" in out or "--storage" in out), out[-2000:]
+        for variable, command in (("MLFLOW_TRACKING_URI", ("report",)),
+                                  ("OPTIMSTUDY_STORAGE", ("check", "secretive.toml"))):
+            code, out = optimstudy(*command,
+                                   **{variable: typed_mlflow if variable.startswith("MLFLOW") else typed_optuna})
+            assert (code == 2 and "must be percent-encoded" in out
+                    and (f"${variable}" in out or "--storage" in out)), out[-2000:]
             outputs.append(out)
 
         # encoded, it works; a raw ":" parses the same everywhere, so it may stay as typed

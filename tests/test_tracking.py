@@ -402,7 +402,8 @@ def test_ui_serves_the_store_and_stops_with_everything_it_started(store, tmp_pat
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     log = (tmp_path / "ui.log").open("w")
     process = subprocess.Popen(  # SIGINT as in a terminal, even when the tests run in the background
-        [sys.executable, "-m", "optimstudy", "ui", "--port", str(port), "--tracking-uri", store, "--experiment", "shown"],
+        [sys.executable, "-m", "optimstudy", "ui", "--port", str(port), "--tracking-uri", store,
+         "--experiment", "shown"],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = []
     try:

@@ -122,8 +122,8 @@ def test_run_json_and_summary(cli, tmp_path):
                  cwd=tmp_path, check_exit=0)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["run_id"] is None and summary["steps"] == 300 and summary["diverged"] is False
-    assert set(summary["final"]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
-                                     "excess_loss"}
+    assert set(summary["final"]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+                                     "test_accuracy", "excess_loss"}
     assert summary["final"]["val_accuracy"] is None and summary["final"]["excess_loss"] < 0.01
     assert "300 steps" in result.stderr
     assert not (tmp_path / "mlruns").exists()  # --no-track writes no store

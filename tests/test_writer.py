@@ -44,7 +44,8 @@ def table(tracking_uri, sql, run_id):
 def stored(tracking_uri, run_id) -> dict:
     """Everything of a run in MLflow's tables but its id, its start and end times."""
     return {
-        "metrics": table(tracking_uri, "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid=?", run_id),
+        "metrics": table(tracking_uri, "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid=?",
+                         run_id),
         "latest": table(tracking_uri, "SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid=?",
                         run_id),
         "params": table(tracking_uri, "SELECT key, value FROM params WHERE run_uuid=?", run_id),
@@ -56,7 +57,8 @@ def stored(tracking_uri, run_id) -> dict:
                                       "d.digest, d.dataset_source_type, d.dataset_source, d.dataset_schema, "
                                       "d.dataset_profile, d.experiment_id FROM inputs i "
                                       "JOIN input_tags t ON t.input_uuid = i.input_uuid "
-                                      "JOIN datasets d ON d.dataset_uuid = i.source_id WHERE i.destination_id=?", run_id),
+                                      "JOIN datasets d ON d.dataset_uuid = i.source_id WHERE i.destination_id=?",
+                        run_id),
     }
 
 
@@ -112,7 +114,8 @@ def write_both_ways(store):
         assert ours == theirs
         assert any(is_nan for *_, is_nan in ours["metrics"]) and len(ours["inputs"]) == 1
         run = client.get_run(logger.run_id)
-        assert run.info.status == status and run.data.params == PARAMS and run.inputs.dataset_inputs[0].dataset.name == "mnist"
+        assert (run.info.status == status and run.data.params == PARAMS
+                and run.inputs.dataset_inputs[0].dataset.name == "mnist")
         assert run.data.metrics["loss"] == 0.25 and math.isclose(run.data.metrics["grad_norm"], 3.0)
 
 

@@ -202,7 +202,8 @@ def writer_of(pid: int) -> int | None:
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid and b"optimstudy.tracking.writer" in cmdline.read():
+                if (int(stat.read().rsplit(")", 1)[1].split()[1]) == pid
+                        and b"optimstudy.tracking.writer" in cmdline.read()):
                     return int(entry)
         except (OSError, ValueError):
             continue

@@ -198,7 +198,8 @@ class Watchdog:
         now = time.monotonic()
         at = "" if self.step is None else f" (at step {self.step})"
         if self.limit_s is not None and self.started is not None and now - self.started > self.limit_s:
-            return f"timed out: {self.what} ran longer than its limit of {self.limit_s:g} s (trial_timeout_s, --trial-timeout){at}"
+            return (f"timed out: {self.what} ran longer than its limit of {self.limit_s:g} s "
+                    f"(trial_timeout_s, --trial-timeout){at}")
         if self.stall_s is not None and now - self.last > self.stall_s:
             since = "started" if self.step is None else f"completed step {self.step}"
             return (f"stalled: {self.what} completed no training step for {self.stall_s:g} s since it {since} "

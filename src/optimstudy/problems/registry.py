@@ -71,7 +71,8 @@ class Problem:
         if self.target is not None and not (
                 isinstance(self.target, tuple) and len(self.target) == 2 and isinstance(self.target[0], str)
                 and isinstance(self.target[1], (int, float))):
-            raise UsageError(f"problem target must be (metric, value), e.g. ('val_accuracy', 0.95); got {self.target!r}")
+            raise UsageError(f"problem target must be (metric, value), e.g. ('val_accuracy', 0.95); "
+                             f"got {self.target!r}")
         if not 0 < self.test_fraction < 1:
             raise UsageError(f"problem test_fraction must lie in (0, 1), got {self.test_fraction}")
 
@@ -174,7 +175,8 @@ PROBLEMS = {
                               target=("val_accuracy", 0.80)),
     "fashion_mlp": Problem("fashion_mnist", mlp, description="Fashion-MNIST, 784-128-10 MLP",
                            target=("val_accuracy", 0.84)),
-    "fashion_cnn": Problem("fashion_mnist", cnn, description="Fashion-MNIST, 2-conv CNN", target=("val_accuracy", 0.86)),
+    "fashion_cnn": Problem("fashion_mnist", cnn, description="Fashion-MNIST, 2-conv CNN",
+                           target=("val_accuracy", 0.86)),
     "linreg": Problem(
         "linreg", linear, "regression",
         description="3 standardized features (temperature, price, distance), y = Xw* + noise(0.1); known optimum",

@@ -84,10 +84,12 @@ def summary_table(study) -> pd.DataFrame:
         robust = comparison.lr_robustness(group_runs(runs, row), row)
         rows.append({
             "experiment": row["experiment"], "problem": row["problem"], "optimizer": row["optimizer"],
-            "setting": " ".join(f"{c}={key_text(row[c])}" for c in varying.get((row["experiment"], row["problem"]), [])),
+            "setting": " ".join(f"{c}={key_text(row[c])}"
+                                for c in varying.get((row["experiment"], row["problem"]), [])),
             "best_lr": row["lr"], "optimizer_args": row["args"], "metric": row["metric"],
             "direction": row["direction"], "mean": row["mean"], "std": row["std"],
-            "median": float(np.median(values)) if len(values) else np.nan, "ci_low": low, "ci_high": high, "ci_kind": kind,
+            "median": float(np.median(values)) if len(values) else np.nan, "ci_low": low, "ci_high": high,
+            "ci_kind": kind,
             "seeds": row["seeds"], "diverged_seeds": row["diverged_seeds"], "confirm_mean": row["confirm_mean"],
             "confirm_std": row["confirm_std"], "confirm_seeds": row["confirm_seeds"],
             **final_test_means(by_run, row["run_ids"]), "lrs_tried": len(row["lrs"]),

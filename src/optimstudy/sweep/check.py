@@ -74,7 +74,8 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
     if orphans and dry_run:
         problems += [f"run {r} is RUNNING with no live process" for r in orphans]
     elif orphans:
-        for run_id in end_orphaned_runs(tracking_uri, orphans, "found RUNNING with no live process by optimstudy check"):
+        for run_id in end_orphaned_runs(tracking_uri, orphans,
+                                        "found RUNNING with no live process by optimstudy check"):
             repairs.append(f"run {run_id}: RUNNING with no live process; ended as KILLED")
 
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in

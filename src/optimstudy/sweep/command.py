@@ -249,7 +249,8 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
                                      "failed": final["failed"], "skipped": sum(skipped.values())},
                           "failures": {reason: len(numbers) for reason, numbers in failures.items()},
                           "best": [{"problem": r["problem"], "optimizer": r["optimizer"],
-                                    "lr": json_number(r["best_lr"]), "mean": json_number(r["mean"]), "std": json_number(r["std"]),
+                                    "lr": json_number(r["best_lr"]), "mean": json_number(r["mean"]),
+                                    "std": json_number(r["std"]),
                                     "median": json_number(r["median"]), "ci_low": json_number(r["ci_low"]),
                                     "ci_high": json_number(r["ci_high"]), "seeds": int(r["seeds"])} for r in summary],
                           "verdicts": [{key: (json_number(v[key]) if isinstance(v[key], float) else v[key])

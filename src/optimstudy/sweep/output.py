@@ -23,7 +23,8 @@ def format_table(summary: list[dict], verdicts: list[dict], spec: Spec, answers:
         if is_finite_number(row["mean"]):
             line += f"{row['mean']:.4g} ± {std:.2g}"
             if is_finite_number(row["ci_low"]):
-                line += f", {'range ' if row.get('ci_kind') == 'range' else ''}[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+                line += (f", {'range ' if row.get('ci_kind') == 'range' else ''}"
+                         f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]")
         line += f" (n={row['seeds']})"
         if row.get("optimizer_args"):
             line += f"  {row['optimizer_args']}"
@@ -89,7 +90,8 @@ def print_dry_run(spec: Spec, planned, skipped: dict[str, int], counts: dict | N
         gridded = [k for o in spec.optimizers if o.label == item.label for k in o.grid]  # the grid's other axes
         extras += "".join(f" {k}={c.opt[k]}" for k in gridded if k in c.opt)
         extras += "".join(f" {k}={c.schedule_args[k]}" for k in spec.schedule_grid if k in c.schedule_args)
-        print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} {c.device:6} {extras}")
+        print(f"{number:4d} {item.phase:7} {c.problem:15} {item.label:10} lr={lr:9} seed={c.seed} "
+              f"{c.device:6} {extras}")
     if counts is not None:
         print(f"… {total - FIRST_TRIALS:,} more")
     allowed = spec.max_trials or MAX_TRIALS_UNASKED

@@ -21,7 +21,8 @@ from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.storages import open_study
 from optimstudy.tracking.connectivity import hide_passwords
 
-KEY, PHASE, CONFIG, SPACE, SLOT = "optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space", "optimstudy.slot"
+KEY, PHASE, CONFIG, SPACE, SLOT = ("optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space",
+                                   "optimstudy.slot")
 ROUND = "optimstudy.round"  # a decide-phase trial's round
 ERROR = "optimstudy.error"
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)

@@ -85,7 +85,8 @@ def parse_spec(raw: dict, source: str = "<spec>", text: str = "") -> Spec:
                    "files and the study)")
 
     if ("problem" in raw) == ("problems" in raw):
-        where.fail("problem", raw.get("problem", raw.get("problems")), "exactly one of problem = \"…\" or problems = [...]")
+        where.fail("problem", raw.get("problem", raw.get("problems")),
+                   "exactly one of problem = \"…\" or problems = [...]")
     problems = where.list_of(raw, "problems", str) if "problems" in raw else (where.string(raw, "problem"),)
     for problem in problems:
         where.problem("problem" if "problem" in raw else "problems", problem)

@@ -69,7 +69,8 @@ class FastWrites:
         m, sa = self.models, self.sa
         location = self.artifact_locations.get(experiment_id)
         if location is None:
-            location = self.artifact_locations[experiment_id] = self.store.get_experiment(experiment_id).artifact_location
+            location = self.artifact_locations[experiment_id] = (
+                self.store.get_experiment(experiment_id).artifact_location)
         run = {"name": run_name, "artifact_uri": append_to_uri_path(location, run_id, "artifacts"), "run_uuid": run_id,
                "experiment_id": int(experiment_id), "source_type": SourceType.to_string(SourceType.UNKNOWN),
                "source_name": "", "entry_point_name": "", "user_id": tags.get("mlflow.user", "unknown"),

@@ -58,7 +58,8 @@ def figure(study) -> Drawn | None:
             label = f"{name}: lr {lr_text(shown[name])} ({len(at_lr)} run{'s' * (len(at_lr) > 1)})"
             mine = curve[curve["run_id"].isin(at_lr["run_id"])]
             train = mine[mine["metric"] == "train_loss"]
-            finals[name] = plotting.ends(mean_band(train_ax, train, color=colors[name], label=label, log=True, lw=1.3))[1]
+            finals[name] = plotting.ends(mean_band(train_ax, train, color=colors[name], label=label, log=True,
+                                                   lw=1.3))[1]
             mean_band(val_ax, mine[mine["metric"] == "val_loss"], color=colors[name], label=label, log=True, lw=1.3,
                       marker="o", ms=3)
             if zoom:
