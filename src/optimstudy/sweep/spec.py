@@ -1,5 +1,5 @@
-"""Experiment specs, as data (read and validated by spec_reader.load_spec): `experiments/*.toml`, read and validated
-here and nowhere else.
+"""Experiment specs, as data: `experiments/*.toml`, read and validated by spec_reader.load_spec and
+nowhere else.
 
     name = "mnist-optimizers"     # the MLflow experiment and the Optuna study
     problem = "mnist_mlp"         # or problems = [...]; or "package.module:problem" (imported by every worker)
