@@ -134,7 +134,7 @@ def test_two_sweeps_ending_together_both_set_their_notes_on_postgresql(postgres_
 
     from mlflow import MlflowClient
 
-    from optimstudy.tracking.client import NOTE_TAG
+    from optimstudy.tag_names import NOTE_TAG
     from optimstudy.tracking.parent_runs import set_notes
 
     uri = postgres_database()

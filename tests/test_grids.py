@@ -95,7 +95,7 @@ def test_identity_is_unchanged_without_lists_and_a_grid_may_grow(tmp_path):
 
 
 def tidy(objectives: dict) -> pd.DataFrame:
-    """A tidy frame as store.load_runs gives it: one run per (weight_decay, lr) -> final val_loss."""
+    """A tidy frame as tracking.reader.load_runs gives it: one run per (weight_decay, lr) -> final val_loss."""
     rows = []
     for number, ((decay, lr), value) in enumerate(objectives.items()):
         run = {"run_id": f"r{number}", "experiment": "e", "problem": "linreg", "optimizer": "adamw", "lr": lr,

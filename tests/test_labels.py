@@ -153,7 +153,7 @@ def test_a_formula_label_reaches_summary_csv_neutralised_and_the_mlflow_note_esc
 
     from mlflow import MlflowClient
 
-    from optimstudy.tracking.client import NOTE_TAG
+    from optimstudy.tag_names import NOTE_TAG
 
     formula, markup = '=HYPERLINK("http://x","c")', "@[x](http://e) <b>`y`"
     text = ('name = "labels"\nproblem = "linreg"\nsteps = 20\nseeds = [0]\n'

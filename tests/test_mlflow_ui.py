@@ -42,7 +42,7 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
     the sweep's --json reports; the experiment's description is the spec's."""
     import json
 
-    from optimstudy.tracking.client import NOTE_TAG
+    from optimstudy.tag_names import NOTE_TAG
 
     spec = tmp_path / "noted.toml"
     spec.write_text('name = "noted"\ndescription = "SGD against Adam on linreg."\nproblem = "linreg"\n'
@@ -64,8 +64,8 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
 
 @pytest.mark.slow
 def test_a_description_the_user_wrote_on_the_experiment_survives_the_next_sweep(cli, tmp_path, tracking_uri):
-    from optimstudy.tracking.client import NOTE_TAG
-    from optimstudy.tracking.parent_runs import OWN_NOTE_TAG
+    from optimstudy.tag_names import NOTE_TAG
+    from optimstudy.tag_names import TAG_DESCRIPTION as OWN_NOTE_TAG
 
     spec = tmp_path / "described.toml"
     spec.write_text('name = "described"\ndescription = "From the spec."\nproblem = "linreg"\nsteps = 20\n'

@@ -101,7 +101,7 @@ def test_the_names_the_spec_accepts_are_the_final_metrics_training_logs(problem,
 # ---- ranking by any final metric (a constructed tidy frame) ------------------------------------
 
 def tidy(runs: list[dict]) -> pd.DataFrame:
-    """A tidy frame as store.load_runs returns it: each run's final points, with its run columns."""
+    """A tidy frame as tracking.reader.load_runs returns it: each run's final points, with its run columns."""
     rows = []
     for index, run in enumerate(runs):
         run = dict(run)

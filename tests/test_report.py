@@ -367,18 +367,16 @@ def test_the_reports_torch_free_tables_match_the_registries():
     numbers without it must equal the real thing."""
     import importlib.util
 
-    from optimstudy.facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, NOISE_STD, VALLEY_SCALES, ProblemFacts
-    from optimstudy.problems import data
+    from optimstudy.facts import BUILTIN_OPTIMIZERS, BUILTIN_PROBLEMS, ProblemFacts
     from optimstudy.problems.losses import LESSON_PAIRS, lesson_numbers
     from optimstudy.problems.optimizers import OPTIMIZERS
 
     assert BUILTIN_PROBLEMS == {name: ProblemFacts(p.task, p.default_loss, p.target, p.has_optimum)
-                                for name, p in PROBLEMS.items()}
+                                for name, p in PROBLEMS.items()}  # has_optimum: the registry's optimum
     import torch
 
     registered = tuple(name for name in BUILTIN_OPTIMIZERS if name != "muon" or hasattr(torch.optim, "Muon"))
     assert list(BUILTIN_PROBLEMS) == list(PROBLEMS) and registered == tuple(OPTIMIZERS)
-    assert (VALLEY_SCALES, NOISE_STD) == (data.VALLEY_SCALES, data.NOISE_STD)
     spec = importlib.util.spec_from_file_location(
         "loss_functions_script", REPO / "src" / "optimstudy" / "report" / "figures" / "loss_functions.py")
     script = importlib.util.module_from_spec(spec)

@@ -17,8 +17,9 @@ from optimstudy.cli import main
 from optimstudy.problems.optimizers import OPTIMIZERS, is_elementwise
 from optimstudy.run.config import RunConfig
 from optimstudy.run.runner import execute_seeds
-from optimstudy.run.stacked import TAG_STACKED, Stack, prepare_stack, train_stack
+from optimstudy.run.stacked import Stack, prepare_stack, train_stack
 from optimstudy.run.training import train
+from optimstudy.tag_names import TAG_STACKED
 
 ELEMENTWISE = [name for name, spec in OPTIMIZERS.items() if spec.elementwise]
 EXTRA = ["schedulefree:AdamWScheduleFree", "schedulefree:SGDScheduleFree", "lion_pytorch:Lion"]

@@ -1,6 +1,6 @@
 """MLflow tracking against real SQLite stores: what a run writes is what trained, however it ends.
 
-Every test reads back with MlflowClient or store.load_runs; nothing is mocked. The writer
+Every test reads back with MlflowClient or tracking.reader.load_runs; nothing is mocked. The writer
 process, the UI server and killed training processes are real processes.
 """
 import json

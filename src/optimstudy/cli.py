@@ -21,6 +21,7 @@ from optimstudy.processes import Watchdog, quick_exit, stall_timeout_s
 from optimstudy.progress import progress_bar
 from optimstudy.sweep.check import check
 from optimstudy.sweep.servers import dashboard, ui
+from optimstudy.tag_names import TAG_KIND
 from optimstudy.tracking.client import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords, probe_store
 from optimstudy.tracking.writer_handle import start_writer, stop_writers
@@ -293,7 +294,7 @@ def _run_watched(args, tracking_at: tuple[str, str] | None, watchdog: Watchdog) 
         return _run_seeds(args, config, tracking)
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
         history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
-                                  tags={"optimstudy.kind": "run"}, watchdog=watchdog)
+                                  tags={TAG_KIND: "run"}, watchdog=watchdog)
     print_run_summary(history, run_id, tracking)
     if args.json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
@@ -308,7 +309,7 @@ def _run_seeds(args, config, tracking) -> int:
     label = f"{config.problem} {config.optimizer} lr={config.lr:g} seeds {args.seeds}"
     with progress_bar(label, unit="step") as progress:
         results = execute_seeds(configs, tracking, stack=args.stack_seeds, max_stack=args.max_stack,
-                                data_dir=args.data_dir, tags={"optimstudy.kind": "run"}, progress=progress,
+                                data_dir=args.data_dir, tags={TAG_KIND: "run"}, progress=progress,
                                 save_model=args.save_model, say=lambda line: print(f"note: {line}", file=sys.stderr))
     for history, run_id in results:
         print(f"seed {history.config.seed}: ", end="", file=sys.stderr)

@@ -12,7 +12,7 @@ from the store as run columns:
                                      training MSE as w'Aw - 2b'w + c, JSON {"a", "b", "c"}
 
 Runs recorded before these tags existed: the built-in problems' facts are in BUILTIN_PROBLEMS
-(tests/test_report.py keeps it equal to optimstudy.problems.PROBLEMS); a user's problem is then
+(optimstudy.problems.PROBLEMS is built from it); a user's problem is then
 imported as before, by its import path (that alone imports torch).
 
     from optimstudy.facts import problem_facts
@@ -24,15 +24,6 @@ from functools import cache
 
 from optimstudy.imports import import_made, is_import_path
 
-TAG_TASK = "optimstudy.problem.task"
-TAG_DEFAULT_LOSS = "optimstudy.problem.default_loss"
-TAG_TARGET = "optimstudy.problem.target"
-TAG_HAS_OPTIMUM = "optimstudy.problem.has_optimum"
-TAG_QUADRATIC = "optimstudy.problem.quadratic"
-# tag -> run column (store.RUN_TAGS adds them to every run)
-TAG_COLUMNS = {TAG_TASK: "problem_task", TAG_DEFAULT_LOSS: "problem_default_loss", TAG_TARGET: "problem_target",
-               TAG_HAS_OPTIMUM: "problem_has_optimum", TAG_QUADRATIC: "problem_quadratic"}
-
 
 @dataclass(frozen=True)
 class ProblemFacts:
@@ -42,7 +33,10 @@ class ProblemFacts:
     has_optimum: bool = False
 
 
-# Registry order matters: figures order panels by it and colour optimizers by it.
+# The built-in problems' task, loss and target: problems.registry builds PROBLEMS from these. Targets
+# for time to target, as in AlgoPerf: a little below what a tuned optimizer reaches in the study's
+# budgets; regression targets are 2x the noise floor (NOISE_STD 0.1 -> MSE 0.01). The order is the
+# registry's: figures order panels by it and colour optimizers by it.
 BUILTIN_PROBLEMS = {
     "mnist_logreg": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.90)),
     "mnist_mlp": ProblemFacts("classification", "cross_entropy", ("val_accuracy", 0.95)),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from optimstudy.errors import UsageError, near
+from optimstudy.facts import NOISE_STD, VALLEY_SCALES  # the report draws the valley from them too
 
 DATA_DIR_ENV = "OPTIMSTUDY_DATA_DIR"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "optimstudy" / "data"
@@ -296,7 +297,6 @@ def split_indices(n: int, val_fraction: float, split_seed: int,
 # ---- generated data and a user's tensors -------------------------------------------------
 
 LINREG_FEATURES = ("temperature", "price", "distance")
-NOISE_STD = 0.1
 
 
 def _with_test(make_xy, n: int):
@@ -320,7 +320,6 @@ def _nonlinear_xy(n, generator):
     return x, y + NOISE_STD * torch.randn(n, generator=generator)
 
 
-VALLEY_SCALES = (1.0, 0.2)  # feature stds: curvatures 1 and 0.04, a 25:1 valley
 
 
 def _valley_xy(n, generator):

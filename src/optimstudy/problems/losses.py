@@ -4,7 +4,7 @@
 low cancel out, so it reports 0 for a wrong model and can be driven to minus infinity.
 It is here so that training with it can be shown to fail.
 
-    >>> from optimstudy.losses import lesson_numbers
+    >>> from optimstudy.problems.losses import lesson_numbers
     >>> lesson_numbers()["mean_error"], lesson_numbers()["mse"]
     (0.0, 4.0)
 """

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from optimstudy.errors import UsageError, unknown
+from optimstudy.facts import BUILTIN_PROBLEMS
 from optimstudy.imports import import_made, is_import_path, takes_an_argument
 
 # DataInfo and TorchvisionData are imported from here by users' problem modules
@@ -161,36 +162,32 @@ def least_squares(bias: bool):
     return lambda train: least_squares_mse(train.x, train.y, bias)
 
 
-# Targets for time to target, as in AlgoPerf: a little below what a tuned optimizer reaches in the
-# study's budgets. Regression targets are 2x the noise floor (noise std 0.1 -> MSE 0.01).
-PROBLEMS = {
-    "mnist_logreg": Problem("mnist", logreg, description="MNIST, softmax regression (7.9k weights)",
-                            target=("val_accuracy", 0.90)),
-    "mnist_mlp": Problem("mnist", mlp, description="MNIST, 784-128-10 MLP (102k weights)",
-                         target=("val_accuracy", 0.95)),
-    "mnist_cnn": Problem("mnist", cnn, description="MNIST, 2-conv CNN (20k weights)", target=("val_accuracy", 0.97)),
-    "mnist_lenet": Problem("mnist", lenet, description="MNIST, LeNet-5: 2 conv + 2 hidden linear layers (62k weights)",
-                           target=("val_accuracy", 0.97)),
-    "fashion_logreg": Problem("fashion_mnist", logreg, description="Fashion-MNIST, softmax regression",
-                              target=("val_accuracy", 0.80)),
-    "fashion_mlp": Problem("fashion_mnist", mlp, description="Fashion-MNIST, 784-128-10 MLP",
-                           target=("val_accuracy", 0.84)),
-    "fashion_cnn": Problem("fashion_mnist", cnn, description="Fashion-MNIST, 2-conv CNN",
-                           target=("val_accuracy", 0.86)),
-    "linreg": Problem(
-        "linreg", linear, "regression",
-        description="3 standardized features (temperature, price, distance), y = Xw* + noise(0.1); known optimum",
-        target=("val_loss", 0.02), optimum=least_squares(bias=True),
-    ),
-    "regression_mlp": Problem("nonlinear", regression_mlp, "regression",
-                              description="y = sin(2x1) + x2^2/2 + noise(0.1), 2-64-64-1 tanh MLP",
-                              target=("val_loss", 0.05)),
-    "valley": Problem(
-        "valley", valley_model, "regression",
-        description="2 weights, an ill-conditioned quadratic bowl (curvatures 25:1) for drawing trajectories",
-        target=("val_loss", 0.02), optimum=least_squares(bias=False), traces_weights=True,
-    ),
-}
+def built_in(name: str, data, make_model, description: str, **rest) -> Problem:
+    """A built-in problem: its task, loss and target are the ones facts.BUILTIN_PROBLEMS gives the
+    report (which reads them without torch), written once there."""
+    known = BUILTIN_PROBLEMS[name]
+    return Problem(data, make_model, known.task, known.default_loss, description, known.target, **rest)
+
+
+PROBLEMS = {name: built_in(name, *made) for name, *made in [
+    ("mnist_logreg", "mnist", logreg, "MNIST, softmax regression (7.9k weights)"),
+    ("mnist_mlp", "mnist", mlp, "MNIST, 784-128-10 MLP (102k weights)"),
+    ("mnist_cnn", "mnist", cnn, "MNIST, 2-conv CNN (20k weights)"),
+    ("mnist_lenet", "mnist", lenet, "MNIST, LeNet-5: 2 conv + 2 hidden linear layers (62k weights)"),
+    ("fashion_logreg", "fashion_mnist", logreg, "Fashion-MNIST, softmax regression"),
+    ("fashion_mlp", "fashion_mnist", mlp, "Fashion-MNIST, 784-128-10 MLP"),
+    ("fashion_cnn", "fashion_mnist", cnn, "Fashion-MNIST, 2-conv CNN"),
+]}
+PROBLEMS["linreg"] = built_in(
+    "linreg", "linreg", linear,
+    "3 standardized features (temperature, price, distance), y = Xw* + noise(0.1); known optimum",
+    optimum=least_squares(bias=True))
+PROBLEMS["regression_mlp"] = built_in("regression_mlp", "nonlinear", regression_mlp,
+                                      "y = sin(2x1) + x2^2/2 + noise(0.1), 2-64-64-1 tanh MLP")
+PROBLEMS["valley"] = built_in(
+    "valley", "valley", valley_model,
+    "2 weights, an ill-conditioned quadratic bowl (curvatures 25:1) for drawing trajectories",
+    optimum=least_squares(bias=False), traces_weights=True)
 
 
 def resolve_problem(name: str) -> Problem:

@@ -68,7 +68,7 @@ class Study:
 
     @cached_property
     def _slices(self) -> dict | None:
-        """run_id -> the slice of rows holding its points (store.load_runs sorts by run, metric, step)."""
+        """run_id -> the slice of rows holding its points (tracking.reader.load_runs sorts by run, metric, step)."""
         codes, names = pd.factorize(self.frame["run_id"])  # categorical (store's compact frame): its codes
         if not len(codes):
             return {}

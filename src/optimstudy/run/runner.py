@@ -19,17 +19,26 @@ import torch
 
 from optimstudy import __version__
 from optimstudy.errors import UsageError
-from optimstudy.facts import TAG_DEFAULT_LOSS, TAG_HAS_OPTIMUM, TAG_QUADRATIC, TAG_TARGET, TAG_TASK
 from optimstudy.problems.data import Data
 from optimstudy.problems.losses import LOSSES
 from optimstudy.problems.registry import resolve_problem
 from optimstudy.run.config import RunConfig
 from optimstudy.run.devices import device_label
-from optimstudy.run.stacked import TAG_STACKED, Stack, prepare_stack, train_stack
+from optimstudy.run.stacked import Stack, prepare_stack, train_stack
 from optimstudy.run.stacked import max_stack as max_stack_for
 from optimstudy.run.training import History, train
 from optimstudy.run.training import load_data as _load_data
-from optimstudy.tracking.client import TAG_ERROR
+from optimstudy.tag_names import (
+    TAG_BATCH_NOTE,
+    TAG_DEFAULT_LOSS,
+    TAG_ERROR,
+    TAG_HAS_OPTIMUM,
+    TAG_QUADRATIC,
+    TAG_STACKED,
+    TAG_TARGET,
+    TAG_TASK,
+    TAG_VERSION,
+)
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 
 
@@ -100,7 +109,7 @@ def check_model(config: RunConfig, data: Data) -> None:
 
 def environment_tags(device: str) -> dict:
     tags = {
-        "optimstudy.version": __version__,
+        TAG_VERSION: __version__,
         "torch.version": torch.__version__,
         "mlflow.version": _mlflow_version(),
         "device.name": device_label(device),
@@ -135,7 +144,8 @@ def git_state() -> tuple[str | None, bool]:
 
 
 def problem_tags(problem, data) -> dict:
-    """The facts.TAG_* tags for one run (called where the run is created, so torch is already there)."""
+    """The problem's tags (tag_names.TAG_TASK...) for one run (called where the run is created, so
+    torch is already there)."""
     tags = {TAG_TASK: problem.task, TAG_DEFAULT_LOSS: problem.default_loss,
             TAG_HAS_OPTIMUM: str(bool(problem.has_optimum))}
     if problem.target:
@@ -163,7 +173,7 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
     TrialTimeout at a step boundary; if it has to end the process, it ends this run FAILED first.
 
     `on_start(run_id)` is called with the run's id before training starts. On a SQL store the
-    writer process stores the run meanwhile (tracking.MlflowLogger): before any of its points,
+    writer process stores the run meanwhile (tracking.mlflow_logger.MlflowLogger): before any of its points,
     but perhaps a few milliseconds after this call.
     """
     if watchdog is not None:
@@ -199,7 +209,7 @@ def open_logger(config: RunConfig, data: Data, note: str, tracking: Tracking, pa
                 "dataset": data.name,
                 **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
     if note:
-        run_tags["optimstudy.batch_note"] = note
+        run_tags[TAG_BATCH_NOTE] = note
     dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
                "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
     return MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
@@ -213,7 +223,7 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
     """Train the seeds of one configuration (configs that differ only in seed): stacked in groups of
     at most `max_stack` (run.stacked; None: its MAX_STACK for the device) where `stack` and the
     mathematics allow, else one after another through `execute`. Each seed is its own MLflow run;
-    a stacked one carries the tag stacked.TAG_STACKED. `say(line)` hears why seeds were not stacked.
+    a stacked one carries the tag tag_names.TAG_STACKED. `say(line)` hears why seeds were not stacked.
     Returns (history, run id) per config, in order."""
     configs = [c.resolved() for c in configs]
     if not stack or len(configs) < 2:

@@ -54,7 +54,6 @@ from optimstudy.run.diagnostics import StackedRecorder
 from optimstudy.run.loggers import NullLogger
 from optimstudy.run.training import SYNC_EVERY, History, Setup, evaluate_run, finish, load_data, run_schedule, set_up
 
-TAG_STACKED = "optimstudy.stacked_seeds"  # on each stacked seed's run: the seeds it trained with, e.g. "0,1,2"
 # The most seeds in one stack, by device kind. CPU, measured (linreg, Adam, 300 steps, one thread, in
 # one process at load 8 on 2 cores): 784 ms a seed alone, 329 stacked by 4, 204 by 8, 108 by 16, 68 by
 # 32. Tiny models gain past 8, but the MNIST MLP is arithmetic-bound on a CPU thread (benchmarks/

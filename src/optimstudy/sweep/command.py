@@ -41,7 +41,7 @@ from optimstudy.sweep.planning import (
     skip_notes,
     spec_identity,
 )
-from optimstudy.sweep.queue import ERROR, PHASE, ROUND, enqueue_missing
+from optimstudy.sweep.queue import ERROR, EXTENSIONS, PHASE, ROUND, enqueue_missing
 from optimstudy.sweep.spec import Decide, Spec
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import (
@@ -67,7 +67,17 @@ from optimstudy.sweep.trials import (
     work,
 )
 from optimstudy.sweep.workers import ForkedWorker, fork_workers
-from optimstudy.tracking.client import NOTE_TAG, TAG_DECIDE, ensure_store, experiment_id, resolve_tracking_uri
+from optimstudy.tag_names import (
+    NOTE_TAG,
+    TAG_DECIDE,
+    TAG_EDGE_WARNINGS,
+    TAG_EXTENSIONS,
+    TAG_KIND,
+    TAG_PID,
+    TAG_SPEC,
+    TAG_STUDY,
+)
+from optimstudy.tracking.client import ensure_store, experiment_id, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.parent_runs import create_parent_run, rename_experiment, set_notes, update_run
 from optimstudy.tracking.writer_handle import StoreError, start_writer, stop_writers
@@ -217,7 +227,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
 
     outcome = study_results(spec, tracking_uri)
     warnings = edge_warnings(outcome.best.sort_values(["problem", "optimizer"], kind="stable"))
-    update_run(tracking_uri, parent_run_id, tags={"optimstudy.edge_warnings": json.dumps(warnings)},
+    update_run(tracking_uri, parent_run_id, tags={TAG_EDGE_WARNINGS: json.dumps(warnings)},
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
               spec.description or f"optimstudy sweep of {markdown_text(spec.path)}")
@@ -305,17 +315,17 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
 def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) -> str:
     """The study's one MLflow parent run: created once (under the planning lock), reopened after."""
     run_id = study.user_attrs.get(PARENT_RUN)
-    live = {"optimstudy.pid": os.getpid(), "host": socket.gethostname()}
+    live = {TAG_PID: os.getpid(), "host": socket.gethostname()}
     if added:  # the spec grew: the parent run records the new spec and what it added
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        history = json.loads(study.user_attrs.get("optimstudy.extensions", "[]"))
+        history = json.loads(study.user_attrs.get(EXTENSIONS, "[]"))
         history.append({"at": stamp, "added": added})
-        study.set_user_attr("optimstudy.extensions", json.dumps(history))
-        live.update({"optimstudy.extensions": json.dumps(history), "optimstudy.spec": spec.path})
+        study.set_user_attr(EXTENSIONS, json.dumps(history))
+        live.update({TAG_EXTENSIONS: json.dumps(history), TAG_SPEC: spec.path})
     texts = {"spec.toml": spec.text} if spec.text and (added or not run_id) else {}
     if run_id and update_run(tracking_uri, run_id, tags=live, texts=texts, status="RUNNING"):
         return run_id
-    tags = {"optimstudy.kind": "sweep", "optimstudy.study": spec.name, "optimstudy.spec": spec.path,
+    tags = {TAG_KIND: "sweep", TAG_STUDY: spec.name, TAG_SPEC: spec.path,
             NOTE_TAG: spec.description, **live}
     params = {"spec": spec.path, "mode": "search" if spec.search else "grid", "problems": ",".join(spec.problems),
               "optimizers": ",".join(o.label for o in spec.optimizers), "seeds": ",".join(map(str, spec.seeds)),

@@ -24,6 +24,7 @@ from optimstudy.tracking.connectivity import hide_passwords
 KEY, PHASE, CONFIG, SPACE, SLOT = ("optimstudy.key", "optimstudy.phase", "optimstudy.config", "optimstudy.space",
                                    "optimstudy.slot")
 ROUND = "optimstudy.round"  # a decide-phase trial's round
+EXTENSIONS = "optimstudy.extensions"  # the study's: when its spec grew, and by what
 ERROR = "optimstudy.error"
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 

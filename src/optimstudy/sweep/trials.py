@@ -49,6 +49,17 @@ from optimstudy.sweep.queue import (
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
+from optimstudy.tag_names import (
+    TAG_KIND,
+    TAG_LR_SPACE,
+    TAG_OBJECTIVE_DIRECTION,
+    TAG_OBJECTIVE_METRIC,
+    TAG_OPTIMIZER_LABEL,
+    TAG_PHASE,
+    TAG_ROUND,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
 from optimstudy.tracking.client import artifact_location, end_orphaned_runs
 from optimstudy.tracking.writer_handle import StoreError, WriterDied, start_writer
 
@@ -207,13 +218,12 @@ def trial_hooks(spec: Spec, trial, config) -> tuple:
             if trial.should_prune():
                 raise Stop(f"pruned at step {step} ({spec.metric} {value:.4g})")
 
-    tags = {"optimstudy.kind": "trial", "optimstudy.study": spec.name, "optimstudy.trial": trial.number,
-            "optimstudy.phase": phase, "optimstudy.optimizer_label": label,
-            "optimstudy.objective_metric": spec.metric, "optimstudy.objective_direction": spec.direction}
+    tags = {TAG_KIND: "trial", TAG_STUDY: spec.name, TAG_TRIAL: trial.number, TAG_PHASE: phase,
+            TAG_OPTIMIZER_LABEL: label, TAG_OBJECTIVE_METRIC: spec.metric, TAG_OBJECTIVE_DIRECTION: spec.direction}
     if attrs.get(SPACE):
-        tags["optimstudy.lr_space"] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
+        tags[TAG_LR_SPACE] = json.dumps(list(attrs[SPACE]["lr"]))  # [low, high, log]
     if attrs.get(ROUND):
-        tags[ROUND] = attrs[ROUND]
+        tags[TAG_ROUND] = attrs[ROUND]
     return on_eval, tags
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from optimstudy.errors import UsageError
+from optimstudy.tag_names import TAG_ERROR
 from optimstudy.tracking.connectivity import check_password_encoded, hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.locks import exclusive
 from optimstudy.tracking.mlflow_setup import quiet_store_logs, report_connection_retries
@@ -18,10 +19,6 @@ from optimstudy.tracking.writer import DeletedExperiment, end_run, find_or_creat
 
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"
-TAG_STUDY, TAG_TRIAL, TAG_KIND = "optimstudy.study", "optimstudy.trial", "optimstudy.kind"
-TAG_ERROR, TAG_PRUNED = "optimstudy.error", "optimstudy.pruned"
-TAG_DECIDE = "optimstudy.decide"  # a sweep parent run's sequential design: {"max_seeds": N, ...}
-NOTE_TAG = "mlflow.note.content"  # the Markdown description MLflow's UI shows on a run or experiment
 
 quiet_store_logs()
 report_connection_retries()  # a server that stops answering mid-sweep is said, not silent

@@ -17,9 +17,8 @@ import time
 import uuid
 
 from optimstudy.errors import Stop, UsageError
+from optimstudy.tag_names import TAG_ERROR, TAG_PRUNED
 from optimstudy.tracking.client import (
-    TAG_ERROR,
-    TAG_PRUNED,
     artifact_location,
     mlflow_client,
     once_more_if_raced,

@@ -1,7 +1,8 @@
-"""A sweep's parent run in MLflow, and the report attached to it (trial runs go through tracking.MlflowLogger).
+"""A sweep's parent run in MLflow, and the report attached to it (trial runs go through
+tracking.mlflow_logger.MlflowLogger).
 
     run_id = create_parent_run(uri, "quickstart", "sweep quickstart", tags, params, {"spec.toml": text})
-    update_run(uri, run_id, tags={"optimstudy.edge_warnings": "[]"}, status="FINISHED")
+    update_run(uri, run_id, tags={TAG_EDGE_WARNINGS: "[]"}, status="FINISHED")
     set_notes(uri, run_id, "## quickstart ...", "quickstart")
 """
 import errno
@@ -9,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from optimstudy.tracking.client import NOTE_TAG, experiment_id, mlflow_client, once_more_if_raced, param_text
+from optimstudy.tag_names import NOTE_TAG, TAG_DESCRIPTION
+from optimstudy.tracking.client import experiment_id, mlflow_client, once_more_if_raced, param_text
 from optimstudy.tracking.connectivity import hide_passwords
 
 # how a store that takes no writes says so: SQLite, the file system (EROFS, EACCES), an MLflow server
@@ -95,8 +97,6 @@ def rename_experiment(tracking_uri: str, name: str, new_name: str) -> bool:
 
 
 NOTE_MAX_CHARS = 7500  # MLflow keeps tag values up to 8,000 characters
-# the experiment description optimstudy last wrote: the one it may replace (a user's own it never does)
-OWN_NOTE_TAG = "optimstudy.description"
 
 
 def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: str,
@@ -113,8 +113,9 @@ def set_notes(tracking_uri: str, run_id: str | None, run_note: str, experiment: 
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             text, shown = _clip(experiment_note), found.tags.get(NOTE_TAG)
-            once_more_if_raced(client.set_experiment_tag, found.experiment_id, OWN_NOTE_TAG, text)
-            if shown is None or shown == found.tags.get(OWN_NOTE_TAG):
+            once_more_if_raced(client.set_experiment_tag, found.experiment_id, TAG_DESCRIPTION, text)
+            # the note optimstudy last wrote it may replace; a user's own it never does
+            if shown is None or shown == found.tags.get(TAG_DESCRIPTION):
                 once_more_if_raced(client.set_experiment_tag, found.experiment_id, NOTE_TAG, text)
 
 

@@ -28,11 +28,8 @@ import numpy as np
 import pandas as pd
 
 from optimstudy.errors import UsageError, near
-from optimstudy.facts import TAG_COLUMNS
+from optimstudy.tag_names import RUN_TAG_COLUMNS
 from optimstudy.tracking.client import (
-    TAG_KIND,
-    TAG_STUDY,
-    TAG_TRIAL,
     mlflow_client,
     resolve_tracking_uri,
     sql_engine_url,
@@ -42,16 +39,7 @@ from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 NUMERIC_PARAMS = ("lr", "seed", "batch_size", "epochs", "steps", "accumulate", "threads", "eval_every",
                   "clip_grad_norm", "split_seed", "val_fraction", "diverge_factor", "update_norm_every")
 BOOLEAN_PARAMS = ("zero_grad",)
-# tag -> column; the optimstudy.* ones are written by the sweep on each trial (study.run_trial)
-RUN_TAGS = {"mlflow.parentRunId": "parent_run_id", "mlflow.runName": "run_name", TAG_STUDY: "study",
-            TAG_TRIAL: "trial", TAG_KIND: "kind", "optimstudy.phase": "phase",
-            "optimstudy.optimizer_label": "optimizer_label", "optimstudy.objective_metric": "objective_metric",
-            "optimstudy.objective_direction": "objective_direction", "optimstudy.lr_space": "lr_space",
-            "device.name": "device_name", "dataset": "dataset", "optimstudy.error": "error", "host": "host",
-            "optimstudy.pid": "pid",  # pid: a sweep parent run's process, for `optimstudy check`
-            "optimstudy.round": "round",  # a trial's round of seeds added until decided
-            **TAG_COLUMNS}  # the problem's task, loss, target...: what the report knows without torch
-RUN_COLUMNS = ["run_id", "experiment", "status", "start_time", "end_time", *RUN_TAGS.values()]
+RUN_COLUMNS = ["run_id", "experiment", "status", "start_time", "end_time", *RUN_TAG_COLUMNS.values()]
 FLOAT_MAX = np.finfo(np.float64).max
 
 
@@ -106,7 +94,7 @@ def _collector_paused():
 
 
 def run_table(tracking_uri, experiments=None, parent_run_id=None, filter_string="") -> pd.DataFrame:
-    """One row per active run: run_id, experiment, status, times, the RUN_TAGS columns, every param."""
+    """One row per active run: run_id, experiment, status, times, the RUN_TAG_COLUMNS columns, every param."""
     url = sql_engine_url(tracking_uri)
     rows = None
     if url is not None and not filter_string:
@@ -132,7 +120,7 @@ def _run_row(run_id, experiment, status, start_ms, end_ms, tags: dict, params: d
     row = {"run_id": run_id, "experiment": experiment, "status": status,
            "start_time": pd.Timestamp(start_ms, unit="ms", tz="UTC"),
            "end_time": pd.Timestamp(end_ms, unit="ms", tz="UTC") if end_ms else pd.NaT}
-    row.update({column: tags.get(tag) for tag, column in RUN_TAGS.items()})
+    row.update({column: tags.get(tag) for tag, column in RUN_TAG_COLUMNS.items()})
     row.update(params)
     return row
 
@@ -256,7 +244,7 @@ def _run_rows_by_sql(url, experiments, parent_run_id) -> list[dict]:
                        f"WHERE {where} ORDER BY r.start_time DESC, r.run_uuid", bound)
         runs = cursor.fetchall()
         tags, params = {}, {}
-        wanted = list(RUN_TAGS)
+        wanted = list(RUN_TAG_COLUMNS)
         cursor.execute(f"SELECT t.run_uuid, t.key, t.value FROM tags t JOIN runs r ON t.run_uuid = "
                        f"r.run_uuid WHERE {where} AND t.key IN ({', '.join([mark] * len(wanted))})",
                        bound + wanted)

@@ -42,6 +42,7 @@ import time
 from multiprocessing.connection import Connection
 
 from optimstudy.processes import quick_exit
+from optimstudy.tag_names import TAG_ERROR
 from optimstudy.tracking.connectivity import hide_passwords
 from optimstudy.tracking.mlflow_setup import (
     quiet_store_logs,
@@ -239,7 +240,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
             for run_id in open_runs:
                 stop_system_metrics(samplers.pop(run_id, None))
                 status, tags = unended.get(run_id, ("KILLED",
-                                                    {"optimstudy.error": "the training process died mid-run"}))
+                                                    {TAG_ERROR: "the training process died mid-run"}))
                 with contextlib.suppress(Exception), store.lock:
                     end_run(store.client, run_id, status, tags, patiently)
             if message is not None:
@@ -300,8 +301,8 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     write = _once if run_id in lost else patiently
                     if run_id in lost:
                         status = "FAILED" if status == "FINISHED" else status
-                        why = tags.get("optimstudy.error")
-                        tags = {**tags, "optimstudy.error": "; ".join(
+                        why = tags.get(TAG_ERROR)
+                        tags = {**tags, TAG_ERROR: "; ".join(
                             filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
                     tags = {key: str(value)[:5000] for key, value in tags.items()}
                     unended[run_id] = (status, tags)  # until the store has it
