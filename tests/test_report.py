@@ -551,6 +551,8 @@ def test_the_page_shows_every_figure_the_tables_and_each_warning_once(full_repor
     assert re.search(r"<li><b>linreg \(grid[^<]*</b>, val_loss: <b>[^<]*(adam|sgd|lion)", page)
     assert "τ = 2" in page  # the performance-profile table under its figure
     assert "<script" not in page and all(src.startswith("figures/") for src in re.findall(r"src='([^']+)'", page))
+    assert "Not shown" not in page  # every section has data here: all of them numbered, in order
+    assert re.findall(r"<h2>(\d+)\. ", page) == [str(n) for n in range(1, len(sections) + 1)]
 
 
 def test_summary_csv_is_written_with_a_row_per_group(full_report):
@@ -589,6 +591,54 @@ def test_missing_data_leaves_a_figure_out_with_the_spec_that_fills_it(store, tmp
     assert_real_png(tmp_path / "figures" / "optimizer_curves.png")
     page = (tmp_path / "report.html").read_text()
     assert "experiments/lr_sensitivity.toml" in page and "experiments/loss_functions.toml" in page
+
+
+EMPTY_USER_SCRIPT = '''
+TITLE = "Runs <per> problem & more"
+
+
+def figure(study):
+    return "needs <two> problems & a SPEC"
+'''
+
+
+def test_sections_without_data_are_listed_unnumbered_at_the_end_with_their_command(store, tmp_path, capsys):
+    """One linreg run: the sections it cannot fill leave the numbering for one block at the page's end."""
+    from optimstudy.report.build import report_command
+
+    folder = tmp_path / "analysis"
+    shutil.copytree(BUILT_IN, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "runs_per_problem.py").write_text(EMPTY_USER_SCRIPT)  # no SPEC: its own words instead
+    assert report_command(store, ["single"], tmp_path / "out", analysis=folder, log_to_store=False) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    numbered = re.findall(r"<h2>(\d+)\. ([^<]*)</h2>", page)
+    assert [int(number) for number, _ in numbered] == list(range(1, len(numbered) + 1))
+    titles = [html.unescape(title) for _, title in numbered]
+    # with data: the curves of the one run, and its throughput (one device); never in the block
+    assert {"Optimizers compared at their best learning rates", "Devices: throughput and agreement"} <= set(titles)
+    block = page[page.index("<h2>Not shown: no runs for these yet</h2>"):]
+    assert page.count("Not shown: no runs for these yet") == 1 and block.endswith("</ul>\n</body></html>")
+    listed = dict(re.findall(r"<li>([^<]*) — (.*)</li>", block))
+    expected = {"Learning-rate sensitivity": "experiments/lr_sensitivity.toml",
+                "The learning rate matters: too small, good, too large": "experiments/lr_sensitivity.toml",
+                "Forgetting zero_grad(), and gradient accumulation": "experiments/zero_grad.toml",
+                "Loss functions: what the measure rewards": "experiments/loss_functions.toml",  # lesson numbers only
+                "The loss landscape: steps down a valley": "experiments/landscape.toml",  # generated data only
+                "Across problems: interquartile mean and probability of improvement": "experiments/quickstart.toml"}
+    for title, spec in expected.items():
+        assert listed[html.escape(title)] == f"<code>optimstudy sweep {spec}</code>", title
+        assert block.count(f"<li>{html.escape(title)} — ") == 1 and title not in titles
+    assert listed["Runs &lt;per&gt; problem &amp; more"] == "needs &lt;two&gt; problems &amp; a SPEC"  # escaped
+    assert set(titles).isdisjoint(html.unescape(title) for title in listed)
+    assert len(titles) + len(listed) == len(load_scripts(folder))
+    assert "figures/zero_grad.png" not in page and "figures/valley.png" not in page
+    err = capsys.readouterr().err  # the terminal lists the same sections, once, in the same words
+    summary = err[err.index("note: not shown, no runs for these yet:"):]
+    for title, spec in expected.items():
+        assert summary.count(f"  {title} — optimstudy sweep {spec}\n") == 1
+        assert f"note: {title}:" not in err
+    assert "note: Devices: throughput and agreement: only one device" in err
+    assert f"; {len(titles)} figures from" in err
 
 
 USER_SCRIPT = '''

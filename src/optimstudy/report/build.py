@@ -25,7 +25,7 @@ import pandas as pd
 from optimstudy.errors import UsageError
 from optimstudy.processes import interrupts_held, leave_interrupts
 from optimstudy.report.csv_files import write_csv
-from optimstudy.report.page import html_table, render_page
+from optimstudy.report.page import NOT_SHOWN, html_table, render_page
 
 # Section, analysis_folder, load_scripts: imported from here by tests and users
 from optimstudy.report.scripts import Section, analysis_folder, load_scripts
@@ -68,12 +68,15 @@ def draw(section: Section, function, study: Study, figures: Path, *, svg=True, d
         section.error = f"{type(error).__name__}: {error}"
         return section
     if isinstance(drawn, str):  # the script says why it drew nothing
-        section.note = drawn
+        section.note, section.no_data = drawn, True
     elif drawn is None:
-        section.note = f"no runs for it yet: run `optimstudy sweep {section.spec}`" if section.spec else \
+        section.note = f"no runs for it yet: run `{section.command}`" if section.command else \
             "no runs for it in this store"
+        section.no_data = True
     else:
         section.caption, section.run_ids, section.note = drawn.caption, tuple(drawn.run_ids), drawn.note
+        # drawn from no run while saying what it needs (the lesson's numbers, generated data): nothing of these runs
+        section.no_data = not section.run_ids and bool(section.note)
         if drawn.table is not None:
             section.table = html_table(drawn.table)
     return section
@@ -233,15 +236,20 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
             if not is_read_only(error):
                 raise
             logged, read_only = 0, str(error).strip().splitlines()[0][:160]
-    drawn = sum(bool(s.caption) for s in sections)
+    drawn = sum(bool(s.caption) and not s.no_data for s in sections)
     print(f"report: {len(study.runs)} runs from {study.runs['experiment'].nunique()} experiment(s); {drawn} figures "
           f"from {folder.path} in {out / 'figures'}; table in {out / 'summary.csv'} (loaded in {loaded:.1f} s, "
           f"total {time.perf_counter() - started:.1f} s)", file=sys.stderr)
     for section in sections:
-        if section.note and not section.error:
+        if section.note and not section.error and not section.no_data:
             print(f"note: {section.title}: {section.note}", file=sys.stderr)
         if section.error:
             print(f"error: figure '{section.name}' failed: {section.error}", file=sys.stderr)
+    waiting = [s for s in sections if s.no_data]
+    if waiting:  # as the page's end lists them
+        print(f"note: not shown, {NOT_SHOWN}:", file=sys.stderr)
+        for section in waiting:
+            print(f"  {section.title} — {section.command or section.note}", file=sys.stderr)
     if read_only:
         print(hide_passwords(f"note: the tracking store is read-only ({read_only}): the report is written to "
                              f"{out} but nothing was attached to the sweep runs; pass --no-log-to-store to "

@@ -54,6 +54,9 @@ ANSWER_TEXT = (
     "decided it, and what a study that adds seeds until decided spent.")
 
 
+NOT_SHOWN = "no runs for these yet"  # the heading of the sections left off the page, on it and on the terminal
+
+
 def html_table(table: pd.DataFrame) -> str:
     return "<div class='wide'>" + table.to_html(index=False, na_rep="", border=0, escape=True) + "</div>"
 
@@ -82,7 +85,8 @@ def render_page(study: Study, sections, tracking_uri) -> str:
         parts.append("<p>No edge-of-grid warnings: every best lr lies inside the range tried.</p>")
     parts += ["<h2>Verdicts: which optimizer is better, and is it decided?</h2>", f"<p>{VERDICT_TEXT}</p>"]
     parts += verdict_tables(study.verdicts)
-    for number, section in enumerate(sections, start=1):
+    shown = [section for section in sections if not section.no_data]
+    for number, section in enumerate(shown, start=1):
         parts.append(f"<h2>{number}. {e(section.title)}</h2>")
         if section.error:
             parts.append(f"<p class='error'>This figure failed: {e(section.error)}. Rerun with "
@@ -96,8 +100,20 @@ def render_page(study: Study, sections, tracking_uri) -> str:
         parts.append(section.table)
         if section.note:
             parts.append(f"<p class='note'>{e(section.note)}</p>")
+    parts += not_shown(sections)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def not_shown(sections) -> list[str]:
+    """The sections with no data in the runs reported, unnumbered, at the page's end: each with its command."""
+    waiting = [section for section in sections if section.no_data]
+    if not waiting:
+        return []
+    e = html.escape
+    lines = [f"<li>{e(s.title)} — " + (f"<code>{e(s.command)}</code>" if s.command else e(s.note)) + "</li>"
+             for s in waiting]
+    return [f"<h2>Not shown: {NOT_SHOWN}</h2>", "<ul class='source'>", *lines, "</ul>"]
 
 
 def sources(runs: pd.DataFrame, run_ids) -> str:

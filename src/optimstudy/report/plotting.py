@@ -66,7 +66,7 @@ class Drawn:
     figure: Figure
     caption: str  # one sentence: what the figure shows
     run_ids: list = field(default_factory=list)  # the runs it was drawn from
-    note: str = ""  # a part left empty, and the spec that would fill it
+    note: str = ""  # a part left empty, and the spec that would fill it (with no run_ids: left off the page)
     table: object = None  # a DataFrame shown under the figure on the page, if any
 
 

@@ -35,6 +35,14 @@ class Section:
     error: str = ""
     table: str = ""  # HTML of a table the script returned with its figure
     metrics: tuple | None = None  # the per-step metrics the script reads (METRICS); None: all
+    # no data for it in the runs reported: the script drew nothing, or drew from no run and said what it needs;
+    # the page lists it at its end, with the command that fills it, instead of numbering it
+    no_data: bool = False
+
+    @property
+    def command(self) -> str:
+        """The command that fills it, `optimstudy sweep SPEC`; "" when its script names no SPEC."""
+        return f"optimstudy sweep {self.spec}" if self.spec else ""
 
 
 # ---- the analysis scripts ---------------------------------------------------------------------
