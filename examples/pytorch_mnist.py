@@ -10,7 +10,7 @@ seed 1), written the pytorch/examples way, runs on the same data with
     python examples/pytorch_mnist.py --epochs 2                 # prints the test accuracy per epoch
 
 Both read MNIST from $OPTIMSTUDY_DATA_DIR (torchvision's layout) and train on its whole
-training split; the test split is the same. tests/test_extension.py compares the two.
+training split; the test split is the same. tests/problems/test_extension.py compares the two.
 """
 import torch
 import torch.nn.functional as F

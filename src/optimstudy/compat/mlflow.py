@@ -5,7 +5,7 @@ the top, MLflow inside the functions (the writer has imported it by then).
 """
 import logging
 
-# The alembic_version of the stores tests/test_writer.py compared row by row (the writer's direct
+# The alembic_version of the stores tests/tracking/test_writer.py compared row by row (the writer's direct
 # writes against MLflow's own client): MLflow 3.17.2's schema and 3.18.0's (its three migrations add
 # skill, issue and MCP tables only). Any other revision may have moved a
 # column, so the writer then goes through MLflow's public client (sql_writes.FastWrites.for_client).
@@ -19,7 +19,7 @@ def sql_store(client):
     Private: `MlflowClient._tracking_client.store`. No public API hands out the store, and the
     direct writes need its engine and its experiments' artifact locations. If MLflow renames it:
     None, and the writer uses the public client (the same rows, ~10x the CPU per point);
-    tests/test_compat.py fails first."""
+    tests/compat/test_compat.py fails first."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # on first use: it imports mlflow
 
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
@@ -49,7 +49,7 @@ def check_tag_name(name: str) -> None:
     Private: `mlflow.utils.validation._validate_tag_name`. The direct writes skip MLflow's
     log_batch, which is where the public API checks names; a name MLflow would refuse must not
     reach its tables. If it changes: an ImportError or TypeError is caught like a refused name, so
-    every tag goes through log_batch (correct, slower); tests/test_compat.py fails first."""
+    every tag goes through log_batch (correct, slower); tests/compat/test_compat.py fails first."""
     from mlflow.utils.validation import _validate_tag_name  # on first use: it imports mlflow
 
     _validate_tag_name(name)

@@ -13,7 +13,7 @@ def cached_storage(storage):
     an RDB storage in a fresh cache on every call; the queue opens a study per trial, and the trial
     it took must be in the cache that study writes through, so it wraps once and passes the wrapped
     storage on. No public function does that. If it changes: an ImportError or TypeError at a
-    sweep's first trial; tests/test_compat.py fails first."""
+    sweep's first trial; tests/compat/test_compat.py fails first."""
     return optuna.storages.get_storage(storage)
 
 
@@ -23,7 +23,7 @@ def trial_of(study, trial_id: int):
     Semi-private: `optuna.Trial(study, trial_id)`, whose docs advise against calling it directly;
     it is how Study.ask wraps the trial it pops. There is no public "ask this trial": Study.ask
     on an empty queue creates a new, unplanned trial instead. If it changes: a TypeError at a
-    sweep's first trial; tests/test_compat.py fails first."""
+    sweep's first trial; tests/compat/test_compat.py fails first."""
     return optuna.Trial(study, trial_id)
 
 
@@ -39,7 +39,7 @@ def add_trials(study, templates, count: int, chunk: int = 5000) -> None:
     `_replay_result.worker_id` and JournalOperation.CREATE_TRIAL), many per fsync. Any other
     storage, or a journal backend that keeps snapshots, goes one trial at a time through the public
     method (Study.add_trial). Also private: the study's `_storage` and `_study_id`. If it changes: an
-    AttributeError or a different trial than Study.enqueue_trial makes; tests/test_compat.py compares the two."""
+    AttributeError or a different trial than Study.enqueue_trial makes; tests/compat/test_compat.py compares the two."""
     # on use: a private module, so that a change there fails a sweep's queuing, not every import
     from optuna.storages.journal._storage import BaseJournalSnapshot, JournalOperation
 

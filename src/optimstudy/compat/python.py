@@ -8,5 +8,5 @@ def run_exit_handlers() -> None:
     Private: `atexit._run_exitfuncs`. os._exit skips the interpreter's teardown (~1 s with torch,
     MLflow and pandas loaded) but also the atexit handlers that flush and close what libraries
     opened; no public function runs them. If it goes: an AttributeError as a command exits (after
-    its work is done, with a traceback); tests/test_compat.py fails first."""
+    its work is done, with a traceback); tests/compat/test_compat.py fails first."""
     atexit._run_exitfuncs()

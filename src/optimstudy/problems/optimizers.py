@@ -297,7 +297,7 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
     stage = "rejects its arguments"
     # at one thread: a sweep checks its optimizers before it forks its workers, and an op run here with
     # more threads (Muon's bfloat16 matmul, through oneDNN) starts OpenMP's pool, which a forked child
-    # inherits broken: its first parallel op then waits forever (tests/test_modern_optimizers.py)
+    # inherits broken: its first parallel op then waits forever (tests/problems/test_modern_optimizers.py)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

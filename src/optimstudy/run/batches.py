@@ -16,7 +16,7 @@ class Batches:
     A whole-split batch is the split's own tensors, not a gathered copy (the copy was 56% of a
     full-batch step on a 400 x 3,000 problem). Only the row order differs from a shuffled copy,
     and nothing that trains depends on it: every loss in losses.LOSSES is a mean over the rows,
-    so the gradient is the same up to float summation order (tests/test_training.py checks the
+    so the gradient is the same up to float summation order (tests/run/test_training.py checks the
     curves); accumulated micro-batches of a whole split are each the whole split either way; a
     random layer (dropout) draws the same masks, only on rows in the data's order, which is
     the same distribution. The model must not change its input in place, as evaluate() already

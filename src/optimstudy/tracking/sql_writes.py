@@ -1,7 +1,7 @@
 """Direct writes to MLflow's own SQL tables, for the writer process (writer.py).
 
 Like writer.py it imports nothing from optimstudy but compat.mlflow: the writer starts without torch.
-MLflow's table layout is not a public API: tests/test_writer.py writes the same run both ways
+MLflow's table layout is not a public API: tests/tracking/test_writer.py writes the same run both ways
 and compares every row, and these writes run only on the schema revisions it compared
 (compat.mlflow.VERIFIED_SCHEMA_REVISIONS); on any other, the writer uses MLflow's own client.
 """

@@ -33,7 +33,7 @@ LESSON_PAIRS = ((6.0, 4.0), (3.0, 5.0))
 
 def lesson_numbers() -> dict:
     """The numbers optimstudy.problems.losses.lesson_numbers() computes with the training losses, here without
-    torch (tests/test_report.py checks they agree)."""
+    torch (tests/report/test_report.py checks they agree)."""
     errors = np.array([prediction - target for prediction, target in LESSON_PAIRS])
     return {"mean_error": float(errors.mean()), "mse": float((errors ** 2).mean()), "mae": float(abs(errors).mean()),
             # ten classes; "95% sure it is a 7" when it is a 3 leaves 5% on the truth, 55% sure leaves 45%

@@ -1,4 +1,4 @@
-"""Problems and an optimizer for tests/test_stacked.py: models that cannot be stacked, a seed that diverges."""
+"""Problems and an optimizer for tests/run/test_stacked.py: models that cannot be stacked, a seed that diverges."""
 import torch
 from torch import nn
 

@@ -17,7 +17,7 @@ from optimstudy.sweep.planning import plan
 from optimstudy.sweep.spec_reader import load_spec
 from optimstudy.tracking.reader import load_runs
 
-EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
 LESSON_SPECS = {"quickstart", "mnist_optimizers", "lr_sensitivity", "zero_grad", "loss_functions", "regression",
                 "landscape", "devices", "fashion_mnist"}
 
@@ -40,7 +40,7 @@ def test_every_spec_loads_and_its_dry_run_lists_its_trials(path, capsys, tmp_pat
 
 
 def reduced_quickstart(folder: Path, steps: int) -> Path:
-    raw = (Path(__file__).parent.parent / "experiments" / "quickstart.toml").read_text()
+    raw = (Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml").read_text()
     assert "steps = 300" in raw and "seeds = [0, 1]" in raw and "\n[confirm]" in raw
     text = raw.replace("steps = 300", f"steps = {steps}").replace("seeds = [0, 1]", "seeds = [0]")
     text = re.sub(r"\n\[confirm\][^\n]*\nseeds = \d+[^\n]*\n", "\n", text)  # one run per configuration

@@ -17,7 +17,7 @@ from optimstudy.sweep.planning import MAX_TRIALS_UNASKED, Planned, plan, plan_co
 from optimstudy.sweep.spec import config_key
 from optimstudy.sweep.spec_reader import load_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 MIXED = """
 name = "mixed"

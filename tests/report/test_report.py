@@ -31,7 +31,7 @@ from optimstudy.run.config import RunConfig
 from optimstudy.tracking.client import experiment_id
 from optimstudy.tracking.reader import load_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.stem for p in (REPO / "src" / "optimstudy" / "report" / "figures").glob("*.py"))
 
 

@@ -19,7 +19,7 @@ from optimstudy.problems.data import Split, TorchvisionData, check_data, load_pr
 from optimstudy.problems.registry import PROBLEMS, Problem, linear, resolve_problem
 from optimstudy.run.batches import Batches
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).with_name("optimstudy")  # the console script: cwd is not on sys.path by itself
 
 USER_MODULE = '''

@@ -2,7 +2,7 @@
 
 Real libraries, real stores: a test here fails when an upgrade renames, removes or changes one,
 before a user's sweep finds out. The writer's path on an unverified MLflow schema is compared
-row by row in tests/test_writer.py.
+row by row in tests/tracking/test_writer.py.
 """
 import subprocess
 import sys
@@ -33,7 +33,7 @@ def test_the_sql_store_behind_the_client_is_found_and_its_schema_is_one_we_compa
     assert store is not None and store.engine.dialect.name == "sqlite"
     revision = mlflow_internals.schema_revision(store)
     assert revision in mlflow_internals.VERIFIED_SCHEMA_REVISIONS, (
-        f"MLflow's schema is now {revision}: run tests/test_writer.py's comparison with it added to "
+        f"MLflow's schema is now {revision}: run tests/tracking/test_writer.py's comparison with it added to "
         "optimstudy.compat.mlflow.VERIFIED_SCHEMA_REVISIONS, and keep it only if the rows match")
     assert mlflow_internals.sql_store(MlflowClient("http://127.0.0.1:9")) is None  # a tracking server: no SQL
 

@@ -89,7 +89,7 @@ def test_bad_spec_exits_2_naming_the_key_and_writes_nothing(text, expected, tmp_
     (["sweep", "experiments/quickstartt.toml"], ["not found", "quickstart.toml"]),
 ])
 def test_bad_flags_exit_2_naming_the_value(argv, expected, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(TESTS.parent if "experiments" in " ".join(argv) else tmp_path)
+    monkeypatch.chdir(TESTS.parents[1] if "experiments" in " ".join(argv) else tmp_path)
     code, err = run_main(capsys, *argv, *(["--no-track"] if argv[0] == "run" else []))
     assert code == 2
     for fragment in expected:

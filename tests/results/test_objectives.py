@@ -24,7 +24,7 @@ from optimstudy.run.config import RunConfig
 from optimstudy.run.training import train
 from optimstudy.tracking.reader import load_runs, load_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ±1 labels with label noise: error rates differ from lr to lr (a separable set would tie at 0)
 NOISY_BINARY = '''

@@ -16,7 +16,7 @@ from optimstudy.problems.registry import resolve_problem
 from optimstudy.run.batches import Batches
 from optimstudy.run.training import evaluate, load_data
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def reference_batches(config: RunConfig, data):
