@@ -71,10 +71,7 @@ def dashboard(spec_path: str | None = None, storage: str | None = None, host: st
               port: int = 8080) -> int:
     """optuna-dashboard on a sweep's study storage (the spec's default storage, or `storage`)."""
     from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
-    from optimstudy.sweep.storages import (
-        open_existing_storage,  # on first use: it imports optuna
-        storage_url,  # on first use: it imports optuna
-    )
+    from optimstudy.sweep.storages import open_existing_storage, storage_url  # on first use: it imports optuna
 
     if spec_path is None and storage is None:
         raise UsageError("give an experiment spec or --storage URL")
