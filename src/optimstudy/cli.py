@@ -1,4 +1,6 @@
-"""The command line: argparse lives here only; everything inward takes a RunConfig or a Spec.
+"""The command line: argparse lives here only; everything inward takes plain values. Each command's
+module is imported when that command runs, so `optimstudy --help` and every command start without
+the others' imports (run/command.py, sweep/command.py, report/build.py, sweep/check.py, ...).
 
     optimstudy run --problem mnist_mlp --optimizer adam --lr 1e-3 --epochs 3
     optimstudy sweep experiments/quickstart.toml --workers 2
@@ -7,24 +9,18 @@
 """
 import argparse
 import inspect
-import json
 import os
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 from optimstudy import __version__
 from optimstudy.compat.python import run_exit_handlers
 from optimstudy.errors import TrialTimeout, UsageError
-from optimstudy.processes import Watchdog, quick_exit, stall_timeout_s
-from optimstudy.progress import progress_bar
-from optimstudy.sweep.check import check
-from optimstudy.sweep.servers import dashboard, ui
-from optimstudy.tag_names import TAG_KIND
-from optimstudy.tracking.client import DEFAULT_EXPERIMENT, ensure_store, resolve_tracking_uri
+from optimstudy.processes import check_trial_timeout, quick_exit, stall_timeout_s
+from optimstudy.tracking.client import resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords, probe_store
-from optimstudy.tracking.writer_handle import start_writer, stop_writers
+from optimstudy.tracking.writer_handle import start_writer
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -223,178 +219,30 @@ def main(argv=None) -> int:
 
 
 def cmd_run(args) -> int:
-    args.seed_list = parse_seeds(args.seeds) if args.seeds is not None else None
-    if args.seed_list is not None and args.seed is not None:
-        raise UsageError(f"give --seed {args.seed} or --seeds {args.seeds}, not both (--seeds 0,1,2 makes one run per "
-                         "seed)")
-    if args.stack_seeds and args.seed_list is None:
-        raise UsageError("--stack-seeds needs several seeds: --seeds 0,1,2 (or 0-7)")
-    for flag, value in (("--batch-size", args.batch_size), ("--accumulate", args.accumulate),
-                        ("--max-stack", args.max_stack)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
-    check_trial_timeout(args.trial_timeout)
-    stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
-    if args.no_track:
-        return _run(args, None)
+    from optimstudy.run.command import run  # on first use: light; it imports torch once the writer runs
 
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
-    # it opens the store only when ensure_store asks, so bad input found before leaves none behind
-    start_writer(tracking_uri)
-    try:
-        return _run(args, (tracking_uri, args.experiment or DEFAULT_EXPERIMENT))
-    finally:
-        stop_writers(wait=False)
-
-
-def check_trial_timeout(seconds) -> None:
-    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
-        raise UsageError(f"--trial-timeout must be a positive number of seconds, got {seconds:g}")
-
-
-def _run(args, tracking_at: tuple[str, str] | None) -> int:
-    # the limits hold from here: a problem whose data or model never returns must not hang the command
-    with Watchdog(args.trial_timeout, stall_timeout_s()) as watchdog:
-        return _run_watched(args, tracking_at, watchdog)
-
-
-def _run_watched(args, tracking_at: tuple[str, str] | None, watchdog: Watchdog) -> int:
-    from optimstudy.problems.optimizers import parse_opt, parse_opt_value  # on first use: it imports torch
-    from optimstudy.run.config import RunConfig  # on first use: it imports torch
-
-    config = RunConfig(
-        problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=parse_opt(args.opt),
-        rest=parse_opt(args.rest, "--rest"),
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=0 if args.seed is None else args.seed,
-        device=args.device, threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad,
-        accumulate=args.accumulate, eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
-        **({} if args.update_norm_every is None else {"update_norm_every": args.update_norm_every}),
-        schedule=args.schedule, schedule_args=_schedule_args(args.schedule_arg, parse_opt_value),
-        schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, vary=args.vary, compile=args.compile,
-    ).resolved()
-    from optimstudy.run.runner import Tracking, check_model, execute, load_data  # on first use: it imports torch
-
-    data = load_data(config, args.data_dir)
-    check_model(config, data)  # a model that cannot take the data fails here, not as a FAILED run
-    if config.rest:  # a run with a rest optimizer needs hidden matrices: found out before anything is written
-        # on first use: it imports torch
-        from optimstudy.problems.parameter_groups import check_hidden_matrices, split_parameters
-        from optimstudy.problems.registry import resolve_problem  # on first use: it imports torch
-
-        model = resolve_problem(config.problem).build_model(data.info)
-        check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
-    tracking = None
-    if tracking_at is not None:
-        tracking = Tracking(*tracking_at)
-        ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
-
-    if args.seed_list is not None:
-        return _run_seeds(args, config, tracking)
-    with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
-        history, run_id = execute(config, tracking, data=data, save_model=args.save_model, progress=progress,
-                                  tags={TAG_KIND: "run"}, watchdog=watchdog)
-    print_run_summary(history, run_id, tracking)
-    if args.json:
-        print(json.dumps({"run_id": run_id, **history.summary()}))
-    return 0
-
-
-def _run_seeds(args, config, tracking) -> int:
-    """--seeds: one run per seed, stacked with --stack-seeds where the mathematics allows."""
-    from optimstudy.run.runner import execute_seeds  # on first use: it imports torch
-
-    configs = [replace(config, seed=seed) for seed in args.seed_list]
-    label = f"{config.problem} {config.optimizer} lr={config.lr:g} seeds {args.seeds}"
-    with progress_bar(label, unit="step") as progress:
-        results = execute_seeds(configs, tracking, stack=args.stack_seeds, max_stack=args.max_stack,
-                                data_dir=args.data_dir, tags={TAG_KIND: "run"}, progress=progress,
-                                save_model=args.save_model, say=lambda line: print(f"note: {line}", file=sys.stderr))
-    for history, run_id in results:
-        print(f"seed {history.config.seed}: ", end="", file=sys.stderr)
-        print_run_summary(history, run_id, tracking)
-    if args.json:
-        print(json.dumps({"runs": [{"run_id": run_id, **history.summary()} for history, run_id in results]}))
-    return 0
-
-
-def parse_seeds(text: str) -> list[int]:
-    """--seeds: '0,1,2' or '0-7' (or both, '0-3,10'), each a seed once."""
-    seeds = []
-    try:
-        for part in text.split(","):
-            low, dash, high = part.strip().partition("-")
-            seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UsageError(f"--seeds must list distinct seeds (integers from 0), e.g. --seeds 0,1,2 or --seeds 0-7; "
-                         f"got {text!r}")
-    return seeds
-
-
-def _schedule_args(items, parse_value) -> dict:
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--schedule-arg '{item}' is not KEY=VALUE (e.g. --schedule-arg gamma=0.7, "
-                             "--schedule-arg milestones=2,4)")
-        parsed[key.strip()] = parse_value(value)
-    return parsed
-
-
-def print_run_summary(history, run_id, tracking) -> None:
-    final = history.final
-    parts = [f"{history.steps[-1] if history.steps else 0} steps in {history.wall_s:.2f} s "
-             f"({history.samples_per_s:,.0f} samples/s)"]
-    if history.diverged:
-        parts.append(f"DIVERGED at step {history.diverged_at_step}")
-    for key in ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "excess_loss"):
-        if final.get(key) is not None:
-            value = final[key]
-            parts.append(f"{key} {value:.2%}" if key.endswith("accuracy") else f"{key} {value:.4g}")
-    print("; ".join(parts), file=sys.stderr)
-    if history.note:
-        print(f"note: {history.note}", file=sys.stderr)
-    if run_id:
-        print(f"tracked as run {run_id} in experiment '{tracking.experiment}' "
-              f"({hide_passwords(tracking.tracking_uri)}); see it with `optimstudy ui`", file=sys.stderr)
+    fields = dict(problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=args.opt, rest=args.rest,
+                  epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                  threads=args.threads, loss=args.loss, zero_grad=not args.no_zero_grad, accumulate=args.accumulate,
+                  eval_every=args.eval_every, clip_grad_norm=args.clip_grad_norm,
+                  update_norm_every=args.update_norm_every, schedule=args.schedule, schedule_args=args.schedule_arg,
+                  schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
+                  split_seed=args.split_seed, vary=args.vary, compile=args.compile)
+    return run(fields, seeds=args.seeds, stack_seeds=args.stack_seeds, max_stack=args.max_stack,
+               data_dir=args.data_dir, save_model=args.save_model, as_json=args.json,
+               trial_timeout_s=args.trial_timeout, tracking_uri=args.tracking_uri, experiment=args.experiment,
+               track=not args.no_track)
 
 
 def cmd_list(args) -> int:
-    if args.what == "problems":
-        from optimstudy.problems.registry import PROBLEMS  # on first use: it imports torch
+    from optimstudy.problems.listing import list_command  # on first use: it imports torch
 
-        for name, problem in PROBLEMS.items():
-            target = f"{problem.target[0]} {problem.target[1]:g}" if problem.target else "-"
-            print(f"{name:16} {problem.task:15} data={problem.dataset:13} loss={problem.default_loss:14} "
-                  f"target={target:18} {problem.description}")
-        print("\nany other: --problem package.module:problem (an optimstudy.problems.Problem)")
-    elif args.what == "optimizers":
-        from optimstudy.problems.optimizers import OPTIMIZERS  # on first use: it imports torch
-
-        for name, spec in OPTIMIZERS.items():
-            defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "torch defaults"
-            low, high, _ = spec.space["lr"]
-            print(f"{name:10} {spec.cls.__module__}.{spec.cls.__name__:9} {defaults:28} "
-                  f"lr search {low:g}..{high:g} (log)  {spec.description}")
-        print("\nany other: --optimizer package.module:Class, e.g. schedulefree:AdamWScheduleFree, prodigyopt:Prodigy "
-              "(pip install -e '.[optimizers]'); a matrices-only one with --rest optimizer=adamw --rest lr=3e-4")
-    elif args.what == "schedules":
-        from optimstudy.problems import schedules  # on first use: it imports torch
-
-        print("\n\n".join(schedules.__doc__.split("\n\n")[2:]).rstrip())
-    else:
-        from optimstudy.problems.losses import LOSSES  # on first use: it imports torch
-
-        for name, (function, tasks) in LOSSES.items():
-            print(f"{name:14} {', '.join(tasks):19} {(function.__doc__ or '').strip()}")
-    return 0
+    return list_command(args.what)
 
 
 def cmd_ui(args) -> int:
+    from optimstudy.sweep.servers import ui  # on first use: no other command needs it
+
     return ui(args.tracking_uri, host=args.host, port=args.port, experiment=args.experiment)
 
 
@@ -402,7 +250,6 @@ def cmd_sweep(args) -> int:
     check_trial_timeout(args.trial_timeout)
     stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
     if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
-
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
         probe_store(tracking_uri)
         # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
@@ -416,6 +263,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    from optimstudy.sweep.servers import dashboard  # on first use: no other command needs it
+
     return dashboard(args.spec, storage=args.storage, host=args.host, port=args.port)
 
 
@@ -452,6 +301,8 @@ def analysis_script_main(figure, argv=None) -> int:
 
 
 def cmd_check(args) -> int:
+    from optimstudy.sweep.check import check  # on first use: it imports optuna, torch, pandas
+
     return check(args.spec, experiment=args.experiment, storage=args.storage, tracking_uri=args.tracking_uri,
                  dry_run=args.dry_run)
 

@@ -117,6 +117,12 @@ def stall_timeout_s() -> float | None:
     return value or None
 
 
+def check_trial_timeout(seconds: float | None) -> None:
+    """--trial-timeout (None: no limit): a positive, finite number of seconds, else a UsageError."""
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise UsageError(f"--trial-timeout must be a positive number of seconds, got {seconds:g}")
+
+
 class Watchdog:
     """Ends a run that goes past `limit_s` in all, or completes no step for `stall_s` (None: no limit).
 

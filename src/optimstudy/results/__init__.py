@@ -10,8 +10,9 @@ import importlib
 
 # the entry points, loaded on first use (`from optimstudy import results; results.best_configurations(runs)`)
 _EXPORTS = {
-    "RUN_METRICS": "tables", "run_table": "tables", "best_configurations": "tables", "main_configurations": "tables",
-    "edge_warnings": "tables", "group_runs": "tables", "summary_table": "summary", "time_to_target": "summary",
+    "RUN_METRICS": "tables", "RESULT_METRICS": "tables", "run_table": "tables", "best_configurations": "tables",
+    "main_configurations": "tables", "edge_warnings": "tables", "group_runs": "tables", "summary_table": "summary",
+    "time_to_target": "summary",
     "verdicts": "rankings", "answers": "rankings", "Study": "study",
 }
 

@@ -28,6 +28,8 @@ from optimstudy.results.objectives import FINAL_METRICS, default_direction
 # decide_max_seeds: a sweep parent's, when its seeds are added until decided (sequential.DESIGN_METRIC): read
 # with the runs, it brings the parent and its design into the tidy frame
 RUN_METRICS = (*FINAL_METRICS, "diverged", "diverged_at_step", "wall_s", "samples_per_s", "decide_max_seeds")
+# the per-step metrics the results read besides: the last training loss, divergence, time to target
+RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")
 # what, besides the optimizer and its hyperparameters, makes two runs different experiments
 SETTING = ("batch_size", "accumulate", "zero_grad", "loss", "schedule", "clip_grad_norm", "steps", "epochs",
            "device", "split_seed", "val_fraction", "diverge_factor", "vary")

@@ -12,24 +12,21 @@ import json
 import socket
 import sys
 
+import optuna
+from optuna.trial import TrialState
+
 from optimstudy.errors import UsageError
+from optimstudy.sweep.queue import CONFIG, ERROR, LIVE, SLOT, SPACE, trial_key
+from optimstudy.sweep.spec_reader import load_spec
+from optimstudy.sweep.storages import open_existing_storage, storage_url, study_exists
+from optimstudy.sweep.trials import PARENT_RUN, RUN_ID, pid_alive, recover_dead_trials, trial_is_dead
 from optimstudy.tracking.client import end_orphaned_runs, resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.reader import assert_intact, load_runs
 
 
 def check(spec_path=None, *, experiment: str | None = None, storage: str | None = None,
           tracking_uri: str | None = None, dry_run: bool = False) -> int:
-    from optuna.trial import TrialState  # on first use: it imports optuna
-
-    from optimstudy.sweep.spec_reader import load_spec  # on first use: it imports torch
-
-    # on first use: it imports optuna
-    from optimstudy.sweep.storages import open_existing_storage, storage_url, study_exists
-
-    # on first use: it imports optuna, torch
-    from optimstudy.sweep.trials import RUN_ID, pid_alive, recover_dead_trials, trial_is_dead
-    from optimstudy.tracking.reader import assert_intact, load_runs  # on first use: it imports pandas
-
     if spec_path is None and experiment is None:
         raise UsageError("give an experiment spec or --experiment NAME")
     spec = load_spec(spec_path) if spec_path else None
@@ -40,8 +37,6 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
     storage_ = open_existing_storage(url, f"run `optimstudy sweep` for '{name}' first, or pass --storage")
     if not study_exists(storage_, name):
         raise UsageError(f"no study named '{name}' in '{hide_passwords(url)}'")
-    import optuna  # on first use: it imports optuna
-
     study = optuna.load_study(study_name=name, storage=storage_)
 
     repairs, problems = [], []
@@ -97,10 +92,6 @@ def check(spec_path=None, *, experiment: str | None = None, storage: str | None 
 
 
 def _runs_of_complete_trials(trials, frame, runs) -> list[str]:
-    from optuna.trial import TrialState  # on first use: it imports optuna
-
-    from optimstudy.sweep.trials import RUN_ID  # on first use: it imports optuna, torch
-
     status = dict(zip(runs["run_id"], runs["status"])) if len(runs) else {}
     train_steps = (frame[frame["metric"] == "train_loss"].groupby("run_id", observed=True)["step"]
                    .agg(["count", "min", "max"]) if len(frame) else None)
@@ -149,8 +140,6 @@ def _labels_without_runs(spec, trials, runs) -> list[str]:
 
 def _queued_more_than_once(trials) -> list[str]:
     """A configuration with two live trials, or a trial failed as a duplicate, was queued twice."""
-    from optimstudy.sweep.queue import ERROR, LIVE, trial_key  # on first use: it imports optuna, torch
-
     queued: dict = {}
     for trial in trials:
         duplicate = str(trial.user_attrs.get(ERROR, "")).startswith("duplicate")
@@ -161,8 +150,6 @@ def _queued_more_than_once(trials) -> list[str]:
 
 
 def _describe(trial) -> str:
-    from optimstudy.sweep.queue import CONFIG  # on first use: it imports optuna, torch
-
     config = trial.user_attrs.get(CONFIG, {})
     return (f"{config.get('problem')} {trial.user_attrs.get('optimizer')} lr={config.get('lr')} "
             f"seed={config.get('seed')} {trial.user_attrs.get('optimstudy.phase', '')}").strip()
@@ -170,8 +157,6 @@ def _describe(trial) -> str:
 
 def _split_parent_runs(study, trials, runs, name: str) -> list[str]:
     """One study, one parent run: every trial run under the study's own parent."""
-    from optimstudy.sweep.trials import PARENT_RUN, RUN_ID  # on first use: it imports optuna, torch
-
     if not len(runs):
         return []
     parent = study.user_attrs.get(PARENT_RUN)
@@ -191,8 +176,6 @@ def _split_parent_runs(study, trials, runs, name: str) -> list[str]:
 
 def _repeated_samples(trials) -> list[str]:
     """A search whose trials sampled the same values is not searching."""
-    from optimstudy.sweep.queue import SLOT, SPACE  # on first use: it imports optuna, torch
-
     seen: dict = {}
     for trial in trials:
         if trial.user_attrs.get(SPACE) and trial.params:

@@ -441,10 +441,9 @@ def restart_sweep(argv) -> None:
 
 def study_results(spec: Spec, tracking_uri: str):
     """results.Study of this study's runs, read as the report reads them (one answer)."""
-    from optimstudy.report.build import RESULT_METRICS  # on first use: it imports pandas, scipy
     from optimstudy.tracking.reader import load_runs  # on first use: it imports pandas
 
-    frame = load_runs(tracking_uri, experiments=[spec.name], metrics=[*results.RUN_METRICS, *RESULT_METRICS])
+    frame = load_runs(tracking_uri, experiments=[spec.name], metrics=[*results.RUN_METRICS, *results.RESULT_METRICS])
     return results.Study(frame[frame["study"] == spec.name] if not frame.empty else frame)
 
 
