@@ -145,7 +145,7 @@ def test_a_forked_worker_shares_the_writer_and_its_death_ends_only_its_run(store
             child = MlflowLogger(store, "shared", {}, {}, known_experiment_id=experiment)
             child.log(0, {"loss": 1.0})
             child._ship()
-            child.writer.end_run("no-such-run", "FINISHED", {})  # a round trip: its run is stored by now
+            child.writer.end("no-such-run", "FINISHED", {})  # a round trip: its run is stored by now
         except RuntimeError:
             code = 0  # the writer answers for the unknown run: everything before it is done
         finally:

@@ -405,7 +405,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
     tracking = None
     if tracking_uri:
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
-        tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment_id(
+        tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment(
             spec.name, artifact_location(tracking_uri, spec.name)))
     while stop is None or not stop.is_set():
         claimed = queue.take()

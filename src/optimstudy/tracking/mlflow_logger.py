@@ -65,7 +65,7 @@ class MlflowLogger:
         run_tags = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
-        experiment = known_experiment_id or self.writer.experiment_id(
+        experiment = known_experiment_id or self.writer.experiment(
             experiment, artifact_location(tracking_uri, experiment))
         params = {k: param_text(v) for k, v in params.items()}
         self._dataset = None if dataset is None else {
@@ -76,7 +76,7 @@ class MlflowLogger:
             self._create = {"experiment_id": experiment, "run_name": run_name or f"run-{self.run_id[:8]}",
                             "tags": run_tags, "params": params, "start_time": int(time.time() * 1000),
                             "dataset": self._dataset}
-            self.writer.send(("create", self.run_id, self._create))
+            self.writer.create(self.run_id, self._create)
             self._dataset = None  # stored with the run
         else:  # a tracking server chooses the run's id: ask it
             self._create = None
@@ -89,7 +89,7 @@ class MlflowLogger:
         self.closed = False
         self.store_failed = False  # the writer reported that the store refused this run's writes
         # from now on the writer ends it if we die, and samples CPU/GPU use and memory for it
-        self.writer.send(("open", self.run_id, sample_every_s))
+        self.writer.open(self.run_id, sample_every_s)
 
     def log(self, step, metrics):
         timestamp = int(time.time() * 1000)
@@ -107,7 +107,7 @@ class MlflowLogger:
     def _ship(self):
         while self._buffer:
             chunk, self._buffer = self._buffer[:BATCH_POINTS], self._buffer[BATCH_POINTS:]
-            self.writer.send(("metrics", self.run_id, chunk), len(chunk))
+            self.writer.metrics(self.run_id, chunk)
         # the store refused a write (a full disk, locked past the writer's retries): stop now, not at the end
         detail = None if self.store_failed else self.writer.store_error(self.run_id)
         if detail is not None:
@@ -115,7 +115,7 @@ class MlflowLogger:
             raise StoreError.refused(self.tracking_uri, f"run {self.run_id}", detail)
 
     def log_artifact(self, path: str) -> None:
-        self.writer.log_artifact(self.run_id, path)  # through the writer: it may not have created the run yet
+        self.writer.artifact(self.run_id, path)  # through the writer: it may not have created the run yet
 
     def start(self) -> None:
         """Log the run's data set where the writer did not store it with the run (a tracking server),
@@ -144,7 +144,7 @@ class MlflowLogger:
             except StoreError as error:  # said only now: the writer ends the run FAILED, with the store's words
                 refused = error
             try:
-                self.writer.end_run(self.run_id, status, tags)
+                self.writer.end(self.run_id, status, tags)
             except StoreError:
                 if not self.store_failed:
                     raise

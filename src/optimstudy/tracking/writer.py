@@ -2,19 +2,17 @@
 its environment (OPTIMSTUDY_WRITER_TRACKING_URI): a command line is readable by every user of the
 machine (ps), and the URI can hold the database's password.
 
-It imports nothing from optimstudy but connectivity, processes, sql_writes and compat.mlflow
-(standard library and MLflow only; the package's __init__ files load nothing), so it starts
-without torch, in a fraction of the memory and time a trainer takes (docs/performance.md).
+It imports nothing from optimstudy but connectivity, mlflow_setup, processes, sql_writes (with
+compat.mlflow) and tag_names (standard library and MLflow only; the package's __init__ files load
+nothing), so it starts without torch, in a fraction of the memory and time a trainer takes
+(docs/performance.md).
 
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
-~1.5 s of MLflow imports on a shared core). Receives ("store", None) first (open or create the
-store, answered "ready"), then ("experiment", name, artifact_location) (answered with its id, or
-{"deleted": id}),
-("create", run_id, run) (the run with its tags, params and data set, in one transaction, under an
-id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
-("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
-("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
+~1.5 s of MLflow imports on a shared core). The messages are the vocabulary below (OPEN_STORE ...
+STOP): the training process sends each through the writer_handle._Writer method of the same name,
+and serve() hands each to the _Session handler of that name. Runs are created in one transaction
+under an id the training process chose, so that it never waits for it.
 Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
 compared on (sql_writes.py: a fraction of log_batch's CPU); anywhere else through MLflow's client.
 When a training process dies, its socket closes and the runs it left open are ended as KILLED.
@@ -61,9 +59,27 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 # so a reader holding the store for 30 s loses nothing; a test sets a few seconds.
 LOCK_RETRY_ENV, LOCK_RETRY_S = "OPTIMSTUDY_LOCK_RETRY_S", 60.0
 
+# The protocol, one vocabulary for both sides. A message is (kind, key, *arguments); each kind is the
+# name of the _Writer method that sends it (writer_handle.py) and of the _Session method that handles it.
+#   kind        key              arguments                   answer
+#   open_store  None             -                           READY {"creates_runs": bool}, or ERROR
+#   experiment  the name         artifact_location           OK with its id, or {"deleted": id}
+#   create      run_id           run (FastWrites.create_run's keywords: tags, params, data set...)
+#   open        run_id           system_metrics_s (0: none)
+#   metrics     run_id           points (name, value, timestamp, step), at most BATCH_POINTS
+#   artifact    run_id           path                        OK
+#   end         run_id           status, tags                OK
+#   stop        None             -                           OK, once the runs left open are ended
+# Answers are (READY | OK | ERROR, key, detail). An ERROR reports a write the store refused (key: the
+# run); the training process reads it at its next batch, or while it waits for an answer.
+OPEN_STORE, EXPERIMENT, CREATE, OPEN, METRICS, ARTIFACT, END, STOP = (
+    "open_store", "experiment", "create", "open", "metrics", "artifact", "end", "stop")
+READY, OK, ERROR = "ready", "ok", "error"
+ANSWERED = (EXPERIMENT, ARTIFACT, END)  # the training process waits for their OK, even after an ERROR
+
 
 class _Store:
-    """The writer's one MLflow client, made on the first "store" message (making it creates and
+    """The writer's one MLflow client, made on the first "open_store" message (making it creates and
     migrates a fresh store) and shared by every connection, one message at a time."""
 
     def __init__(self, tracking_uri: str):
@@ -188,13 +204,13 @@ def main(tracking_uri: str, fds: list[int]) -> None:
     report_connection_retries(tracking_uri)
     store = _Store(tracking_uri)
     owner, *others = [Connection(fd) for fd in fds]
-    sessions = [threading.Event() for _ in others]  # set once a worker starts using its connection
+    in_use = [threading.Event() for _ in others]  # set once a worker starts using its connection
     threads = [threading.Thread(target=serve, args=(store, conn, started), daemon=True)
-               for conn, started in zip(others, sessions)]
+               for conn, started in zip(others, in_use)]
     for thread in threads:
         thread.start()
     serve(store, owner, threading.Event())
-    for thread, started in zip(threads, sessions):
+    for thread, started in zip(threads, in_use):
         if started.is_set():  # idle ones (a worker the sweep did not need) are not waited for
             thread.join()
 
@@ -222,114 +238,151 @@ def yield_cores_to_training() -> None:
 
 
 def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
-    from mlflow.entities import Metric  # on first use: it imports mlflow
-
-    open_runs: set[str] = set()
-    samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
-    lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
-    uncreated: set[str] = set()  # runs whose "create" failed
-    unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
-    held = None  # a message read ahead while merging metric messages, handled next
-    stepping = False  # whether a trainer has sent steps yet
-
+    """Handle one training process's messages in order, until it stops or dies (then end its runs)."""
+    session = _Session(store, conn)
     while True:
-        message, held = held or receive(conn), None
-        if message is None or message[0] == "stop":
-            # the training process is gone without closing its runs (KILLED), or stops after the store
-            # refused to end them (ended now as it asked, if the store takes it now)
-            for run_id in open_runs:
-                stop_system_metrics(samplers.pop(run_id, None))
-                status, tags = unended.get(run_id, ("KILLED",
-                                                    {TAG_ERROR: "the training process died mid-run"}))
-                with contextlib.suppress(Exception), store.lock:
-                    end_run(store.client, run_id, status, tags, patiently)
-            if message is not None:
-                for sampler in samplers.values():
-                    stop_system_metrics(sampler)
-                reply(conn, ("ok", None, None))
+        message, session.held = session.held or receive(conn), None
+        if message is None or message[0] == STOP:  # gone (its runs are KILLED), or stopping
+            session.stop(answer=message is not None)
             return
-        kind, run_id = message[0], message[1]
-        if kind == "store":
+        kind, key, *arguments = message
+        if kind == OPEN_STORE:  # not under the store's lock: opening it takes the lock
             started.set()
-            try:
-                reply(conn, ("ready", None, store.open()))
-            except Exception as error:
-                reply(conn, ("error", None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
+            session.open_store()
             continue
-        client, fast, ended_sampler = store.client, store.fast, None
+        handler, ended_sampler = session.handlers.get(kind), None
         with store.lock:
             try:
-                if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
-                    patiently(fast.create_run, run_id, **message[2])
-                    open_runs.add(run_id)
-                elif kind == "open":
-                    open_runs.add(run_id)
-                    if len(message) > 2 and message[2]:
-                        samplers[run_id] = start_system_metrics(store.tracking_uri, run_id, message[2])
-                elif kind == "metrics":
-                    if not stepping:
-                        yield_cores_to_training()
-                        stepping = True
-                    if run_id in uncreated or run_id in lost:
-                        continue  # reported once; the trainer stops the run on that report: these are lost too
-                    open_runs.add(run_id)
-                    points = list(message[2])
-                    # behind? merge what is already waiting for the same run: one transaction, not many
-                    while len(points) < BATCH_POINTS and conn.poll():
-                        held = receive(conn)
-                        if held is None or held[0] != "metrics" or held[1] != run_id:
-                            break
-                        points.extend(held[2])
-                        held = None
-                    for start in range(0, len(points), BATCH_POINTS):
-                        chunk = points[start:start + BATCH_POINTS]
-                        if fast is None or not patiently(fast.log_metrics, run_id, chunk):
-                            patiently(client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
-                elif kind == "experiment":  # run_id is the experiment's name here; the trainer waits
-                    try:
-                        answer = patiently(find_or_create_experiment, client, run_id, message[2])
-                    except DeletedExperiment as deleted:  # a usage error, told in the training process
-                        answer = {"deleted": deleted.experiment_id}
-                    reply(conn, ("ok", run_id, answer))
-                elif kind == "artifact":  # after the run's creation, which is queued before it; the trainer waits
-                    client.log_artifact(run_id, message[2])
-                    reply(conn, ("ok", run_id, None))
-                elif kind == "end":
-                    _, _, status, tags = message
-                    # a run stopped by a store error is ended in one try: the trainer is not kept waiting
-                    # another LOCK_RETRY_S; if the store refuses it, it is ended (patiently) when the trainer stops
-                    write = _once if run_id in lost else patiently
-                    if run_id in lost:
-                        status = "FAILED" if status == "FINISHED" else status
-                        why = tags.get(TAG_ERROR)
-                        tags = {**tags, TAG_ERROR: "; ".join(
-                            filter(None, [why, f"metric points were lost: {lost.pop(run_id)}"]))}
-                    tags = {key: str(value)[:5000] for key, value in tags.items()}
-                    unended[run_id] = (status, tags)  # until the store has it
-                    if fast is None or not write(fast.end_run, run_id, status, tags):
-                        end_run(client, run_id, status, tags, write)
-                    del unended[run_id]
-                    open_runs.discard(run_id)
-                    if fast is not None:
-                        fast.forget(run_id)
-                    reply(conn, ("ok", run_id, None))
-                    ended_sampler = samplers.pop(run_id, None)
+                if handler is not None:  # a kind that is not ours is ignored
+                    ended_sampler = handler(key, *arguments)
             except Exception as error:  # reported back: the training process reads it at its next batch
-                detail = hide_passwords(f"{type(error).__name__}: {_plain(error)[:1000]}")  # it is printed and tagged
-                if kind == "create":
-                    uncreated.add(run_id)
-                    lost[run_id] = f"the run could not be created: {detail}"
-                if kind == "metrics":
-                    if run_id in lost:
-                        continue  # one report per run: unread reports would fill the socket and block us both
-                    lost[run_id] = detail
-                reply(conn, ("error", run_id, detail))
-                if kind in ("end", "artifact", "experiment"):  # the training process waits for this answer
-                    reply(conn, ("ok", run_id, None))
-                    ended_sampler = samplers.pop(run_id, None)
+                ended_sampler = session.refused(kind, key, error)
         # after the answer, so the training process does not wait for it (~20 ms a run): the
         # last sample is stored into the ended run before the next message is read
         stop_system_metrics(ended_sampler)
+
+
+class _Session:
+    """What serve() keeps about one training process (one connection), and a handler for each message,
+    named for its kind. Handlers run under the store's lock, one message at a time; a raised error is
+    the store's refusal (`refused`). A handler returns the system-metrics sampler to stop once the lock
+    is released (that of a run it ended), or None."""
+
+    def __init__(self, store: _Store, conn: Connection):
+        self.store, self.conn = store, conn  # the writer's one _Store, shared by every connection
+        self.open_runs: set[str] = set()
+        self.samplers: dict[str, object] = {}  # run_id -> its SystemMetricsMonitor
+        self.lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
+        self.uncreated: set[str] = set()  # runs whose "create" failed
+        self.unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried at stop
+        self.held = None  # a message read ahead while merging metric messages, handled next
+        self.stepping = False  # whether a trainer has sent steps yet
+        # serve() calls open_store (outside the lock) and stop (its end) itself; the rest through this table
+        self.handlers = {EXPERIMENT: self.experiment, CREATE: self.create, OPEN: self.open,
+                         METRICS: self.metrics, ARTIFACT: self.artifact, END: self.end}
+
+    def open_store(self) -> None:
+        try:
+            reply(self.conn, (READY, None, self.store.open()))
+        except Exception as error:
+            reply(self.conn, (ERROR, None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
+
+    def experiment(self, name: str, artifact_location: str | None) -> None:  # the trainer waits
+        try:
+            answer = patiently(find_or_create_experiment, self.store.client, name, artifact_location)
+        except DeletedExperiment as deleted:  # a usage error, told in the training process
+            answer = {"deleted": deleted.experiment_id}
+        reply(self.conn, (OK, name, answer))
+
+    def create(self, run_id: str, run: dict) -> None:  # tags, params and data set in one transaction; no wait
+        patiently(self.store.fast.create_run, run_id, **run)
+        self.open_runs.add(run_id)
+
+    def open(self, run_id: str, system_metrics_s: float | None = None) -> None:
+        self.open_runs.add(run_id)
+        if system_metrics_s:
+            self.samplers[run_id] = start_system_metrics(self.store.tracking_uri, run_id, system_metrics_s)
+
+    def metrics(self, run_id: str, points: list) -> None:
+        if not self.stepping:
+            yield_cores_to_training()
+            self.stepping = True
+        if run_id in self.uncreated or run_id in self.lost:
+            return  # reported once; the trainer stops the run on that report: these are lost too
+        self.open_runs.add(run_id)
+        client, fast = self.store.client, self.store.fast
+        points = self.merged(run_id, list(points))
+        for start in range(0, len(points), BATCH_POINTS):
+            chunk = points[start:start + BATCH_POINTS]
+            if fast is None or not patiently(fast.log_metrics, run_id, chunk):
+                from mlflow.entities import Metric  # through MLflow's client only; imported by main() already
+
+                patiently(client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
+
+    def merged(self, run_id: str, points: list) -> list:
+        """`points` and those of the run's "metrics" messages already waiting (we are behind): one transaction,
+        not many. The first other message read stays `held`, handled next."""
+        while len(points) < BATCH_POINTS and self.conn.poll():
+            self.held = receive(self.conn)
+            if self.held is None or self.held[0] != METRICS or self.held[1] != run_id:
+                break
+            points.extend(self.held[2])
+            self.held = None
+        return points
+
+    def artifact(self, run_id: str, path: str) -> None:  # after the run's creation, queued before it; the trainer waits
+        self.store.client.log_artifact(run_id, path)
+        reply(self.conn, (OK, run_id, None))
+
+    def end(self, run_id: str, status: str, tags: dict):
+        client, fast = self.store.client, self.store.fast
+        # a run stopped by a store error is ended in one try: the trainer is not kept waiting
+        # another LOCK_RETRY_S; if the store refuses it, it is ended (patiently) when the trainer stops
+        write = _once if run_id in self.lost else patiently
+        if run_id in self.lost:
+            status = "FAILED" if status == "FINISHED" else status
+            why = tags.get(TAG_ERROR)
+            tags = {**tags, TAG_ERROR: "; ".join(
+                filter(None, [why, f"metric points were lost: {self.lost.pop(run_id)}"]))}
+        tags = {key: str(value)[:5000] for key, value in tags.items()}
+        self.unended[run_id] = (status, tags)  # until the store has it
+        if fast is None or not write(fast.end_run, run_id, status, tags):
+            end_run(client, run_id, status, tags, write)
+        del self.unended[run_id]
+        self.open_runs.discard(run_id)
+        if fast is not None:
+            fast.forget(run_id)
+        reply(self.conn, (OK, run_id, None))
+        return self.samplers.pop(run_id, None)
+
+    def refused(self, kind: str, key, error: Exception):
+        """Report the store's refusal of a `kind` message (about run `key`); answer it if the trainer waits."""
+        detail = hide_passwords(f"{type(error).__name__}: {_plain(error)[:1000]}")  # it is printed and tagged
+        if kind == CREATE:
+            self.uncreated.add(key)
+            self.lost[key] = f"the run could not be created: {detail}"
+        if kind == METRICS:
+            if key in self.lost:
+                return None  # one report per run: unread reports would fill the socket and block us both
+            self.lost[key] = detail
+        reply(self.conn, (ERROR, key, detail))
+        if kind in ANSWERED:  # the training process waits for this answer
+            reply(self.conn, (OK, key, None))
+            return self.samplers.pop(key, None)
+        return None
+
+    def stop(self, answer: bool) -> None:
+        """The training process is gone without closing its runs (KILLED), or stops (`answer`) after the
+        store refused to end them (ended now as it asked, if the store takes it now)."""
+        for run_id in self.open_runs:
+            stop_system_metrics(self.samplers.pop(run_id, None))
+            status, tags = self.unended.get(run_id, ("KILLED", {TAG_ERROR: "the training process died mid-run"}))
+            with contextlib.suppress(Exception), self.store.lock:
+                end_run(self.store.client, run_id, status, tags, patiently)
+        if answer:
+            for sampler in self.samplers.values():
+                stop_system_metrics(sampler)
+            reply(self.conn, (OK, None, None))
 
 
 def reply(conn: Connection, message) -> None:

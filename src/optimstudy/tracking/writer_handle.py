@@ -3,8 +3,11 @@ ever blocking on it, and notice when it dies, stalls, or its store refuses a wri
 
     writer = start_writer(tracking_uri)            # once per store and process; a dead one is replaced
     writer.wait_ready()                            # the store is open
-    writer.send(("metrics", run_id, points), len(points))   # returns at once, whatever the writer does
+    writer.metrics(run_id, points)                 # returns at once, whatever the writer does
     writer.store_error(run_id)                     # the writer's report on run_id, read without waiting
+
+Every message the writer takes is a method here named for its kind (writer.py's vocabulary: OPEN_STORE
+... STOP): open_store, experiment, create, open, metrics, artifact, end, stop.
 
 Sends never block: what the writer's socket does not take now waits here, in order, and goes at the
 next send (a few microseconds: one non-blocking send). A writer that takes nothing for WARN_AFTER_S
@@ -29,7 +32,21 @@ from multiprocessing.connection import Connection
 
 from optimstudy.errors import UsageError
 from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.tracking.writer import URI_VARIABLE, DeletedExperiment
+from optimstudy.tracking.writer import (
+    ARTIFACT,
+    CREATE,
+    END,
+    ERROR,
+    EXPERIMENT,
+    METRICS,
+    OK,
+    OPEN,
+    OPEN_STORE,
+    READY,
+    STOP,
+    URI_VARIABLE,
+    DeletedExperiment,
+)
 
 # Longer than every wait the writer makes on purpose: MLflow retries a lost server for ~4 minutes,
 # the writer retries a locked SQLite store for 60 s (writer.LOCK_RETRY_S) after MLflow's own 20 s.
@@ -131,7 +148,7 @@ class _Writer:
 
     # ---- sending: never blocks while the writer keeps up ----
 
-    def send(self, message, points: int = 0) -> None:
+    def _send(self, message, points: int = 0) -> None:
         """Queue `message` (holding `points` metric points) and pass on what the socket takes now."""
         if self.failure is not None:
             raise self.failure
@@ -225,7 +242,7 @@ class _Writer:
         try:
             while self.conn.poll():
                 kind, about, detail = self.conn.recv()
-                if kind == "error":
+                if kind == ERROR:
                     self.errors.setdefault(about, detail)
         except (EOFError, OSError):
             raise self._died() from None
@@ -246,25 +263,25 @@ class _Writer:
     def _answered(self, message):
         """Send `message` and wait for its answer; returns the answer's detail."""
         key = message[1]
-        self.send(message)
+        self._send(message)
         problems = []
         while True:
             kind, acked, detail = self._recv(f"not answered ({message[0]} {key})")
-            if kind == "error":
+            if kind == ERROR:
                 problems.append(detail)
-            elif kind == "ok" and acked == key:
+            elif kind == OK and acked == key:
                 break
         self.warned = False
         if problems:
             raise StoreError.refused(self.tracking_uri, f"{message[0]} {key}", problems[0])
         return detail
 
-    # ---- the calls ----
+    # ---- the messages, one method each (writer.py's vocabulary) ----
 
     def open_store(self) -> None:
         """Have the writer open (or create) the store, without waiting for it (see wait_ready)."""
         if not self.store_asked:
-            self.send(("store", None))
+            self._send((OPEN_STORE, None))
             self.store_asked = True
 
     def wait_ready(self) -> None:
@@ -274,26 +291,46 @@ class _Writer:
             self.open_store()
             kind, _, detail = self._recv("not opened the store", max(self.timeout_s, STARTUP_S))
             self.warned = False
-            if kind == "error":
+            if kind == ERROR:
                 raise RuntimeError(f"the MLflow writer cannot open the tracking store: {detail}")
-            self.ready = kind == "ready"
+            self.ready = kind == READY
             self.creates_runs = bool(detail and detail.get("creates_runs"))
 
-    def end_run(self, run_id: str, status: str, tags: dict) -> None:
-        self._answered(("end", run_id, status, tags))
-
-    def log_artifact(self, run_id: str, path: str) -> None:
-        """Store the file at `path` with the run, once the writer has created the run; waits for it."""
-        self._answered(("artifact", run_id, path))
-
-    def experiment_id(self, name: str, artifact_location: str | None) -> str:
+    def experiment(self, name: str, artifact_location: str | None) -> str:
         """The experiment's id (writer.find_or_create_experiment), looked up by the writer: this process
         then needs no MLflow client of its own (~2 s of imports)."""
         self.wait_ready()
-        answer = self._answered(("experiment", name, artifact_location))
+        answer = self._answered((EXPERIMENT, name, artifact_location))
         if isinstance(answer, dict):
             raise UsageError(DeletedExperiment(name, answer["deleted"]).message(self.tracking_uri))
         return answer
+
+    def create(self, run_id: str, run: dict) -> None:
+        """Have the writer create the run under our id (`run`: FastWrites.create_run's keywords: its
+        tags, params and data set, in one transaction); returns at once (a SQL store only: creates_runs)."""
+        self._send((CREATE, run_id, run))
+
+    def open(self, run_id: str, system_metrics_s: float) -> None:
+        """From now on the writer ends the run if this process dies, and samples the machine for it
+        every `system_metrics_s` seconds (0: never); returns at once."""
+        self._send((OPEN, run_id, system_metrics_s))
+
+    def metrics(self, run_id: str, points: list[tuple]) -> None:
+        """Hand over the run's points (name, value, timestamp, step; at most writer.BATCH_POINTS);
+        returns at once, whatever the writer does (a warning counts the points still waiting here)."""
+        self._send((METRICS, run_id, points), len(points))
+
+    def artifact(self, run_id: str, path: str) -> None:
+        """Store the file at `path` with the run, once the writer has created the run; waits for it."""
+        self._answered((ARTIFACT, run_id, path))
+
+    def end(self, run_id: str, status: str, tags: dict) -> None:
+        """End the run with `status`, setting `tags` (why it ended) first; waits for it."""
+        self._answered((END, run_id, status, tags))
+
+    def stop(self) -> None:
+        """Have the writer end what is left open and exit, once it has stored everything sent; waits for it."""
+        self._answered((STOP, None))
 
     def alive(self) -> bool:
         return self.failure is None and (self.process is None or self.process.poll() is None)
@@ -366,7 +403,7 @@ def stop_writers(wait: bool = True) -> None:
             if not wait or not writer.alive():
                 writer.discard()
                 continue
-            writer._answered(("stop", None))
+            writer.stop()
             if writer.process is not None:
                 writer.process.wait(timeout=10)
     _writers.clear()
