@@ -18,6 +18,7 @@ from optimstudy import __version__
 from optimstudy.compat.python import run_exit_handlers
 from optimstudy.errors import TrialTimeout, UsageError
 from optimstudy.processes import check_trial_timeout, quick_exit, stall_timeout_s
+from optimstudy.sweep.options import SweepOptions
 from optimstudy.tracking.client import resolve_tracking_uri
 from optimstudy.tracking.connectivity import hide_passwords, probe_store
 from optimstudy.tracking.writer_handle import start_writer
@@ -249,17 +250,18 @@ def cmd_ui(args) -> int:
 def cmd_sweep(args) -> int:
     check_trial_timeout(args.trial_timeout)
     stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
-    if not args.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
-        tracking_uri = resolve_tracking_uri(args.tracking_uri)
-        probe_store(tracking_uri)
+    options = SweepOptions(workers=args.workers, storage=args.storage,
+                           tracking_uri=resolve_tracking_uri(args.tracking_uri), data_dir=args.data_dir,
+                           dry_run=args.dry_run, as_json=args.json, restart=args.restart,
+                           until_decided=args.until_decided, trial_timeout_s=args.trial_timeout,
+                           restart_argv=tuple(args.restart_argv) if args.restart_argv else None)
+    if not options.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
+        probe_store(options.tracking_uri)
         # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
-        start_writer(tracking_uri, spares=max(0, args.workers - 1))
+        start_writer(options.tracking_uri, spares=max(0, options.workers - 1))
     from optimstudy.sweep.command import sweep  # on first use: it imports optuna, torch
 
-    return sweep(args.spec, workers=args.workers, storage=args.storage, tracking_uri=args.tracking_uri,
-                 data_dir=args.data_dir, dry_run=args.dry_run, as_json=args.json, restart=args.restart,
-                 until_decided=args.until_decided, trial_timeout_s=args.trial_timeout,
-                 restart_argv=args.restart_argv)
+    return sweep(args.spec, options)
 
 
 def cmd_dashboard(args) -> int:

@@ -1,7 +1,8 @@
 """`optimstudy sweep SPEC`: an experiment spec run as one Optuna study and one MLflow parent run.
 
     from optimstudy.sweep.command import sweep
-    sweep("experiments/quickstart.toml", workers=2)     # what `optimstudy sweep … --workers 2` runs
+    from optimstudy.sweep.options import SweepOptions
+    sweep("experiments/quickstart.toml", SweepOptions(workers=2))  # what `optimstudy sweep … --workers 2` runs
 
 Orchestration only: validate everything before any store is written; plan (planning.py); under
 the study's planning lock, check the spec against the study's identity, queue what is missing
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from optimstudy import results
@@ -28,6 +29,7 @@ from optimstudy.progress import progress_bar
 from optimstudy.results.objectives import selection_warning
 from optimstudy.run.config import default_threads
 from optimstudy.run.devices import available_devices, cpu_count
+from optimstudy.sweep.options import WORKER_OPTIONS, SweepOptions, WorkerOptions
 from optimstudy.sweep.output import LISTED_TRIALS, format_table, json_number, print_dry_run, trial_numbers_text
 from optimstudy.sweep.planning import (
     check_plan_size,
@@ -50,15 +52,12 @@ from optimstudy.sweep.storages import (
     open_study,
     planning_lock,
     restart_study,
-    storage_url,
     study_exists,
 )
 from optimstudy.sweep.trials import (
     IDENTITY,
     PARENT_RUN,
     RUN_ID,
-    WORKER_OPTIONS,
-    WorkerOptions,
     recover_dead_trials,
     timed_out_keys,
     trial_config,
@@ -83,37 +82,15 @@ from optimstudy.tracking.parent_runs import create_parent_run, rename_experiment
 from optimstudy.tracking.writer_handle import StoreError, start_writer, stop_writers
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    """What `optimstudy sweep` was asked besides the spec: its flags, as given (`storage` and
-    `tracking_uri` None: the defaults), then as resolved (`resolved`)."""
-    workers: int = 1
-    storage: str | None = None  # the Optuna storage URL; None: a journal file under mlruns/optuna/
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db
-    data_dir: str | None = None
-    dry_run: bool = False
-    as_json: bool = False
-    restart: bool = False
-    until_decided: bool = False  # add seeds until decided even without a [decide] table (its defaults)
-    trial_timeout_s: float | None = None  # --trial-timeout; None: the spec's trial_timeout_s
-    # the command line that runs this sweep again (cli.cmd_sweep's own): how the sweep goes on after a
-    # trial of its own process is stuck where nothing reaches it (restart_sweep); None: it ends instead
-    restart_argv: tuple | None = None
-
-    def resolved(self, spec: Spec) -> "SweepOptions":
-        return replace(self, storage=storage_url(self.storage, spec.name),
-                       tracking_uri=resolve_tracking_uri(self.tracking_uri))
-
-
-def sweep(spec_path, *, workers: int = 1, storage: str | None = None, tracking_uri: str | None = None,
-          data_dir: str | None = None, dry_run: bool = False, as_json: bool = False, restart: bool = False,
-          until_decided: bool = False, trial_timeout_s: float | None = None, restart_argv=None) -> int:
+def sweep(spec_path, options: SweepOptions | None = None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
-    options = SweepOptions(workers, storage, tracking_uri, data_dir, dry_run, as_json, restart, until_decided,
-                           trial_timeout_s, tuple(restart_argv) if restart_argv else None)
-    if not dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
-        # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind
-        start_writer(resolve_tracking_uri(tracking_uri), spares=max(0, workers - 1) if isinstance(workers, int) else 0)
+    options = options or SweepOptions()
+    options = replace(options, tracking_uri=resolve_tracking_uri(options.tracking_uri))  # as given, else the default
+    if not options.dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
+        # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind.
+        # Started already by the command line (then this finds it): for callers from Python.
+        workers = options.workers
+        start_writer(options.tracking_uri, spares=max(0, workers - 1) if isinstance(workers, int) else 0)
     try:
         return _sweep(spec_path, options)
     finally:
@@ -138,7 +115,7 @@ def _sweep(spec_path, options: SweepOptions) -> int:
     if not options.dry_run:
         check_plan_size(spec, sum(counts.values()))
     planned, skipped = plan(spec)
-    options = options.resolved(spec)  # a URI typed with a raw password is refused even by a dry run
+    options = options.with_storage(spec.name)  # a URI typed with a raw password is refused even by a dry run
     if options.dry_run:
         print_dry_run(spec, planned, skipped)
         return 0
@@ -185,9 +162,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     before = trial_counts(study)
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds and not spec.decide:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
-    worker_options = WorkerOptions(spec.path, url, tracking_uri, parent_run_id, data_dir=options.data_dir,
-                                   threads=spec.settings.get("threads"),
-                                   trial_timeout_s=options.trial_timeout_s or spec.trial_timeout_s)
+    worker_options = options.for_workers(spec, parent_run_id)
     deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
     refused = None  # the StoreError that stopped the sweep
     try:

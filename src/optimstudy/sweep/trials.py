@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
@@ -31,6 +31,7 @@ from optimstudy.processes import STOP_SIGNALS, Watchdog, die_with_parent, raise_
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute, execute_stack
 from optimstudy.run.stacked import max_stack, prepare_stack
+from optimstudy.sweep.options import WORKER_OPTIONS, WorkerOptions
 from optimstudy.sweep.planning import config_from_json, plan
 from optimstudy.sweep.queue import (
     CONFIG,
@@ -70,29 +71,6 @@ WRITER_RERUNS = 2
 WRITER_DIED = "the MLflow writer died mid-trial"  # how such a failure's reason starts
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); queued again on resume"
 IDENTITY, PARENT_RUN = "optimstudy.spec_identity", "mlflow_parent_run_id"  # study user attrs
-WORKER_OPTIONS = "OPTIMSTUDY_WORKER_OPTIONS"  # a fresh worker process's options (worker_main)
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What every worker of a sweep works with: this process, a forked worker and a fresh process
-    alike (the last two get it as JSON: WorkerOptions.from_json)."""
-    spec_path: str
-    storage: str  # the Optuna storage URL
-    tracking_uri: str | None = None  # None: untracked trials
-    parent_run_id: str | None = None
-    experiment_id: str | None = None  # the study's MLflow experiment; None: looked up by the writer
-    data_dir: str | None = None
-    threads: int | None = None
-    alive_fd: int | None = None  # a worker process's read end of the sweep's pipe: closed when the sweep dies
-    trial_timeout_s: float | None = None  # a trial past this wall-clock time is FAILED (processes.Watchdog)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "WorkerOptions":
-        return cls(**json.loads(text))
 
 
 # ---- what the study's trials say (the queue: queue.py) ------------------------------
@@ -101,9 +79,14 @@ def trial_config(trial):
     """The RunConfig a (frozen) trial ran: its queued config with its sampled arguments."""
     config = config_from_json(trial.user_attrs[CONFIG])
     if trial.user_attrs.get(SPACE):
-        sampled = {name.split(".", 1)[1]: value for name, value in trial.params.items()}
-        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+        config = with_sampled(config, {name.split(".", 1)[1]: value for name, value in trial.params.items()})
     return config
+
+
+def with_sampled(config, sampled: dict):
+    """`config` with a searched trial's sampled values: the learning rate and optimizer arguments."""
+    arguments = {name: value for name, value in sampled.items() if name != "lr"}
+    return replace(config, lr=sampled.get("lr", config.lr), opt={**config.opt, **arguments})
 
 
 def trial_counts(study) -> dict:
@@ -239,22 +222,31 @@ def start_trial(queue: Queue, study, trial, trial_id: int) -> bool:
     return other is None
 
 
-def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent_run_id, data_dir,
-                       threads, trial_timeout_s: float | None = None, last_resort=None) -> list[str]:
+@dataclass(frozen=True)
+class Worker:
+    """What each trial of one worker runs with, set up once by `work`."""
+    spec: Spec
+    queue: Queue
+    options: WorkerOptions
+    tracking: Tracking | None  # None: untracked trials
+    last_resort: object = None  # what ends a trial stuck where nothing reaches it (processes.Watchdog)
+
+
+def run_stacked_trials(worker: Worker, claimed: list) -> list[str]:
     """Run claimed trials that differ only in seed (Queue.take_siblings) as one stack of seeds
     (run/stacked.py): each is still its own trial, told its own value, and its own MLflow run.
     Where they cannot be stacked, one line says why and each runs as run_trial runs it.
     Returns each trial's final state's name, in order."""
     from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
-    storage = queue.storage
+    spec, storage, options = worker.spec, worker.queue.storage, worker.options
     ready = []
     for study, trial, trial_id in claimed:
-        if not start_trial(queue, study, trial, trial_id):
+        if not start_trial(worker.queue, study, trial, trial_id):
             continue
         attrs = trial.user_attrs
         config = config_from_json(attrs[CONFIG])
-        config = replace(config, threads=threads or config.threads)
+        config = replace(config, threads=options.threads or config.threads)
         trial.suggest_float(f"{attrs.get('optimizer')}.lr", config.lr, config.lr, log=True)  # the queued value
         ready.append((study, trial, trial_id, config))
     states = {trial_id: "duplicate" for _, _, trial_id in claimed}
@@ -266,8 +258,7 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
             print(f"optimstudy: trials {', '.join(str(t.number) for _, t, _, _ in ready)} run one after another, "
                   f"not stacked: {why}", file=sys.stderr, flush=True)
         for study, trial, trial_id, _ in ready:
-            states[trial_id] = run_trial(spec, queue, study, trial, trial_id, tracking, parent_run_id, data_dir,
-                                         threads, trial_timeout_s, last_resort)
+            states[trial_id] = run_trial(worker, study, trial, trial_id)
         return list(states.values())
 
     if len(ready) < 2:
@@ -280,17 +271,18 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
 
     # one limit for the stack: its seeds step together (their MLflow runs, if the process must end, are
     # ended as KILLED by the writer)
-    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], last_resort=last_resort,
+    watchdog = Watchdog(options.trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck],
+                        last_resort=worker.last_resort,
                         what=f"trials {', '.join(str(t.number) for _, t, _, _ in ready)}")
     try:
         with contextlib.ExitStack() as beats:
             for _, _, trial_id, _ in ready:
                 beats.enter_context(Heartbeat(storage, trial_id))
             beats.enter_context(watchdog)
-            stack = prepare_stack([config for *_, config in ready], data_dir=data_dir)
+            stack = prepare_stack([config for *_, config in ready], data_dir=options.data_dir)
             if not isinstance(stack, str):
                 watchdog.begin()
-                results = execute_stack(stack, tracking, parent_run_id=parent_run_id,
+                results = execute_stack(stack, worker.tracking, parent_run_id=options.parent_run_id,
                                         tags=[tags for _, tags in hooks],
                                         on_evals=[on_eval for on_eval, _ in hooks],
                                         on_starts=[lambda run_id, t=trial: t.set_user_attr(RUN_ID, run_id)
@@ -333,39 +325,38 @@ def run_stacked_trials(spec: Spec, queue: Queue, claimed: list, tracking, parent
     return list(states.values())
 
 
-def run_trial(spec: Spec, queue: Queue, study, trial, trial_id: int, tracking, parent_run_id, data_dir,
-              threads, trial_timeout_s: float | None = None, last_resort=None) -> str:
+def run_trial(worker: Worker, study, trial, trial_id: int) -> str:
     """Run one claimed trial to a final state; returns that state's name.
 
-    A trial past `trial_timeout_s`, or with no step for the stall guard's time, is FAILED with
+    A trial past the options' `trial_timeout_s`, or with no step for the stall guard's time, is FAILED with
     "TrialTimeout: …" (processes.Watchdog); one stuck where it cannot be interrupted is FAILED by
     the watchdog's thread, which then ends this process (EXIT_TIMED_OUT). Either way, `work` does
     not queue it again in this sweep (timed_out_keys): a hang would only repeat."""
     from optimstudy.results.tables import objective_value  # on first use: it imports pandas
 
-    storage = queue.storage
-    if not start_trial(queue, study, trial, trial_id):
+    spec, storage, options = worker.spec, worker.queue.storage, worker.options
+    if not start_trial(worker.queue, study, trial, trial_id):
         return "duplicate"
     attrs = trial.user_attrs
     config, label = config_from_json(attrs[CONFIG]), attrs.get("optimizer")
     if attrs.get(SPACE):
-        sampled = {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
-                   for arg, (low, high, log) in attrs[SPACE].items()}
-        config = replace(config, lr=sampled.pop("lr", config.lr), opt={**config.opt, **sampled})
+        config = with_sampled(config, {arg: trial.suggest_float(f"{label}.{arg}", low, high, log=log)
+                                       for arg, (low, high, log) in attrs[SPACE].items()})
     else:
         trial.suggest_float(f"{label}.lr", config.lr, config.lr, log=True)  # the queued value, as the trial's param
-    config = replace(config, threads=threads or config.threads)
+    config = replace(config, threads=options.threads or config.threads)
 
     on_eval, tags = trial_hooks(spec, trial, config)
 
     def fail_stuck(reason):  # from the watchdog's thread, before it ends this process
         fail_trial(study, trial, f"{TrialTimeout.__name__}: {reason}")
 
-    watchdog = Watchdog(trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck], what=f"trial {trial.number}",
-                        last_resort=last_resort)
+    watchdog = Watchdog(options.trial_timeout_s, stall_timeout_s(), on_stuck=[fail_stuck],
+                        what=f"trial {trial.number}", last_resort=worker.last_resort)
     try:
         with Heartbeat(storage, trial_id), watchdog:
-            history, _ = execute(config, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
+            history, _ = execute(config, worker.tracking, data_dir=options.data_dir,
+                                 parent_run_id=options.parent_run_id, tags=tags,
                                  on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
                                  watchdog=watchdog)
     except Stop as stop:
@@ -407,6 +398,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
         tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment(
             spec.name, artifact_location(tracking_uri, spec.name)))
+    worker = Worker(spec, queue, options, tracking, last_resort)
     while stop is None or not stop.is_set():
         claimed = queue.take()
         if claimed is None:
@@ -424,12 +416,8 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
             if spec.stack_seeds:  # the other seeds of its configuration, to train as one stack
                 limit = spec.max_stack or max_stack(trial.user_attrs.get("device") or "cpu")
                 group += queue.take_siblings(trial.user_attrs, limit - 1)
-            if len(group) > 1:
-                states = run_stacked_trials(spec, queue, group, tracking, options.parent_run_id, options.data_dir,
-                                            options.threads, options.trial_timeout_s, last_resort)
-            else:
-                states = [run_trial(spec, queue, study, trial, trial_id, tracking, options.parent_run_id,
-                                    options.data_dir, options.threads, options.trial_timeout_s, last_resort)]
+            states = (run_stacked_trials(worker, group) if len(group) > 1
+                      else [run_trial(worker, study, trial, trial_id)])
         except KeyboardInterrupt:  # also when it came before run_trial could record it
             for _, _, taken_id in group:
                 fail_if_running(storage, taken_id, INTERRUPTED)

@@ -116,6 +116,7 @@ def _serve(fd: int) -> int:
         if not chunk:
             return 0
         line += chunk
-    from optimstudy.sweep.trials import WorkerOptions, worker_main  # on first use: it imports optuna, torch
+    from optimstudy.sweep.options import WorkerOptions
+    from optimstudy.sweep.trials import worker_main  # on first use: it imports optuna, torch
 
     return worker_main([replace(WorkerOptions.from_json(line), alive_fd=fd).to_json()])
