@@ -81,6 +81,17 @@ def cli():
     return run_cli
 
 
+def write_tiny_spec(folder: Path, name: str, steps: int = 40, seeds=(0, 1), optimizers=None) -> Path:
+    """FOLDER/NAME.toml: a linreg sweep small enough for a test, each optimizer label with its grid
+    of learning rates (default: sgd at 0.01 and 0.1). Returns its path."""
+    lines = [f'name = "{name}"', 'problem = "linreg"', f"steps = {steps}", f"seeds = {list(seeds)}"]
+    for label, lrs in (optimizers or {"sgd": [0.01, 0.1]}).items():
+        lines += [f"[optimizers.{label}]", f"lr = {lrs}"]
+    path = Path(folder) / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def pytest_configure(config):
     """Ctrl-C as a terminal sends it. A suite started as a background job (`cmd &` in a script) inherits
     SIGINT ignored, and so would every optimstudy process the tests start, which then could not be

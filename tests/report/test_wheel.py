@@ -13,19 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
-SPEC = """
-name = "wheel"
-problem = "linreg"
-steps = 30
-seeds = [0, 1]
-[optimizers.sgd]
-lr = [0.01, 0.1]
-[optimizers.adam]
-lr = [0.01, 0.1]
-"""
 
 
 @pytest.mark.slow
@@ -49,7 +40,7 @@ def test_an_installed_wheel_runs_a_sweep_and_draws_the_report_figures(tmp_path):
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    (scratch / "wheel.toml").write_text(SPEC)
+    write_tiny_spec(scratch, "wheel", steps=30, optimizers={"sgd": [0.01, 0.1], "adam": [0.01, 0.1]})
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)  # before site-packages, where the checkout's editable install points
 

@@ -7,26 +7,16 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
 import optuna
 import pytest
+from conftest import write_tiny_spec
 from optuna.trial import TrialState
 
 from optimstudy.tracking.reader import load_runs
 
-SPEC = """
-name = "{name}"
-problem = "linreg"
-steps = 100
-seeds = [0, 1, 2]
-[optimizers.sgd]
-lr = [0.01, 0.1]
-[optimizers.adam]
-lr = [0.001, 0.01]
-"""
 CONFIGURATIONS = 12
 
 
@@ -61,8 +51,8 @@ def assert_exactly_once(study, summaries, tracking_uri, name):
 
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_on_a_fresh_local_store(tmp_path, cli):
-    spec = tmp_path / "together.toml"
-    spec.write_text(textwrap.dedent(SPEC.format(name="together")))
+    spec = write_tiny_spec(tmp_path, "together", steps=100, seeds=(0, 1, 2),
+                           optimizers={"sgd": [0.01, 0.1], "adam": [0.001, 0.01]})
     summaries = run_together(spec, [tmp_path, tmp_path])  # same folder: the same fresh ./mlruns
     journal = tmp_path / "mlruns" / "optuna" / "together.journal"
     study = optuna.load_study(study_name="together", storage=optuna.storages.JournalStorage(
@@ -110,8 +100,8 @@ def mlflow_server(tmp_path, postgres_database):
 def test_two_machines_start_at_once_on_postgresql_and_an_mlflow_server(tmp_path, postgres_database, mlflow_server,
                                                                       cli):
     optuna_url = postgres_database()  # a fresh database: the two commands also race to create Optuna's tables
-    spec = tmp_path / "shared.toml"
-    spec.write_text(textwrap.dedent(SPEC.format(name="shared")))
+    spec = write_tiny_spec(tmp_path, "shared", steps=100, seeds=(0, 1, 2),
+                           optimizers={"sgd": [0.01, 0.1], "adam": [0.001, 0.01]})
     machines = []
     for index in range(2):  # two "machines": separate folders, the same storage and tracking server
         machines.append(tmp_path / f"machine{index}")

@@ -11,18 +11,9 @@ import time
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import run_cli, write_tiny_spec
 from optuna.trial import TrialState
 from test_reliability import wait_for
-
-SPEC = """
-name = "orphans"
-problem = "linreg"
-steps = 20000
-seeds = [0, 1]
-[optimizers.sgd]
-lr = [0.01, 0.1]
-"""
 
 
 def alive(pid: int) -> bool:
@@ -38,7 +29,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="a parent-death signal is Linux's (elsewhere workers stop "
                                                     "after their trial)")
 def test_kill_9_of_a_sweeps_group_leaves_no_worker_and_a_resume_at_once_succeeds(tmp_path):
-    (tmp_path / "orphans.toml").write_text(SPEC)
+    write_tiny_spec(tmp_path, "orphans", steps=20000)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "orphans.toml", "--workers", "2",
                               "--storage", storage], cwd=tmp_path, start_new_session=True,
@@ -78,7 +69,7 @@ def test_kill_9_of_a_sweeps_group_leaves_no_worker_and_a_resume_at_once_succeeds
 
 @pytest.mark.slow
 def test_a_locked_sqlite_storage_is_waited_for_with_one_line(tmp_path):
-    (tmp_path / "locked.toml").write_text(SPEC.replace("orphans", "locked").replace("steps = 20000", "steps = 20"))
+    write_tiny_spec(tmp_path, "locked", steps=20)
     database = tmp_path / "optuna.db"
     storage = f"sqlite:///{database}"
     assert run_cli("sweep", "locked.toml", "--storage", storage, cwd=tmp_path, timeout=300).returncode == 0

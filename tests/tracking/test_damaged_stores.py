@@ -6,20 +6,12 @@ One real sweep makes the stores; each test damages its own copy.
 """
 import os
 import shutil
-import textwrap
 
 import optuna
 import pytest
+from conftest import write_tiny_spec
 from optuna.trial import TrialState
 
-SPEC = """
-name = "damaged"
-problem = "linreg"
-steps = 40
-seeds = [0, 1]
-[optimizers.sgd]
-lr = [0.01, 0.1]
-"""
 CONFIGURATIONS = 4
 
 
@@ -29,7 +21,7 @@ def swept(tmp_path_factory):
     from conftest import run_cli
 
     folder = tmp_path_factory.mktemp("swept")
-    (folder / "damaged.toml").write_text(textwrap.dedent(SPEC))
+    write_tiny_spec(folder, "damaged", steps=40)
     run_cli("sweep", "damaged.toml", cwd=folder, check_exit=0)
     return folder
 

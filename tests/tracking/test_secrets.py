@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -22,16 +21,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from conftest import missing
-
-SPEC = """
-name = "secretive"
-problem = "linreg"
-steps = 60
-seeds = [0, 1]
-[optimizers.sgd]
-lr = [0.01, 0.1]
-"""
+from conftest import missing, write_tiny_spec
 
 
 @pytest.fixture
@@ -120,7 +110,7 @@ def test_the_store_password_appears_in_no_output_file_tag_or_command_line(tmp_pa
     optuna_url, mlflow_url, password = private_databases
     secret = password.encode()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url, "OPTIMSTUDY_STORAGE": optuna_url}
-    (tmp_path / "secretive.toml").write_text(textwrap.dedent(SPEC))
+    write_tiny_spec(tmp_path, "secretive", steps=60)
     outputs = []
 
     def optimstudy(*args, until=None):
@@ -211,8 +201,7 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
         typed_optuna, typed_mlflow = (url.replace(quote(password, safe=""), password)
                                       for url in (optuna_url, mlflow_url))
         assert typed_mlflow.count("@") == 2 and unquote(mlflow_url).count(password) == 1
-        (tmp_path / "secretive.toml").write_text(textwrap.dedent(SPEC).replace("seeds = [0, 1]", "seeds = [0]")
-                                                 .replace("[0.01, 0.1]", "[0.1]"))
+        write_tiny_spec(tmp_path, "secretive", steps=60, seeds=(0,), optimizers={"sgd": [0.1]})
 
         def optimstudy(*args, **variables):
             done = subprocess.run([sys.executable, "-m", "optimstudy", *args], cwd=tmp_path, capture_output=True,

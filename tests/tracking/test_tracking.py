@@ -45,12 +45,10 @@ def shared_store(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tracking_uri, monkeypatch):
-    """A fresh store, for tests that read all of it (every point counted: no system metrics)."""
-    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
-    ensure_store(tracking_uri)
-    yield tracking_uri
-    stop_writers()
+def store(store):
+    """The store (tests/tracking/conftest.py), created."""
+    ensure_store(store)
+    return store
 
 
 def points(client, run_id, key):

@@ -10,14 +10,13 @@ import os
 import sqlite3
 import time
 
-import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from optimstudy.tracking.client import ensure_store, experiment_id
 from optimstudy.tracking.mlflow_logger import MlflowLogger
 from optimstudy.tracking.writer import URI_VARIABLE
-from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections, start_writer, stop_writers
+from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections, start_writer
 
 POINTS = {  # name -> values by step: NaN, ±inf, a repeated step, a step logged out of order
     "loss": [(0, 2.5), (1, float("nan")), (2, float("inf")), (3, -float("inf")), (5, 0.25), (4, 0.5)],
@@ -27,13 +26,6 @@ PARAMS = {"lr": "0.1", "optimizer": "sgd", "note": "None"}
 DATASET = {"name": "mnist", "digest": "0123abcd", "source_type": "local", "source": "/data/MNIST",
            "profile": {"shapes": {"train": [8000, 1, 28, 28]}, "classes": 10}}
 TAGS = {"optimstudy.kind": "trial", "mlflow.user": "tester"}
-
-
-@pytest.fixture
-def store(tracking_uri, monkeypatch):
-    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
-    yield tracking_uri
-    stop_writers()
 
 
 def table(tracking_uri, sql, run_id):

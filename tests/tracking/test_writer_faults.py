@@ -10,12 +10,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
 import optuna
 import pytest
+from conftest import write_tiny_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -25,14 +25,6 @@ from optimstudy.tracking.client import ensure_store
 from optimstudy.tracking.connectivity import sqlite_path
 from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
 from optimstudy.tracking.writer_handle import StoreError, WriterStalled, start_writer, stop_writers
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")  # no sampler thread in the writer: less CPU per test
-    (tmp_path / "mlruns").mkdir()
-    yield f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    stop_writers()
 
 
 def open_run(store: str, experiment: str) -> MlflowLogger:
@@ -183,14 +175,6 @@ def test_a_trial_failed_by_its_writer_is_queued_again_with_its_parameters_once(t
     assert again.system_attrs["fixed_params"] == {"sgd.lr": 0.1}  # the same configuration runs again
 
 
-SPEC = """
-    name = "writer-killed"
-    problem = "linreg"
-    steps = 4000
-    seeds = [0, 1]
-    [optimizers.sgd]
-    lr = [0.01, 0.1]
-"""
 
 
 def journal(folder):
@@ -222,8 +206,7 @@ def running_with_steps(folder) -> bool:
 
 @pytest.mark.slow
 def test_a_writer_killed_mid_sweep_is_replaced_and_every_trial_completes_in_that_sweep(tmp_path, monkeypatch, capsys):
-    spec = tmp_path / "writer-killed.toml"
-    spec.write_text(textwrap.dedent(SPEC))
+    spec = write_tiny_spec(tmp_path, "writer-killed", steps=4000)
     sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", spec, "--workers", "2"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
