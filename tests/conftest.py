@@ -5,20 +5,11 @@ CI sets OPTIMSTUDY_REQUIRE_FIXTURES=1 so that a missing fixture fails instead.
 """
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-
-REQUIRED = os.environ.get("OPTIMSTUDY_REQUIRE_FIXTURES") == "1"
-
-
-def missing(reason: str):
-    if REQUIRED:
-        pytest.fail(f"{reason} (OPTIMSTUDY_REQUIRE_FIXTURES=1: CI must not skip this)")
-    pytest.skip(reason)
+from helpers import missing, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -66,30 +57,9 @@ def postgres_database(postgres_server):
     admin.dispose()
 
 
-def run_cli(*args, cwd=None, env=None, timeout=300, check_exit=None):
-    """Run `python -m optimstudy ARGS` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "optimstudy", *map(str, args)], cwd=cwd, env=full_env,
-                            capture_output=True, text=True, timeout=timeout)
-    if check_exit is not None:
-        assert result.returncode == check_exit, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
-    return result
-
-
 @pytest.fixture
 def cli():
     return run_cli
-
-
-def write_tiny_spec(folder: Path, name: str, steps: int = 40, seeds=(0, 1), optimizers=None) -> Path:
-    """FOLDER/NAME.toml: a linreg sweep small enough for a test, each optimizer label with its grid
-    of learning rates (default: sgd at 0.01 and 0.1). Returns its path."""
-    lines = [f'name = "{name}"', 'problem = "linreg"', f"steps = {steps}", f"seeds = {list(seeds)}"]
-    for label, lrs in (optimizers or {"sgd": [0.01, 0.1]}).items():
-        lines += [f"[optimizers.{label}]", f"lr = {lrs}"]
-    path = Path(folder) / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def pytest_configure(config):

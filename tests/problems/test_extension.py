@@ -92,6 +92,7 @@ def finished_runs(tracking_uri: str, experiment: str):
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_a_user_problem_in_a_scratch_folder_runs_sweeps_and_reports(scratch):
     store = f"sqlite:///{scratch / 'mlruns' / 'mlflow.db'}"
     run = optimstudy("run", "--problem", "userproblems:blobs", "--optimizer", "adam", "--lr", "0.01", "--steps",
@@ -398,6 +399,7 @@ def test_a_problem_factory_is_read_alike_by_the_run_and_by_the_report(scratch, m
 # ---- pytorch/examples' mnist recipe, as a spec, against the example's own loop -------------------
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_pytorch_mnist_example_matches_its_reference_loop(mnist_dir, tmp_path):
     import tomllib
 

@@ -793,6 +793,7 @@ def shrink(spec: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.study
 @pytest.mark.parametrize("index", range(len(readme_specs())))
 def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_path):
     spec = tmp_path / "readme.toml"

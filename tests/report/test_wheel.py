@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_spec
+from helpers import write_tiny_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

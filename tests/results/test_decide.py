@@ -213,6 +213,7 @@ lr = [0.01]
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_until_decided_adds_seeds_in_rounds_says_what_it_spent_and_resumes(tmp_path, cli):
     import json
 

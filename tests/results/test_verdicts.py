@@ -378,6 +378,7 @@ def false_winners_and_found_worse(verdicts: pd.DataFrame) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_end_to_end_no_false_winner_among_twins_and_the_worse_lr_found(tmp_path):
     verdicts = noise_study(tmp_path, problems=12)
     assert verdicts["problem"].nunique() == 12 and (verdicts["seeds"] == 5).all()

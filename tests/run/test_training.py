@@ -136,7 +136,7 @@ def test_list_commands(cli):
 
 
 def test_fashion_mnist_loads_from_debians_package(tmp_path):
-    from conftest import missing
+    from helpers import missing
 
     from optimstudy.problems.data import DEBIAN_FASHION_MNIST
 

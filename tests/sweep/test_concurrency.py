@@ -12,7 +12,7 @@ import urllib.request
 
 import optuna
 import pytest
-from conftest import write_tiny_spec
+from helpers import write_tiny_spec
 from optuna.trial import TrialState
 
 from optimstudy.tracking.reader import load_runs

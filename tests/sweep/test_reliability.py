@@ -328,8 +328,10 @@ def test_a_sweep_outlives_the_shell_that_started_it(cli, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c(cli, tmp_path, sig):
     name = f"signal-{sig.name.lower()}"
-    # 12 trials, ~12 s with two workers: the signal comes long before the sweep could end by itself
-    spec = spec_file(tmp_path, name, LONG.format(name=name).replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3, 4, 5]"))
+    # 12 trials of 40,000 steps, minutes with two workers: however busy the machine, the signal comes long
+    # before the sweep could end by itself (the test waits only until a trial is under way)
+    spec = spec_file(tmp_path, name, LONG.format(name=name).replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3, 4, 5]")
+                     .replace("steps = 8000", "steps = 40000"))
     process = start(["sweep", spec, "--workers", "2"], tmp_path)
     assert wait_for(lambda: first_running_trial_with_steps(tmp_path, name))
     workers = {t.user_attrs["pid"] for t in study(tmp_path, name).trials if "pid" in t.user_attrs}

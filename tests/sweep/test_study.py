@@ -52,7 +52,7 @@ def reduced_quickstart(folder: Path, steps: int) -> Path:
 
 @pytest.fixture(scope="module")
 def quickstart_frame(tmp_path_factory, mnist_dir):
-    from conftest import run_cli
+    from helpers import run_cli
 
     folder = tmp_path_factory.mktemp("quickstart")
     spec = reduced_quickstart(folder, steps=200)
@@ -80,6 +80,7 @@ def curve(frame, metric, **params):
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_forgetting_zero_grad_grows_the_gradient_and_ends_worse(quickstart_frame):
     mnist = quickstart_frame[(quickstart_frame["problem"] == "mnist_mlp") & (quickstart_frame["accumulate"] == 1)]
     bug = dict(optimizer="sgd", lr=0.1, zero_grad=False, batch_size=64)
@@ -90,6 +91,7 @@ def test_forgetting_zero_grad_grows_the_gradient_and_ends_worse(quickstart_frame
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_mean_error_fails_while_mse_reaches_the_optimum(quickstart_frame):
     linreg = quickstart_frame[quickstart_frame["problem"] == "linreg"]
     assert final(linreg, "final_excess_loss", optimizer="sgd", lr=0.1, loss="mse") < 1e-2
@@ -102,6 +104,7 @@ def test_mean_error_fails_while_mse_reaches_the_optimum(quickstart_frame):
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_too_large_diverges_too_small_barely_moves_the_middle_converges(quickstart_frame):
     linreg = quickstart_frame[(quickstart_frame["problem"] == "linreg") & (quickstart_frame["loss"] == "mse")]
     sgd = linreg[linreg["optimizer"] == "sgd"]
@@ -113,6 +116,7 @@ def test_too_large_diverges_too_small_barely_moves_the_middle_converges(quicksta
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_adam_and_sgd_converge_at_their_own_best_lr_and_the_best_lrs_differ(quickstart_frame):
     mnist = quickstart_frame[(quickstart_frame["problem"] == "mnist_mlp") & (quickstart_frame["zero_grad"])
                              & (quickstart_frame["accumulate"] == 1)]

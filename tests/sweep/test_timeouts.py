@@ -12,7 +12,7 @@ import time
 
 import optuna
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 

@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import run_cli, write_tiny_spec
+from helpers import run_cli, write_tiny_spec
 from optuna.trial import TrialState
 from test_reliability import wait_for
 

@@ -9,7 +9,7 @@ import shutil
 
 import optuna
 import pytest
-from conftest import write_tiny_spec
+from helpers import write_tiny_spec
 from optuna.trial import TrialState
 
 CONFIGURATIONS = 4
@@ -18,7 +18,7 @@ CONFIGURATIONS = 4
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A folder holding a finished sweep's spec, journal and MLflow store."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     folder = tmp_path_factory.mktemp("swept")
     write_tiny_spec(folder, "damaged", steps=40)

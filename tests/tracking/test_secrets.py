@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from conftest import missing, write_tiny_spec
+from helpers import missing, write_tiny_spec
 
 
 @pytest.fixture

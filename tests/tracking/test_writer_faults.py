@@ -15,7 +15,7 @@ import time
 
 import optuna
 import pytest
-from conftest import write_tiny_spec
+from helpers import write_tiny_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
