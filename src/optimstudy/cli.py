@@ -220,7 +220,7 @@ def main(argv=None) -> int:
 
 
 def cmd_run(args) -> int:
-    from optimstudy.run.command import run  # on first use: light; it imports torch once the writer runs
+    from optimstudy.run.command import RunOptions, run  # on first use: light; it imports torch once the writer runs
 
     fields = dict(problem=args.problem, optimizer=args.optimizer, lr=args.lr, opt=args.opt, rest=args.rest,
                   epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
@@ -229,10 +229,10 @@ def cmd_run(args) -> int:
                   update_norm_every=args.update_norm_every, schedule=args.schedule, schedule_args=args.schedule_arg,
                   schedule_every=args.schedule_every, shuffle=not args.no_shuffle, val_fraction=args.val_fraction,
                   split_seed=args.split_seed, vary=args.vary, compile=args.compile)
-    return run(fields, seeds=args.seeds, stack_seeds=args.stack_seeds, max_stack=args.max_stack,
-               data_dir=args.data_dir, save_model=args.save_model, as_json=args.json,
-               trial_timeout_s=args.trial_timeout, tracking_uri=args.tracking_uri, experiment=args.experiment,
-               track=not args.no_track)
+    return run(fields, RunOptions(seeds=args.seeds, stack_seeds=args.stack_seeds, max_stack=args.max_stack,
+                                  data_dir=args.data_dir, save_model=args.save_model, as_json=args.json,
+                                  trial_timeout_s=args.trial_timeout, track=not args.no_track,
+                                  tracking_uri=args.tracking_uri, experiment=args.experiment))
 
 
 def cmd_list(args) -> int:

@@ -29,45 +29,45 @@ from optimstudy.tracking.writer_handle import start_writer, stop_writers
 class RunOptions:
     """What `optimstudy run` was asked besides the configuration: its other flags."""
     seeds: str | None = None  # --seeds as typed: "0,1,2", "0-7"; None: the configuration's one seed
-    seed_list: tuple[int, ...] | None = None  # the seeds of `seeds` (parse_seeds)
     stack_seeds: bool = False  # train the seeds together as one batched model, where the optimizer allows
     max_stack: int | None = None  # at most this many seeds in one stack; None: runner.execute_seeds's default
     data_dir: str | None = None  # None: $OPTIMSTUDY_DATA_DIR, else ~/.cache/optimstudy/data
     save_model: bool = False
     as_json: bool = False  # print one JSON object as the last line
     trial_timeout_s: float | None = None  # None: no limit but the stall guard ($OPTIMSTUDY_STALL_TIMEOUT_S)
+    track: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db
+    experiment: str | None = None  # None: DEFAULT_EXPERIMENT
+    seed_list: tuple[int, ...] | None = None  # the seeds of `seeds`, once checked (run)
 
 
-def run(fields: dict, *, seeds: str | None = None, stack_seeds: bool = False, max_stack: int | None = None,
-        data_dir: str | None = None, save_model: bool = False, as_json: bool = False,
-        trial_timeout_s: float | None = None, tracking_uri: str | None = None, experiment: str | None = None,
-        track: bool = True) -> int:
+def run(fields: dict, options: RunOptions | None = None) -> int:
     """Train, record and summarise; returns the exit code (0). `fields`: RunConfig's keyword arguments
     as the flags give them: `opt`, `rest` and `schedule_args` as lists of KEY=VALUE text (--opt, --rest,
-    --schedule-arg); `seed` None: 0, or each of `seeds`; `update_norm_every` None: RunConfig's default."""
+    --schedule-arg); `seed` None: 0, or each of `options.seeds`; `update_norm_every` None: RunConfig's default."""
+    options = options or RunOptions()
+    seeds, seed = options.seeds, fields.get("seed")
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    seed = fields.get("seed")
     if seed_list is not None and seed is not None:
         raise UsageError(f"give --seed {seed} or --seeds {seeds}, not both (--seeds 0,1,2 makes one run per seed)")
-    if stack_seeds and seed_list is None:
+    if options.stack_seeds and seed_list is None:
         raise UsageError("--stack-seeds needs several seeds: --seeds 0,1,2 (or 0-7)")
     for flag, value in (("--batch-size", fields.get("batch_size")), ("--accumulate", fields.get("accumulate")),
-                        ("--max-stack", max_stack)):
+                        ("--max-stack", options.max_stack)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    check_trial_timeout(trial_timeout_s)
+    check_trial_timeout(options.trial_timeout_s)
     stall_timeout_s()  # a bad OPTIMSTUDY_STALL_TIMEOUT_S: exit 2 now
-    options = RunOptions(seeds, None if seed_list is None else tuple(seed_list), stack_seeds, max_stack, data_dir,
-                         save_model, as_json, trial_timeout_s)
-    if not track:
+    options = replace(options, seed_list=None if seed_list is None else tuple(seed_list))
+    if not options.track:
         return _run(fields, options, None)
 
-    tracking_uri = resolve_tracking_uri(tracking_uri)
+    tracking_uri = resolve_tracking_uri(options.tracking_uri)
     # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
     # it opens the store only when ensure_store asks, so bad input found before leaves none behind
     start_writer(tracking_uri)
     try:
-        return _run(fields, options, (tracking_uri, experiment or DEFAULT_EXPERIMENT))
+        return _run(fields, options, (tracking_uri, options.experiment or DEFAULT_EXPERIMENT))
     finally:
         stop_writers(wait=False)
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from optimstudy import results
@@ -162,21 +162,19 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     before = trial_counts(study)
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds and not spec.decide:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
-    worker_options = options.for_workers(spec, parent_run_id)
-    deaths, status, pids = [], "FAILED", {os.getpid()}  # pids: this command's workers
+    crew = Crew(spec, study, options.for_workers(spec, parent_run_id), options.workers, pool, options.restart_argv)
+    deaths, status = [], "FAILED"
     refused = None  # the StoreError that stopped the sweep
     try:
-        deaths += run_phase(spec, study, worker_options, options.workers, spec.name, planned, pids, pool,
-                            restart_argv=options.restart_argv)
+        deaths += run_phase(crew, spec.name, planned)
         confirm = confirm_plan(spec, best_to_confirm(spec, study, tracking_uri))
         if confirm:
             with planning_lock(url, spec.name):
                 queued = enqueue_missing(study, confirm, (spec.metric, spec.direction))
             if queued or trial_counts(study)["waiting"]:
-                deaths += run_phase(spec, study, worker_options, options.workers, f"{spec.name} confirm", confirm,
-                                    pids, pool, restart_argv=options.restart_argv)
+                deaths += run_phase(crew, f"{spec.name} confirm", confirm)
         if spec.decide:
-            deaths += decide_rounds(spec, study, worker_options, options.workers, pids, pool, options.restart_argv)
+            deaths += decide_rounds(crew)
         status = "FINISHED"
     except StoreError as error:  # every further trial would fail the same way: stop, and say so
         refused = error
@@ -206,7 +204,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
               spec.description or f"optimstudy sweep of {markdown_text(spec.path)}")
-    new = sum(t.user_attrs.get("pid") in pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    new = sum(t.user_attrs.get("pid") in crew.pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     verdicts = outcome.verdicts.to_dict("records")
     print(format_table(summary, verdicts, spec, outcome.answers.to_dict("records")))
@@ -314,20 +312,34 @@ def ensure_parent_run(spec: Spec, study, tracking_uri: str, added: list[str]) ->
     return run_id
 
 
-def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, label: str, planned, pids: set,
-              pool: list, restart_argv=None) -> list[str]:
-    """Run the queue to empty with up to `workers` workers (their pids added to `pids`); returns a
-    line per worker that died.
+@dataclass
+class Crew:
+    """What every phase of one sweep command runs with: the study, each worker's options, how many
+    workers, the forked ones still to hand out (workers.py) and every worker process started (pids)."""
+    spec: Spec
+    study: object
+    worker_options: WorkerOptions
+    workers: int
+    pool: list
+    restart_argv: tuple | None = None  # SweepOptions.restart_argv
+    pids: set = field(default_factory=lambda: {os.getpid()})
+
+
+def run_phase(crew: Crew, label: str, planned) -> list[str]:
+    """Run the queue to empty with up to `crew.workers` workers (their pids added to `crew.pids`);
+    returns a line per worker that died.
 
     This process is one of the workers (it has imported torch and loaded the data already); the
-    others come from `pool` (forked at start-up, see workers.py) while it lasts, else they are
+    others come from `crew.pool` (forked at start-up, see workers.py) while it lasts, else they are
     fresh processes, started first so that their start-up overlaps our work.
     """
+    spec, study, worker_options, pool = crew.spec, crew.study, crew.worker_options, crew.pool
+    restart_argv = crew.restart_argv
     total = trial_counts(study)
     todo = total["waiting"]
     if todo == 0:
         return []
-    workers = min(workers, todo)  # more would only start, find the queue empty and exit
+    workers = min(crew.workers, todo)  # more would only start, find the queue empty and exit
     threads = worker_options.threads or default_threads(workers)
     print(f"{label}: {todo} trials to run with {workers} worker{'s' if workers > 1 else ''} "
           f"({threads} torch thread{'s' if threads > 1 else ''} each)", file=sys.stderr, flush=True)
@@ -352,7 +364,7 @@ def run_phase(spec: Spec, study, worker_options: WorkerOptions, workers: int, la
             others.append(subprocess.Popen([sys.executable, "-m", "optimstudy.sweep.trials"], pass_fds=[alive_read],
                                            start_new_session=True, env={**os.environ, WORKER_OPTIONS: fresh}))
     os.close(alive_read)
-    pids.update(p.pid for p in others)
+    crew.pids.update(p.pid for p in others)
     try:
         with progress_bar(label, unit="trial") as progress:
             def report(*_):
@@ -442,14 +454,14 @@ def best_trial_configs(study, best) -> list[tuple]:
     return picks
 
 
-def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int, pids: set, pool: list,
-                  restart_argv=None) -> list[str]:
+def decide_rounds(crew: Crew) -> list[str]:
     """Rounds of new seeds for the labels of every pair still open (results/rounds.py) until none is
     open, the time budget is spent or a round adds no seed; returns a line per worker that died. The
     parent run's tag declares the sequential design, so every verdict of the study is tested for it."""
     from optimstudy.results.rounds import seeds_wanted  # on first use: it imports pandas
     from optimstudy.results.sequential import DESIGN_METRIC  # on first use: it imports scipy
 
+    spec, study, worker_options = crew.spec, crew.study, crew.worker_options
     decide, tracking_uri = spec.decide, worker_options.tracking_uri
     update_run(tracking_uri, worker_options.parent_run_id, tags={TAG_DECIDE: decide.as_tag()},
                metrics={DESIGN_METRIC: decide.max_seeds})
@@ -477,5 +489,4 @@ def decide_rounds(spec: Spec, study, worker_options: WorkerOptions, workers: int
         labels = ", ".join(sorted({f"{label} ({w['problem']})" for w in wanted for label in [w["label"]]}))
         print(f"{spec.name} decide round {number}: {len(planned)} new seeds for the open pairs of {labels}",
               file=sys.stderr, flush=True)
-        deaths += run_phase(spec, study, worker_options, workers, f"{spec.name} decide round {number}", planned,
-                            pids, pool, restart_argv=restart_argv)
+        deaths += run_phase(crew, f"{spec.name} decide round {number}", planned)
