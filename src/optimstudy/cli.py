@@ -173,8 +173,9 @@ def entry() -> None:
 
 def exit_without_teardown(code: int | None) -> None:
     """Exit once atexit handlers have run and the streams are flushed, skipping the interpreter's
-    module-by-module teardown: with torch, MLflow and pandas loaded it takes ~1 s, at the end of
-    every command. With a non-daemon thread still alive, a normal exit, which waits for it."""
+    module-by-module teardown: with torch, MLflow and pandas loaded it is slow (docs/performance.md),
+    and it comes at the end of every command. With a non-daemon thread still alive, a normal exit,
+    which waits for it."""
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
     run_exit_handlers()
@@ -257,7 +258,7 @@ def cmd_sweep(args) -> int:
                            restart_argv=tuple(args.restart_argv) if args.restart_argv else None)
     if not options.dry_run:  # a server that is not there: say so in seconds, before the study's storage exists
         probe_store(options.tracking_uri)
-        # before the sweep imports torch (~2 s): the writer imports MLflow meanwhile, on the other core
+        # before the sweep imports torch, which takes seconds: the writer imports MLflow meanwhile, on the other core
         start_writer(options.tracking_uri, spares=max(0, options.workers - 1))
     from optimstudy.sweep.command import sweep  # on first use: it imports optuna, torch
 

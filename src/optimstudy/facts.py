@@ -1,8 +1,8 @@
 """What the report knows about a run's problem, without importing torch (pure Python).
 
-`optimstudy report` must not import torch (~0.5 GB and ~2.5 s), so what it needs about a
-problem is written into each run when it starts (run.runner.problem_tags) and read back
-from the store as run columns:
+`optimstudy report` must not import torch (its memory and import time: docs/performance.md),
+so what it needs about a problem is written into each run when it starts
+(run.runner.problem_tags) and read back from the store as run columns:
 
     optimstudy.problem.task          classification / binary / regression
     optimstudy.problem.default_loss  the loss the problem's target is stated in

@@ -80,9 +80,9 @@ def die_with_parent(parent_pid: int) -> bool:
 
 def quick_exit(code: int) -> None:
     """Flush the standard streams and end the process now, skipping the interpreter's teardown:
-    module by module it takes ~1 s with torch, MLflow and pandas loaded (~0.7 s for the writer's
-    MLflow and SQLAlchemy), which a user or a sweep would wait for. For a process whose work is
-    committed; the caller runs what must run first (atexit handlers: cli.exit_without_teardown)."""
+    module by module it is slow with torch, MLflow and pandas loaded (and with the writer's MLflow
+    and SQLAlchemy: docs/performance.md), which a user or a sweep would wait for. For a process
+    whose work is committed; the caller runs what must run first (atexit handlers: cli.exit_without_teardown)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -33,7 +33,7 @@ def add_trials(study, templates, count: int, chunk: int = 5000) -> None:
     on a journal storage `chunk` at a time, in one write each. `templates` may be a generator of
     `count` trials: made as they are written, they never all sit in memory at once.
 
-    Private: a JournalStorage writes (and fsyncs) one record per trial, ~3 ms each here, so queuing
+    Private: a JournalStorage writes (and fsyncs) one record per trial, each a slow fsync, so queuing
     100,000 trials took over 400 s; this writes the records Optuna's JournalStorage.create_new_trial
     writes (its `_write_log`, `_backend.append_logs`, `_sync_with_backend`, `_thread_lock`,
     `_replay_result.worker_id` and JournalOperation.CREATE_TRIAL), many per fsync. Any other

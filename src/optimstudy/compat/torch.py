@@ -14,8 +14,8 @@ def import_dynamo():
     """Import `torch._dynamo` now, in a process about to fork workers, so each starts with it.
 
     Private: torch's compiler module. Every torch optimizer imports it the first time it steps
-    (~1.2 s per process here); no public API loads it ahead. If it moves: an ImportError as a sweep
-    forks its workers; tests/compat/test_compat.py fails first."""
+    (a slow import, in every process); no public API loads it ahead. If it moves: an ImportError
+    as a sweep forks its workers; tests/compat/test_compat.py fails first."""
     import torch._dynamo  # only when asked: the import is what this function is for
 
     return torch._dynamo

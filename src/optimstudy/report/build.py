@@ -92,7 +92,7 @@ def _draw_one(index: int) -> Section:
 
 def _trim_heap() -> None:
     """Give the heap freed since reading the store back to the system (glibc keeps it): otherwise this
-    process and every fork of it keep it resident, ~70 MB each at 1M points."""
+    process and every fork of it each keep it resident (its size at 1M points: docs/performance.md)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim

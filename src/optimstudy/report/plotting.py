@@ -92,8 +92,9 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 # seaborn 0.13's "whitegrid" style with its "notebook" context at font_scale 0.85, copied (less its
-# image.cmap, a colormap only seaborn registers): importing seaborn costs the report ~1 s and ~60 MB
-# (it imports scipy.stats); tests/report/test_report.py checks the copy against seaborn.
+# image.cmap, a colormap only seaborn registers): importing seaborn costs the report time and memory
+# (it imports scipy.stats; docs/performance.md); tests/report/test_report.py checks the copy
+# against seaborn.
 WHITEGRID = {
     "figure.facecolor": "white", "axes.labelcolor": ".15", "xtick.direction": "out", "ytick.direction": "out",
     "xtick.color": ".15", "ytick.color": ".15", "axes.axisbelow": True, "grid.linestyle": "-", "text.color": ".15",

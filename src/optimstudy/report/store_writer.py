@@ -19,9 +19,10 @@ from optimstudy.tracking.parent_runs import log_report, set_notes
 class StoreWriter:
     """The report's one write to the store (the page attached to each sweep parent, their notes
     redrawn), on Linux from a process forked before the store is read: it imports MLflow and opens
-    the store on the other core while this one reads and draws. MLflow costs ~1 s to import and
-    open and ~0.7 s of interpreter teardown at exit, which a forked process skips (it leaves by
-    os._exit); this process never imports it (the reading goes straight to SQL)."""
+    the store on the other core while this one reads and draws. MLflow is slow to import and
+    open, and slow again in the interpreter's teardown at exit (docs/performance.md), which a
+    forked process skips (it leaves by os._exit); this process never imports it (the reading goes
+    straight to SQL)."""
 
     def __init__(self, tracking_uri: str, *, enabled: bool = True, in_process: bool = False):
         self.tracking_uri, self.enabled, self.process = tracking_uri, enabled, None

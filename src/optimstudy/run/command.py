@@ -6,10 +6,11 @@ MLflow (or not: --no-track), a summary line per run printed.
     # what `optimstudy run --problem linreg --optimizer adam --lr 0.1 --steps 200 --no-track` runs
 
 In this order, so that bad input costs seconds and the slow parts overlap: the flags are checked;
-the MLflow writer starts (it imports MLflow, ~1.5 s, on the other core; it opens the store only when
-ensure_store asks, so bad input found before leaves none behind); then, within the run's time limits
-(processes.Watchdog), torch is imported, the configuration resolved, the data loaded and the model
-checked, the store made ready, and the run trained (run.runner.execute; execute_seeds for --seeds).
+the MLflow writer starts (it imports MLflow, which is slow, on the other core; it opens the store
+only when ensure_store asks, so bad input found before leaves none behind); then, within the
+run's time limits (processes.Watchdog), torch is imported, the configuration resolved, the data
+loaded and the model checked, the store made ready, and the run trained (run.runner.execute;
+execute_seeds for --seeds).
 That order is why this module imports torch's side (problems/, run.config, run.runner) in functions.
 """
 import json
@@ -63,7 +64,7 @@ def run(fields: dict, options: RunOptions | None = None) -> int:
         return _run(fields, options, None)
 
     tracking_uri = resolve_tracking_uri(options.tracking_uri)
-    # the writer imports MLflow (~1.5 s) on the other core while we import torch and load the data;
+    # the writer imports MLflow, which is slow, on the other core while we import torch and load the data;
     # it opens the store only when ensure_store asks, so bad input found before leaves none behind
     start_writer(tracking_uri)
     try:

@@ -33,7 +33,7 @@ from optimstudy.run.loggers import Logger, NullLogger
 
 SYNC_EVERY = 50  # steps between host copies of the per-step metrics
 EVALS_A_RUN = 10  # the default cadence's evaluations a run, besides step 0 (default_eval_every)
-EVAL_BATCH = 1024  # examples per forward pass when evaluating (4096 took a CNN run to 1.2 GB)
+EVAL_BATCH = 1024  # examples per forward pass when evaluating (4096 took too much memory in a CNN run)
 
 
 @dataclass

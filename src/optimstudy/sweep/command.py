@@ -86,7 +86,7 @@ def sweep(spec_path, options: SweepOptions | None = None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
     options = options or SweepOptions()
     options = replace(options, tracking_uri=resolve_tracking_uri(options.tracking_uri))  # as given, else the default
-    if not options.dry_run:  # the writer imports MLflow (~1.5 s) on the other core while we read the spec and
+    if not options.dry_run:  # the writer imports MLflow, which is slow, on the other core while we read the spec and
         # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind.
         # Started already by the command line (then this finds it): for callers from Python.
         workers = options.workers

@@ -53,7 +53,7 @@ def enqueue_missing(study, planned: list[Planned], objective: tuple[str, str], s
         if item.key not in present:
             present.add(item.key)
             added.append(item)
-    # what Study.enqueue_trial queues, made as they are written (many to a journal write: one fsync each, ~3 ms)
+    # what Study.enqueue_trial queues, made as they are written (many to a journal write: one slow fsync each)
     add_trials(study, (_queued_trial(item, objective) for item in added), len(added))
     return added
 
@@ -94,7 +94,7 @@ class Queue:
     One pass over the study's trials finds the waiting ones (lowest number first) and the
     configurations queued more than once; the worker then takes trials from that list, and reads
     the study again only once the list is used up. A pass per trial (Study.ask's way) made
-    taking a trial and checking it for twins cost ~10 ms more at 10,000 trials than at 100.
+    taking a trial and checking it for twins slower as the study grew (docs/performance.md).
     Taking stays atomic: WAITING -> RUNNING is a compare-and-set, and one that another worker won
     is skipped.
     """

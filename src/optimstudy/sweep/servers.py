@@ -45,7 +45,7 @@ def ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 500
     ensure_store(tracking_uri)
     url = ui_url(f"http://{host}:{port}", tracking_uri, experiment)
     # MLflow's job runner (8 processes, for GenAI jobs such as LLM judges) is of no use to training
-    # runs: without it the UI is up in ~6 s instead of 10-16 s on 2 cores. The variable overrides.
+    # runs: without it the UI is up much sooner on 2 cores (docs/performance.md). The variable overrides.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     return run_server(command, f"MLflow UI for {hide_passwords(tracking_uri)}\n  open {url}  (Ctrl-C stops it)",
                       env=env)

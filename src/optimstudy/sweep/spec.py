@@ -211,9 +211,9 @@ def config_key(config: RunConfig, label: str | None = None) -> str:
 
 
 def with_seed(config: RunConfig, seed: int) -> RunConfig:
-    """`config` with another seed, without building and checking it again (RunConfig's checks take
-    ~0.3 ms, and a seed changes nothing they check): for a planner whose seeds are checked already.
-    The copy shares the original's argument dicts, which nothing changes in place."""
+    """`config` with another seed, without building and checking it again (RunConfig's checks add up
+    over a large grid, and a seed changes nothing they check): for a planner whose seeds are
+    checked already. The copy shares the original's argument dicts, which nothing changes in place."""
     if seed == config.seed:
         return config
     copied = copy.copy(config)

@@ -10,7 +10,7 @@ training: that start-up is why 2 workers barely beat 1 on a short sweep. A fork 
 after those imports starts in milliseconds. The fork happens while the sweep is still a single
 thread with no OpenMP pool and no database connection, so the child inherits nothing that is
 unsafe across fork. The sweep's MLflow writer process is already starting: each child takes one
-of its spare connections (writer_handle.adopt_writer) instead of starting a writer of its own, ~1.5 s
+of its spare connections (writer_handle.adopt_writer) instead of starting a writer of its own, seconds
 of CPU that would compete with the first trials. Each child waits on a pipe for its orders: the
 worker options once the study is planned, or the pipe closing (not needed, or the sweep died).
 The same pipe then tells a running child that the sweep is gone.
@@ -103,7 +103,7 @@ def fork_workers(count: int) -> list[ForkedWorker]:
     import optimstudy.tracking.mlflow_logger  # noqa: F401  (the run's logger and MLflow's client module)
     from optimstudy.compat.torch import import_dynamo  # on first use: it imports torch
 
-    import_dynamo()  # every torch optimizer imports it as it first steps: ~1.2 s per process
+    import_dynamo()  # every torch optimizer imports it as it first steps: a slow import, in every process
     spares = spare_connections()  # the sweep's writer serves the workers too: one writer per machine
     return [ForkedWorker(spares[index] if index < len(spares) else None) for index in range(count)]
 

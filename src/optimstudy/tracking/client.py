@@ -45,9 +45,9 @@ def artifact_root(tracking_uri: str) -> str | None:
 def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> None:
     """Create the store once, before any worker starts: under a lock, so that two commands starting
     at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists").
-    With `writer` (started, see writer.py), the writer process creates it (~1.5 s of migrations on
-    the other core) and this process needs no MLflow; `client_here`: this process will use MLflow
-    too, and imports it meanwhile."""
+    With `writer` (started, see writer.py), the writer process creates it (MLflow's migrations,
+    seconds of them, on the other core) and this process needs no MLflow; `client_here`: this
+    process will use MLflow too, and imports it meanwhile."""
 
     probe_store(tracking_uri)  # seconds, not MLflow's minutes of silent retries, for a server that is not there
     path = sqlite_path(tracking_uri)
@@ -77,7 +77,7 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
                                         f"{str(error)[:300]}")) from None
 
 
-@functools.lru_cache(maxsize=8)  # one client per store and process: building one costs ~7 ms, per trial
+@functools.lru_cache(maxsize=8)  # one client per store and process, not one per trial: building one takes time
 def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient  # on first use: it imports mlflow
 
@@ -121,7 +121,7 @@ def param_text(value) -> str:
 def end_orphaned_runs(tracking_uri: str, run_ids, reason: str) -> list[str]:
     """End RUNNING runs whose process is gone as KILLED; returns the ids changed."""
     run_ids = list(run_ids)
-    if not run_ids:  # every worker asks when its queue runs dry: no client (~1 s of MLflow imports) for nothing
+    if not run_ids:  # every worker asks when its queue runs dry: no client (MLflow's slow imports) for nothing
         return []
     from mlflow.exceptions import MlflowException  # on first use: it imports mlflow
 

@@ -1,11 +1,11 @@
 """Is a tracking server or database there at all? Asked once, in seconds, before anything starts.
 
-MLflow retries a server it cannot reach for minutes before it says anything (measured here:
-~250 s for an `http://` URI on a closed port, ~107 s for `postgresql://` with nothing
-listening). A command should not wait that long to learn that a URI is wrong, so
-`probe_store` opens one TCP connection with a short timeout, then asks the server once
-(MLflow with no retries; the database with a connect timeout), and raises a UsageError that
-names the URI (password hidden: `hide_passwords`, the one place that hides them) and the reason.
+MLflow retries a server it cannot reach for minutes before it says anything (measured for an
+`http://` URI on a closed port and for `postgresql://` with nothing listening: docs/performance.md).
+A command should not wait that long to learn that a URI is wrong, so `probe_store` opens one
+TCP connection with a short timeout, then asks the server once (MLflow with no retries; the
+database with a connect timeout), and raises a UsageError that names the URI (password hidden:
+`hide_passwords`, the one place that hides them) and the reason.
 
     probe_store("http://127.0.0.1:5000")   # UsageError: ... cannot be reached: Connection refused ...
 """
@@ -135,7 +135,7 @@ def _ask_mlflow(tracking_uri: str, shown: str, timeout_s: float) -> None:
 
 
 def _ask_database(tracking_uri: str, shown: str, scheme: str, timeout_s: float) -> None:
-    """One connection: a wrong password or a missing database fails now, not after MLflow's ~100 s of retries."""
+    """One connection: a wrong password or a missing database fails now, not after MLflow's long retries."""
     import sqlalchemy  # on first use: it imports sqlalchemy
 
     connect_args = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "postgres", "mysql") else {}

@@ -11,11 +11,11 @@ Every report figure and every test that reads results goes through `load_runs`:
                    # and every param (lr, seed, batch_size as numbers)
 
 Text columns that repeat on every point (run_id, metric and the run columns) are categorical
-with compact=True, so 1M points of 500 runs take ~55 MB.
+with compact=True, so 1M points of 500 runs stay small (their size: docs/performance.md).
 
 On a SQL store (SQLite, PostgreSQL) runs, tags and params come from MLflow's tables in three
 queries and the points in one query per run, through the DB-API cursor: no MLflow import
-(~1 s with its store set-up), no Run objects, no run id string per point. A tracking server
+(slow, with its store set-up), no Run objects, no run id string per point. A tracking server
 (http://) is read through MlflowClient.
 """
 import contextlib
@@ -211,7 +211,7 @@ def _store_state(url: str) -> str:
 @contextlib.contextmanager
 def _sql_cursor(url: str):
     """(DB-API cursor, its placeholder) on the store's database: reading through MlflowClient costs
-    ~0.8 s of imports and store set-up, and its Run objects ~1 ms per run."""
+    MLflow's slow imports and store set-up, and its Run objects a cost per run (docs/performance.md)."""
     import sqlalchemy as sa  # on first use: it imports sqlalchemy
 
     engine = sa.create_engine(url)
@@ -287,8 +287,9 @@ def _metric_points(tracking_uri: str, run_ids: list[str], metrics=None) -> tuple
 def _metric_points_by_sql(url: str, run_ids: list[str], metrics=None) -> tuple:
     """What _metric_points returns, straight from MLflow's metrics table.
 
-    One query per run, through the DB-API cursor: no run id string per point (1M of them cost
-    ~0.6 s to make and match), and SQLAlchemy's row objects would cost 4 µs per point."""
+    One query per run, through the DB-API cursor: no run id string per point (1M of them are
+    slow to make and match), and SQLAlchemy's row objects would add a cost per point
+    (docs/performance.md)."""
     codes, keys, steps, values, key_names = [], [], [], [], {}
     with _sql_cursor(url) as (cursor, mark):
         where = f"run_uuid = {mark}"
