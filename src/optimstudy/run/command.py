@@ -1,8 +1,8 @@
 """`optimstudy run`: one configuration trained, or one run per seed of --seeds, each recorded in
 MLflow (or not: --no-track), a summary line per run printed.
 
-    from optimstudy.run.command import run
-    run({"problem": "linreg", "optimizer": "adam", "lr": 0.1, "steps": 200}, track=False)
+    from optimstudy.run.command import RunOptions, run
+    run({"problem": "linreg", "optimizer": "adam", "lr": 0.1, "steps": 200}, RunOptions(track=False))
     # what `optimstudy run --problem linreg --optimizer adam --lr 0.1 --steps 200 --no-track` runs
 
 In this order, so that bad input costs seconds and the slow parts overlap: the flags are checked;

@@ -24,6 +24,7 @@ import traceback
 from dataclasses import replace
 
 from optimstudy.processes import die_with_parent, quick_exit
+from optimstudy.sweep.options import WorkerOptions
 from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections
 
 _open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
@@ -116,7 +117,6 @@ def _serve(fd: int) -> int:
         if not chunk:
             return 0
         line += chunk
-    from optimstudy.sweep.options import WorkerOptions
     from optimstudy.sweep.trials import worker_main  # on first use: it imports optuna, torch
 
     return worker_main([replace(WorkerOptions.from_json(line), alive_fd=fd).to_json()])
