@@ -14,7 +14,9 @@ store, answered "ready"), then ("experiment", name, artifact_location) (answered
 ("create", run_id, run) (the run with its tags, params and data set, in one transaction, under an
 id the training process chose so that it never waits for it), ("open", run_id, system_metrics_s),
 ("metrics", run_id, points), ("artifact", run_id, path), ("end", run_id, status, tags) and
-("stop", None); answers ("ready"|"ok"|"error", run_id, detail).
+("stop", None); answers ("ready"|"ok"|"error", run_id, detail). ("group", None, messages): messages of
+the GROUPED kinds for several runs (a stack's seeds), stored in one transaction when they can be, else
+each as if sent alone.
 Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
 compared on (sql_writes.py: a fraction of log_batch's CPU); anywhere else through MLflow's client.
 When a training process dies, its socket closes and the runs it left open are ended as KILLED.
@@ -39,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 
 from optimstudy.processes import quick_exit
@@ -54,6 +57,7 @@ from optimstudy.tracking.sql_writes import FastWrites
 
 URI_VARIABLE = "OPTIMSTUDY_WRITER_TRACKING_URI"  # how the writer gets its tracking URI: never on argv
 BATCH_POINTS = 1000  # MLflow's log_batch takes at most 1,000 metrics per call
+GROUPED = ("create", "open", "metrics", "end")  # the kinds a ("group", None, messages) message holds
 # MLflow 3's UI opens an experiment as GenAI (traces, token usage) unless this tag says it holds
 # training runs; with it, the experiment opens on its runs table.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -229,11 +233,11 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
     uncreated: set[str] = set()  # runs whose "create" failed
     unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried again at the close
-    held = None  # a message read ahead while merging metric messages, handled next
+    pending = deque()  # messages handled next, in order: read ahead while merging metric messages, or a group's
     stepping = False  # whether a trainer has sent steps yet
 
     while True:
-        message, held = held or receive(conn), None
+        message = pending.popleft() if pending else receive(conn)
         if message is None or message[0] == "stop":
             # the training process is gone without closing its runs (KILLED), or stops after the store
             # refused to end them (ended now as it asked, if the store takes it now)
@@ -257,6 +261,28 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                 reply(conn, ("error", None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
             continue
         client, fast, ended_sampler = store.client, store.fast, None
+        if kind == "group":  # several runs' messages sent together (a stack's seeds)
+            parts = message[2]
+            if not stepping and any(part[0] == "metrics" for part in parts):
+                yield_cores_to_training()
+                stepping = True
+            if not stored_together(store, parts, lost.keys() | uncreated):
+                pending.extendleft(reversed(parts))  # each as if sent alone: its own retries, fallbacks and errors
+                continue
+            ended = []
+            for part in parts:
+                if part[0] == "end":
+                    open_runs.discard(part[1])
+                    fast.forget(part[1])
+                    reply(conn, ("ok", part[1], None))
+                    ended.append(part[1])
+                    continue
+                open_runs.add(part[1])
+                if part[0] == "open" and len(part) > 2 and part[2]:
+                    samplers[part[1]] = start_system_metrics(store.tracking_uri, part[1], part[2])
+            for run_id in ended:  # after the answers, as below
+                stop_system_metrics(samplers.pop(run_id, None))
+            continue
         with store.lock:
             try:
                 if kind == "create":  # the run, its tags and params in one transaction; the trainer does not wait
@@ -275,12 +301,12 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
                     open_runs.add(run_id)
                     points = list(message[2])
                     # behind? merge what is already waiting for the same run: one transaction, not many
-                    while len(points) < BATCH_POINTS and conn.poll():
-                        held = receive(conn)
-                        if held is None or held[0] != "metrics" or held[1] != run_id:
+                    while len(points) < BATCH_POINTS and (pending or conn.poll()):
+                        following = pending.popleft() if pending else receive(conn)
+                        if following is None or following[0] != "metrics" or following[1] != run_id:
+                            pending.appendleft(following)
                             break
-                        points.extend(held[2])
-                        held = None
+                        points.extend(following[2])
                     for start in range(0, len(points), BATCH_POINTS):
                         chunk = points[start:start + BATCH_POINTS]
                         if fast is None or not patiently(fast.log_metrics, run_id, chunk):
@@ -330,6 +356,21 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
         # after the answer, so the training process does not wait for it (~20 ms a run): the
         # last sample is stored into the ended run before the next message is read
         stop_system_metrics(ended_sampler)
+
+
+def stored_together(store: _Store, parts: list, refused) -> bool:
+    """Whether `parts` (GROUPED messages of several runs) were stored in one transaction (sql_writes.
+    FastWrites.write_together); False, with nothing stored, where any of them must go alone: an
+    unusual write, a run in `refused` (its creation or a batch failed), a store error (retried alone)."""
+    if store.fast is None or any(part[0] not in GROUPED or part[1] in refused for part in parts):
+        return False
+    writes = [(*part[:3], {key: str(value)[:5000] for key, value in part[3].items()}) if part[0] == "end" else part
+              for part in parts if part[0] != "open"]  # end tags as the "end" branch stores them
+    try:
+        with store.lock:
+            return store.fast.write_together(writes)
+    except Exception:  # a locked store, a full disk: each alone then, retried and reported as always
+        return False
 
 
 def reply(conn: Connection, message) -> None:

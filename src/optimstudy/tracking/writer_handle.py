@@ -5,6 +5,8 @@ ever blocking on it, and notice when it dies, stalls, or its store refuses a wri
     writer.wait_ready()                            # the store is open
     writer.send(("metrics", run_id, points), len(points))   # returns at once, whatever the writer does
     writer.store_error(run_id)                     # the writer's report on run_id, read without waiting
+    with writer.together():                        # a stack's runs: their messages in one frame, which
+        ...                                        #   the writer stores in one transaction
 
 Sends never block: what the writer's socket does not take now waits here, in order, and goes at the
 next send (a few microseconds: one non-blocking send). A writer that takes nothing for WARN_AFTER_S
@@ -13,6 +15,11 @@ gets one warning on stderr (its pid, the points and seconds waiting); past write
 WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~30k points) training waits for the writer (said once),
 within the same timeout. The answered calls (the store, an experiment, an artifact, a run's end) wait
 within it too.
+
+Several runs that move together (the seeds of a stack, run/stacked.py) send their messages
+`together()`: one frame, stored by the writer in one transaction, not one commit (an fsync, ~20 ms
+on this kind of machine) per run and message. They end together too: `end_run_ahead` sends each
+run's end at once, and each `end_run` then waits for its own answer, in turn.
 """
 import contextlib
 import os
@@ -23,13 +30,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
 
 from optimstudy.errors import UsageError
 from optimstudy.tracking.connectivity import hide_passwords
-from optimstudy.tracking.writer import URI_VARIABLE, DeletedExperiment
+from optimstudy.tracking.writer import GROUPED, URI_VARIABLE, DeletedExperiment
 
 # Longer than every wait the writer makes on purpose: MLflow retries a lost server for ~4 minutes,
 # the writer retries a locked SQLite store for 60 s (writer.LOCK_RETRY_S) after MLflow's own 20 s.
@@ -116,6 +124,11 @@ class _Writer:
         self.said_behind = False  # "training waits for the writer" is said once a process
         self.failure: WriterDied | None = None  # once dead or stalled: every later call raises it
         self.errors: dict[str, str] = {}  # run id -> the writer's first error report on it, read ahead
+        self.group: list | None = None  # inside together(): the GROUPED messages to send as one
+        self.group_points = 0
+        self.group_thread: int | None = None  # the thread in together(): another's sends (a watchdog's) go at once
+        self.ahead: dict[str, tuple] = {}  # run id -> its end, sent ahead: its answer is not read yet
+        self.early: dict[str, object] = {}  # run id -> the answer to a message sent ahead, read before its wait
         if conn is not None:  # a forked worker's connection to its parent's writer
             self.conn, self.pid = conn, pid
             return
@@ -135,6 +148,12 @@ class _Writer:
         """Queue `message` (holding `points` metric points) and pass on what the socket takes now."""
         if self.failure is not None:
             raise self.failure
+        if self.group is not None and threading.get_ident() == self.group_thread:
+            if message[0] in GROUPED:
+                self.group.append(message)
+                self.group_points += points
+                return
+            self._send_group()  # in order: what was collected goes first
         payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         frame = struct.pack("!i", len(payload)) + payload  # multiprocessing.connection's framing: the writer's recv()
         self.outbox.append((frame, points))
@@ -149,6 +168,34 @@ class _Writer:
         while self.waiting_bytes > MAX_WAITING_BYTES:  # bounded memory: wait for the writer (within the timeout)
             self._wait_writable()
             self._pass_on()
+
+    @contextlib.contextmanager
+    def together(self):
+        """The GROUPED messages sent inside (several runs': a stack's seeds) go as one frame when the
+        block ends, which the writer stores in one transaction; any other message sends them first."""
+        if self.group is not None:  # nested: the outer block sends them
+            yield
+            return
+        self.group, self.group_points, self.group_thread = [], 0, threading.get_ident()
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(WriterDied):  # the block's own exception is the one to raise
+                self._send_group()
+            raise
+        else:
+            self._send_group()
+        finally:
+            self.group, self.group_points = None, 0
+
+    def _send_group(self) -> None:
+        group, points = self.group, self.group_points
+        self.group, self.group_points = None, 0
+        try:
+            if group:
+                self.send(group[0] if len(group) == 1 else ("group", None, group), points)
+        finally:
+            self.group = []
 
     def _pass_on(self) -> None:
         moved = False
@@ -227,6 +274,8 @@ class _Writer:
                 kind, about, detail = self.conn.recv()
                 if kind == "error":
                     self.errors.setdefault(about, detail)
+                elif kind == "ok":
+                    self._keep_if_ahead(about, detail)
         except (EOFError, OSError):
             raise self._died() from None
         return self.errors.pop(run_id, None)
@@ -243,17 +292,35 @@ class _Writer:
         except (EOFError, OSError):
             raise self._died() from None
 
+    def _keep_if_ahead(self, run_id, detail) -> None:
+        if run_id in self.ahead:
+            self.early[run_id] = detail  # its own wait reads it here
+
     def _answered(self, message):
-        """Send `message` and wait for its answer; returns the answer's detail."""
+        """Send `message` (unless it was sent ahead) and wait for its answer; returns the answer's detail."""
         key = message[1]
-        self.send(message)
-        problems = []
-        while True:
+        sent = self.ahead.pop(key, None)
+        if sent is not None and sent != message:  # another message sent ahead for this run (it finished; now it
+            # fails): that answer first
+            with contextlib.suppress(StoreError):
+                self._answer(sent)
+            sent = None
+        if sent is None:
+            self.send(message)
+        return self._answer(message)
+
+    def _answer(self, message):
+        key, problems = message[1], []
+        while key not in self.early:
             kind, acked, detail = self._recv(f"not answered ({message[0]} {key})")
             if kind == "error":
                 problems.append(detail)
             elif kind == "ok" and acked == key:
                 break
+            elif kind == "ok":
+                self._keep_if_ahead(acked, detail)
+        else:
+            detail = self.early.pop(key)
         self.warned = False
         if problems:
             raise StoreError.refused(self.tracking_uri, f"{message[0]} {key}", problems[0])
@@ -281,6 +348,13 @@ class _Writer:
 
     def end_run(self, run_id: str, status: str, tags: dict) -> None:
         self._answered(("end", run_id, status, tags))
+
+    def end_run_ahead(self, run_id: str, status: str, tags: dict) -> None:
+        """Send the run's end now, without waiting; `end_run` with the same arguments then waits for its
+        answer instead of sending it again (a stack's runs end together: one transaction)."""
+        message = ("end", run_id, status, tags)
+        self.send(message)
+        self.ahead[run_id] = message
 
     def log_artifact(self, run_id: str, path: str) -> None:
         """Store the file at `path` with the run, once the writer has created the run; waits for it."""
