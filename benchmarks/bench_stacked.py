@@ -2,13 +2,16 @@
 
 Issue #30's comparison, on one torch thread: trials per second for 8 seeds of one configuration
 (Adam, 300 steps of batch 64), on a linreg-size model (the registry's `linreg`: 3 features, a
-linear model) and on the MNIST MLP (784-128-10). Two rows per model, each side interleaved with
+linear model) and on the MNIST MLP (784-128-10). Three rows per model, each side interleaved with
 the other and the medians compared:
 - whole command: `optimstudy run --seeds 0-7 [--stack-seeds] --threads 1`, a fresh process
   tracked into an existing MLflow store (process start-up, imports and the 8 runs' bookkeeping
-  included: what a user waits for);
+  included: what a user waits for). Beside them, interleaved, the same command for one seed of one
+  step: the start-up both sides pay once (imports, the data, the store), which bounds this ratio;
 - trials only: `runner.execute_seeds` in this process, untracked, after a warm-up (the training
-  itself, evaluations and final metrics included).
+  itself, evaluations and final metrics included);
+- trials, tracked: the same, tracked into the store (the writer started and the store open, as
+  after a command's start-up): what the 8 runs' MLflow bookkeeping adds to each side.
 
     python benchmarks/bench_stacked.py [--quick]
 """
@@ -36,7 +39,7 @@ def command_s(command: list[str], cwd: str, env: dict) -> dict:
     return {"wall_s": seconds}
 
 
-def in_process_s(problem: str, lr: float, stack: bool, data_dir: str | None) -> dict:
+def in_process_s(problem: str, lr: float, stack: bool, data_dir: str | None, tracking=None) -> dict:
     from optimstudy.run.config import RunConfig
     from optimstudy.run.runner import execute_seeds
 
@@ -44,7 +47,7 @@ def in_process_s(problem: str, lr: float, stack: bool, data_dir: str | None) -> 
                for seed in range(SEEDS)]
     said = []
     started = time.perf_counter()
-    execute_seeds(configs, None, stack=stack, max_stack=SEEDS, data_dir=data_dir, say=said.append)
+    execute_seeds(configs, tracking, stack=stack, max_stack=SEEDS, data_dir=data_dir, say=said.append)
     seconds = time.perf_counter() - started
     if said:
         raise SystemExit(f"{NAME}: not stacked: {said}")
@@ -63,28 +66,47 @@ def main(argv=None) -> dict:
         env["OPTIMSTUDY_DATA_DIR"] = data_dir
     import torch
 
+    from optimstudy.run.runner import Tracking
+    from optimstudy.tracking.client import ensure_store
+    from optimstudy.tracking.writer_handle import start_writer, stop_writers
+
     torch.set_num_threads(1)
     say(f"{NAME}: {SEEDS} seeds x {STEPS} Adam steps, stacked against one after another; {repeats} per side")
     rows, measured = [], {}
     with tempfile.TemporaryDirectory(prefix="optimstudy-stacked-") as folder:
+        tracking = Tracking(f"sqlite:///{folder}/mlruns/mlflow.db", "optimstudy")  # the commands' store
         for problem, model in MODELS.items():
             run = [sys.executable, "-m", "optimstudy", "run", "--problem", problem, "--optimizer", "adam",
                    "--lr", model["lr"], "--steps", str(STEPS), "--seeds", f"0-{SEEDS - 1}", "--threads", "1"]
+            start_up = run[:run.index("--steps")] + ["--steps", "1", "--threads", "1"]  # one seed, one step
             command_s(run, folder, env)  # the store exists from here on
             times = interleave({"stacked": lambda: command_s(run + ["--stack-seeds"], folder, env),
-                                "separate": lambda: command_s(run, folder, env)}, repeats=repeats, warmup=False)
+                                "separate": lambda: command_s(run, folder, env),
+                                "start-up": lambda: command_s(start_up, folder, env)}, repeats=repeats, warmup=False)
             inner = interleave({"stacked": lambda: in_process_s(problem, float(model["lr"]), True, data_dir),
                                 "separate": lambda: in_process_s(problem, float(model["lr"]), False, data_dir)},
                                repeats=repeats + 2)
-            for kind, found in (("whole command", times), ("trials only", inner)):
+            ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
+            tracked = interleave(
+                {"stacked": lambda: in_process_s(problem, float(model["lr"]), True, data_dir, tracking),
+                 "separate": lambda: in_process_s(problem, float(model["lr"]), False, data_dir, tracking)},
+                repeats=repeats + 2)
+            stop_writers()
+            start_up_s = median(times["start-up"]["wall_s"])
+            for kind, found in (("whole command", times), ("trials only", inner), ("trials, tracked", tracked)):
                 stacked, separate = median(found["stacked"]["wall_s"]), median(found["separate"]["wall_s"])
+                how = {"whole command": f"tracked, fresh process; start-up (the same command for one seed of one "
+                                        f"step) {start_up_s:.2f} s of the {separate:.2f} s, so at most "
+                                        f"{separate / start_up_s:.2f}x however fast the stack",
+                       "trials only": "untracked, in process",
+                       "trials, tracked": "tracked, in process: the writer started, the store open"}[kind]
                 rows.append(comparison(
                     f"stacked seeds: {SEEDS} seeds stacked / one after another, trials per second, {model['label']}, "
-                    f"{kind}", separate / stacked, model["target"], at_least=True,
+                    f"{kind}", separate / stacked, model["target"] if kind != "trials, tracked" else None,
+                    at_least=True,
                     context=f"{SEEDS / stacked:.2f} vs {SEEDS / separate:.2f} trials/s; {stacked:.2f} vs "
                             f"{separate:.2f} s; median of {len(found['stacked']['wall_s'])}; Adam, {STEPS} steps, "
-                            "batch 64, 1 thread"
-                            + ("; tracked, fresh process" if kind == "whole command" else "; untracked, in process")))
+                            f"batch 64, 1 thread; {how}"))
                 measured[f"{problem} {kind}"] = {side: spread(values["wall_s"]) for side, values in found.items()}
     settings = {"seeds": SEEDS, "steps": STEPS, "optimizer": "adam", "threads": 1, "repeats": repeats,
                 "models": MODELS}

@@ -182,6 +182,67 @@ def test_other_runs_than_seeds_of_one_configuration_are_not_stacked():
     assert prepare_stack(configs) == "the runs differ in more than their seed"
 
 
+def test_a_tracked_stack_ends_a_pruned_seeds_run_killed_and_the_others_finished(tracking_uri, monkeypatch):
+    """The runs end together (one frame, one transaction), each with the status a separate run ends with."""
+    from mlflow.tracking import MlflowClient
+
+    from optimstudy.errors import Stop
+    from optimstudy.run.runner import Tracking, execute_stack
+    from optimstudy.tracking.writer_handle import stop_writers
+
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
+
+    def prune_at_20(step, metrics):
+        if step == 20:
+            raise Stop("pruned at step 20")
+
+    configs = [RunConfig(problem="linreg", optimizer="adam", lr=0.01, steps=40, eval_every=10, seed=seed, threads=1)
+               for seed in (0, 1, 2)]
+    try:
+        results = execute_stack(prepare_stack(configs), Tracking(tracking_uri, "pruned"),
+                                on_evals=[None, prune_at_20, None])
+    finally:
+        stop_writers()
+    client = MlflowClient(tracking_uri)
+    runs = [client.get_run(run_id) for _, run_id in results]
+    assert [run.info.status for run in runs] == ["FINISHED", "KILLED", "FINISHED"]
+    assert runs[1].data.tags["optimstudy.pruned"] == "pruned at step 20"
+    assert "final_test_loss" not in runs[1].data.metrics and "final_test_loss" in runs[0].data.metrics
+    for history, run_id in results:
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
+        assert steps == history.steps
+
+
+def test_a_writer_killed_as_a_stack_ends_leaves_no_seeds_run_running(tracking_uri, monkeypatch):
+    """Every seed's run ends FAILED, saying why, whichever of the stack's writes meets the dead writer."""
+    from mlflow.tracking import MlflowClient
+
+    from optimstudy.run.runner import Tracking, execute_stack
+    from optimstudy.tracking.writer_handle import WriterDied, _writers, stop_writers
+
+    monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
+    started = []
+
+    def kill_the_writer(step, metrics):
+        if step == 60:  # the last evaluation: what is left is the final metrics and the ends
+            writer = _writers[tracking_uri].process
+            writer.kill()
+            writer.wait()
+
+    configs = [RunConfig(problem="linreg", optimizer="adam", lr=0.01, steps=60, eval_every=20, seed=seed, threads=1)
+               for seed in (0, 1, 2)]
+    try:
+        with pytest.raises(WriterDied, match="writer process exited"):
+            execute_stack(prepare_stack(configs), Tracking(tracking_uri, "killed"),
+                          on_evals=[kill_the_writer, None, None], on_starts=[started.append] * 3)
+    finally:
+        stop_writers(wait=False)
+    client = MlflowClient(tracking_uri)
+    for run_id in started:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and "writer process exited" in run.data.tags["optimstudy.error"]
+
+
 @pytest.mark.slow
 def test_optimstudy_run_stack_seeds_records_the_same_runs_as_separate_ones(tmp_path, tracking_uri):
     """The whole command, into a real MLflow store: each stacked seed is a run with the same params,

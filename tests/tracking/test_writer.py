@@ -175,3 +175,88 @@ def _writer_processes(tracking_uri) -> list[int]:
                 and f"{URI_VARIABLE}={tracking_uri}".encode() in variables):
             found.append(int(pid))
     return found
+
+
+def test_runs_written_together_are_stored_exactly_as_runs_written_alone(store):
+    """A stack's seeds: created, logged and ended in one frame each (writer_handle's `together`), which
+    the writer stores in one transaction; closed in another order than they were ended."""
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    experiment = experiment_id(store, "together")
+    ends = [("FINISHED", {}), ("KILLED", {"optimstudy.pruned": "pruned at step 20"}), ("FINISHED", {})]
+
+    def points_of(logger):
+        for name, values in POINTS.items():
+            for step, value in values:
+                logger._buffer.append((name, value, 1_000 + step, step))  # fixed timestamps: comparable rows
+
+    alone = []
+    for status, tags in ends:
+        logger = MlflowLogger(store, "together", PARAMS, TAGS, run_name="a run", dataset=DATASET,
+                              known_experiment_id=experiment)
+        points_of(logger)
+        logger.close(status, tags)
+        alone.append(logger.run_id)
+    with writer.together():
+        loggers = [MlflowLogger(store, "together", PARAMS, TAGS, run_name="a run", dataset=DATASET,
+                                known_experiment_id=experiment) for _ in ends]
+    with writer.together():
+        for logger in loggers:
+            points_of(logger)
+            logger._hand_over()
+    with writer.together():
+        for logger, (status, tags) in zip(loggers, ends):
+            logger.end_ahead(status, tags)
+    for logger, (status, tags) in reversed(list(zip(loggers, ends))):  # each waits for its own answer
+        logger.close(status, tags)
+    assert not writer.ahead and not writer.early
+    for logger, reference in zip(loggers, alone):
+        assert stored(store, logger.run_id) == stored(store, reference)
+    with sqlite3.connect(store[len("sqlite:///"):]) as connection:
+        assert connection.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
+
+
+def test_a_group_that_cannot_be_written_together_writes_nothing_then_each_message_goes_alone(store):
+    from optimstudy.tracking.sql_writes import FastWrites
+
+    writer = start_writer(store)
+    ensure_store(store, writer)
+    experiment = experiment_id(store, "alone")
+    fast = FastWrites.for_client(MlflowClient(store))
+    twice = [("loss", 1.0, 1_000, 0), ("loss", 1.0, 1_000, 0)]  # a duplicate point: MLflow's log_batch drops it
+    run = {"experiment_id": experiment, "run_name": "r", "tags": {}, "params": {}, "start_time": 1_000}
+    assert not fast.write_together([("create", "a" * 32, run), ("metrics", "a" * 32, twice)])
+    assert MlflowClient(store).search_runs([experiment]) == []  # nothing of the group was written
+
+    with writer.together():  # through the writer: the same group is stored message by message
+        loggers = [MlflowLogger(store, "alone", {}, {}, known_experiment_id=experiment) for _ in range(2)]
+    with writer.together():
+        for logger in loggers:
+            logger._buffer.extend(twice)
+            logger.end_ahead("FINISHED")
+    for logger in loggers:
+        logger.close("FINISHED")
+        run = MlflowClient(store).get_run(logger.run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}
+        assert len(MlflowClient(store).get_metric_history(logger.run_id, "loss")) == 1
+
+
+def test_one_transaction_for_several_runs_stores_the_rows_each_run_stores_alone(store):
+    from optimstudy.tracking.sql_writes import FastWrites
+
+    ensure_store(store)
+    experiment = experiment_id(store, "one transaction")
+    fast = FastWrites.for_client(MlflowClient(store))
+    points = [(name, value, 1_000 + step, step) for name, values in POINTS.items() for step, value in values]
+    run = {"experiment_id": experiment, "run_name": "a run", "tags": TAGS, "params": PARAMS, "start_time": 1_000,
+           "dataset": {**DATASET, "profile": json.dumps(DATASET["profile"])}}
+    end = ("KILLED", {"optimstudy.error": "interrupted (Ctrl-C)"})
+    alone, together = "a" * 32, ["b" * 32, "c" * 32]
+    fast.create_run(alone, **run)
+    assert fast.log_metrics(alone, points[:5]) and fast.log_metrics(alone, points[5:])
+    assert fast.end_run(alone, *end)
+    assert fast.write_together([("create", run_id, run) for run_id in together])
+    assert fast.write_together([("metrics", run_id, part) for part in (points[:5], points[5:]) for run_id in together])
+    assert fast.write_together([("end", run_id, *end) for run_id in together])
+    for run_id in together:
+        assert stored(store, run_id) == stored(store, alone)

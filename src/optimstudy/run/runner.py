@@ -2,6 +2,7 @@
 
 `optimstudy run` and every sweep trial go through `execute`, so both record runs the same way.
 """
+import contextlib
 import functools
 import getpass
 import json
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -39,7 +40,9 @@ from optimstudy.tag_names import (
     TAG_TASK,
     TAG_VERSION,
 )
-from optimstudy.tracking.mlflow_logger import MlflowLogger, tracked_run
+from optimstudy.tracking.client import artifact_location
+from optimstudy.tracking.mlflow_logger import MlflowLogger, run_end, tracked_run
+from optimstudy.tracking.writer_handle import WriterDied, start_writer
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,15 @@ class Tracking:
     tracking_uri: str
     experiment: str
     experiment_id: str | None = None  # when known (a sweep worker looks it up once, not per trial)
+
+    def with_experiment_id(self) -> "Tracking":
+        """This, with the experiment's id looked up (by the writer) once for the runs that follow, not once
+        per run (each lookup waits for the writer)."""
+        if self.experiment_id is not None:
+            return self
+        writer = start_writer(self.tracking_uri)
+        return replace(self, experiment_id=writer.experiment(
+            self.experiment, artifact_location(self.tracking_uri, self.experiment)))
 
 
 def load_data(config: RunConfig, data_dir: str | None = None) -> Data:
@@ -226,6 +238,7 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
     a stacked one carries the tag tag_names.TAG_STACKED. `say(line)` hears why seeds were not stacked.
     Returns (history, run id) per config, in order."""
     configs = [c.resolved() for c in configs]
+    tracking = tracking and tracking.with_experiment_id()
     if not stack or len(configs) < 2:
         return [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags, progress=progress,
                         save_model=save_model) for c in configs]
@@ -250,14 +263,20 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
                   on_starts=None, progress=None, save_model=False) -> list[tuple[History, str | None]]:
     """`execute` for a prepared stack of seeds (run.stacked.prepare_stack): (history, run id) per seed.
     `tags`: one dict for every seed or a list, one per seed; `on_evals`, `on_starts`: one callable (or
-    None) per seed, as `execute`'s. A seed whose on_eval raised errors.Stop ends KILLED, the others FINISHED."""
+    None) per seed, as `execute`'s. A seed whose on_eval raised errors.Stop ends KILLED, the others FINISHED.
+
+    The seeds' runs are created, logged and ended together (writer_handle's `together`): the writer
+    stores each of those steps for every seed in one transaction, not one per seed."""
     if tracking is None:
         histories = train_stack(stack, on_evals=on_evals, progress=progress)
         return [(history, None) for history in histories]
+    tracking = tracking.with_experiment_id()
+    writer = start_writer(tracking.tracking_uri)
     each_tags = tags if isinstance(tags, list) else [tags] * len(stack.configs)
     stacked = {TAG_STACKED: ",".join(str(seed) for seed in stack.seeds)}
-    loggers = [open_logger(c, data, note, tracking, parent_run_id, {**(seed_tags or {}), **stacked})
-               for c, data, note, seed_tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
+    with writer.together():
+        loggers = [open_logger(c, data, note, tracking, parent_run_id, {**(seed_tags or {}), **stacked})
+                   for c, data, note, seed_tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
     runs = [tracked_run(logger) for logger in loggers]  # each ended as execute ends its one run
     entered = []
     try:
@@ -267,7 +286,7 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
         for logger, on_start in zip(loggers, on_starts or [None] * len(loggers)):
             if on_start is not None:
                 on_start(logger.run_id)
-        histories = train_stack(stack, loggers, on_evals=on_evals, progress=progress)
+        histories = train_stack(stack, loggers, on_evals=on_evals, progress=progress, together=writer.together)
         if save_model:
             for logger, history in zip(loggers, histories):
                 _save_state_dict(logger, history.model)
@@ -276,15 +295,26 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
         for run in entered:
             run.__exit__(*failure)  # FAILED, or KILLED on Ctrl-C; each re-raises nothing of its own
         raise
+    # every seed's last points and end in one frame, then each run is closed as alone, waiting for its end's
+    # answer; a writer that died meanwhile is met again by each close, which ends its run as alone
+    with contextlib.suppress(WriterDied), writer.together():
+        for seed, logger in enumerate(loggers):
+            logger.end_ahead(*run_end(stack.stopped.get(seed)))
+    failures = []
     for seed, run in enumerate(runs):
         stopped = stack.stopped.get(seed)
-        if stopped is None:
-            run.__exit__(None, None, None)
-        else:  # a pruned seed ends KILLED, as a pruned separate run does
-            try:
-                run.__exit__(type(stopped), stopped, stopped.__traceback__)
-            except type(stopped):
-                pass
+        try:
+            if stopped is None:
+                run.__exit__(None, None, None)
+            else:  # a pruned seed ends KILLED, as a pruned separate run does
+                try:
+                    run.__exit__(type(stopped), stopped, stopped.__traceback__)
+                except type(stopped):
+                    pass
+        except Exception as error:  # the writer died, the store refused: every other seed's run still ends
+            failures.append(error)
+    if failures:
+        raise failures[0]
     return [(history, logger.run_id) for history, logger in zip(histories, loggers)]
 
 

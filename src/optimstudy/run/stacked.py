@@ -31,6 +31,7 @@ The model must run under vmap and give, on the first training rows, the losses e
 module gives (`prepare_stack` checks it before any run is created): not BatchNorm in training
 mode, dropout or other randomness, or data-dependent control flow.
 """
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field, replace
@@ -165,10 +166,12 @@ def _seed_losses(base, loss_fn, data_dim):
 
 
 def train_stack(stack: Stack, loggers: list | None = None, *, on_evals: list | None = None,
-                progress=None) -> list[History]:
+                progress=None, together=contextlib.nullcontext) -> list[History]:
     """Train the stacked seeds: one History per seed, as `training.train` gives for that seed alone.
 
     `on_evals[i](step, metrics)` may raise errors.Stop: seed i stops there (`stack.stopped[i]`) and the others go on.
+    `together()`: a context entered around what every seed logs at once (a block of steps, an
+    evaluation, final metrics); tracked, the writer's, which stores that for all seeds in one transaction.
     """
     configs, problem, datas, runs, optimizer = stack.configs, stack.problem, stack.datas, stack.runs, stack.optimizer
     count, config, device = len(configs), configs[0], configs[0].device
@@ -206,10 +209,11 @@ def train_stack(stack: Stack, loggers: list | None = None, *, on_evals: list | N
         eval_started = time.perf_counter()
         seeds = [seed for seed in range(count) if live[seed]]
         copy_into_models(seeds)
-        for seed in seeds:
-            metrics = evaluate_run(models[seed], datas[seed], first_run.eval_split, loss_fn, problem.task)
-            histories[seed].evals.append({"step": step, **metrics})
-            loggers[seed].log(step, metrics)
+        with together():
+            for seed in seeds:
+                metrics = evaluate_run(models[seed], datas[seed], first_run.eval_split, loss_fn, problem.task)
+                histories[seed].evals.append({"step": step, **metrics})
+                loggers[seed].log(step, metrics)
         timing["eval_s"] += time.perf_counter() - eval_started
         for seed in seeds:
             if on_evals is not None and on_evals[seed] is not None:
@@ -228,16 +232,22 @@ def train_stack(stack: Stack, loggers: list | None = None, *, on_evals: list | N
         """Final metrics of `seeds` now, as a separate run takes them when it stops (diverged, or done)."""
         aside_started = time.perf_counter()
         copy_into_models(seeds)
-        for seed in seeds:
-            history = histories[seed]
-            history.wall_s = aside_started - started - timing["aside_s"]
-            history.eval_s = timing["eval_s"]
-            finish(history, models[seed], datas[seed], loss_fn, problem, loggers[seed])
-            stop(seed)
+        with together():
+            for seed in seeds:
+                history = histories[seed]
+                history.wall_s = aside_started - started - timing["aside_s"]
+                history.eval_s = timing["eval_s"]
+                finish(history, models[seed], datas[seed], loss_fn, problem, loggers[seed])
+                stop(seed)
         timing["aside_s"] += time.perf_counter() - aside_started
 
+    def record():
+        """Every live seed's recorded steps to its history and logger: the seeds that diverged."""
+        with together():
+            return recorder.flush(histories, loggers, live)
+
     def flush():
-        diverged = recorder.flush(histories, loggers, live)
+        diverged = record()
         if diverged:
             synchronize(device)
             finish_seeds(diverged)
@@ -278,12 +288,12 @@ def train_stack(stack: Stack, loggers: list | None = None, *, on_evals: list | N
             if progress is not None:
                 progress(step, n_steps)
     except BaseException:
-        recorder.flush(histories, loggers, live)
+        record()
         raise
     finally:
         synchronize(device)
         ended = time.perf_counter()
-    recorder.flush(histories, loggers, live)
+    record()
     remaining = [seed for seed in range(count) if live[seed]]
     if remaining:
         started += time.perf_counter() - ended  # the last flush is not training time

@@ -105,14 +105,25 @@ class MlflowLogger:
             self._ship()
 
     def _ship(self):
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:BATCH_POINTS], self._buffer[BATCH_POINTS:]
-            self.writer.metrics(self.run_id, chunk)
+        self._hand_over()
         # the store refused a write (a full disk, locked past the writer's retries): stop now, not at the end
         detail = None if self.store_failed else self.writer.store_error(self.run_id)
         if detail is not None:
             self.store_failed = True
             raise StoreError.refused(self.tracking_uri, f"run {self.run_id}", detail)
+
+    def _hand_over(self):
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:BATCH_POINTS], self._buffer[BATCH_POINTS:]
+            self.writer.metrics(self.run_id, chunk)
+
+    def end_ahead(self, status="FINISHED", tags: dict | None = None) -> None:
+        """Hand over what is buffered and the run's end now, without waiting for the writer; the
+        `close(status, tags)` that follows waits for that end's answer (runner.execute_stack ends a
+        stack's runs together, in one of the writer's transactions)."""
+        if not (self.closed or self.store_failed):
+            self._hand_over()
+            self.writer.end_ahead(self.run_id, status, dict(tags or {}))
 
     def log_artifact(self, path: str) -> None:
         self.writer.artifact(self.run_id, path)  # through the writer: it may not have created the run yet
@@ -181,19 +192,24 @@ def run_exists(client, run_id: str) -> bool:
 
 @contextlib.contextmanager
 def tracked_run(logger: MlflowLogger):
-    """Start the run (`MlflowLogger.start`); end it FINISHED, KILLED on Ctrl-C, FAILED with the
-    message on an exception."""
+    """Start the run (`MlflowLogger.start`); end it as `run_end` says."""
     try:
         logger.start()
         yield logger
-    except KeyboardInterrupt:
-        logger.close("KILLED", {TAG_ERROR: "interrupted (Ctrl-C)"})
-        raise
     except BaseException as error:
-        if isinstance(error, Stop):
-            logger.close("KILLED", {TAG_PRUNED: str(error)})
-        else:
-            logger.close("FAILED", {TAG_ERROR: hide_passwords(f"{type(error).__name__}: {error}")})
+        logger.close(*run_end(error))
         raise
     else:
-        logger.close("FINISHED")
+        logger.close(*run_end(None))
+
+
+def run_end(error: BaseException | None) -> tuple[str, dict]:
+    """(status, tags) of a run that stopped on `error`: FINISHED without one, KILLED on Ctrl-C or when
+    pruned (errors.Stop), FAILED with the message on any other exception."""
+    if error is None:
+        return "FINISHED", {}
+    if isinstance(error, KeyboardInterrupt):
+        return "KILLED", {TAG_ERROR: "interrupted (Ctrl-C)"}
+    if isinstance(error, Stop):
+        return "KILLED", {TAG_PRUNED: str(error)}
+    return "FAILED", {TAG_ERROR: hide_passwords(f"{type(error).__name__}: {error}")}

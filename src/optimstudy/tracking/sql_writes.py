@@ -63,10 +63,26 @@ class FastWrites:
                    start_time: int, dataset: dict | None = None) -> None:
         """The run, its tags and params, and `dataset` (name, digest, source_type, source, profile)
         as its input, in one transaction: the rows MLflow's create_run, log_batch and log_inputs write."""
+        rows = self._run_rows(run_id, experiment_id, run_name, tags, params, start_time)
+        for attempt in (1, 2):
+            try:
+                with self._transaction() as connection:
+                    self._insert_run(connection, run_id, experiment_id, rows, dataset)
+                break
+            except self.sa.exc.IntegrityError:  # another machine stored the same data set at once: it exists now
+                self.datasets.clear()
+                if attempt == 2 or dataset is None:
+                    raise
+            except Exception:  # rolled back (a locked store): a data set found or added in it may not exist
+                self.datasets.clear()
+                raise
+        self.latest[run_id] = {}
+
+    def _run_rows(self, run_id: str, experiment_id: str, run_name: str, tags: dict, params: dict,
+                  start_time: int) -> tuple:
         from mlflow.entities import LifecycleStage, RunStatus, SourceType  # on first use: it imports mlflow
         from mlflow.utils.uri import append_to_uri_path  # on first use: it imports mlflow
 
-        m, sa = self.models, self.sa
         location = self.artifact_locations.get(experiment_id)
         if location is None:
             location = self.artifact_locations[experiment_id] = (
@@ -78,24 +94,17 @@ class FastWrites:
                "deleted_time": None, "source_version": "", "lifecycle_stage": LifecycleStage.ACTIVE}
         tag_rows = [{"run_uuid": run_id, "key": k, "value": v} for k, v in {"mlflow.runName": run_name, **tags}.items()]
         param_rows = [{"run_uuid": run_id, "key": k, "value": v} for k, v in params.items()]
-        for attempt in (1, 2):
-            try:
-                with self._transaction() as connection:
-                    connection.execute(sa.insert(m.SqlRun.__table__), run)
-                    connection.execute(sa.insert(m.SqlTag.__table__), tag_rows)
-                    if param_rows:
-                        connection.execute(sa.insert(m.SqlParam.__table__), param_rows)
-                    if dataset is not None:
-                        self._link_dataset(connection, run_id, int(experiment_id), dataset)
-                break
-            except sa.exc.IntegrityError:  # another machine stored the same data set at once: it exists now
-                self.datasets.clear()
-                if attempt == 2 or dataset is None:
-                    raise
-            except Exception:  # rolled back (a locked store): a data set found or added in it may not exist
-                self.datasets.clear()
-                raise
-        self.latest[run_id] = {}
+        return run, tag_rows, param_rows
+
+    def _insert_run(self, connection, run_id: str, experiment_id: str, rows: tuple, dataset: dict | None) -> None:
+        m, sa = self.models, self.sa
+        run, tag_rows, param_rows = rows
+        connection.execute(sa.insert(m.SqlRun.__table__), run)
+        connection.execute(sa.insert(m.SqlTag.__table__), tag_rows)
+        if param_rows:
+            connection.execute(sa.insert(m.SqlParam.__table__), param_rows)
+        if dataset is not None:
+            self._link_dataset(connection, run_id, int(experiment_id), dataset)
 
     def _link_dataset(self, connection, run_id: str, experiment_id: int, dataset: dict) -> None:
         """The data set (stored once per experiment) and the run's input edge to it, tagged "training"."""
@@ -124,6 +133,17 @@ class FastWrites:
     def end_run(self, run_id: str, status: str, tags: dict) -> bool:
         """Set `tags` and end the run with `status` in one transaction, as log_batch and set_terminated
         do; False: not done (a deleted run, an unusual tag), use MLflow's own calls."""
+        if not self._endable(status, tags):
+            return False
+        try:
+            with self._transaction() as connection:
+                self._end(connection, run_id, status, tags)
+        except _NotActive:  # deleted, or not there: MLflow's own calls say which
+            return False
+        return True
+
+    @staticmethod
+    def _endable(status: str, tags: dict) -> bool:
         if status not in ("FINISHED", "FAILED", "KILLED") or "mlflow.runName" in tags:
             return False
         try:
@@ -131,33 +151,47 @@ class FastWrites:
                 mlflow_internals.check_tag_name(key)
         except Exception:  # a name MLflow refuses, or a changed private check: MLflow's own calls decide
             return False
+        return True
+
+    def _end(self, connection, run_id: str, status: str, tags: dict) -> None:
         m, sa = self.models, self.sa
         runs, tag_table = m.SqlRun.__table__, m.SqlTag.__table__
-        try:
-            with self._transaction() as connection:
-                ended = connection.execute(sa.update(runs).where(
-                    runs.c.run_uuid == run_id, runs.c.lifecycle_stage == "active").values(
-                    status=status, end_time=int(time.time() * 1000)))
-                if ended.rowcount != 1:
-                    raise _NotActive  # rolls the transaction back
-                if tags:
-                    connection.execute(sa.delete(tag_table).where(tag_table.c.run_uuid == run_id,
-                                                                  tag_table.c.key.in_(list(tags))))
-                    connection.execute(sa.insert(tag_table), [{"run_uuid": run_id, "key": k, "value": str(v)}
-                                                              for k, v in tags.items()])
-        except _NotActive:  # deleted, or not there: MLflow's own calls say which
-            return False
-        return True
+        ended = connection.execute(sa.update(runs).where(
+            runs.c.run_uuid == run_id, runs.c.lifecycle_stage == "active").values(
+            status=status, end_time=int(time.time() * 1000)))
+        if ended.rowcount != 1:
+            raise _NotActive  # rolls the transaction back
+        if tags:
+            connection.execute(sa.delete(tag_table).where(tag_table.c.run_uuid == run_id,
+                                                          tag_table.c.key.in_(list(tags))))
+            connection.execute(sa.insert(tag_table), [{"run_uuid": run_id, "key": k, "value": str(v)}
+                                                      for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, points) -> bool:
         """Insert (key, value, timestamp, step) points; False: not done, use log_batch."""
+        rows = self._metric_rows(run_id, points)
+        if rows is None:
+            return False
+        try:
+            with self._transaction() as connection:
+                self._insert_metrics(connection, run_id, *rows)
+        except self.sa.exc.IntegrityError:  # a point stored before (a retried batch): MLflow's path skips it
+            self.latest.pop(run_id, None)
+            return False
+        except Exception:  # rolled back (a locked store, retried by the writer): what we knew was updated in it
+            self.latest.pop(run_id, None)
+            raise
+        return True
+
+    def _metric_rows(self, run_id: str, points) -> tuple[list, dict] | None:
+        """The rows of `points` and the newest point per key; None where MLflow's log_batch must decide."""
         rows, newest = [], {}
         for key, value, timestamp, step in points:
             if key not in self.valid_keys:
                 try:
                     mlflow_internals.check_metric_name(key)
                 except Exception:  # as in end_run
-                    return False
+                    return None
                 self.valid_keys.add(key)
             is_nan = math.isnan(value)
             if is_nan:
@@ -170,23 +204,59 @@ class FastWrites:
             if key not in newest or order > newest[key][:3]:
                 newest[key] = (step, timestamp, value, is_nan)
         if len({(r["key"], r["timestamp"], r["step"], r["value"]) for r in rows}) < len(rows):
-            return False  # duplicates within the batch: MLflow's log_batch drops them
+            return None  # duplicates within the batch: MLflow's log_batch drops them
+        return rows, newest
+
+    def _insert_metrics(self, connection, run_id: str, rows: list, newest: dict) -> None:
         m, sa = self.models, self.sa
+        known = self.latest.get(run_id)
+        if known is None:  # a run this writer did not create: read what it holds
+            table = m.SqlLatestMetric.__table__
+            found = connection.execute(sa.select(table.c.key, table.c.step, table.c.timestamp, table.c.value,
+                                                 table.c.is_nan).where(table.c.run_uuid == run_id))
+            known = self.latest[run_id] = {r.key: (r.step, r.timestamp, r.value, r.is_nan) for r in found}
+        connection.execute(sa.insert(m.SqlMetric.__table__), rows)
+        self._update_latest(connection, run_id, known, newest)
+
+    def write_together(self, messages) -> bool:
+        """The writer's "create", "metrics" and "end" messages of several runs (a stack's seeds, sent
+        together by writer_handle's `together`) in one transaction, in order: one commit, where one per
+        message cost a stack ~20 ms each on SQLite (its fsync). Other kinds are skipped (the caller's).
+        False, with nothing written, where one of them would take another path alone (an unusual point
+        or tag, a run not active, a point or data set stored before): the writer then handles each alone."""
+        prepared = []
+        for message in messages:
+            kind, run_id = message[0], message[1]
+            if kind == "create":
+                run = dict(message[2])
+                dataset = run.pop("dataset", None)
+                prepared.append((kind, run_id, (run["experiment_id"], self._run_rows(run_id, **run), dataset)))
+            elif kind == "metrics":
+                rows = self._metric_rows(run_id, message[2])
+                if rows is None:
+                    return False
+                prepared.append((kind, run_id, rows))
+            elif kind == "end":
+                if not self._endable(message[2], message[3]):
+                    return False
+                prepared.append((kind, run_id, message[2:4]))
         try:
             with self._transaction() as connection:
-                known = self.latest.get(run_id)
-                if known is None:  # a run this writer did not create: read what it holds
-                    table = m.SqlLatestMetric.__table__
-                    found = connection.execute(sa.select(table.c.key, table.c.step, table.c.timestamp, table.c.value,
-                                                         table.c.is_nan).where(table.c.run_uuid == run_id))
-                    known = self.latest[run_id] = {r.key: (r.step, r.timestamp, r.value, r.is_nan) for r in found}
-                connection.execute(sa.insert(m.SqlMetric.__table__), rows)
-                self._update_latest(connection, run_id, known, newest)
-        except sa.exc.IntegrityError:  # a point stored before (a retried batch): MLflow's path skips it
-            self.latest.pop(run_id, None)
-            return False
-        except Exception:  # rolled back (a locked store, retried by the writer): what we knew was updated in it
-            self.latest.pop(run_id, None)
+                for kind, run_id, item in prepared:
+                    if kind == "create":
+                        experiment_id, rows, dataset = item
+                        self._insert_run(connection, run_id, experiment_id, rows, dataset)
+                        self.latest[run_id] = {}
+                    elif kind == "metrics":
+                        self._insert_metrics(connection, run_id, *item)
+                    else:
+                        self._end(connection, run_id, *item)
+        except Exception as error:  # rolled back: what we knew of these runs and data sets was updated in it
+            for _, run_id, _ in prepared:
+                self.latest.pop(run_id, None)
+            self.datasets.clear()
+            if isinstance(error, _NotActive | self.sa.exc.IntegrityError):
+                return False
             raise
         return True
 

@@ -12,7 +12,9 @@ others the workers it forks (one writer per machine, so a second worker does not
 ~1.5 s of MLflow imports on a shared core). The messages are the vocabulary below (OPEN_STORE ...
 STOP): the training process sends each through the writer_handle._Writer method of the same name,
 and serve() hands each to the _Session handler of that name. Runs are created in one transaction
-under an id the training process chose, so that it never waits for it.
+under an id the training process chose, so that it never waits for it. A GROUP message holds the
+GROUPED messages of several runs (a stack's seeds), stored in one transaction when they can be,
+else each as if sent alone.
 Metric points go straight into MLflow's tables on a SQL store of a schema revision they were
 compared on (sql_writes.py: a fraction of log_batch's CPU); anywhere else through MLflow's client.
 When a training process dies, its socket closes and the runs it left open are ended as KILLED.
@@ -37,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 
 from optimstudy.processes import quick_exit
@@ -70,12 +73,14 @@ LOCK_RETRY_ENV, LOCK_RETRY_S = "OPTIMSTUDY_LOCK_RETRY_S", 60.0
 #   artifact    run_id           path                        OK
 #   end         run_id           status, tags                OK
 #   stop        None             -                           OK, once the runs left open are ended
+#   group       None             messages (GROUPED kinds, several runs')   OK for each END among them
 # Answers are (READY | OK | ERROR, key, detail). An ERROR reports a write the store refused (key: the
 # run); the training process reads it at its next batch, or while it waits for an answer.
-OPEN_STORE, EXPERIMENT, CREATE, OPEN, METRICS, ARTIFACT, END, STOP = (
-    "open_store", "experiment", "create", "open", "metrics", "artifact", "end", "stop")
+OPEN_STORE, EXPERIMENT, CREATE, OPEN, METRICS, ARTIFACT, END, STOP, GROUP = (
+    "open_store", "experiment", "create", "open", "metrics", "artifact", "end", "stop", "group")
 READY, OK, ERROR = "ready", "ok", "error"
 ANSWERED = (EXPERIMENT, ARTIFACT, END)  # the training process waits for their OK, even after an ERROR
+GROUPED = (CREATE, OPEN, METRICS, END)  # the kinds a GROUP message holds
 
 
 class _Store:
@@ -241,7 +246,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
     """Handle one training process's messages in order, until it stops or dies (then end its runs)."""
     session = _Session(store, conn)
     while True:
-        message, session.held = session.held or receive(conn), None
+        message = session.pending.popleft() if session.pending else receive(conn)
         if message is None or message[0] == STOP:  # gone (its runs are KILLED), or stopping
             session.stop(answer=message is not None)
             return
@@ -249,6 +254,9 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
         if kind == OPEN_STORE:  # not under the store's lock: opening it takes the lock
             started.set()
             session.open_store()
+            continue
+        if kind == GROUP:  # several runs' messages sent together (a stack's seeds): it takes the lock itself
+            session.group(key, *arguments)
             continue
         handler, ended_sampler = session.handlers.get(kind), None
         with store.lock:
@@ -275,7 +283,7 @@ class _Session:
         self.lost: dict[str, str] = {}  # run_id -> why its first lost batch failed
         self.uncreated: set[str] = set()  # runs whose "create" failed
         self.unended: dict[str, tuple] = {}  # run_id -> (status, tags) of an "end" the store refused: tried at stop
-        self.held = None  # a message read ahead while merging metric messages, handled next
+        self.pending = deque()  # messages handled next, in order: read ahead while merging metrics, or a group's
         self.stepping = False  # whether a trainer has sent steps yet
         # serve() calls open_store (outside the lock) and stop (its end) itself; the rest through this table
         self.handlers = {EXPERIMENT: self.experiment, CREATE: self.create, OPEN: self.open,
@@ -321,14 +329,37 @@ class _Session:
 
     def merged(self, run_id: str, points: list) -> list:
         """`points` and those of the run's "metrics" messages already waiting (we are behind): one transaction,
-        not many. The first other message read stays `held`, handled next."""
-        while len(points) < BATCH_POINTS and self.conn.poll():
-            self.held = receive(self.conn)
-            if self.held is None or self.held[0] != METRICS or self.held[1] != run_id:
+        not many. The first other message read stays `pending`, handled next."""
+        while len(points) < BATCH_POINTS and (self.pending or self.conn.poll()):
+            following = self.pending.popleft() if self.pending else receive(self.conn)
+            if following is None or following[0] != METRICS or following[1] != run_id:
+                self.pending.appendleft(following)
                 break
-            points.extend(self.held[2])
-            self.held = None
+            points.extend(following[2])
         return points
+
+    def group(self, _, parts: list) -> None:
+        """GROUPED messages of several runs (writer_handle._Writer.together): stored in one transaction
+        (stored_together), else handled one by one, each as if sent alone (its own retries and errors)."""
+        if not self.stepping and any(part[0] == METRICS for part in parts):
+            yield_cores_to_training()
+            self.stepping = True
+        if not stored_together(self.store, parts, self.lost.keys() | self.uncreated):
+            self.pending.extendleft(reversed(parts))
+            return
+        ended = []
+        for kind, run_id, *arguments in parts:
+            if kind == END:
+                self.open_runs.discard(run_id)
+                self.store.fast.forget(run_id)
+                reply(self.conn, (OK, run_id, None))
+                ended.append(run_id)
+                continue
+            self.open_runs.add(run_id)
+            if kind == OPEN and arguments and arguments[0]:
+                self.samplers[run_id] = start_system_metrics(self.store.tracking_uri, run_id, arguments[0])
+        for run_id in ended:  # after the answers, as serve() does
+            stop_system_metrics(self.samplers.pop(run_id, None))
 
     def artifact(self, run_id: str, path: str) -> None:  # after the run's creation, queued before it; the trainer waits
         self.store.client.log_artifact(run_id, path)
@@ -383,6 +414,21 @@ class _Session:
             for sampler in self.samplers.values():
                 stop_system_metrics(sampler)
             reply(self.conn, (OK, None, None))
+
+
+def stored_together(store: _Store, parts: list, refused) -> bool:
+    """Whether `parts` (GROUPED messages of several runs) were stored in one transaction (sql_writes.
+    FastWrites.write_together); False, with nothing stored, where any of them must go alone: an
+    unusual write, a run in `refused` (its creation or a batch failed), a store error (retried alone)."""
+    if store.fast is None or any(part[0] not in GROUPED or part[1] in refused for part in parts):
+        return False
+    writes = [(*part[:3], {key: str(value)[:5000] for key, value in part[3].items()}) if part[0] == END else part
+              for part in parts if part[0] != OPEN]  # end tags as _Session.end stores them
+    try:
+        with store.lock:
+            return store.fast.write_together(writes)
+    except Exception:  # a locked store, a full disk: each alone then, retried and reported as always
+        return False
 
 
 def reply(conn: Connection, message) -> None:

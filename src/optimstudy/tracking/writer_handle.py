@@ -5,9 +5,12 @@ ever blocking on it, and notice when it dies, stalls, or its store refuses a wri
     writer.wait_ready()                            # the store is open
     writer.metrics(run_id, points)                 # returns at once, whatever the writer does
     writer.store_error(run_id)                     # the writer's report on run_id, read without waiting
+    with writer.together():                        # a stack's runs: their messages in one frame, which
+        ...                                        #   the writer stores in one transaction
 
 Every message the writer takes is a method here named for its kind (writer.py's vocabulary: OPEN_STORE
-... STOP): open_store, experiment, create, open, metrics, artifact, end, stop.
+... STOP): open_store, experiment, create, open, metrics, artifact, end (and end_ahead), stop; GROUP
+is how `together()` sends several of them.
 
 Sends never block: what the writer's socket does not take now waits here, in order, and goes at the
 next send (a few microseconds: one non-blocking send). A writer that takes nothing for WARN_AFTER_S
@@ -16,6 +19,11 @@ gets one warning on stderr (its pid, the points and seconds waiting); past write
 WriterStalled. Memory is bounded: past MAX_WAITING_BYTES (~30k points) training waits for the writer (said once),
 within the same timeout. The answered calls (the store, an experiment, an artifact, a run's end) wait
 within it too.
+
+Several runs that move together (the seeds of a stack, run/stacked.py) send their messages
+`together()`: one frame, stored by the writer in one transaction, not one commit (an fsync, ~20 ms
+on this kind of machine) per run and message. They end together too: `end_ahead` sends each
+run's end at once, and each `end` then waits for its own answer, in turn.
 """
 import contextlib
 import os
@@ -26,6 +34,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -38,6 +47,8 @@ from optimstudy.tracking.writer import (
     END,
     ERROR,
     EXPERIMENT,
+    GROUP,
+    GROUPED,
     METRICS,
     OK,
     OPEN,
@@ -133,6 +144,11 @@ class _Writer:
         self.said_behind = False  # "training waits for the writer" is said once a process
         self.failure: WriterDied | None = None  # once dead or stalled: every later call raises it
         self.errors: dict[str, str] = {}  # run id -> the writer's first error report on it, read ahead
+        self.group: list | None = None  # inside together(): the GROUPED messages to send as one
+        self.group_points = 0
+        self.group_thread: int | None = None  # the thread in together(): another's sends (a watchdog's) go at once
+        self.ahead: dict[str, tuple] = {}  # run id -> its end, sent ahead: its answer is not read yet
+        self.early: dict[str, object] = {}  # run id -> the answer to a message sent ahead, read before its wait
         if conn is not None:  # a forked worker's connection to its parent's writer
             self.conn, self.pid = conn, pid
             return
@@ -152,6 +168,12 @@ class _Writer:
         """Queue `message` (holding `points` metric points) and pass on what the socket takes now."""
         if self.failure is not None:
             raise self.failure
+        if self.group is not None and threading.get_ident() == self.group_thread:
+            if message[0] in GROUPED:
+                self.group.append(message)
+                self.group_points += points
+                return
+            self._send_group()  # in order: what was collected goes first
         payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         frame = struct.pack("!i", len(payload)) + payload  # multiprocessing.connection's framing: the writer's recv()
         self.outbox.append((frame, points))
@@ -166,6 +188,34 @@ class _Writer:
         while self.waiting_bytes > MAX_WAITING_BYTES:  # bounded memory: wait for the writer (within the timeout)
             self._wait_writable()
             self._pass_on()
+
+    @contextlib.contextmanager
+    def together(self):
+        """The GROUPED messages sent inside (several runs': a stack's seeds) go as one frame when the
+        block ends, which the writer stores in one transaction; any other message sends them first."""
+        if self.group is not None:  # nested: the outer block sends them
+            yield
+            return
+        self.group, self.group_points, self.group_thread = [], 0, threading.get_ident()
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(WriterDied):  # the block's own exception is the one to raise
+                self._send_group()
+            raise
+        else:
+            self._send_group()
+        finally:
+            self.group, self.group_points = None, 0
+
+    def _send_group(self) -> None:
+        group, points = self.group, self.group_points
+        self.group, self.group_points = None, 0
+        try:
+            if group:
+                self._send(group[0] if len(group) == 1 else (GROUP, None, group), points)
+        finally:
+            self.group = []
 
     def _pass_on(self) -> None:
         moved = False
@@ -244,6 +294,8 @@ class _Writer:
                 kind, about, detail = self.conn.recv()
                 if kind == ERROR:
                     self.errors.setdefault(about, detail)
+                elif kind == OK:
+                    self._keep_if_ahead(about, detail)
         except (EOFError, OSError):
             raise self._died() from None
         return self.errors.pop(run_id, None)
@@ -260,17 +312,35 @@ class _Writer:
         except (EOFError, OSError):
             raise self._died() from None
 
+    def _keep_if_ahead(self, run_id, detail) -> None:
+        if run_id in self.ahead:
+            self.early[run_id] = detail  # its own wait reads it here
+
     def _answered(self, message):
-        """Send `message` and wait for its answer; returns the answer's detail."""
+        """Send `message` (unless it was sent ahead) and wait for its answer; returns the answer's detail."""
         key = message[1]
-        self._send(message)
-        problems = []
-        while True:
+        sent = self.ahead.pop(key, None)
+        if sent is not None and sent != message:  # another message sent ahead for this run (it finished; now it
+            # fails): that answer first
+            with contextlib.suppress(StoreError):
+                self._answer(sent)
+            sent = None
+        if sent is None:
+            self._send(message)
+        return self._answer(message)
+
+    def _answer(self, message):
+        key, problems = message[1], []
+        while key not in self.early:
             kind, acked, detail = self._recv(f"not answered ({message[0]} {key})")
             if kind == ERROR:
                 problems.append(detail)
             elif kind == OK and acked == key:
                 break
+            elif kind == OK:
+                self._keep_if_ahead(acked, detail)
+        else:
+            detail = self.early.pop(key)
         self.warned = False
         if problems:
             raise StoreError.refused(self.tracking_uri, f"{message[0]} {key}", problems[0])
@@ -327,6 +397,13 @@ class _Writer:
     def end(self, run_id: str, status: str, tags: dict) -> None:
         """End the run with `status`, setting `tags` (why it ended) first; waits for it."""
         self._answered((END, run_id, status, tags))
+
+    def end_ahead(self, run_id: str, status: str, tags: dict) -> None:
+        """Send the run's end now, without waiting; `end` with the same arguments then waits for its
+        answer instead of sending it again (a stack's runs end together: one transaction)."""
+        message = (END, run_id, status, tags)
+        self._send(message)
+        self.ahead[run_id] = message
 
     def stop(self) -> None:
         """Have the writer end what is left open and exit, once it has stored everything sent; waits for it."""
