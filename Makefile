@@ -29,7 +29,7 @@ demo: $(STAMP)
 # the time of one on 2 cores. Three were faster (8-12 min against 12) but a fresh-clone CI run with
 # three lost the race in test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c: the sweep ended first
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=30
 
 # after upgrading a library in .venv and a green make test: record the versions CI will install
 lock:
