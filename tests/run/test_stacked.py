@@ -397,7 +397,7 @@ def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp
     assert stack_is_training(), "no stack of 4 seeds started training"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and "resume" in err
+    assert process.returncode == 130 and "resume" in err, (process.returncode, err[-3000:])
     interrupted = [t for t in trials() if t.state == TrialState.FAIL]
     assert len(interrupted) == 4 and TrialState.RUNNING not in [t.state for t in trials()]
     client = MlflowClient(uri)

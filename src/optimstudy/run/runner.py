@@ -292,8 +292,9 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
                 _save_state_dict(logger, history.model)
     except BaseException:
         failure = sys.exc_info()
-        for run in entered:
-            run.__exit__(*failure)  # FAILED, or KILLED on Ctrl-C; each re-raises nothing of its own
+        for run in entered:  # FAILED, or KILLED on Ctrl-C: every run is ended, and what stopped the stack
+            with contextlib.suppress(Exception):  # (a Ctrl-C above all) is what is raised, not a close's error
+                run.__exit__(*failure)
         raise
     # every seed's last points and end in one frame, then each run is closed as alone, waiting for its end's
     # answer; a writer that died meanwhile is met again by each close, which ends its run as alone
