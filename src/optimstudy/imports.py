@@ -35,7 +35,7 @@ def import_object(path: str, kind: str, expected: str):
     except ImportError as error:
         raise UsageError(f"{kind} '{path}' cannot be imported: {error} (searched the current folder {cwd} and "
                          f"the installed packages); expected 'package.module:name' naming {expected}") from None
-    except Exception as error:  # the user's module itself fails while importing
+    except Exception as error:  # noqa: BLE001  the user's module itself fails while importing
         raise UsageError(f"{kind} '{path}': importing module '{module_name}' failed: "
                          f"{type(error).__name__}: {error}") from None
     obj = module

@@ -138,7 +138,7 @@ def test_two_sweeps_ending_together_both_set_their_notes_on_postgresql(postgres_
             together.wait()
             try:
                 set_notes(uri, parent, f"run note {machine}", experiment, f"experiment note {machine}")
-            except Exception as error:  # noqa: BLE001  what the sweep would have died of
+            except Exception as error:  # what the sweep would have died of
                 failures.append(error)
 
         machines = [threading.Thread(target=end_sweep, args=(machine,)) for machine in range(2)]

@@ -162,7 +162,7 @@ def _open_torchvision(spec: TorchvisionData, root: Path, train: bool):
     else:
         try:
             return cls(str(root), download=True, **kwargs)
-        except Exception as caught:  # torchvision raises URLError, RuntimeError or OSError offline
+        except Exception as caught:  # noqa: BLE001  torchvision raises URLError, RuntimeError or OSError offline
             error = caught
     raise UsageError(
         f"data set {spec.label} not found in '{root}' and it could not be downloaded ({type(error).__name__}: "

@@ -308,7 +308,7 @@ def _check_by_building(name: str, cls: type, lr: float, arguments: dict, extra: 
         if has_modes(optimizer):  # Schedule-Free steps only in train mode, as the loop puts it
             optimizer.train()
         optimizer.step()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  the user's optimizer failing its trial step: said as a usage error
         if not matrices_only and _takes_matrices_only(cls, lr, arguments):
             raise UsageError(
                 f"optimizer '{name}' takes only matrices ({type(error).__name__}: {str(error).strip()[:120]}): "
@@ -339,7 +339,7 @@ def _takes_matrices_only(cls: type, lr: float, arguments: dict) -> bool:
         if has_modes(optimizer):
             optimizer.train()
         optimizer.step()
-    except Exception:
+    except Exception:  # noqa: BLE001  any failure means it does not step on that shape
         return False
     return True
 

@@ -138,7 +138,7 @@ def check_schedule(name: str, args: dict, every: str, optimizer_class, lr: float
         weight = torch.zeros(1, requires_grad=True)
         try:
             optimizer = optimizer_class([weight], lr=lr, **optimizer_args)
-        except Exception:  # the optimizer's own arguments are checked elsewhere; a matrices-only one (Muon) lands here
+        except Exception:  # noqa: BLE001  the optimizer's own arguments are checked elsewhere; a matrices-only one (Muon) lands here
             optimizer = torch.optim.SGD([weight], lr=lr, momentum=0.9)
     if has_modes(optimizer):  # Schedule-Free steps only in train mode
         optimizer.train()

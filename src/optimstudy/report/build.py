@@ -153,7 +153,7 @@ def report_command(tracking_uri: str | None, experiments=None, out="analysis", a
         sections = write_report(study, out, scripts=scripts, tracking_uri=tracking_uri, debug=debug)
         try:
             logged = store.write(sweep_parents(frame), out, sweep_notes(study) if log_to_store else [])
-        except Exception as error:  # noqa: BLE001  a store we may read but not write: the page is written
+        except Exception as error:  # a store we may read but not write: the page is written
             if not is_read_only(error):
                 raise
             logged, read_only = 0, str(error).strip().splitlines()[0][:160]

@@ -79,7 +79,7 @@ def check_model(config: RunConfig, data: Data) -> None:
         model = problem.build_model(data.info)
     except UsageError:
         raise
-    except Exception as error:  # the user's code: said as theirs, with its own words
+    except Exception as error:  # noqa: BLE001  the user's code: said as theirs, with its own words
         raise UsageError(f"{where} could not be built: {type(error).__name__}: {error}") from None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{where} returned a {type(model).__name__}, not a torch.nn.Module; expected make_model(data) "
@@ -93,7 +93,7 @@ def check_model(config: RunConfig, data: Data) -> None:
     try:
         with torch.no_grad():
             output = model.to(x.device)(x)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  the user's model: said as theirs
         raise UsageError(f"{where} cannot take the data: inputs of shape {example} per example gave "
                          f"{type(error).__name__}: {error}; expected a model that takes {example} (DataInfo."
                          f"input_shape, input_size {info.input_size}: build it from the DataInfo that make_model(data) "
@@ -112,7 +112,7 @@ def check_model(config: RunConfig, data: Data) -> None:
                          f"(a {problem.task} problem: DataInfo.outputs = {info.outputs})")
     try:
         loss = LOSSES[config.loss][0](output, y)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  the loss on the user's outputs: said as theirs
         raise UsageError(f"{where}: loss '{config.loss}' fails on outputs {tuple(output.shape)} and labels "
                          f"{tuple(y.shape)} {y.dtype}: {type(error).__name__}: {error}") from None
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
@@ -312,7 +312,7 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
                     run.__exit__(type(stopped), stopped, stopped.__traceback__)
                 except type(stopped):
                     pass
-        except Exception as error:  # the writer died, the store refused: every other seed's run still ends
+        except Exception as error:  # noqa: BLE001  the writer died, the store refused: every other seed's run still ends
             failures.append(error)
     if failures:
         raise failures[0]

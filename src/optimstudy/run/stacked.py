@@ -146,7 +146,7 @@ def prepare_stack(configs: list[RunConfig], *, datas: list[Data] | None = None, 
             y = torch.stack([d.train.y[:CHECK_ROWS] for d in datas])
             stacked = _seed_losses(base, loss_fn, 0)(params, buffers, x, y)
             alone = torch.stack([loss_fn(m(xi), yi) for m, xi, yi in zip(models, x, y)])
-    except Exception as error:  # vmap's own errors: randomness, data-dependent control flow, in-place on a batch
+    except Exception as error:  # noqa: BLE001  vmap's own errors: randomness, data-dependent control flow, in-place on a batch
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"the model cannot run under vmap ({type(error).__name__}: {text[:200]})"
     if not torch.allclose(stacked, alone, rtol=CHECK_RTOL, atol=1e-6, equal_nan=True):

@@ -120,7 +120,7 @@ def _check_connects(url: str) -> None:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
         engine.dispose()
-    except Exception as error:  # a missing driver, a bad host, refused credentials: say which
+    except Exception as error:  # noqa: BLE001  a missing driver, a bad host, refused credentials: say which
         reason = hide_passwords(str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300])
         raise UsageError(f"--storage '{hide_passwords(url)}' cannot be opened: {reason}") from None
 
@@ -239,7 +239,7 @@ def open_storage(url: str):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S,
                                                   engine_kwargs=engine)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001  as above: said as a usage error
             raise UsageError(hide_passwords(f"--storage '{url}' cannot be opened: "
                                             f"{str(error).splitlines()[0][:300]}")) from None
     path = Path(url)

@@ -304,7 +304,7 @@ def run_stacked_trials(worker: Worker, claimed: list) -> list[str]:
         if refused.store_wide:
             raise
         return list(states.values())
-    except Exception as error:  # as run_trial: FAIL them, with the message; the sweep goes on
+    except Exception as error:  # noqa: BLE001  as run_trial: FAIL them, with the message; the sweep goes on
         for study, trial, trial_id, _ in ready:
             fail_trial(study, trial, f"{type(error).__name__}: {error}")
             states[trial_id] = "failed"
@@ -374,7 +374,7 @@ def run_trial(worker: Worker, study, trial, trial_id: int) -> str:
         if refused.store_wide:
             raise
         return "failed"
-    except Exception as error:  # one failing trial must not stop the sweep: FAIL it, with the message
+    except Exception as error:  # noqa: BLE001  one failing trial must not stop the sweep: FAIL it, with the message
         fail_trial(study, trial, f"{type(error).__name__}: {error}")
         return "failed"
     trial.set_user_attr(DIVERGED, history.diverged)

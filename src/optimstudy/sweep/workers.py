@@ -50,7 +50,7 @@ class ForkedWorker:
             try:
                 adopt_writer(writer_connection)
                 code = _serve(read)
-            except BaseException:
+            except BaseException:  # noqa: BLE001  whatever ends the child is printed; it exits below
                 traceback.print_exc()
             finally:
                 quick_exit(code)
@@ -97,10 +97,10 @@ def fork_workers(count: int) -> list[ForkedWorker]:
     if count < 1 or sys.platform != "linux":
         return []  # macOS: forking after torch and the Objective-C runtime start is unsafe; fresh processes then
     # what every trial needs, imported once here so that each child starts with it
-    import mlflow.entities  # noqa: F401
+    import mlflow.entities
     import mlflow.tracking  # noqa: F401
 
-    import optimstudy.run.runner  # noqa: F401  (torch, the training loop)
+    import optimstudy.run.runner  # torch, the training loop
     import optimstudy.tracking.mlflow_logger  # noqa: F401  (the run's logger and MLflow's client module)
     from optimstudy.compat.torch import import_dynamo  # on first use: it imports torch
 

@@ -69,10 +69,10 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
                 return
             writer.open_store()
             if client_here:
-                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+                import mlflow.store.tracking.sqlalchemy_store
                 import mlflow.tracking  # noqa: F401
             writer.wait_ready()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  whatever the store says, said as a usage error
         raise UsageError(hide_passwords(f"tracking store '{tracking_uri}' cannot be opened: "
                                         f"{str(error)[:300]}")) from None
 

@@ -129,7 +129,7 @@ def _ask_mlflow(tracking_uri: str, shown: str, timeout_s: float) -> None:
     with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(2 * timeout_s))):
         try:
             MlflowClient(tracking_uri).search_experiments(max_results=1)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001  whatever the server answers, said as a usage error
             raise UsageError(f"tracking URI '{shown}' accepts connections but does not answer as an MLflow server "
                              f"(one request, {2 * timeout_s:g} s at most): {_first_line(error)}") from None
 
@@ -141,12 +141,12 @@ def _ask_database(tracking_uri: str, shown: str, scheme: str, timeout_s: float) 
     connect_args = {"connect_timeout": int(timeout_s)} if scheme in ("postgresql", "postgres", "mysql") else {}
     try:
         engine = sqlalchemy.create_engine(tracking_uri, connect_args=connect_args)
-    except Exception as error:  # e.g. the driver is not installed
+    except Exception as error:  # noqa: BLE001  e.g. the driver is not installed
         raise UsageError(f"tracking URI '{shown}' cannot be used: {_first_line(error)}") from None
     try:
         with engine.connect():
             pass
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  the driver's own errors, said as a usage error
         raise UsageError(f"tracking URI '{shown}': the database server refuses the connection: "
                          f"{_first_line(error)}") from None
     finally:

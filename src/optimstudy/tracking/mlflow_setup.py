@@ -57,7 +57,7 @@ def start_system_metrics(tracking_uri: str, run_id: str, seconds: float):
         sampler = SystemMetricsMonitor(run_id, sampling_interval=seconds, tracking_uri=tracking_uri)
         sampler.start()
         return sampler
-    except Exception as error:  # system metrics are a convenience: a run is never lost for them
+    except Exception as error:  # noqa: BLE001  system metrics are a convenience: a run is never lost for them
         print(hide_passwords(f"optimstudy: no system metrics for run {run_id}: {type(error).__name__}: {error}"),
               file=sys.stderr, flush=True)
         return None

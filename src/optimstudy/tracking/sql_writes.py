@@ -149,7 +149,7 @@ class FastWrites:
         try:
             for key in tags:
                 mlflow_internals.check_tag_name(key)
-        except Exception:  # a name MLflow refuses, or a changed private check: MLflow's own calls decide
+        except Exception:  # noqa: BLE001  a name MLflow refuses, or a changed private check: MLflow's own calls decide
             return False
         return True
 
@@ -190,7 +190,7 @@ class FastWrites:
             if key not in self.valid_keys:
                 try:
                     mlflow_internals.check_metric_name(key)
-                except Exception:  # as in end_run
+                except Exception:  # noqa: BLE001  as in end_run
                     return None
                 self.valid_keys.add(key)
             is_nan = math.isnan(value)

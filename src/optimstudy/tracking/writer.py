@@ -263,7 +263,7 @@ def serve(store: _Store, conn: Connection, started: threading.Event) -> None:
             try:
                 if handler is not None:  # a kind that is not ours is ignored
                     ended_sampler = handler(key, *arguments)
-            except Exception as error:  # reported back: the training process reads it at its next batch
+            except Exception as error:  # noqa: BLE001  reported back: the training process reads it at its next batch
                 ended_sampler = session.refused(kind, key, error)
         # after the answer, so the training process does not wait for it (~20 ms a run): the
         # last sample is stored into the ended run before the next message is read
@@ -292,7 +292,7 @@ class _Session:
     def open_store(self) -> None:
         try:
             reply(self.conn, (READY, None, self.store.open()))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001  reported to the training process, which raises it
             reply(self.conn, (ERROR, None, hide_passwords(f"{type(error).__name__}: {str(error)[:1000]}")))
 
     def experiment(self, name: str, artifact_location: str | None) -> None:  # the trainer waits
@@ -427,7 +427,7 @@ def stored_together(store: _Store, parts: list, refused) -> bool:
     try:
         with store.lock:
             return store.fast.write_together(writes)
-    except Exception:  # a locked store, a full disk: each alone then, retried and reported as always
+    except Exception:  # noqa: BLE001  a locked store, a full disk: each alone then, retried and reported as always
         return False
 
 
