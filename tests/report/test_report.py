@@ -750,8 +750,8 @@ def test_report_end_to_end_on_real_runs_logs_the_figures_to_the_sweep(cli, track
     for problem, optimizer, lr in (("linreg", "sgd", 0.03), ("linreg", "sgd", 0.3), ("linreg", "sgd", 3.0),
                                    ("linreg", "adam", 0.1), ("valley", "sgd", 0.5), ("valley", "adam", 0.1)):
         execute(RunConfig(problem=problem, optimizer=optimizer, lr=lr, steps=60, eval_every=10, threads=1),
-                Tracking(tracking_uri, "tiny"), parent_run_id=parent,
-                tags={"optimstudy.kind": "trial", "optimstudy.study": "tiny", "optimstudy.trial": trial})
+                Tracking(tracking_uri, "tiny", parent_run_id=parent,
+                         tags={"optimstudy.kind": "trial", "optimstudy.study": "tiny", "optimstudy.trial": trial}))
         trial += 1
     stop_writers()
     # -X importtime in every process of the report, the forks that draw included: torch is never imported

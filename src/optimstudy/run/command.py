@@ -93,14 +93,13 @@ def _run_watched(fields: dict, options: RunOptions, tracking_at: tuple[str, str]
         check_hidden_matrices(split_parameters(model)[0], config.optimizer, config.problem)
     tracking = None
     if tracking_at is not None:
-        tracking = Tracking(*tracking_at)
+        tracking = Tracking(*tracking_at, tags={TAG_KIND: "run"}, save_model=options.save_model)
         ensure_store(tracking.tracking_uri, start_writer(tracking.tracking_uri))
 
     if options.seed_list is not None:
         return _run_seeds(config, options, tracking)
     with progress_bar(f"{config.problem} {config.optimizer} lr={config.lr:g}", unit="step") as progress:
-        history, run_id = execute(config, tracking, data=data, save_model=options.save_model, progress=progress,
-                                  tags={TAG_KIND: "run"}, watchdog=watchdog)
+        history, run_id = execute(config, tracking, data=data, progress=progress, watchdog=watchdog)
     print_run_summary(history, run_id, tracking)
     if options.as_json:
         print(json.dumps({"run_id": run_id, **history.summary()}))
@@ -130,8 +129,7 @@ def _run_seeds(config, options: RunOptions, tracking) -> int:
     label = f"{config.problem} {config.optimizer} lr={config.lr:g} seeds {options.seeds}"
     with progress_bar(label, unit="step") as progress:
         results = execute_seeds(configs, tracking, stack=options.stack_seeds, max_stack=options.max_stack,
-                                data_dir=options.data_dir, tags={TAG_KIND: "run"}, progress=progress,
-                                save_model=options.save_model,
+                                data_dir=options.data_dir, progress=progress,
                                 say=lambda line: print(f"note: {line}", file=sys.stderr))
     for history, run_id in results:
         print(f"seed {history.config.seed}: ", end="", file=sys.stderr)

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -47,9 +47,14 @@ from optimstudy.tracking.writer_handle import WriterDied, start_writer
 
 @dataclass(frozen=True)
 class Tracking:
+    """Where the runs go and what each carries: the store, the experiment, the parent run and the tags
+    of every run, and whether a run keeps its trained weights (state_dict.pt) as an artifact."""
     tracking_uri: str
     experiment: str
     experiment_id: str | None = None  # when known (a sweep worker looks it up once, not per trial)
+    parent_run_id: str | None = None
+    tags: dict = field(default_factory=dict)
+    save_model: bool = False
 
     def with_experiment_id(self) -> "Tracking":
         """This, with the experiment's id looked up (by the writer) once for the runs that follow, not once
@@ -177,8 +182,7 @@ def run_name(config: RunConfig) -> str:
 
 
 def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None = None, data_dir=None,
-            parent_run_id=None, tags=None, on_eval=None, progress=None, save_model=False,
-            on_start=None, watchdog=None) -> tuple[History, str | None]:
+            on_eval=None, progress=None, on_start=None, watchdog=None) -> tuple[History, str | None]:
     """Train `config` (resolved first); returns the history and the MLflow run id (None untracked).
 
     `watchdog` (processes.Watchdog, entered by the caller): each step beats it, so a limit raises
@@ -200,7 +204,7 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
         history.note = note or history.note
         return history, None
 
-    logger = open_logger(config, data, note, tracking, parent_run_id, tags)
+    logger = open_logger(config, data, note, tracking)
     if watchdog is not None:  # the training thread is stuck: the watchdog's thread ends the run, with why
         watchdog.on_stuck.append(lambda reason: logger.close("FAILED", {TAG_ERROR: f"TrialTimeout: {reason}"}))
     with tracked_run(logger):
@@ -208,30 +212,30 @@ def execute(config: RunConfig, tracking: Tracking | None, *, data: Data | None =
             on_start(logger.run_id)
         history = train(config, logger, data=data, on_eval=on_eval, progress=progress)
         history.note = note or history.note
-        if save_model:
+        if tracking.save_model:
             _save_state_dict(logger, history.model)
     return history, logger.run_id
 
 
-def open_logger(config: RunConfig, data: Data, note: str, tracking: Tracking, parent_run_id=None,
-                tags=None) -> MlflowLogger:
-    """The MLflow run of one resolved, fitted config, with its params, tags and data set."""
+def open_logger(config: RunConfig, data: Data, note: str, tracking: Tracking, tags=None) -> MlflowLogger:
+    """The MLflow run of one resolved, fitted config, with its params, the tags of every run (tracking.tags)
+    and its own (`tags`), and its data set."""
     # problem_tags: what the report needs about the problem, so that it never imports torch
     run_tags = {**environment_tags(config.device), **problem_tags(resolve_problem(config.problem), data),
                 "dataset": data.name,
-                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **(tags or {})}
+                **{f"dataset.{split}": size for split, size in data.sizes().items()}, **tracking.tags, **(tags or {})}
     if note:
         run_tags[TAG_BATCH_NOTE] = note
     dataset = {"name": data.name, "digest": data.digest, "source_type": data.source_type, "source": data.source,
                "profile": {"shapes": data.shapes(), "classes": data.info.num_classes, "problem": config.problem}}
     return MlflowLogger(tracking.tracking_uri, tracking.experiment, config.params(), run_tags,
-                        run_name=run_name(config), parent_run_id=parent_run_id,
+                        run_name=run_name(config), parent_run_id=tracking.parent_run_id,
                         known_experiment_id=tracking.experiment_id, dataset=dataset)
 
 
 def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack: bool = True,
-                  max_stack: int | None = None, data_dir=None, parent_run_id=None, tags=None, progress=None,
-                  save_model=False, say=None) -> list[tuple[History, str | None]]:
+                  max_stack: int | None = None, data_dir=None, progress=None,
+                  say=None) -> list[tuple[History, str | None]]:
     """Train the seeds of one configuration (configs that differ only in seed): stacked in groups of
     at most `max_stack` (run.stacked; None: its MAX_STACK for the device) where `stack` and the
     mathematics allow, else one after another through `execute`. Each seed is its own MLflow run;
@@ -240,8 +244,7 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
     configs = [c.resolved() for c in configs]
     tracking = tracking and tracking.with_experiment_id()
     if not stack or len(configs) < 2:
-        return [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags, progress=progress,
-                        save_model=save_model) for c in configs]
+        return [execute(c, tracking, data_dir=data_dir, progress=progress) for c in configs]
     size = max_stack or max_stack_for(configs[0].device)
     results = []
     for start in range(0, len(configs), size):
@@ -251,18 +254,16 @@ def execute_seeds(configs: list[RunConfig], tracking: Tracking | None, *, stack:
             if say is not None and prepared is not None:
                 seeds = ",".join(str(c.seed) for c in group)
                 say(f"seeds {seeds} run one after another, not stacked: {prepared}")
-            results += [execute(c, tracking, data_dir=data_dir, parent_run_id=parent_run_id, tags=tags,
-                                progress=progress, save_model=save_model) for c in group]
+            results += [execute(c, tracking, data_dir=data_dir, progress=progress) for c in group]
         else:
-            results += execute_stack(prepared, tracking, parent_run_id=parent_run_id, tags=tags, progress=progress,
-                                     save_model=save_model)
+            results += execute_stack(prepared, tracking, progress=progress)
     return results
 
 
-def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None, tags=None, on_evals=None,
-                  on_starts=None, progress=None, save_model=False) -> list[tuple[History, str | None]]:
+def execute_stack(stack: Stack, tracking: Tracking | None, *, seed_tags=None, on_evals=None,
+                  on_starts=None, progress=None) -> list[tuple[History, str | None]]:
     """`execute` for a prepared stack of seeds (run.stacked.prepare_stack): (history, run id) per seed.
-    `tags`: one dict for every seed or a list, one per seed; `on_evals`, `on_starts`: one callable (or
+    `seed_tags`, `on_evals`, `on_starts`: one dict of tags (added to tracking.tags), one callable (or
     None) per seed, as `execute`'s. A seed whose on_eval raised errors.Stop ends KILLED, the others FINISHED.
 
     The seeds' runs are created, logged and ended together (writer_handle's `together`): the writer
@@ -272,11 +273,11 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
         return [(history, None) for history in histories]
     tracking = tracking.with_experiment_id()
     writer = start_writer(tracking.tracking_uri)
-    each_tags = tags if isinstance(tags, list) else [tags] * len(stack.configs)
+    each_tags = seed_tags or [None] * len(stack.configs)
     stacked = {TAG_STACKED: ",".join(str(seed) for seed in stack.seeds)}
     with writer.together():
-        loggers = [open_logger(c, data, note, tracking, parent_run_id, {**(seed_tags or {}), **stacked})
-                   for c, data, note, seed_tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
+        loggers = [open_logger(c, data, note, tracking, {**(tags or {}), **stacked})
+                   for c, data, note, tags in zip(stack.configs, stack.datas, stack.notes, each_tags)]
     runs = [tracked_run(logger) for logger in loggers]  # each ended as execute ends its one run
     entered = []
     try:
@@ -287,7 +288,7 @@ def execute_stack(stack: Stack, tracking: Tracking | None, *, parent_run_id=None
             if on_start is not None:
                 on_start(logger.run_id)
         histories = train_stack(stack, loggers, on_evals=on_evals, progress=progress, together=writer.together)
-        if save_model:
+        if tracking.save_model:
             for logger, history in zip(loggers, histories):
                 _save_state_dict(logger, history.model)
     except BaseException:

@@ -282,8 +282,7 @@ def run_stacked_trials(worker: Worker, claimed: list) -> list[str]:
             stack = prepare_stack([config for *_, config in ready], data_dir=options.data_dir)
             if not isinstance(stack, str):
                 watchdog.begin()
-                results = execute_stack(stack, worker.tracking, parent_run_id=options.parent_run_id,
-                                        tags=[tags for _, tags in hooks],
+                results = execute_stack(stack, worker.tracking, seed_tags=[tags for _, tags in hooks],
                                         on_evals=[on_eval for on_eval, _ in hooks],
                                         on_starts=[lambda run_id, t=trial: t.set_user_attr(RUN_ID, run_id)
                                                    for _, trial, _, _ in ready],
@@ -355,10 +354,9 @@ def run_trial(worker: Worker, study, trial, trial_id: int) -> str:
                         what=f"trial {trial.number}", last_resort=worker.last_resort)
     try:
         with Heartbeat(storage, trial_id), watchdog:
-            history, _ = execute(config, worker.tracking, data_dir=options.data_dir,
-                                 parent_run_id=options.parent_run_id, tags=tags,
-                                 on_eval=on_eval, on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
-                                 watchdog=watchdog)
+            history, _ = execute(config, worker.tracking and replace(worker.tracking, tags=tags),
+                                 data_dir=options.data_dir, on_eval=on_eval,
+                                 on_start=lambda run_id: trial.set_user_attr(RUN_ID, run_id), watchdog=watchdog)
     except Stop as stop:
         trial.set_user_attr("pruned", str(stop))
         study.tell(trial, state=TrialState.PRUNED)
@@ -397,7 +395,7 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
     if tracking_uri:
         writer = start_writer(tracking_uri)  # it looks the experiment up too, without an MLflow client here
         tracking = Tracking(tracking_uri, spec.name, options.experiment_id or writer.experiment(
-            spec.name, artifact_location(tracking_uri, spec.name)))
+            spec.name, artifact_location(tracking_uri, spec.name)), parent_run_id=options.parent_run_id)
     worker = Worker(spec, queue, options, tracking, last_resort)
     while stop is None or not stop.is_set():
         claimed = queue.take()
