@@ -69,7 +69,7 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
                 return
             writer.open_store()
             if client_here:
-                import mlflow.store.tracking.sqlalchemy_store
+                import mlflow.store.tracking.sqlalchemy_store  # ours too: imported while the writer opens the store
                 import mlflow.tracking  # noqa: F401
             writer.wait_ready()
     except Exception as error:  # noqa: BLE001  whatever the store says, said as a usage error
