@@ -80,10 +80,12 @@ def test_report_on_a_store_it_cannot_reach_exits_2_like_sweep_and_run(cli, tmp_p
     port = closed_port()
     refusing = postgres_server.replace("optimstudy:optimstudy@", "optimstudy:not-the-password@") + "/postgres"
     assert refusing != postgres_server + "/postgres"
-    for uri, expected in ((f"http://127.0.0.1:{port}", "cannot be reached"),
-                          (f"postgresql+psycopg://u:p@127.0.0.1:{port}/x", "cannot be reached"),
-                          (refusing, "refuses the connection")):
-        for command in ("report", "sweep", "run"):
+    for uri, expected, commands in ((f"http://127.0.0.1:{port}", "cannot be reached", ("report",)),
+                                    (f"postgresql+psycopg://u:p@127.0.0.1:{port}/x", "cannot be reached", ("report",)),
+                                    (refusing, "refuses the connection", ("report", "sweep", "run"))):
+        # sweep and run on a closed port: test_bad_input.py's test_unreachable_tracking_uri_fails_within_seconds
+        # (both schemes, both commands: exit 2, "cannot be reached", no traceback, nothing written)
+        for command in commands:
             args = {"report": ("report",), "sweep": ("sweep", write_spec(tmp_path, "unreached")),
                     "run": ("run", "--problem", "linreg", "--steps", "5")}[command]
             assert_usage_error(cli(*args, "--tracking-uri", uri, cwd=tmp_path), expected)

@@ -4,6 +4,10 @@ MLflow 3 opens an experiment as a GenAI experiment (traces, token usage) unless 
 `mlflow.experimentKind` tag says it holds model training; these tests read the tags through
 MlflowClient, as the UI does.
 """
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -11,10 +15,42 @@ from optimstudy.tracking.client import experiment_id
 from optimstudy.tracking.writer import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
 
-def test_a_tracked_run_marks_its_experiment_as_model_training(cli, tmp_path, tracking_uri):
-    cli("run", "--problem", "linreg", "--steps", "20", "--experiment", "kinds", "--tracking-uri", tracking_uri,
-        cwd=tmp_path, check_exit=0)
-    experiment = MlflowClient(tracking_uri).get_experiment_by_name("kinds")
+def once_per_session(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test session, across pytest-xdist workers too (the
+    first to come builds it under a file lock; the others wait for it and read the same folder)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: this session's, shared
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def store_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+
+
+def run_in_known(folder: Path) -> None:
+    from helpers import run_cli
+
+    run_cli("run", "--problem", "linreg", "--steps", "20", "--experiment", "known", "--tracking-uri",
+            store_uri(folder), cwd=folder, check_exit=0)
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory) -> str:
+    """A store holding one tracked run, in experiment 'known' (read only: the tests only look)."""
+    return store_uri(once_per_session(tmp_path_factory, "shared-one-tracked-run", run_in_known))
+
+
+def test_a_tracked_run_marks_its_experiment_as_model_training(one_run):
+    experiment = MlflowClient(one_run).get_experiment_by_name("known")
     assert experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING
 
 
@@ -29,10 +65,8 @@ def test_an_existing_experiment_without_the_kind_gets_it_when_touched_again(tmp_
     assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
 
 
-def test_ui_with_an_unknown_experiment_exits_2_naming_the_known_ones(cli, tmp_path, tracking_uri):
-    cli("run", "--problem", "linreg", "--steps", "5", "--experiment", "known", "--tracking-uri", tracking_uri,
-        cwd=tmp_path, check_exit=0)
-    result = cli("ui", "--experiment", "knwn", "--tracking-uri", tracking_uri, "--port", "5998", cwd=tmp_path)
+def test_ui_with_an_unknown_experiment_exits_2_naming_the_known_ones(cli, tmp_path, one_run):
+    result = cli("ui", "--experiment", "knwn", "--tracking-uri", one_run, "--port", "5998", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "knwn" in result.stderr and "did you mean 'known'" in result.stderr
 
