@@ -2,6 +2,7 @@
 pytest puts the folder of the top conftest.py there). conftest.py holds the fixtures; a conftest.py
 in a subfolder would shadow it as a module, this name is not shadowed."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,21 @@ def write_tiny_spec(folder: Path, name: str, steps: int = 40, seeds=(0, 1), opti
     path = Path(folder) / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def once_per_session(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test session, across pytest-xdist workers too: a
+    module's tests may be spread over both workers, and each would run its module fixture again. The
+    first to come builds it under a file lock; the others wait for it and read the same folder."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: this session's, shared
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder

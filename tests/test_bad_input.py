@@ -138,7 +138,8 @@ def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # as `optimstudy ui`: no job runners
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:

@@ -4,32 +4,14 @@ MLflow 3 opens an experiment as a GenAI experiment (traces, token usage) unless 
 `mlflow.experimentKind` tag says it holds model training; these tests read the tags through
 MlflowClient, as the UI does.
 """
-import os
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import once_per_session, run_cli
 from mlflow import MlflowClient
 
 from optimstudy.tracking.client import experiment_id
 from optimstudy.tracking.writer import EXPERIMENT_KIND_TAG, MODEL_TRAINING
-
-
-def once_per_session(tmp_path_factory, name: str, build) -> Path:
-    """A folder that `build(folder)` fills once per test session, across pytest-xdist workers too (the
-    first to come builds it under a file lock; the others wait for it and read the same folder)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: this session's, shared
-    folder, done = root / name, root / f"{name}.built"
-    with FileLock(str(root / f"{name}.lock")):
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            build(folder)
-            done.touch()
-    return folder
 
 
 def store_uri(folder: Path) -> str:
@@ -37,8 +19,6 @@ def store_uri(folder: Path) -> str:
 
 
 def run_in_known(folder: Path) -> None:
-    from helpers import run_cli
-
     run_cli("run", "--problem", "linreg", "--steps", "20", "--experiment", "known", "--tracking-uri",
             store_uri(folder), cwd=folder, check_exit=0)
 

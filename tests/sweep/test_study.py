@@ -5,14 +5,13 @@ The lesson checks run the real quickstart spec at reduced size through the whole
 "wins" is what the study measures, so no test names a winner.
 """
 import json
-import os
 import re
-import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import once_per_session, run_cli
 
 from optimstudy.cli import main
 from optimstudy.sweep.planning import plan
@@ -52,27 +51,9 @@ def reduced_quickstart(folder: Path, steps: int) -> Path:
     return path
 
 
-def once_per_session(tmp_path_factory, name: str, build) -> Path:
-    """A folder that `build(folder)` fills once per test session, across pytest-xdist workers too: a
-    module's tests may be spread over both workers, and each would run its module fixture again. The
-    first to come builds it under a file lock; the others wait for it and read the same folder."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: this session's, shared
-    folder, done = root / name, root / f"{name}.built"
-    with FileLock(str(root / f"{name}.lock")):
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            build(folder)
-            done.touch()
-    return folder
 
 
 def sweep_the_reduced_quickstart(folder: Path) -> None:
-    from helpers import run_cli
-
     spec = reduced_quickstart(folder, steps=200)
     result = run_cli("sweep", spec, "--workers", "2", "--json", cwd=folder, check_exit=0, timeout=600)
     (folder / "summary.json").write_text(result.stdout.strip().splitlines()[-1])

@@ -10,33 +10,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import once_per_session, run_cli, write_tiny_spec
 from optuna.trial import TrialState
 
 CONFIGURATIONS = 4
 
 
-def once_per_session(tmp_path_factory, name: str, build) -> Path:
-    """A folder that `build(folder)` fills once per test session, across pytest-xdist workers too: a
-    module's tests may be spread over both workers, and each would run its module fixture again. The
-    first to come builds it under a file lock; the others wait for it and read the same folder."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: this session's, shared
-    folder, done = root / name, root / f"{name}.built"
-    with FileLock(str(root / f"{name}.lock")):
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            build(folder)
-            done.touch()
-    return folder
 
 
 def sweep_damaged(folder: Path) -> None:
-    from helpers import run_cli
-
     write_tiny_spec(folder, "damaged", steps=40)
     run_cli("sweep", "damaged.toml", cwd=folder, check_exit=0)
 
