@@ -14,6 +14,7 @@ import optuna
 import pytest
 from helpers import write_tiny_spec
 from optuna.trial import TrialState
+from test_reliability import in_process
 
 from optimstudy.tracking.reader import load_runs
 
@@ -58,7 +59,7 @@ def test_two_sweeps_started_at_once_on_a_fresh_local_store(tmp_path, cli):
     study = optuna.load_study(study_name="together", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
     assert_exactly_once(study, summaries, summaries[0]["tracking_uri"], "together")
-    checked = cli("check", spec, cwd=tmp_path)
+    checked = in_process("check", spec, cwd=tmp_path)  # check only reads the stores: no new process needed
     assert checked.returncode == 0 and "ok:" in checked.stdout, checked.stdout
 
 
@@ -111,7 +112,7 @@ def test_two_machines_start_at_once_on_postgresql_and_an_mlflow_server(tmp_path,
     assert_exactly_once(study, summaries, mlflow_server, "shared")
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both machines did part of the work
     assert not any((m / "mlruns").exists() for m in machines)  # nothing local: both stores are remote
-    checked = cli("check", spec, "--storage", optuna_url, "--tracking-uri", mlflow_server, cwd=tmp_path)
+    checked = in_process("check", spec, "--storage", optuna_url, "--tracking-uri", mlflow_server, cwd=tmp_path)
     assert checked.returncode == 0 and "ok:" in checked.stdout, checked.stdout
 
 

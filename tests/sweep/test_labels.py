@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import optuna
 import pytest
+from test_reliability import in_process
 
 from optimstudy import results
 from optimstudy.run.config import RunConfig
@@ -75,7 +76,7 @@ def test_two_labels_of_one_configuration_both_run_and_check_names_a_label_withou
     spec = write(tmp_path, ONE_LABEL)
     cli("sweep", spec, cwd=tmp_path, check_exit=0)
     spec = write(tmp_path, ONE_LABEL + SECOND_LABEL)  # a second label for the same configuration, not yet swept
-    result = cli("check", spec, cwd=tmp_path)
+    result = in_process("check", spec, cwd=tmp_path)  # check only reads the stores: no new process needed
     assert result.returncode == 1 and "label 'sgd_b' of the spec has no finished runs (its trials: none queued)" \
         in result.stdout, result.stdout
 
@@ -85,7 +86,7 @@ def test_two_labels_of_one_configuration_both_run_and_check_names_a_label_withou
     assert sorted(runs["label"].value_counts().items()) == [("sgd_a", 4), ("sgd_b", 4)]
     best = results.best_configurations(runs)
     assert sorted(best["optimizer"]) == ["sgd_a", "sgd_b"] and set(best["seeds"]) == {2}
-    assert cli("check", spec, cwd=tmp_path).returncode == 0
+    assert in_process("check", spec, cwd=tmp_path).returncode == 0
 
 
 # ---- labels follow rules, and what quotes them (CSV, the MLflow note) neutralises them ----------

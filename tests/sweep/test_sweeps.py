@@ -6,6 +6,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from test_reliability import in_process
 
 from optimstudy.tracking.reader import load_runs
 
@@ -35,6 +36,14 @@ def sweep(cli, spec, cwd, *extra, check_exit=0):
     return json.loads(result.stdout.strip().splitlines()[-1]), result
 
 
+def sweep_in_process(spec, cwd, *extra):
+    """`sweep` for a test about what a one-worker sweep writes, not about its process: run by this
+    process (a new interpreter costs ~5-10 s to start on 2 busy cores); its trials train here."""
+    result = in_process("sweep", spec, "--json", *extra, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
 def study_of(cwd, name):
     return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(cwd / "mlruns" / "optuna" / f"{name}.journal"))))
@@ -57,7 +66,7 @@ def test_grid_runs_every_trial_once_as_children_of_one_parent_and_resumes(cli, t
     configs = {(r.optimizer, r.lr, r.seed) for r in children.itertuples()}
     assert len(configs) == 8
 
-    again, result = sweep(cli, spec, tmp_path)
+    again, result = sweep_in_process(spec, tmp_path)  # nothing to run
     assert again["new_trials"] == 0 and again["trials"]["complete"] == 8
     assert "nothing to run" in result.stderr
     assert len(load_runs(uri, experiments=["grid"], with_metrics=False)) == 9  # no new runs
@@ -152,7 +161,7 @@ def test_four_workers_on_the_default_store_run_each_configuration_once(cli, tmp_
     assert len({t.user_attrs["pid"] for t in study.trials}) > 1  # the work really was shared
     runs = load_runs(summary["tracking_uri"], experiments=["workers"], with_metrics=False)
     assert (runs["status"] == "FINISHED").sum() == 17
-    assert cli("check", spec, cwd=tmp_path).returncode == 0
+    assert in_process("check", spec, cwd=tmp_path).returncode == 0
 
 
 SAMPLED = """
@@ -174,16 +183,16 @@ lr = {{ low = 1e-4, high = 0.1, log = true }}
 
 
 @pytest.mark.parametrize("sampler", ["random", "gp", "tpe"])
-def test_a_search_samples_different_values_trial_to_trial(cli, tmp_path, sampler):
+def test_a_search_samples_different_values_trial_to_trial(tmp_path, sampler):
     spec = tmp_path / f"{sampler}.toml"
     spec.write_text(SAMPLED.format(name=sampler, sampler=sampler))
-    sweep(cli, spec, tmp_path)
+    sweep_in_process(spec, tmp_path)
     sampled = {}
     for trial in study_of(tmp_path, sampler).trials:
         sampled.setdefault(trial.user_attrs["optimizer"], []).append(next(iter(trial.params.values())))
     for optimizer, values in sampled.items():  # one seed for every trial made all 6 the same value
         assert len(values) == 6 and len(set(values)) >= 5, (optimizer, values)
-    assert cli("check", spec, cwd=tmp_path).returncode == 0
+    assert in_process("check", spec, cwd=tmp_path).returncode == 0
 
 
 def test_confirmation_trials_are_never_pruned(cli, tmp_path):
@@ -218,7 +227,8 @@ def test_a_spec_name_is_its_study_identity(cli, tmp_path):
     # any other change (the budget, the direction) under the same name is refused, naming the keys
     changed = spec.read_text().replace("steps = 40", "steps = 50")
     spec.write_text(changed.replace('problem = "linreg"', 'problem = "linreg"\ndirection = "maximize"'))
-    result = cli("sweep", spec, cwd=tmp_path, check_exit=2)
+    result = in_process("sweep", spec, cwd=tmp_path)  # refused before any work: no new process needed
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "budget" in result.stderr and "direction" in result.stderr and "--restart" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(study_of(tmp_path, "identity").trials) == 8  # nothing queued
@@ -231,11 +241,11 @@ def test_a_spec_name_is_its_study_identity(cli, tmp_path):
     assert len(runs) == 9 and set(runs["parent_run_id"].dropna()) == {restarted["parent_run_id"]}
 
 
-def test_check_finds_double_queueing_a_split_parent_run_and_repeated_samples(cli, tmp_path):
+def test_check_finds_double_queueing_a_split_parent_run_and_repeated_samples(tmp_path):
     spec = tmp_path / "broken.toml"
     spec.write_text(SAMPLED.format(name="broken", sampler="random").replace("trials = 6", "trials = 2"))
-    summary, _ = sweep(cli, spec, tmp_path)
-    assert cli("check", spec, cwd=tmp_path).returncode == 0
+    summary, _ = sweep_in_process(spec, tmp_path)
+    assert in_process("check", spec, cwd=tmp_path).returncode == 0
     study = study_of(tmp_path, "broken")
     first = study.trials[0]
     # what two planners at once and a seed-per-claim sampler used to leave behind:
@@ -245,7 +255,7 @@ def test_check_finds_double_queueing_a_split_parent_run_and_repeated_samples(cli
     experiment = client.get_experiment_by_name("broken").experiment_id
     client.set_terminated(client.create_run(experiment, tags={"optimstudy.kind": "sweep",
                                                               "optimstudy.study": "broken"}).info.run_id)
-    result = cli("check", spec, cwd=tmp_path)
+    result = in_process("check", spec, cwd=tmp_path)
     assert result.returncode == 1
     assert "queued 2 times" in result.stdout
     assert "2 parent runs for one study" in result.stdout

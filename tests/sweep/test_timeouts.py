@@ -5,6 +5,8 @@ The user's problem hangs in `forward` only on training batches of 32 rows, so th
 check (2 rows) and the evaluations pass and a grid over batch_size = [16, 32] has one trial that
 hangs and one that finishes.
 """
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import pytest
 from helpers import run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+
+from optimstudy.cli import main
 
 HANGING_MODULE = '''
 import os
@@ -57,7 +61,7 @@ problem = "hanging:problem"
 steps = 30
 batch_size = [16, 32]
 seeds = [0]
-trial_timeout_s = 6
+trial_timeout_s = 3
 
 [optimizers.sgd]
 lr = [0.1]
@@ -119,16 +123,28 @@ def test_a_run_stuck_where_no_signal_reaches_is_failed_and_its_process_ended(scr
     assert "TrialTimeout" in run.data.tags["optimstudy.error"]
 
 
-def test_a_bad_trial_timeout_is_refused_before_anything_is_written(scratch):
+def in_process(*argv, cwd):
+    """(exit code, stderr) of `optimstudy ARGV` run in CWD by this process: a refusal of bad input needs no
+    new interpreter (~5 s to start on 2 busy cores); an unexpected exception would fail the test here."""
+    err = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+def test_a_bad_trial_timeout_is_refused_before_anything_is_written(scratch, monkeypatch):
     for args, env in ((["--trial-timeout", "0"], {}), (["--trial-timeout", "-3"], {}),
                       ([], {"OPTIMSTUDY_STALL_TIMEOUT_S": "soon"})):
-        result = run_cli("run", "--problem", "linreg", "--steps", "5", *args, cwd=scratch, env=env)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "--trial-timeout" in result.stderr or "OPTIMSTUDY_STALL_TIMEOUT_S" in result.stderr
-        assert "Traceback" not in result.stderr
-    (scratch / "bad.toml").write_text(SPEC.replace("trial_timeout_s = 6", "trial_timeout_s = -1"))
-    result = run_cli("sweep", "bad.toml", cwd=scratch)
-    assert result.returncode == 2 and "trial_timeout_s" in result.stderr, result.stderr[-2000:]
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            code, err = in_process("run", "--problem", "linreg", "--steps", "5", *args, cwd=scratch)
+        assert code == 2, err[-2000:]
+        assert "--trial-timeout" in err or "OPTIMSTUDY_STALL_TIMEOUT_S" in err
+        assert "Traceback" not in err
+    (scratch / "bad.toml").write_text(SPEC.replace("trial_timeout_s = 3", "trial_timeout_s = -1"))
+    code, err = in_process("sweep", "bad.toml", cwd=scratch)
+    assert code == 2 and "trial_timeout_s" in err, err[-2000:]
     assert not (scratch / "mlruns").exists()
 
 
@@ -149,7 +165,7 @@ def test_a_sweep_fails_the_hung_trial_in_both_stores_and_finishes_the_other(scra
     assert by_batch[16].state == TrialState.COMPLETE
     assert by_batch[32].state == TrialState.FAIL
     assert "TrialTimeout" in by_batch[32].user_attrs["optimstudy.error"]
-    assert "limit of 6 s" in by_batch[32].user_attrs["optimstudy.error"]
+    assert "limit of 3 s" in by_batch[32].user_attrs["optimstudy.error"]
 
     trial_runs = {run.data.params["batch_size"]: run for run in runs_of(store, "hangs")
                   if run.data.tags.get("optimstudy.kind") == "trial"}

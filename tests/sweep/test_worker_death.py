@@ -29,7 +29,9 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="a parent-death signal is Linux's (elsewhere workers stop "
                                                     "after their trial)")
 def test_kill_9_of_a_sweeps_group_leaves_no_worker_and_a_resume_at_once_succeeds(tmp_path):
-    write_tiny_spec(tmp_path, "orphans", steps=20000)
+    # 4 trials of 5000 steps (3-8 s each on 2 busy cores): workers still in their first trials when the
+    # group is killed (it is, as soon as one is seen running), and a resume that redoes them all is short
+    write_tiny_spec(tmp_path, "orphans", steps=5000)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "orphans.toml", "--workers", "2",
                               "--storage", storage], cwd=tmp_path, start_new_session=True,
