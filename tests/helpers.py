@@ -1,6 +1,8 @@
 """What tests share besides fixtures: imported as `from helpers import ...` (tests/ is on sys.path:
 pytest puts the folder of the top conftest.py there). conftest.py holds the fixtures; a conftest.py
 in a subfolder would shadow it as a module, this name is not shadowed."""
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -26,6 +28,21 @@ def run_cli(*args, cwd=None, env=None, timeout=300, check_exit=None):
     if check_exit is not None:
         assert result.returncode == check_exit, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
     return result
+
+
+def in_process(*args, cwd):
+    """`optimstudy ARGS` run in CWD by this process, as run_cli runs it in a new one (whose start costs
+    ~5 s of imports on 2 busy cores): for a command whose subject is not the process (a refusal of bad
+    input, a `check` that only reads or repairs the stores). Returns a CompletedProcess like run_cli's."""
+    from optimstudy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["optimstudy", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def write_tiny_spec(folder: Path, name: str, steps: int = 40, seeds=(0, 1), optimizers=None) -> Path:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import in_process
 
 from optimstudy.results import calibration, comparison, sequential
 from optimstudy.results.rounds import seeds_wanted
@@ -253,8 +254,7 @@ def test_until_decided_adds_seeds_in_rounds_says_what_it_spent_and_resumes(tmp_p
     assert all(v["seeds"] == 12 or "out of reach" in answer["undecided"] for v in open_pairs)
 
     # the resume, in this process: nothing is left to run (a new interpreter would cost ~5 s to start)
-    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()) as out, \
-            contextlib.redirect_stderr(io.StringIO()) as err:
-        assert main(["sweep", str(spec), "--json"]) == 0, err.getvalue()[-3000:]
-    assert "decide round" not in err.getvalue()
-    assert json.loads(out.getvalue().strip().splitlines()[-1])["new_trials"] == 0
+    resumed = in_process("sweep", spec, "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "decide round" not in resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["new_trials"] == 0

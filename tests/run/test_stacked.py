@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from helpers import in_process
 
 from optimstudy.cli import main
 from optimstudy.problems.optimizers import OPTIMIZERS, is_elementwise
@@ -363,8 +364,6 @@ def test_bad_stacking_keys_in_a_spec_exit_2_naming_the_key(line, message, tmp_pa
 def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp_path, request):
     """Each seed of an interrupted stack is a trial interrupted as any other: FAIL (queued again on
     resume) and its run KILLED; the resumed sweep runs every configuration once, and check agrees."""
-    import contextlib
-    import io
     import signal
     import time
 
@@ -413,7 +412,5 @@ def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp
     keys = [t.user_attrs["optimstudy.key"] for t in complete]
     assert len(keys) == len(set(keys)) == 8
     # `optimstudy check` in this process: it only reads and repairs the stores (a new one costs ~5 s to start)
-    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()) as out, \
-            contextlib.redirect_stderr(io.StringIO()) as err:
-        checked = main(["check", str(spec)])
-    assert checked == 0, out.getvalue() + err.getvalue()
+    checked = in_process("check", spec, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

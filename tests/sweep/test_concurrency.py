@@ -12,9 +12,8 @@ import urllib.request
 
 import optuna
 import pytest
-from helpers import write_tiny_spec
+from helpers import in_process, write_tiny_spec
 from optuna.trial import TrialState
-from test_reliability import in_process
 
 from optimstudy.tracking.reader import load_runs
 

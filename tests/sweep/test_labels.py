@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import optuna
 import pytest
-from test_reliability import in_process
+from helpers import in_process
 
 from optimstudy import results
 from optimstudy.run.config import RunConfig

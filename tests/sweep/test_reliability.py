@@ -1,6 +1,4 @@
 """Bad input gets exit code 2 and one clear message; interrupted or killed work loses nothing."""
-import contextlib
-import io
 import json
 import os
 import signal
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import in_process
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -39,18 +38,6 @@ def run_main(capsys, *argv):
         code = exit_.code
     return code, capsys.readouterr().err
 
-
-def in_process(*argv, cwd):
-    """`optimstudy ARGV` run in CWD by this process, as `cli` runs it in a new one (whose start costs
-    ~5 s of imports on 2 busy cores), for a command that only reads or repairs the stores (`check`);
-    returns a CompletedProcess with its exit code and output."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit_:  # argparse's own errors
-            code = exit_.code
-    return subprocess.CompletedProcess(["optimstudy", *map(str, argv)], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("text, expected", [

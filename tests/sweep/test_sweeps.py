@@ -4,9 +4,9 @@ import textwrap
 
 import optuna
 import pytest
+from helpers import in_process
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from test_reliability import in_process
 
 from optimstudy.tracking.reader import load_runs
 

@@ -5,8 +5,6 @@ The user's problem hangs in `forward` only on training batches of 32 rows, so th
 check (2 rows) and the evaluations pass and a grid over batch_size = [16, 32] has one trial that
 hangs and one that finishes.
 """
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -14,11 +12,9 @@ import time
 
 import optuna
 import pytest
-from helpers import run_cli
+from helpers import in_process, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-
-from optimstudy.cli import main
 
 HANGING_MODULE = '''
 import os
@@ -123,14 +119,6 @@ def test_a_run_stuck_where_no_signal_reaches_is_failed_and_its_process_ended(scr
     assert "TrialTimeout" in run.data.tags["optimstudy.error"]
 
 
-def in_process(*argv, cwd):
-    """(exit code, stderr) of `optimstudy ARGV` run in CWD by this process: a refusal of bad input needs no
-    new interpreter (~5 s to start on 2 busy cores); an unexpected exception would fail the test here."""
-    err = io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main([str(a) for a in argv])
-    return code, err.getvalue()
-
 
 def test_a_bad_trial_timeout_is_refused_before_anything_is_written(scratch, monkeypatch):
     for args, env in ((["--trial-timeout", "0"], {}), (["--trial-timeout", "-3"], {}),
@@ -138,13 +126,14 @@ def test_a_bad_trial_timeout_is_refused_before_anything_is_written(scratch, monk
         with monkeypatch.context() as patch:
             for key, value in env.items():
                 patch.setenv(key, value)
-            code, err = in_process("run", "--problem", "linreg", "--steps", "5", *args, cwd=scratch)
+            refused = in_process("run", "--problem", "linreg", "--steps", "5", *args, cwd=scratch)
+        code, err = refused.returncode, refused.stderr
         assert code == 2, err[-2000:]
         assert "--trial-timeout" in err or "OPTIMSTUDY_STALL_TIMEOUT_S" in err
         assert "Traceback" not in err
     (scratch / "bad.toml").write_text(SPEC.replace("trial_timeout_s = 3", "trial_timeout_s = -1"))
-    code, err = in_process("sweep", "bad.toml", cwd=scratch)
-    assert code == 2 and "trial_timeout_s" in err, err[-2000:]
+    refused = in_process("sweep", "bad.toml", cwd=scratch)
+    assert refused.returncode == 2 and "trial_timeout_s" in refused.stderr, refused.stderr[-2000:]
     assert not (scratch / "mlruns").exists()
 
 
