@@ -49,6 +49,27 @@ def interrupts_held():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+@contextlib.contextmanager
+def stops_deferred():
+    """Within it, Ctrl-C and STOP_SIGNALS are noted, not acted on; at its end the first one noted is
+    raised again, to the handlers that were there before (a KeyboardInterrupt, usually, at that point).
+    For a step that must not be cut in half: a trial set RUNNING in the study but not yet in the list
+    of what an interrupt fails. Only the main thread may set handlers: in another thread it defers nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum))
+                for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])
+
+
 def leave_interrupts() -> None:
     """In a helper process forked within `interrupts_held`: Ctrl-C reaches the whole process group,
     and the process that forked this one answers it, with one line, and ends this one; here it

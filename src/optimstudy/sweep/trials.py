@@ -27,7 +27,14 @@ import optuna
 from optuna.trial import TrialState
 
 from optimstudy.errors import Stop, TrialTimeout
-from optimstudy.processes import STOP_SIGNALS, Watchdog, die_with_parent, raise_interrupt, stall_timeout_s
+from optimstudy.processes import (
+    STOP_SIGNALS,
+    Watchdog,
+    die_with_parent,
+    raise_interrupt,
+    stall_timeout_s,
+    stops_deferred,
+)
 from optimstudy.results.objectives import evaluation_metric
 from optimstudy.run.runner import Tracking, execute, execute_stack
 from optimstudy.run.stacked import max_stack, prepare_stack
@@ -398,22 +405,25 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
             spec.name, artifact_location(tracking_uri, spec.name)), parent_run_id=options.parent_run_id)
     worker = Worker(spec, queue, options, tracking, last_resort)
     while stop is None or not stop.is_set():
-        claimed = queue.take()
-        if claimed is None:
-            # another machine's worker may have died meanwhile: queue its trials again, or stop
-            with planning_lock(url, spec.name):
-                study = open_study(spec, storage)
-                requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
-                    study, planned or plan(spec)[0], (spec.metric, spec.direction), skip=timed_out_keys(study))
-            if requeued:
-                continue
-            return
-        study, trial, trial_id = claimed
-        group = [claimed]
+        group = []
         try:
-            if spec.stack_seeds:  # the other seeds of its configuration, to train as one stack
-                limit = spec.max_stack or max_stack(trial.user_attrs.get("device") or "cpu")
-                group += queue.take_siblings(trial.user_attrs, limit - 1)
+            with stops_deferred():  # a stop as trials are taken acts once each is in `group`, to be failed below
+                claimed = queue.take()
+                if claimed is not None:
+                    group.append(claimed)
+                    if spec.stack_seeds:  # the other seeds of its configuration, to train as one stack
+                        limit = spec.max_stack or max_stack(claimed[1].user_attrs.get("device") or "cpu")
+                        group += queue.take_siblings(claimed[1].user_attrs, limit - 1)
+            if claimed is None:
+                # another machine's worker may have died meanwhile: queue its trials again, or stop
+                with planning_lock(url, spec.name):
+                    study = open_study(spec, storage)
+                    requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
+                        study, planned or plan(spec)[0], (spec.metric, spec.direction), skip=timed_out_keys(study))
+                if requeued:
+                    continue
+                return
+            study, trial, trial_id = claimed
             states = (run_stacked_trials(worker, group) if len(group) > 1
                       else [run_trial(worker, study, trial, trial_id)])
         except KeyboardInterrupt:  # also when it came before run_trial could record it
