@@ -364,8 +364,9 @@ def test_a_killed_worker_is_replaced_quietly_and_its_trial_runs_again(cli, tmp_p
         return next((t.user_attrs["pid"] for t in trials if t.state == TrialState.RUNNING
                      and t.user_attrs.get("pid") not in (None, process.pid) and "mlflow_run_id" in t.user_attrs), None)
 
-    assert wait_for(other_worker_running, 120)
-    os.kill(other_worker_running(), signal.SIGKILL)
+    seen = []  # the pid found running a trial, killed at once (asked again, its trial might have ended meanwhile)
+    assert wait_for(lambda: seen.append(other_worker_running()) or seen[-1], 120)
+    os.kill(seen[-1], signal.SIGKILL)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
     assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
