@@ -484,8 +484,9 @@ def real_runs(tracking_uri, experiment, runs) -> None:
     ensure_store(tracking_uri)
     for label, optimizer, lr, seed in runs:
         execute(RunConfig(problem="linreg", optimizer=optimizer, lr=lr, seed=seed, steps=50, eval_every=25,
-                          threads=1), Tracking(tracking_uri, experiment),
-                tags={"optimstudy.kind": "trial", "optimstudy.optimizer_label": label, "optimstudy.phase": "grid"})
+                          threads=1),
+                Tracking(tracking_uri, experiment, tags={"optimstudy.kind": "trial", "optimstudy.phase": "grid",
+                                                         "optimstudy.optimizer_label": label}))
     stop_writers()
 
 
