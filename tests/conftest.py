@@ -21,6 +21,18 @@ def mnist_dir() -> str:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """The user's cache folder, this session's own (a new store's template is kept there: compat.mlflow),
+    shared by the pytest-xdist workers and every process the tests start: each session makes its
+    first store as a new user's machine does, and reads nothing a session before left."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache-home"
+    folder.mkdir(exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -31,7 +31,7 @@ def client(tmp_path_factory):
 def test_the_sql_store_behind_the_client_is_found_and_its_schema_is_one_we_compared(client):
     store = mlflow_internals.sql_store(client)
     assert store is not None and store.engine.dialect.name == "sqlite"
-    revision = mlflow_internals.schema_revision(store)
+    revision = mlflow_internals.schema_revision(store.engine)
     assert revision in mlflow_internals.VERIFIED_SCHEMA_REVISIONS, (
         f"MLflow's schema is now {revision}: run tests/tracking/test_writer.py's comparison with it added to "
         "optimstudy.compat.mlflow.VERIFIED_SCHEMA_REVISIONS, and keep it only if the rows match")
@@ -50,6 +50,28 @@ def test_the_name_checks_refuse_what_mlflows_log_batch_refuses(client):
                 check(name)
         with pytest.raises(MlflowException):
             client.log_batch(run_id, tags=[RunTag(name, "v")])
+
+
+def test_every_name_the_checks_skip_is_one_mlflow_accepts_and_odd_names_are_checked():
+    import random
+    import string
+
+    from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
+
+    from optimstudy import tag_names
+
+    generator = random.Random(0)
+    parts = string.ascii_letters + string.digits + "_"
+    sampled = ["".join(generator.choice(parts) for _ in range(generator.randint(1, 6))) for _ in range(2000)]
+    names = [value for key, value in vars(tag_names).items() if key.isupper() and isinstance(value, str)]
+    names += ["train_loss", "system/cpu_utilization_percentage", "val-acc", "a" * 250, "0", "_"]
+    names += [generator.choice("./-").join(generator.sample(sampled, generator.randint(1, 8))) for _ in range(2000)]
+    for name in names:
+        assert mlflow_internals.is_plain_name(name), name
+        _validate_tag_name(name)
+        _validate_metric_name(name)
+    for odd in ("a b", "a:b", "../up", "/absolute", "a//b", "a/", "./a", ".", "", "é", "a" * 251, None, 3):
+        assert not mlflow_internals.is_plain_name(odd)  # MLflow's own checks decide these
 
 
 def test_the_direct_writes_run_only_on_a_verified_schema(client, monkeypatch):

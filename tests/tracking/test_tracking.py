@@ -218,6 +218,20 @@ def test_a_tracked_run_records_mlflows_system_metrics_unless_switched_off(shared
     assert client.get_run(run_id).data.metrics["system/system_memory_usage_megabytes"] > 0
     assert len(points(client, run_id, "train_loss")) == 60  # the training metrics are untouched
 
+    # the writer's own sampler (no MLflow import) stores what MLflow's monitor stores, under the same names
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from optimstudy.tracking.mlflow_setup import stop_system_metrics
+
+    reference = client.create_run(run.info.experiment_id).info.run_id
+    monitor = SystemMetricsMonitor(reference, sampling_interval=0.2, tracking_uri=shared_store)
+    monitor.start()
+    time.sleep(0.5)
+    stop_system_metrics(monitor)
+    theirs = {key for key in client.get_run(reference).data.metrics}
+    ours = {key for key in client.get_run(run_id).data.metrics if key.startswith("system/")}
+    assert ours == theirs and "system/network_receive_megabytes" in ours
+
     monkeypatch.setenv("OPTIMSTUDY_SYSTEM_METRICS_S", "0")
     _, quiet = execute(RunConfig(problem="linreg", optimizer="sgd", lr=0.05, steps=20),
                        Tracking(shared_store, "system-metrics"))

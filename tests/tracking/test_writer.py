@@ -4,6 +4,7 @@ Real SQLite stores, a real writer process, real forked processes; nothing is moc
 writer writes straight into MLflow's tables (sql_writes.py) must read back exactly as what
 MLflow's own client writes.
 """
+import contextlib
 import json
 import math
 import os
@@ -260,3 +261,90 @@ def test_one_transaction_for_several_runs_stores_the_rows_each_run_stores_alone(
     assert fast.write_together([("end", run_id, *end) for run_id in together])
     for run_id in together:
         assert stored(store, run_id) == stored(store, alone)
+
+
+# ---- a new store from the template, and a writer without MLflow ----
+
+TIMES = {"creation_time", "last_update_time"}  # when a row was made: the only columns two new stores differ in
+
+
+def every_row(database) -> dict:
+    """Each table's schema and rows (times left out), of a SQLite store."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        tables = connection.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') "
+                                    "ORDER BY name").fetchall()
+        rows = {}
+        for name, _ in tables:
+            if connection.execute("SELECT type FROM sqlite_master WHERE name=?", (name,)).fetchone()[0] != "table":
+                continue
+            cursor = connection.execute(f'SELECT * FROM "{name}"')
+            kept = [i for i, column in enumerate(cursor.description) if column[0] not in TIMES]
+            rows[name] = sorted((tuple(row[i] for i in kept) for row in cursor), key=repr)
+    return {"schema": tables, "rows": rows}
+
+
+def test_a_new_store_is_made_from_the_template_with_every_row_mlflow_makes(tmp_path, monkeypatch):
+    from optimstudy.compat import mlflow as mlflow_internals
+    from optimstudy.tracking.writer import _Store, find_or_create_experiment, find_or_create_experiment_directly
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no template yet, as on a new machine
+    monkeypatch.chdir(tmp_path)  # MLflow puts the Default experiment's artifacts under the working folder
+    by_mlflow, from_template = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    by_mlflow.parent.mkdir()
+    from_template.parent.mkdir()
+    first = _Store(f"sqlite:///{by_mlflow}")
+    assert first.open() == {"creates_runs": True}
+    assert first._client is not None, "the first new store is MLflow's to make"
+    assert mlflow_internals.template_path().is_file()
+    assert mlflow_internals.current_revision() in mlflow_internals.VERIFIED_SCHEMA_REVISIONS
+
+    second = _Store(f"sqlite:///{from_template}")
+    assert second.open() == {"creates_runs": True}
+    assert second._client is None, "a copy of the template, written directly"
+    assert every_row(from_template) == every_row(by_mlflow)
+
+    # an experiment made directly holds what MLflow's client makes, and is found again either way
+    location = (tmp_path / "artifacts" / "an experiment").as_uri()
+    mlflows = find_or_create_experiment(first.client, "an experiment", location)
+    ours = find_or_create_experiment_directly(second.fast, "an experiment", location)
+    assert every_row(from_template) == every_row(by_mlflow) and ours == mlflows
+    assert find_or_create_experiment(MlflowClient(f"sqlite:///{from_template}"), "an experiment", location) == ours
+    assert find_or_create_experiment_directly(first.fast, "an experiment", location) == mlflows
+
+
+def test_a_writer_on_an_existing_store_imports_no_mlflow(tmp_path, monkeypatch):
+    """Its whole start-up is SQLAlchemy: a run, its points and its end, a sweep's parent run and notes."""
+    import subprocess
+    import sys
+
+    from optimstudy.tracking.writer import _Store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _Store(f"sqlite:///{tmp_path / 'first.db'}").open()  # MLflow makes the first store (and the template)
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    script = f"""
+import sys
+from optimstudy.tracking.parent_runs import create_parent_run, set_notes, update_run
+from optimstudy.tracking.writer import _Store, find_or_create_experiment_directly
+store = _Store({store!r})
+assert store.open() == {{"creates_runs": True}}
+experiment = find_or_create_experiment_directly(store.fast, "e", {(tmp_path / 'artifacts').as_uri()!r})
+store.fast.create_run("a" * 32, experiment, "a run", {{"optimstudy.kind": "trial"}}, {{"lr": "0.1"}}, 1000)
+assert store.fast.log_metrics("a" * 32, [("loss", 1.0, 1000, 0)]) and store.fast.end_run("a" * 32, "FINISHED", {{}})
+parent = create_parent_run({store!r}, "e", "sweep e", {{"optimstudy.kind": "sweep"}}, {{"spec": "e.toml"}},
+                           {{"spec.toml": "name = 'e'"}})
+assert update_run({store!r}, parent, tags={{"optimstudy.pid": "1"}}, metrics={{"trials_complete": 1}},
+                  status="FINISHED")
+set_notes({store!r}, parent, "the run's note", "e", "the experiment's note")
+print(sorted(name for name in sys.modules if name.split(".")[0] == "mlflow"))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+    client = MlflowClient(store)  # and MLflow reads all of it
+    (parent,) = client.search_runs([client.get_experiment_by_name("e").experiment_id], "tags.`optimstudy.kind`='sweep'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics == {"trials_complete": 1.0}
+    assert parent.data.tags["mlflow.note.content"] == "the run's note"
+    assert client.get_experiment_by_name("e").tags["mlflow.note.content"] == "the experiment's note"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["spec.toml"]

@@ -1,7 +1,7 @@
 """The report's one write to the tracking store, from a process forked before the store is read
 (StoreWriter says why); in-process with --debug or off Linux (_write_store).
 
-    with StoreWriter(tracking_uri) as store:       # on Linux: forks now; the child imports MLflow meanwhile
+    with StoreWriter(tracking_uri) as store:       # on Linux: forks now; the child opens the store meanwhile
         ...                                        # read the store, draw the figures, write the page
         logged = store.write(parents, out, notes)  # how many sweep parent runs got the page
 """
@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 
 from optimstudy.processes import interrupts_held, leave_interrupts
-from optimstudy.tracking.client import mlflow_client
+from optimstudy.tracking.client import direct_writes, mlflow_client
 from optimstudy.tracking.connectivity import sqlite_path
 from optimstudy.tracking.parent_runs import log_report, set_notes
 
 
 class StoreWriter:
     """The report's one write to the store (the page attached to each sweep parent, their notes
-    redrawn), on Linux from a process forked before the store is read: it imports MLflow and opens
-    the store on the other core while this one reads and draws. MLflow is slow to import and
-    open, and slow again in the interpreter's teardown at exit (docs/performance.md), which a
-    forked process skips (it leaves by os._exit); this process never imports it (the reading goes
-    straight to SQL)."""
+    redrawn), on Linux from a process forked before the store is read: it opens the store on the other
+    core while this one reads and draws. Where the store is written directly (tracking.client.
+    direct_writes) that takes a moment; else it imports MLflow, which is slow to import and open, and
+    slow again in the interpreter's teardown at exit (docs/performance.md), which a forked process
+    skips (it leaves by os._exit); this process never imports it (the reading goes straight to SQL)."""
 
     def __init__(self, tracking_uri: str, *, enabled: bool = True, in_process: bool = False):
         self.tracking_uri, self.enabled, self.process = tracking_uri, enabled, None
@@ -61,15 +61,14 @@ class StoreWriter:
 
 
 def _store_process(tracking_uri: str, connection) -> None:
-    """MLflow imported and an existing SQLite store opened (opening creates a missing one, and a report
-    never creates a store: whether it exists is for the reader to say); then one write. The report
-    process ends it on Ctrl-C (StoreWriter.__exit__)."""
+    """An existing store opened, directly or by MLflow's client (opening creates a missing one, and a
+    report never creates a store: whether it exists is for the reader to say); then one write. The
+    report process ends it on Ctrl-C (StoreWriter.__exit__)."""
     leave_interrupts()
     database = sqlite_path(tracking_uri)
     if database is None or database.exists():
-        mlflow_client(tracking_uri)
-    else:
-        import mlflow  # noqa: F401
+        if direct_writes(tracking_uri) is None:
+            mlflow_client(tracking_uri)
     try:
         parents, out, notes = connection.recv()
     except EOFError:

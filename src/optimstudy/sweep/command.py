@@ -265,7 +265,7 @@ def prepare(spec: Spec, planned, url: str, tracking_uri: str, restart: bool):
                         f"{', '.join(differing)} differ. A name is a study's identity: give this spec a new "
                         f"name, or pass --restart to keep the old study as '{spec.name}.replaced-…' and start "
                         f"afresh (only new learning rates, seeds or optimizers extend a study)")
-        ensure_store(tracking_uri, start_writer(tracking_uri), client_here=True)  # once, before any worker starts
+        ensure_store(tracking_uri, start_writer(tracking_uri))  # once, before any worker starts
         experiment_id(tracking_uri, spec.name)  # a deleted experiment is a usage error, before the study is written
         if restart and study_exists(storage, spec.name):
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

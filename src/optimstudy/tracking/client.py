@@ -15,7 +15,12 @@ from optimstudy.tag_names import TAG_ERROR
 from optimstudy.tracking.connectivity import check_password_encoded, hide_passwords, probe_store, sqlite_path
 from optimstudy.tracking.locks import exclusive
 from optimstudy.tracking.mlflow_setup import quiet_store_logs, report_connection_retries
-from optimstudy.tracking.writer import DeletedExperiment, end_run, find_or_create_experiment
+from optimstudy.tracking.writer import (
+    DeletedExperiment,
+    end_run,
+    find_or_create_experiment,
+    find_or_create_experiment_directly,
+)
 
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "optimstudy"
@@ -42,12 +47,11 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None if database is None else (database.parent / "artifacts").resolve().as_uri()
 
 
-def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> None:
+def ensure_store(tracking_uri: str, writer=None) -> None:
     """Create the store once, before any worker starts: under a lock, so that two commands starting
     at once on a fresh store do not both run MLflow's migrations (SQLite corrupts, "table exists").
-    With `writer` (started, see writer.py), the writer process creates it (MLflow's migrations,
-    seconds of them, on the other core) and this process needs no MLflow; `client_here`: this
-    process will use MLflow too, and imports it meanwhile."""
+    With `writer` (started, see writer.py), the writer process creates it (from a template, or by
+    MLflow's migrations, seconds of them, on the other core) and this process needs no MLflow."""
 
     probe_store(tracking_uri)  # seconds, not MLflow's minutes of silent retries, for a server that is not there
     path = sqlite_path(tracking_uri)
@@ -68,9 +72,6 @@ def ensure_store(tracking_uri: str, writer=None, client_here: bool = False) -> N
                 mlflow_client(tracking_uri).search_experiments(max_results=1)
                 return
             writer.open_store()
-            if client_here:
-                import mlflow.store.tracking.sqlalchemy_store  # ours too: imported while the writer opens the store
-                import mlflow.tracking  # noqa: F401
             writer.wait_ready()
     except Exception as error:  # noqa: BLE001  whatever the store says, said as a usage error
         raise UsageError(hide_passwords(f"tracking store '{tracking_uri}' cannot be opened: "
@@ -82,6 +83,16 @@ def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient  # on first use: it imports mlflow
 
     return MlflowClient(tracking_uri)
+
+
+@functools.lru_cache(maxsize=8)  # one per store and process, asked once the store exists (ensure_store)
+def direct_writes(tracking_uri: str):
+    """Direct SQL writes for this process's few writes to the store (a sweep's parent run and notes, an
+    experiment), without MLflow's imports (sql_writes.FastWrites.for_uri: a SQL store of the schema
+    revision the installed MLflow opens); None: MLflow's client makes them."""
+    from optimstudy.tracking.sql_writes import FastWrites  # on first use: it imports sqlalchemy
+
+    return FastWrites.for_uri(tracking_uri, pooled=False)
 
 
 def once_more_if_raced(call, *args, **kwargs):
@@ -102,8 +113,11 @@ def once_more_if_raced(call, *args, **kwargs):
 def experiment_id(tracking_uri: str, name: str) -> str:
     """The experiment's id, created (safely against a concurrent creator) when missing; a usage
     error when it was deleted (never restored silently, see writer.DeletedExperiment)."""
+    location = artifact_location(tracking_uri, name)
     try:
-        return find_or_create_experiment(mlflow_client(tracking_uri), name, artifact_location(tracking_uri, name))
+        fast = direct_writes(tracking_uri)
+        found = fast and find_or_create_experiment_directly(fast, name, location)
+        return found or find_or_create_experiment(mlflow_client(tracking_uri), name, location)
     except DeletedExperiment as deleted:
         raise UsageError(deleted.message(tracking_uri)) from None
 

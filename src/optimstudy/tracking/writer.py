@@ -3,13 +3,14 @@ its environment (OPTIMSTUDY_WRITER_TRACKING_URI): a command line is readable by 
 machine (ps), and the URI can hold the database's password.
 
 It imports nothing from optimstudy but connectivity, mlflow_setup, processes, sql_writes (with
-compat.mlflow) and tag_names (standard library and MLflow only; the package's __init__ files load
-nothing), so it starts without torch, in a fraction of the memory and time a trainer takes
-(docs/performance.md).
+compat.mlflow) and tag_names (standard library, SQLAlchemy and MLflow only; the package's __init__
+files load nothing), so it starts without torch. On a SQL store of the schema revision the installed
+MLflow opens, it imports not even MLflow (_Store): it starts in a fraction of a second and of the
+memory a trainer takes (docs/performance.md).
 
 Each FD is one training process's connection: the first is the process that started it, the
 others the workers it forks (one writer per machine, so a second worker does not pay another
-~1.5 s of MLflow imports on a shared core). The messages are the vocabulary below (OPEN_STORE ...
+start-up on a shared core). The messages are the vocabulary below (OPEN_STORE ...
 STOP): the training process sends each through the writer_handle._Writer method of the same name,
 and serve() hands each to the _Session handler of that name. Runs are created in one transaction
 under an id the training process chose, so that it never waits for it. A GROUP message holds the
@@ -42,9 +43,10 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 
+from optimstudy.compat import mlflow as mlflow_internals
 from optimstudy.processes import quick_exit
 from optimstudy.tag_names import TAG_ERROR
-from optimstudy.tracking.connectivity import hide_passwords
+from optimstudy.tracking.connectivity import hide_passwords, sqlite_path
 from optimstudy.tracking.mlflow_setup import (
     quiet_store_logs,
     report_connection_retries,
@@ -84,22 +86,54 @@ GROUPED = (CREATE, OPEN, METRICS, END)  # the kinds a GROUP message holds
 
 
 class _Store:
-    """The writer's one MLflow client, made on the first "open_store" message (making it creates and
-    migrates a fresh store) and shared by every connection, one message at a time."""
+    """The writer's store, opened on the first "open_store" message and shared by every connection,
+    one message at a time. A SQL store of the schema revision the installed MLflow opens is written
+    directly, without importing MLflow (sql_writes.FastWrites.for_uri); a new SQLite store is made
+    from a template where one is kept (compat.mlflow.new_sqlite_store). MLflow's client, imported on
+    first use, makes the rest: a store MLflow must create or migrate, a tracking server, an unusual
+    name or artifact."""
 
     def __init__(self, tracking_uri: str):
         self.tracking_uri, self.lock = tracking_uri, threading.Lock()
-        self.client = self.fast = None
+        self.fast, self._client = None, None
 
     def open(self) -> dict:
         with self.lock:
-            if self.client is None:
-                from mlflow import MlflowClient  # on first use: it imports mlflow
-
-                client = MlflowClient(self.tracking_uri)
-                client.search_experiments(max_results=1)  # a store that cannot be opened says so here
-                self.client, self.fast = client, FastWrites.for_client(client)
+            if self.fast is None and self._client is None:
+                database = sqlite_path(self.tracking_uri)
+                if database is not None and not database.exists():
+                    mlflow_internals.new_sqlite_store(database)
+                self.fast = FastWrites.for_uri(self.tracking_uri)
+                if self.fast is None:
+                    made_by_mlflow = database is not None and not database.exists()
+                    client = self.client
+                    if made_by_mlflow:  # empty still: nothing is written before this message is answered
+                        mlflow_internals.keep_as_template(database)
+                    self.fast = FastWrites.for_client(client)
         return {"creates_runs": self.fast is not None}
+
+    def sampler(self, run_id: str, seconds: float):
+        """The machine sampled for `run_id` every `seconds` (mlflow_setup.start_system_metrics), its
+        samples written directly where this store is (under the lock, from the sampler's thread)."""
+        fast = self.fast
+
+        def write(points):
+            with self.lock:
+                if not patiently(fast.log_metrics, run_id, points):
+                    raise RuntimeError(f"system metrics not stored for run {run_id}")  # a point seen before
+        return start_system_metrics(self.tracking_uri, run_id, seconds, write if fast is not None else None)
+
+    @property
+    def client(self):
+        """MLflow's client for this store, made on first use (it imports MLflow; making it creates and
+        migrates a new store, and a store that cannot be opened says so here)."""
+        if self._client is None:
+            from mlflow import MlflowClient  # on first use: it imports mlflow
+
+            client = MlflowClient(self.tracking_uri)
+            client.search_experiments(max_results=1)
+            self._client = client
+        return self._client
 
 
 class DeletedExperiment(Exception):
@@ -177,6 +211,25 @@ def _plain(error: Exception) -> str:
     return re.split(r"\n\[SQL: |\n\(Background on this error at", str(error))[0]
 
 
+def find_or_create_experiment_directly(fast: FastWrites, name: str, artifact_location: str | None) -> str | None:
+    """find_or_create_experiment by direct writes, without MLflow; None where MLflow's client must make
+    the experiment (sql_writes.FastWrites.creates_experiment)."""
+    found = fast.find_experiment(name)
+    if found is None:
+        if not fast.creates_experiment(name, artifact_location):
+            return None
+        try:
+            return fast.create_experiment(name, artifact_location, {EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except fast.sa.exc.IntegrityError:
+            found = fast.find_experiment(name)  # a concurrent creator's
+    experiment_id, stage, tags = found
+    if stage == "deleted":
+        raise DeletedExperiment(name, experiment_id)
+    if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        fast.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment_id
+
+
 def find_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created (safely against a concurrent creator) when missing, and tagged
     as training runs for MLflow's UI; DeletedExperiment when it was deleted."""
@@ -201,9 +254,7 @@ def main(tracking_uri: str, fds: list[int]) -> None:
     thread; once the owner stops or dies, wait for the workers that are still sending runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; we must flush
     threading.Thread(target=exit_if_dismissed_early, args=(fds[0],), daemon=True).start()
-    import mlflow.entities  # noqa: F401  (imported now, while the training process sets up)
-    from mlflow import MlflowClient  # noqa: F401
-    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+    import sqlalchemy  # noqa: F401  (imported now, while the training process sets up; MLflow only if needed)
 
     quiet_store_logs()
     report_connection_retries(tracking_uri)
@@ -297,7 +348,10 @@ class _Session:
 
     def experiment(self, name: str, artifact_location: str | None) -> None:  # the trainer waits
         try:
-            answer = patiently(find_or_create_experiment, self.store.client, name, artifact_location)
+            fast = self.store.fast
+            answer = fast and patiently(find_or_create_experiment_directly, fast, name, artifact_location)
+            if answer is None:
+                answer = patiently(find_or_create_experiment, self.store.client, name, artifact_location)
         except DeletedExperiment as deleted:  # a usage error, told in the training process
             answer = {"deleted": deleted.experiment_id}
         reply(self.conn, (OK, name, answer))
@@ -309,7 +363,7 @@ class _Session:
     def open(self, run_id: str, system_metrics_s: float | None = None) -> None:
         self.open_runs.add(run_id)
         if system_metrics_s:
-            self.samplers[run_id] = start_system_metrics(self.store.tracking_uri, run_id, system_metrics_s)
+            self.samplers[run_id] = self.store.sampler(run_id, system_metrics_s)
 
     def metrics(self, run_id: str, points: list) -> None:
         if not self.stepping:
@@ -318,14 +372,14 @@ class _Session:
         if run_id in self.uncreated or run_id in self.lost:
             return  # reported once; the trainer stops the run on that report: these are lost too
         self.open_runs.add(run_id)
-        client, fast = self.store.client, self.store.fast
+        fast = self.store.fast
         points = self.merged(run_id, list(points))
         for start in range(0, len(points), BATCH_POINTS):
             chunk = points[start:start + BATCH_POINTS]
             if fast is None or not patiently(fast.log_metrics, run_id, chunk):
-                from mlflow.entities import Metric  # through MLflow's client only; imported by main() already
+                from mlflow.entities import Metric  # through MLflow's client only: it imports mlflow
 
-                patiently(client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
+                patiently(self.store.client.log_batch, run_id, metrics=[Metric(*p) for p in chunk])
 
     def merged(self, run_id: str, points: list) -> list:
         """`points` and those of the run's "metrics" messages already waiting (we are behind): one transaction,
@@ -357,7 +411,7 @@ class _Session:
                 continue
             self.open_runs.add(run_id)
             if kind == OPEN and arguments and arguments[0]:
-                self.samplers[run_id] = start_system_metrics(self.store.tracking_uri, run_id, arguments[0])
+                self.samplers[run_id] = self.store.sampler(run_id, arguments[0])
         for run_id in ended:  # after the answers, as serve() does
             stop_system_metrics(self.samplers.pop(run_id, None))
 
@@ -366,7 +420,7 @@ class _Session:
         reply(self.conn, (OK, run_id, None))
 
     def end(self, run_id: str, status: str, tags: dict):
-        client, fast = self.store.client, self.store.fast
+        fast = self.store.fast
         # a run stopped by a store error is ended in one try: the trainer is not kept waiting
         # another LOCK_RETRY_S; if the store refuses it, it is ended (patiently) when the trainer stops
         write = _once if run_id in self.lost else patiently
@@ -378,7 +432,7 @@ class _Session:
         tags = {key: str(value)[:5000] for key, value in tags.items()}
         self.unended[run_id] = (status, tags)  # until the store has it
         if fast is None or not write(fast.end_run, run_id, status, tags):
-            end_run(client, run_id, status, tags, write)
+            end_run(self.store.client, run_id, status, tags, write)
         del self.unended[run_id]
         self.open_runs.discard(run_id)
         if fast is not None:
@@ -409,7 +463,9 @@ class _Session:
             stop_system_metrics(self.samplers.pop(run_id, None))
             status, tags = self.unended.get(run_id, ("KILLED", {TAG_ERROR: "the training process died mid-run"}))
             with contextlib.suppress(Exception), self.store.lock:
-                end_run(self.store.client, run_id, status, tags, patiently)
+                fast = self.store.fast
+                if fast is None or not patiently(fast.end_run, run_id, status, tags):
+                    end_run(self.store.client, run_id, status, tags, patiently)
         if answer:
             for sampler in self.samplers.values():
                 stop_system_metrics(sampler)
