@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from helpers import missing, write_tiny_spec
+from helpers import in_process, missing, write_tiny_spec
 
 
 @pytest.fixture
@@ -208,6 +209,19 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
                                   text=True, timeout=300, env={**os.environ, **variables})
             return done.returncode, done.stdout + done.stderr
 
+        def refused_here(*args, **variables):
+            """A refusal made by this process (helpers.in_process): the check is the command's own code, and
+            a new process for each of the 13 would cost a minute; one of each kind below is a real process.
+            --debug raises the UsageError: its traceback, formatted as the interpreter prints it."""
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in variables.items():
+                    patch.setenv(name, value)
+                try:
+                    done = in_process(*args, cwd=tmp_path)
+                except Exception as error:  # --debug: raised to the interpreter, which prints it
+                    return 1, "Traceback (most recent call last):\n" + "".join(traceback.format_exception(error))
+            return done.returncode, done.stdout + done.stderr
+
         typed = [("sweep", "secretive.toml", "--tracking-uri", typed_mlflow),
                  ("sweep", "secretive.toml", "--storage", typed_optuna, "--tracking-uri", mlflow_url),
                  ("sweep", "secretive.toml", "--dry-run", "--storage", typed_optuna),
@@ -216,8 +230,10 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
                  ("check", "secretive.toml", "--storage", typed_optuna, "--tracking-uri", mlflow_url),
                  ("dashboard", "--storage", typed_optuna)]
         outputs = []
-        for args in typed + [("--debug", *args) for args in typed[:2] + typed[3:5]]:
-            code, out = optimstudy(*args)
+        debugged = [("--debug", *args) for args in typed[:2] + typed[3:5]]
+        for index, args in enumerate(typed + debugged):
+            real = index in (0, len(typed))  # the first of each: a real process, exit code and traceback its own
+            code, out = (optimstudy if real else refused_here)(*args)
             debug = args[0] == "--debug"  # --debug: the UsageError raised, its traceback shown (exit 1)
             assert (code == (1 if debug else 2) and "must be percent-encoded" in out
                     and "quote(" in out), (args[:2], out[-2000:])
@@ -225,8 +241,8 @@ def test_a_password_typed_unencoded_is_refused_with_how_to_encode_it_and_never_s
             outputs.append(out)
         for variable, command in (("MLFLOW_TRACKING_URI", ("report",)),
                                   ("OPTIMSTUDY_STORAGE", ("check", "secretive.toml"))):
-            code, out = optimstudy(*command,
-                                   **{variable: typed_mlflow if variable.startswith("MLFLOW") else typed_optuna})
+            code, out = refused_here(*command,
+                                     **{variable: typed_mlflow if variable.startswith("MLFLOW") else typed_optuna})
             assert (code == 2 and "must be percent-encoded" in out
                     and (f"${variable}" in out or "--storage" in out)), out[-2000:]
             outputs.append(out)

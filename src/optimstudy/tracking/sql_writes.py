@@ -78,7 +78,11 @@ class FastWrites:
             database = tracking_uri[len("sqlite:///"):]  # make (compat.mlflow.new_sqlite_store makes new ones)
             if not database or not os.path.isfile(database):
                 return None
-        engine = sqlalchemy.create_engine(tracking_uri, **({} if pooled else {"poolclass": sqlalchemy.pool.NullPool}))
+        pool = {} if pooled else {"poolclass": sqlalchemy.pool.NullPool}
+        try:
+            engine = sqlalchemy.create_engine(tracking_uri, **pool)
+        except Exception:  # noqa: BLE001  a driver missing, a URL SQLAlchemy cannot read: MLflow's client says which
+            return None
         try:
             revision = mlflow_internals.schema_revision(engine)
         except sqlalchemy.exc.SQLAlchemyError:  # not a store yet, or not reachable: MLflow says which
