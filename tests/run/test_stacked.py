@@ -364,7 +364,9 @@ def test_bad_stacking_keys_in_a_spec_exit_2_naming_the_key(line, message, tmp_pa
 def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp_path, request):
     """Each seed of an interrupted stack is a trial interrupted as any other: FAIL (queued again on
     resume) and its run KILLED; the resumed sweep runs every configuration once, and check agrees."""
+    import contextlib
     import signal
+    import sqlite3
     import time
 
     import optuna
@@ -384,20 +386,29 @@ def test_ctrl_c_during_a_stacked_sweep_then_resume_completes_everything_once(tmp
         return optuna.load_study(study_name="interrupt", storage=storage).trials
 
     def stack_is_training():
+        """All 4 seeds' trial runs RUNNING with steps logged, in their first half: read straight from SQLite,
+        a look of milliseconds (as tests/sweep/test_reliability.py's first_running_trial_with_steps), not a
+        load of the Optuna study and a new MLflow client every 0.2 s."""
+        database = tmp_path / "mlruns" / "mlflow.db"
+        if not database.exists():
+            return False
         try:
-            running = [t for t in trials() if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
-            return len(running) == 4 and bool(MlflowClient(uri).get_metric_history(
-                running[0].user_attrs["mlflow_run_id"], "train_loss"))
-        except Exception:  # the study or the store is not there yet
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as connection:
+                return connection.execute(
+                    "SELECT COUNT(*) FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+                    "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'optimstudy.kind' AND t.value = 'trial' "
+                    "JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = 'train_loss' "
+                    "WHERE e.name = 'interrupt' AND r.status = 'RUNNING' AND m.step < 1500").fetchone()[0] == 4
+        except sqlite3.Error:  # the store is being made
             return False
 
     command = [sys.executable, "-m", "optimstudy", "sweep", str(spec)]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     request.addfinalizer(process.kill)
-    deadline = time.time() + 180
-    while not stack_is_training() and time.time() < deadline:
-        time.sleep(0.2)
-    assert stack_is_training(), "no stack of 4 seeds started training"
+    deadline, training = time.time() + 180, False
+    while not training and time.time() < deadline:
+        training = stack_is_training() or time.sleep(0.2)
+    assert training, "no stack of 4 seeds started training"  # the signal follows this look by milliseconds
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "resume" in err, (process.returncode, err[-3000:])
