@@ -51,6 +51,7 @@ def study_of(cwd, name):
 
 def test_grid_runs_every_trial_once_as_children_of_one_parent_and_resumes(cli, tmp_path):
     spec = write_spec(tmp_path)
+    # a real `optimstudy sweep` process, as a user starts it (this file's other one-worker sweeps run in process)
     summary, _ = sweep(cli, spec, tmp_path)
     assert summary["trials"] == {"complete": 8, "pruned": 0, "failed": 0, "skipped": 0}
     uri = summary["tracking_uri"]
@@ -73,10 +74,10 @@ def test_grid_runs_every_trial_once_as_children_of_one_parent_and_resumes(cli, t
     assert again["parent_run_id"] == summary["parent_run_id"]
 
 
-def test_best_lr_table_edge_warning_and_confirmation(cli, tmp_path):
+def test_best_lr_table_edge_warning_and_confirmation(tmp_path):
     body = GRID + "weight_decay = [0.0, 0.1]  # adam's: a grid axis beside lr\n\n[confirm]\nseeds = 2\n"
     spec = write_spec(tmp_path, "confirmed", body)
-    summary, result = sweep(cli, spec, tmp_path)
+    summary, result = sweep_in_process(spec, tmp_path)
     assert summary["trials"]["complete"] == 4 + 8 + 2 * 2  # the best of each optimizer on 2 new seeds
     study = study_of(tmp_path, "confirmed")
     confirm = [t for t in study.trials if t.user_attrs["optimstudy.phase"] == "confirm"]
@@ -100,9 +101,9 @@ def test_best_lr_table_edge_warning_and_confirmation(cli, tmp_path):
     assert "best lr" in result.stdout
 
 
-def test_absent_device_is_skipped_and_counted(cli, tmp_path):
+def test_absent_device_is_skipped_and_counted(tmp_path):
     spec = write_spec(tmp_path, "devices", devices='["cpu", "cuda:7"]')
-    summary, result = sweep(cli, spec, tmp_path)
+    summary, result = sweep_in_process(spec, tmp_path)
     assert summary["trials"]["complete"] == 8 and summary["trials"]["skipped"] == 8
     assert "cuda:7" in result.stderr and "not available" in result.stderr
 
@@ -127,9 +128,9 @@ lr = {{ low = 1e-5, high = 0.5, log = true }}
 """
 
 
-def test_search_gives_equal_budgets_and_records_pruning_in_both_stores(cli, tmp_path):
+def test_search_gives_equal_budgets_and_records_pruning_in_both_stores(tmp_path):
     spec = write_spec(tmp_path, "search", SEARCH)
-    summary, _ = sweep(cli, spec, tmp_path)
+    summary, _ = sweep_in_process(spec, tmp_path)
     study = study_of(tmp_path, "search")
     per_optimizer = {}
     for trial in study.trials:
@@ -195,10 +196,10 @@ def test_a_search_samples_different_values_trial_to_trial(tmp_path, sampler):
     assert in_process("check", spec, cwd=tmp_path).returncode == 0
 
 
-def test_confirmation_trials_are_never_pruned(cli, tmp_path):
+def test_confirmation_trials_are_never_pruned(tmp_path):
     body = SEARCH.replace('sampler = "tpe"', 'sampler = "random"').replace("trials = 10", "trials = 6")
     spec = write_spec(tmp_path, "confirm-pruning", body + "\n[confirm]\nseeds = 3\n")
-    summary, _ = sweep(cli, spec, tmp_path)
+    summary, _ = sweep_in_process(spec, tmp_path)
     trials = study_of(tmp_path, "confirm-pruning").trials
     confirm = [t for t in trials if t.user_attrs["optimstudy.phase"] == "confirm"]
     assert len(confirm) == 2 * 3 and all(t.state == TrialState.COMPLETE for t in confirm)
@@ -208,9 +209,11 @@ def test_confirmation_trials_are_never_pruned(cli, tmp_path):
 
 @pytest.mark.slow
 def test_a_spec_name_is_its_study_identity(cli, tmp_path):
+    """The first sweep and the --restart (a new study) run in this process; the extension is a real
+    process, as `new_trials` counts the trials run by this command's processes (by pid)."""
     body = GRID.replace("seeds = [0, 1]", "seeds = [0]").replace("[0.001, 0.01]", "[0.01]")
     spec = write_spec(tmp_path, "identity", body)
-    first, _ = sweep(cli, spec, tmp_path)
+    first, _ = sweep_in_process(spec, tmp_path)
     assert first["trials"]["complete"] == 3
 
     # an extension (a new lr, a new seed) is queued, recorded on the parent run and reported
@@ -233,7 +236,7 @@ def test_a_spec_name_is_its_study_identity(cli, tmp_path):
     assert "Traceback" not in result.stderr
     assert len(study_of(tmp_path, "identity").trials) == 8  # nothing queued
 
-    restarted, result = sweep(cli, spec, tmp_path, "--restart")
+    restarted, result = sweep_in_process(spec, tmp_path, "--restart")
     assert restarted["trials"]["complete"] == 8 and restarted["new_trials"] == 8
     assert restarted["parent_run_id"] != first["parent_run_id"]
     assert "identity.replaced-" in result.stderr
@@ -263,11 +266,13 @@ def test_check_finds_double_queueing_a_split_parent_run_and_repeated_samples(tmp
 
 
 @pytest.mark.slow
-def test_report_can_leave_the_store_untouched(cli, tmp_path):
+def test_report_can_leave_the_store_untouched(tmp_path):
+    """What the report writes, not its process: the sweep and the report both run in this process."""
     spec = write_spec(tmp_path, "readonly", GRID.replace("seeds = [0, 1]", "seeds = [0]"))
-    summary, _ = sweep(cli, spec, tmp_path)
-    cli("report", "--experiment", "readonly", "--no-log-to-store", "--out", tmp_path / "page", cwd=tmp_path,
-        check_exit=0)
+    summary, _ = sweep_in_process(spec, tmp_path)
+    reported = in_process("report", "--experiment", "readonly", "--no-log-to-store", "--out", tmp_path / "page",
+                          cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr[-3000:]
     artifacts = [a.path for a in MlflowClient(summary["tracking_uri"]).list_artifacts(summary["parent_run_id"])]
     assert artifacts == ["spec.toml"]  # the page was written to --out only
     assert (tmp_path / "page" / "report.html").exists()

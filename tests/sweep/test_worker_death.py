@@ -2,6 +2,8 @@
 worker behind, and a resume started at once succeeds. Real processes, real signals, a real
 SQLite Optuna storage (the one that met a leftover worker: "database is locked") and MLflow store.
 """
+import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -11,7 +13,7 @@ import time
 
 import optuna
 import pytest
-from helpers import run_cli, write_tiny_spec
+from helpers import in_process, run_cli, write_tiny_spec
 from optuna.trial import TrialState
 from test_reliability import wait_for
 
@@ -29,26 +31,41 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="a parent-death signal is Linux's (elsewhere workers stop "
                                                     "after their trial)")
 def test_kill_9_of_a_sweeps_group_leaves_no_worker_and_a_resume_at_once_succeeds(tmp_path):
-    # 4 trials of 5000 steps (3-8 s each on 2 busy cores): workers still in their first trials when the
-    # group is killed (it is, as soon as one is seen running), and a resume that redoes them all is short
-    write_tiny_spec(tmp_path, "orphans", steps=5000)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # 4 trials of 1000 steps (1-3 s each on 2 busy cores): the group is killed within a poll (0.2 s) of a
+    # look (a millisecond SQLite read) that sees a worker's trial running, so both processes are still in
+    # their first trials, and a resume that redoes them is short
+    write_tiny_spec(tmp_path, "orphans", steps=1000)
+    database = tmp_path / "optuna.db"
+    storage = f"sqlite:///{database}"
     sweep = subprocess.Popen([sys.executable, "-m", "optimstudy", "sweep", "orphans.toml", "--workers", "2",
                               "--storage", storage], cwd=tmp_path, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def running_pids():
-        try:
-            trials = optuna.load_study(study_name="orphans", storage=storage).trials
-        except (KeyError, Exception):  # not created yet
+        """The pids of the RUNNING trials, read straight from Optuna's tables: a look through
+        optuna.load_study costs far more, and a trial could end between it and the kill."""
+        if not database.exists():
             return set()
-        return {t.user_attrs["pid"] for t in trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs}
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as connection:
+                rows = connection.execute(
+                    "SELECT a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                    "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'pid' "
+                    "WHERE s.study_name = 'orphans' AND t.state = 'RUNNING'").fetchall()
+        except sqlite3.Error:  # not created yet
+            return set()
+        return {json.loads(value) for (value,) in rows}
+
+    workers = set()
+
+    def a_worker_runs_a_trial():
+        workers.update(running_pids() - {sweep.pid})
+        return bool(workers)
 
     try:
-        assert wait_for(lambda: len(running_pids() - {sweep.pid}) >= 1, 180), sweep.stderr.read()[-3000:] \
+        assert wait_for(a_worker_runs_a_trial, 180), sweep.stderr.read()[-3000:] \
             if sweep.poll() is not None else "no worker started a trial"
-        workers = running_pids() - {sweep.pid}
-        assert workers and all(alive(pid) for pid in workers)
+        assert all(alive(pid) for pid in workers)  # the workers this look found, killed right after it
         os.killpg(sweep.pid, signal.SIGKILL)  # the sweep's own group: the workers have their own sessions
         sweep.wait(timeout=30)
         killed_at = time.monotonic()
@@ -74,7 +91,8 @@ def test_a_locked_sqlite_storage_is_waited_for_with_one_line(tmp_path):
     write_tiny_spec(tmp_path, "locked", steps=20)
     database = tmp_path / "optuna.db"
     storage = f"sqlite:///{database}"
-    assert run_cli("sweep", "locked.toml", "--storage", storage, cwd=tmp_path, timeout=300).returncode == 0
+    made = in_process("sweep", "locked.toml", "--storage", storage, cwd=tmp_path)  # only makes the storage
+    assert made.returncode == 0, made.stderr[-3000:]
 
     holder = sqlite3.connect(str(database), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's write lock, held until the sweep says it waits

@@ -2,7 +2,10 @@
 database cut short. A cut journal record is repaired (the file kept beside it) and the study goes
 on; anything that cannot be repaired is named, with what to do, and exits 2 without a traceback.
 
-One real sweep makes the stores; each test damages its own copy.
+One real sweep makes the stores (a real process: a trial it leaves cut must name a worker that is
+gone, not this test process); each test damages its own copy. The repairing sweep and the exits 2
+on a corrupt MLflow store run as real processes; a `check` that only reads or repairs, the sweep
+that finishes a repaired study, and the refusal of a journal corrupt in the middle run in this process.
 """
 import os
 import shutil
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import once_per_session, run_cli, write_tiny_spec
+from helpers import in_process, once_per_session, run_cli, write_tiny_spec
 from optuna.trial import TrialState
 
 CONFIGURATIONS = 4
@@ -57,12 +60,12 @@ def test_a_journal_cut_mid_record_is_repaired_and_the_study_completes(copy, cli)
     backups = list(journal(copy).parent.glob("damaged.journal.torn-*"))
     assert [b.read_bytes() for b in backups] == [whole[:-40]]  # the file as it was, beside it
     assert complete_configurations(copy) == CONFIGURATIONS  # the finished trials kept, the cut one run again
-    checked = cli("check", "damaged.toml", cwd=copy)
+    checked = in_process("check", "damaged.toml", cwd=copy)
     assert checked.returncode == 0 and "ok:" in checked.stdout, checked.stdout + checked.stderr
 
 
 @pytest.mark.slow
-def test_a_cut_record_with_a_record_written_after_it_is_repaired(copy, cli):
+def test_a_cut_record_with_a_record_written_after_it_is_repaired(copy):
     """What an older optimstudy left: Optuna appended the next record right after the cut one, and
     every later read failed with "JSONDecodeError: Expecting ':' delimiter"."""
     os.truncate(journal(copy), journal(copy).stat().st_size - 40)
@@ -71,15 +74,16 @@ def test_a_cut_record_with_a_record_written_after_it_is_repaired(copy, cli):
         backend.append_logs([{"op_code": 2, "worker_id": "an-older-sweep", "study_id": 0, "user_attr": {"x": value}}])
     with pytest.raises(ValueError):  # the state the issue describes: Optuna cannot read it
         list(optuna.storages.journal.JournalFileBackend(str(journal(copy))).read_logs(0))
-    result = cli("check", "damaged.toml", cwd=copy)
+    result = in_process("check", "damaged.toml", cwd=copy)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert "written after them on the same line" in result.stderr and "damaged.journal.torn-" in result.stderr
     assert complete_configurations(copy) == CONFIGURATIONS - 1  # the trial whose end was cut is no longer complete
-    cli("sweep", "damaged.toml", cwd=copy, check_exit=0)
+    resumed = in_process("sweep", "damaged.toml", cwd=copy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert complete_configurations(copy) == CONFIGURATIONS
 
 
-def test_a_journal_corrupt_in_the_middle_exits_2_naming_the_file_and_line(tmp_path, cli):
+def test_a_journal_corrupt_in_the_middle_exits_2_naming_the_file_and_line(tmp_path):
     path = tmp_path / "broken.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     study = optuna.create_study(study_name="broken", storage=storage)
@@ -89,7 +93,7 @@ def test_a_journal_corrupt_in_the_middle_exits_2_naming_the_file_and_line(tmp_pa
     lines[1] = b'{"op_code":4,"worker_id":"w","study_id":0,"datetim'  # cut, and more records after it
     path.write_bytes(b"\n".join(lines))
     before = path.read_bytes()
-    result = cli("check", "--experiment", "broken", "--storage", path, cwd=tmp_path)
+    result = in_process("check", "--experiment", "broken", "--storage", path, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"'{path}' is corrupt at line 2 of" in result.stderr and "head -n 1" in result.stderr
     assert path.read_bytes() == before and not list(tmp_path.glob("*.torn-*"))  # nothing written
