@@ -9,6 +9,7 @@ spec examples of the README and docs/usage.md are swept and reported for real.
 import html
 import json
 import math
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import in_process, once_per_session
 from matplotlib.image import imread
 
 from optimstudy.facts import VALLEY_START
@@ -210,12 +212,15 @@ def every_figure_store(client, uri) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One store for the module (writing runs is most of the cost): every figure's runs, the grid among them."""
-    from mlflow import MlflowClient
+    """One store for the session, the pytest-xdist workers included (writing runs is most of the cost, and
+    the tests only read it): every figure's runs, the grid among them."""
+    def build(folder):
+        from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    every_figure_store(MlflowClient(uri), uri)
-    return uri
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        every_figure_store(MlflowClient(uri), uri)
+
+    return f"sqlite:///{once_per_session(tmp_path_factory, 'report-store', build) / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="module")
@@ -511,10 +516,16 @@ def test_verdicts_on_real_runs(tracking_uri):
 
 @pytest.fixture(scope="module")
 def full_report(store, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("analysis")
-    frame = load_runs(store, compact=True)
-    sections = write_report(frame, folder, analysis=REPO / "src" / "optimstudy" / "report" / "figures",
-                            tracking_uri=store)
+    """Every figure of the store, drawn once per session (the pytest-xdist workers included): the tests
+    only read the folder, the sections and the frame it was drawn from."""
+    def build(folder):
+        frame = load_runs(store, compact=True)
+        sections = write_report(frame, folder, analysis=REPO / "src" / "optimstudy" / "report" / "figures",
+                                tracking_uri=store)
+        (folder / "drawn.pickle").write_bytes(pickle.dumps((sections, frame)))
+
+    folder = once_per_session(tmp_path_factory, "report-analysis", build)
+    sections, frame = pickle.loads((folder / "drawn.pickle").read_bytes())
     return folder, sections, frame
 
 
@@ -667,8 +678,9 @@ if __name__ == "__main__":
 
 def test_a_script_dropped_into_analysis_appears_on_the_page(store, tmp_path):
     folder = tmp_path / "analysis"
-    shutil.copytree(REPO / "src" / "optimstudy" / "report" / "figures", folder,
-                    ignore=shutil.ignore_patterns("figures", "*.html", "*.csv"))
+    folder.mkdir()
+    for name in ("optimizer_curves", "devices"):  # two built-in scripts (the rest would only cost drawing)
+        shutil.copy(BUILT_IN / f"{name}.py", folder)
     (folder / "runs_per_optimizer.py").write_text(USER_SCRIPT)
     (folder / "broken.py").write_text("import no_such_module\n\n\ndef figure(study):\n    pass\n")
     sections = {s.name: s for s in write_report(load_runs(store, experiments=["grid"]), tmp_path / "out",
@@ -697,8 +709,21 @@ def test_an_analysis_script_runs_alone(store, tmp_path):
     result = run_script(script, "--tracking-uri", store, "--experiment", "grid", "--out", tmp_path, check_exit=0)
     assert "lr_sensitivity.png" in result.stdout
     assert_real_png(tmp_path / "lr_sensitivity.png")
-    missing = run_script(script, "--tracking-uri", store, "--experiment", "gird", "--out", tmp_path, check_exit=2)
-    assert "did you mean 'grid'" in missing.stderr and "Traceback" not in missing.stderr
+    # a misspelt experiment is refused by the same main, here in this process (its subject is the input)
+    import contextlib
+    import importlib.util
+    import io
+
+    from optimstudy.cli import analysis_script_main
+
+    loaded = importlib.util.spec_from_file_location("lr_sensitivity_alone", script)
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = analysis_script_main(module.figure, ["--tracking-uri", store, "--experiment", "gird", "--out",
+                                                    str(tmp_path)])
+    assert code == 2 and "did you mean 'grid'" in stderr.getvalue() and "Traceback" not in stderr.getvalue()
 
 
 def test_the_package_finds_its_built_in_scripts():
@@ -707,12 +732,15 @@ def test_the_package_finds_its_built_in_scripts():
 
 # ---- the command ----------------------------------------------------------------------------
 
-def test_report_on_an_empty_store_exits_2_naming_the_quickstart(cli, tracking_uri, tmp_path):
+def test_report_on_an_empty_store_exits_2_naming_the_quickstart(tracking_uri, tmp_path):
+    """A refusal of the input, run in this process (exit 2 with no Traceback from a real report process:
+    test_report_with_an_analysis_folder_without_scripts_exits_2)."""
     from optimstudy.errors import UsageError
     from optimstudy.report.build import report_command
     from optimstudy.tracking.client import ensure_store
 
-    result = cli("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "out", check_exit=2)
+    result = in_process("report", "--tracking-uri", tracking_uri, "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
     assert "optimstudy report: error: no tracking store at" in result.stderr
     assert "optimstudy sweep experiments/quickstart.toml" in result.stderr
     assert not Path(tracking_uri[len("sqlite:///"):]).exists()  # reporting never creates a store
@@ -783,9 +811,9 @@ def readme_specs() -> list[str]:
 
 
 def shrink(spec: str) -> str:
-    """The same spec at test size: 20 steps, at most 2 seeds (its first two: a spec of one seed keeps
+    """The same spec at test size: 10 steps, at most 2 seeds (its first two: a spec of one seed keeps
     it, as its user runs it), 2 lrs per grid, 1 confirmation seed."""
-    spec = re.sub(r"^(epochs|steps)\s*=.*$", "steps = 20", spec, flags=re.M)
+    spec = re.sub(r"^(epochs|steps)\s*=.*$", "steps = 10", spec, flags=re.M)
     spec = re.sub(r"^seeds\s*=\s*\[([^,\]]+)(,\s*[^,\]]+)?[^\]]*\]", r"seeds = [\1\2]", spec, flags=re.M)
     spec = re.sub(r"^seeds\s*=\s*\d+", "seeds = 1", spec, flags=re.M)  # [confirm]
     spec = re.sub(r"points\s*=\s*\d+", "points = 2", spec)
@@ -794,14 +822,37 @@ def shrink(spec: str) -> str:
     return spec
 
 
+def first_images(source: Path, folder: Path, train: int = 500, test: int = 200) -> None:
+    """FOLDER/MNIST/raw: the first TRAIN training and TEST test images (and labels) of the IDX files in
+    SOURCE/MNIST/raw, their headers' counts rewritten: real MNIST in torchvision's layout, small enough
+    that a spec shrunk to 10 steps is not dominated by evaluating whole splits (the pytorch example
+    evaluates its CNN on all of its training split: 8,000 images of the fixture, twice). 500 images
+    are 8 steps of 64: 10 steps still cross an epoch, where that example's StepLR steps."""
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, count in (("train-images-idx3-ubyte", train), ("train-labels-idx1-ubyte", train),
+                        ("t10k-images-idx3-ubyte", test), ("t10k-labels-idx1-ubyte", test)):
+        data = (source / "MNIST" / "raw" / name).read_bytes()
+        dims = data[3]
+        item = math.prod(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(1, dims))
+        assert int.from_bytes(data[4:8], "big") >= count, name
+        start = 4 + 4 * dims
+        (raw / name).write_bytes(data[:4] + count.to_bytes(4, "big") + data[8:start] + data[start:start + count * item])
+
+
+@pytest.fixture
+def small_mnist(mnist_dir, tmp_path_factory) -> str:
+    return str(once_per_session(tmp_path_factory, "mnist-500", lambda folder: first_images(Path(mnist_dir), folder)))
+
+
 @pytest.mark.slow
 @pytest.mark.study
 @pytest.mark.parametrize("index", range(len(readme_specs())))
-def test_the_readmes_spec_examples_sweep_and_report(index, cli, mnist_dir, tmp_path):
+def test_the_readmes_spec_examples_sweep_and_report(index, cli, small_mnist, tmp_path):
     spec = tmp_path / "readme.toml"
     spec.write_text(shrink(readme_specs()[index]))
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    env = {"OPTIMSTUDY_DATA_DIR": mnist_dir, "PYTHONPATH": str(REPO)}  # REPO: examples.* problems import
+    env = {"OPTIMSTUDY_DATA_DIR": small_mnist, "PYTHONPATH": str(REPO)}  # REPO: examples.* problems import
     swept = cli("sweep", spec, "--tracking-uri", uri, "--json", check_exit=0, cwd=tmp_path, env=env, timeout=600)
     result = cli("report", "--tracking-uri", uri, "--out", tmp_path / "out",
                  "--analysis", REPO / "src" / "optimstudy" / "report" / "figures",

@@ -71,15 +71,25 @@ def write(folder, text, name="twins"):
     return path
 
 
+def sweep_here(spec, cwd):
+    """`sweep SPEC --json` for a test about what a one-worker sweep stores, not about its process: run by
+    this process (a new interpreter costs ~5 s of imports on 2 busy cores); its trials train here. Its
+    trials are counted as new by any later sweep in this process (new_trials goes by pid)."""
+    result = in_process("sweep", spec, "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_two_labels_of_one_configuration_both_run_and_check_names_a_label_without_runs(cli, tmp_path):
     spec = write(tmp_path, ONE_LABEL)
-    cli("sweep", spec, cwd=tmp_path, check_exit=0)
+    sweep_here(spec, tmp_path)  # the first label's runs, as any sweep leaves them
     spec = write(tmp_path, ONE_LABEL + SECOND_LABEL)  # a second label for the same configuration, not yet swept
     result = in_process("check", spec, cwd=tmp_path)  # check only reads the stores: no new process needed
     assert result.returncode == 1 and "label 'sgd_b' of the spec has no finished runs (its trials: none queued)" \
         in result.stdout, result.stdout
 
+    # a process of its own: a sweep counts as new the trials its own processes ran (by pid)
     summary = json.loads(cli("sweep", spec, "--json", cwd=tmp_path, check_exit=0).stdout.strip().splitlines()[-1])
     assert summary["new_trials"] == 4 and summary["trials"]["complete"] == 8
     runs = results.run_table(load_runs(summary["tracking_uri"], experiments=["twins"]))
@@ -162,7 +172,13 @@ def test_a_formula_label_reaches_summary_csv_neutralised_and_the_mlflow_note_esc
             f'[optimizers.{json.dumps(markup)}]\noptimizer = "sgd"\nlr = [0.05]\n')
     (tmp_path / "labels.toml").write_text(text)
     summary = json.loads(cli("sweep", "labels.toml", "--json", cwd=tmp_path, check_exit=0).stdout.splitlines()[-1])
-    cli("report", "--out", "out", cwd=tmp_path, check_exit=0)
+    # the report writes summary.csv and the note whatever its figures: one that draws nothing, and in this
+    # process (its subject is what it writes; a report process of its own: tests/report/test_report.py)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "nothing.py").write_text('TITLE = "Nothing"\n\n\ndef figure(study):\n'
+                                                     '    return "no figure wanted here"\n')
+    reported = in_process("report", "--out", "out", "--analysis", "figures", cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr[-3000:]
     attached = [p for p in (tmp_path / "mlruns").rglob("summary.csv") if "report" in p.parts]
     assert attached, "summary.csv was not attached to the parent run"
     for path in (tmp_path / "out" / "summary.csv", attached[0]):

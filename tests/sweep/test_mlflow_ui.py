@@ -7,7 +7,7 @@ MlflowClient, as the UI does.
 from pathlib import Path
 
 import pytest
-from helpers import once_per_session, run_cli
+from helpers import in_process, once_per_session, run_cli
 from mlflow import MlflowClient
 
 from optimstudy.tracking.client import experiment_id
@@ -76,22 +76,30 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
     assert {(v["a"], v["b"]) for v in summary["verdicts"]} == {("adam", "sgd")}
 
 
+def sweep_here(spec, tracking_uri, cwd) -> None:
+    """`sweep` for a test about the tags a sweep writes, not about its process: run by this process (a new
+    interpreter costs ~5 s of imports on 2 busy cores). A sweep process of its own:
+    test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec."""
+    result = in_process("sweep", spec, "--tracking-uri", tracking_uri, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
-def test_a_description_the_user_wrote_on_the_experiment_survives_the_next_sweep(cli, tmp_path, tracking_uri):
+def test_a_description_the_user_wrote_on_the_experiment_survives_the_next_sweep(tmp_path, tracking_uri):
     from optimstudy.tag_names import NOTE_TAG
     from optimstudy.tag_names import TAG_DESCRIPTION as OWN_NOTE_TAG
 
     spec = tmp_path / "described.toml"
     spec.write_text('name = "described"\ndescription = "From the spec."\nproblem = "linreg"\nsteps = 20\n'
                     'seeds = [0]\n[optimizers.sgd]\nlr = [0.1]\n')
-    cli("sweep", spec, "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    sweep_here(spec, tracking_uri, tmp_path)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("described")
     assert experiment.tags[NOTE_TAG] == "From the spec."  # empty before: optimstudy's text shows
     # what an edit of the description in MLflow's UI writes
     client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, "My notes: rerun after the data fix.")
     spec.write_text(spec.read_text().replace("From the spec.", "The spec, reworded."))
-    cli("sweep", spec, "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    sweep_here(spec, tracking_uri, tmp_path)
     tags = client.get_experiment_by_name("described").tags
     assert tags[NOTE_TAG] == "My notes: rerun after the data fix."
     assert tags[OWN_NOTE_TAG] == "The spec, reworded."  # optimstudy's own text, in its own tag
