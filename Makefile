@@ -25,9 +25,9 @@ demo: $(STAMP)
 	@echo "Report page:  $(CURDIR)/analysis/report.html"
 	@echo "MLflow UI:    $(BIN)/optimstudy ui      (then open http://127.0.0.1:5000)"
 
-# two pytest-xdist workers: most tests wait on real processes, stores and servers, so two run in
-# the time of one on 2 cores. Three were faster (8-12 min against 12) but a fresh-clone CI run with
-# three lost the race in test_sigterm_and_sighup_stop_a_sweep_like_ctrl_c: the sweep ended first
+# two pytest-xdist workers, one per core: the suite is CPU-bound (both cores 99% busy through a run,
+# /proc sampled), so three took as long as two (15:36 against 15:00 at 41945b0) and load the
+# timing of the signal and timeout tests more
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=30
 
