@@ -91,8 +91,10 @@ def current_revision() -> str | None:
     """The schema revision the installed MLflow opens (it refuses any other), as remembered when it
     last opened a store here (remember_current_revision); None: not known without importing MLflow."""
     path = _cached("revision")
+    if path is None:
+        return None
     try:
-        return path.read_text().strip() or None if path is not None else None
+        return path.read_text().strip() or None
     except OSError:
         return None
 
@@ -115,15 +117,15 @@ def keep_as_template(database: Path) -> None:
     target = template_path()
     if target is None or target.exists():
         return
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         with contextlib.closing(sqlite3.connect(database)) as source, \
                 contextlib.closing(sqlite3.connect(partial)) as copy:
             source.backup(copy)
         os.replace(partial, target)
     except (OSError, sqlite3.Error):  # no cache folder to write: every new store is made by MLflow
-        with contextlib.suppress(OSError, UnboundLocalError):
+        with contextlib.suppress(OSError):
             partial.unlink()
 
 

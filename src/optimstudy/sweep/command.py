@@ -86,8 +86,8 @@ def sweep(spec_path, options: SweepOptions | None = None) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 done, 1 some configurations failed."""
     options = options or SweepOptions()
     options = replace(options, tracking_uri=resolve_tracking_uri(options.tracking_uri))  # as given, else the default
-    if not options.dry_run:  # the writer imports MLflow, which is slow, on the other core while we read the spec and
-        # the data; it creates the store only when prepare() tells it to, so bad input leaves none behind.
+    if not options.dry_run:  # the writer starts (SQLAlchemy, or MLflow where it must) on the other core while we
+        # read the spec and the data; it creates the store only when prepare() tells it to, so bad input leaves none.
         # Started already by the command line (then this finds it): for callers from Python.
         workers = options.workers
         start_writer(options.tracking_uri, spares=max(0, workers - 1) if isinstance(workers, int) else 0)
@@ -123,7 +123,8 @@ def _sweep(spec_path, options: SweepOptions) -> int:
         raise UsageError(f"{spec.path}: no trial can run on this machine: devices {', '.join(skipped)} are absent "
                          f"(available: {', '.join(available_devices())})")
     check_storage(options.storage, options.tracking_uri)  # before any store exists
-    pool = fork_workers(min(workers, len(planned)) - 1)  # now: one thread, no torch work, no connection yet
+    # now: one thread, no torch work, no connection yet
+    pool = fork_workers(min(workers, len(planned)) - 1, options.tracking_uri)
     try:
         # after the fork above: the forked workers start without torch's threads
         from optimstudy.run.runner import check_model, load_data

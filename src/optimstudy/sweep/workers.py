@@ -1,6 +1,6 @@
 """Extra sweep workers, forked from the sweep process once its heavy modules are imported.
 
-    pool = fork_workers(workers - 1)   # in the sweep, before any torch work, thread or connection
+    pool = fork_workers(workers - 1, tracking_uri)   # in the sweep, before any torch work, thread or connection
     pool[0].start(options)             # later, once the study is planned: it runs study.worker_main
     pool[1].dismiss()                  # not needed: it exits
 
@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from optimstudy.processes import die_with_parent, quick_exit
 from optimstudy.sweep.options import WorkerOptions
+from optimstudy.tracking.sql_writes import SQL_SCHEMES
 from optimstudy.tracking.writer_handle import adopt_writer, hand_over, spare_connections
 
 _open_order_pipes: list[int] = []  # write ends held by the sweep: a later child must not keep them open
@@ -93,12 +94,14 @@ class ForkedWorker:
         self.wait()
 
 
-def fork_workers(count: int) -> list[ForkedWorker]:
+def fork_workers(count: int, tracking_uri: str | None = None) -> list[ForkedWorker]:
     if count < 1 or sys.platform != "linux":
         return []  # macOS: forking after torch and the Objective-C runtime start is unsafe; fresh processes then
-    # what every trial needs, imported once here so that each child starts with it
-    import mlflow.entities
-    import mlflow.tracking  # noqa: F401
+    # what every trial needs, imported once here so that each child starts with it. MLflow only for a
+    # tracking server: on a SQL store a trial never imports it (its writer writes the tables directly)
+    if tracking_uri and not tracking_uri.startswith(SQL_SCHEMES):
+        import mlflow.entities
+        import mlflow.tracking  # noqa: F401
 
     import optimstudy.run.runner  # torch, the training loop
     import optimstudy.tracking.mlflow_logger  # noqa: F401  (the run's logger and MLflow's client module)
