@@ -100,7 +100,7 @@ def fork_workers(count: int, tracking_uri: str | None = None) -> list[ForkedWork
     # what every trial needs, imported once here so that each child starts with it. MLflow only for a
     # tracking server: on a SQL store a trial never imports it (its writer writes the tables directly)
     if tracking_uri and not tracking_uri.startswith(SQL_SCHEMES):
-        import mlflow.entities
+        import mlflow.entities  # a tracking server only, as said above
         import mlflow.tracking  # noqa: F401
 
     import optimstudy.run.runner  # torch, the training loop
