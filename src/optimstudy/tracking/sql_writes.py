@@ -89,7 +89,7 @@ class FastWrites:
             engine.dispose()
             return None
         if revision is None or revision != mlflow_internals.current_revision() or \
-                not mlflow_internals.schema_is_verified(engine):
+                revision not in mlflow_internals.VERIFIED_SCHEMA_REVISIONS:
             engine.dispose()
             return None
         return cls(engine)
@@ -250,18 +250,21 @@ class FastWrites:
         return True
 
     def _end(self, connection, run_id: str, status: str, tags: dict) -> None:
-        sa = self.sa
-        runs, tag_table = self.t["runs"], self.t["tags"]
+        sa, runs = self.sa, self.t["runs"]
         ended = connection.execute(sa.update(runs).where(
             runs.c.run_uuid == run_id, runs.c.lifecycle_stage == "active").values(
             status=status, end_time=int(time.time() * 1000)))
         if ended.rowcount != 1:
             raise _NotActive  # rolls the transaction back
+        self._replace_tags(connection, run_id, tags)
+
+    def _replace_tags(self, connection, run_id: str, tags: dict) -> None:
+        """The run's tags of these names replaced (or added), as MLflow's log_batch sets them."""
         if tags:
-            connection.execute(sa.delete(tag_table).where(tag_table.c.run_uuid == run_id,
-                                                          tag_table.c.key.in_(list(tags))))
-            connection.execute(sa.insert(tag_table), [{"run_uuid": run_id, "key": k, "value": str(v)}
-                                                      for k, v in tags.items()])
+            table, sa = self.t["tags"], self.sa
+            connection.execute(sa.delete(table).where(table.c.run_uuid == run_id, table.c.key.in_(list(tags))))
+            connection.execute(sa.insert(table), [{"run_uuid": run_id, "key": k, "value": str(v)}
+                                                  for k, v in tags.items()])
 
     # ---- a sweep's parent run (tracking.parent_runs): MLflow's create_run, log_batch, update_run,
     # set_terminated and set_tag as one transaction each; None or False where MLflow's client must decide
@@ -286,18 +289,14 @@ class FastWrites:
         rows = self._metric_rows(run_id, [(key, float(value), now, 0) for key, value in metrics.items()])
         if rows is None:
             return False
-        runs, tag_table, sa = self.t["runs"], self.t["tags"], self.sa
+        runs, sa = self.t["runs"], self.sa
         try:
             with self._transaction() as connection:
                 found = connection.execute(sa.select(runs.c.run_uuid).where(
                     runs.c.run_uuid == run_id, runs.c.lifecycle_stage == mlflow_internals.ACTIVE)).first()
                 if found is None:
                     raise _NotActive
-                if tags:
-                    connection.execute(sa.delete(tag_table).where(tag_table.c.run_uuid == run_id,
-                                                                  tag_table.c.key.in_(list(tags))))
-                    connection.execute(sa.insert(tag_table), [{"run_uuid": run_id, "key": k, "value": str(v)[:8000]}
-                                                              for k, v in tags.items()])
+                self._replace_tags(connection, run_id, {k: str(v)[:8000] for k, v in tags.items()})
                 if rows[0]:
                     self.latest.pop(run_id, None)  # another process may have written points since
                     self._insert_metrics(connection, run_id, *rows)
