@@ -178,6 +178,10 @@ def exit_without_teardown(code: int | None) -> None:
     which waits for it."""
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         raise SystemExit(code)
+    if "torch._dynamo.utils" in sys.modules:
+        from optimstudy.compat.torch import drop_unheard_compile_report  # here: it imports torch
+
+        drop_unheard_compile_report()
     run_exit_handlers()
     quick_exit(0 if code is None else code)  # 0: what SystemExit(None) exits with
 

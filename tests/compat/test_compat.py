@@ -17,7 +17,12 @@ from optuna.trial import TrialState
 
 from optimstudy.compat import mlflow as mlflow_internals
 from optimstudy.compat.optuna import cached_storage, trial_of
-from optimstudy.compat.torch import foreach_copy_, foreach_norm, foreach_sub_, import_dynamo
+from optimstudy.compat.torch import (
+    foreach_copy_,
+    foreach_norm,
+    foreach_sub_,
+    import_dynamo,
+)
 from optimstudy.tracking.sql_writes import FastWrites
 
 
@@ -117,6 +122,17 @@ def test_dynamo_imports_ahead_of_the_first_step():
     dynamo = import_dynamo()
     assert dynamo.__name__ == "torch._dynamo" and sys.modules["torch._dynamo"] is dynamo
     assert callable(dynamo.graph_break)  # what torch.optim's step calls from it
+
+
+def test_an_exit_skips_dynamos_compile_report_only_where_its_log_drops_it():
+    code = ("import logging, sys, torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1); "
+            "from optimstudy.compat.torch import drop_unheard_compile_report; "
+            "level = logging.INFO if sys.argv[1] == 'info' else logging.NOTSET; "
+            "logging.getLogger('torch._dynamo.utils').setLevel(level); drop_unheard_compile_report()")
+    for level, reported in (("quiet", False), ("info", True)):
+        exited = subprocess.run([sys.executable, "-X", "importtime", "-c", code, level], capture_output=True,
+                                text=True, check=True)
+        assert ("| tabulate" in exited.stderr) is reported, level  # the report's import, as it exits
 
 
 # ---- CPython ----

@@ -1,4 +1,8 @@
-"""torch internals the training loop relies on (diagnostics.py, workers.py)."""
+"""torch internals the training loop relies on (diagnostics.py, workers.py) and a command's exit (cli.py)."""
+import atexit
+import logging
+import sys
+
 import torch
 
 # Private: `torch._foreach_*`, the fused list ops torch.optim's own foreach paths are built on: one
@@ -19,3 +23,16 @@ def import_dynamo():
     import torch._dynamo  # only when asked: the import is what this function is for
 
     return torch._dynamo
+
+
+def drop_unheard_compile_report() -> None:
+    """Unregister torch._dynamo's exit handler where the log it writes would show nothing.
+
+    Private: `torch._dynamo.utils.dump_compile_times`, which dynamo registers with atexit as it is
+    imported (by the first optimizer built): at exit it imports `tabulate` to build a table of
+    compile times, then logs it at INFO, which its logger drops unless TORCH_LOGS or the logging
+    set-up asks for it (docs/performance.md: what that exit cost). If it goes: an AttributeError
+    as a command exits, after its work is done; tests/compat/test_compat.py fails first."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is not None and not utils.log.isEnabledFor(logging.INFO):
+        atexit.unregister(utils.dump_compile_times)

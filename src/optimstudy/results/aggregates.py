@@ -19,9 +19,9 @@ import itertools
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from optimstudy.results.comparison import SEED, median_or_nan
+from optimstudy.results.distributions import trimmed_mean
 from optimstudy.results.tables import on_new_seeds
 
 RESAMPLES = 2000  # stratified bootstrap resamples across problems
@@ -58,7 +58,7 @@ def probability_of_improvement(scores_x: list, scores_y: list) -> float:
 
 def interquartile_mean(scores: list) -> float:
     """The 25%-trimmed mean of every run's score on every problem, as rliable.metrics.aggregate_iqm."""
-    return float(stats.trim_mean(np.concatenate(scores), 0.25))
+    return float(trimmed_mean(np.concatenate(scores), 0.25))
 
 
 def across_problems(best: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[pd.DataFrame,
@@ -80,7 +80,7 @@ def across_problems(best: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 
     for label in labels:
         runs = [per[label] for per in scores.values() if label in per]
         draws = [resampled(r) for r in runs]
-        estimates = [stats.trim_mean(np.concatenate([d[i] for d in draws]), 0.25) for i in range(resamples)]
+        estimates = [trimmed_mean(np.concatenate([d[i] for d in draws]), 0.25) for i in range(resamples)]
         low, high = np.percentile(estimates, [2.5, 97.5])
         iqm_rows.append({"optimizer": label, "problems": len(runs), "iqm": interquartile_mean(runs), "low": low,
                          "high": high})

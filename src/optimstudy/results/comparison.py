@@ -18,16 +18,24 @@ Why these tests (measured by optimstudy.results.calibration, numbers in docs/res
 - Values that do not vary over seeds (identical runs) give no verdict: they say nothing about noise.
 Across problems and configurations (IQM, probability of improvement, performance profiles,
 tuning budgets): aggregates.py.
-numpy, pandas and scipy (which MLflow installs) only.
+numpy, pandas and scipy.special (which MLflow installs) only: results/distributions.py says why.
 """
 import itertools
 import math
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 
 from optimstudy.results import sequential
+from optimstudy.results.distributions import (
+    average_ranks,
+    binomial_cdf,
+    mann_whitney_normal_p,
+    noncentral_t_survival,
+    normal_quantile,
+    t_quantile,
+)
 
 ALPHA, CONFIDENCE, SEED = 0.05, 0.95, 0
 MIN_SEEDS = 3  # fewer seeds never decide a verdict
@@ -58,7 +66,7 @@ def mean_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float,
         return np.nan, np.nan, ""
     if len(values) < MIN_SEEDS:
         return float(values.min()), float(values.max()), "range"
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    half = t_quantile(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
     return float(values.mean() - half), float(values.mean() + half), "t"
 
 
@@ -71,9 +79,8 @@ def median_interval(values, confidence: float = CONFIDENCE) -> tuple[float, floa
     n = len(values)
     if n < 2:
         return np.nan, np.nan, ""
-    k = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))  # P(Binomial(n, 1/2) < k) <= 2.5%
-    if stats.binom.cdf(k, n, 0.5) > (1 - confidence) / 2:
-        k -= 1
+    k = int((binomial_cdf(np.arange(n + 1), n, 0.5) <= (1 - confidence) / 2).sum()) - 1  # the largest k with
+    # P(Binomial(n, 1/2) <= k) <= 2.5%: values[k]..values[n - 1 - k] then misses the median at most 5% of the time
     if k < 0:
         return float(values[0]), float(values[-1]), "range"
     return float(values[k]), float(values[n - 1 - k]), "order"
@@ -103,8 +110,8 @@ def rank_test_pvalue(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n, total = len(a), len(a) + len(b)
     if math.comb(total, n) > PERMUTATIONS:
-        return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue)
-    pooled = stats.rankdata(np.concatenate([a, b]))
+        return mann_whitney_normal_p(a, b)
+    pooled = average_ranks(np.concatenate([a, b]))
     center = n * (total + 1) / 2  # the rank sum of a under the null
     picks = np.array(list(itertools.combinations(range(total), n)))
     sums = pooled[picks].sum(axis=1)
@@ -221,7 +228,7 @@ def _signed_rank(differences: np.ndarray, sign: float, names) -> dict:
 def _rank_sum(values_a: np.ndarray, values_b: np.ndarray, sign: float, names, threshold: float) -> dict:
     if _same(values_a) and _same(values_b):
         return {"test": "Mann-Whitney", "outcome": "no variation"}
-    ranks = stats.rankdata(np.concatenate([values_a, values_b]))
+    ranks = average_ranks(np.concatenate([values_a, values_b]))
     shift = float(ranks[:len(values_a)].mean() - ranks[len(values_a):].mean())  # < 0: a ranks better
     median = float(np.median(values_a) - np.median(values_b))
     result = {"test": "Mann-Whitney", "p_value": rank_test_pvalue(values_a, values_b), "better": _better(shift, names),
@@ -261,7 +268,7 @@ def signed_rank_pvalue(differences) -> tuple[float, float]:
     d = d[d != 0]
     if not len(d):
         return 0.0, 1.0
-    ranks = stats.rankdata(np.abs(d))
+    ranks = average_ranks(np.abs(d))
     statistic = float((np.sign(d) * ranks).sum())
     doubled = np.rint(2 * ranks).astype(int)  # mid-ranks are halves: twice them are whole
     total = int(doubled.sum())
@@ -282,7 +289,7 @@ def seeds_for_power(differences, alpha: float, power: float = POWER) -> dict:
     if len(d) < 2 or not d.std(ddof=1) > 0:
         return {}
     mean, spread = abs(float(d.mean())), float(d.std(ddof=1))
-    half = stats.t.ppf(0.9, len(d) - 1) * spread / math.sqrt(len(d))
+    half = t_quantile(0.9, len(d) - 1) * spread / math.sqrt(len(d))
     return {"seeds_needed": _paired_seeds_for_power(mean, spread, alpha, power),
             "seeds_needed_low": _paired_seeds_for_power(mean + half, spread, alpha, power),
             "seeds_needed_high": _paired_seeds_for_power(mean - half, spread, alpha, power)}
@@ -293,13 +300,13 @@ def _seeds_for_power(effect: float, alpha: float, power: float, paired: bool) ->
     (noncentral t), searched near the normal approximation rather than over every count."""
     if not np.isfinite(effect) or effect <= 0:
         return np.nan
-    guess = ((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) / effect) ** 2 * (1 if paired else 2)
+    guess = ((normal_quantile(1 - alpha / 2) + normal_quantile(power)) / effect) ** 2 * (1 if paired else 2)
     if guess > MOST_SEEDS:
         return np.nan
     n = np.arange(max(MIN_SEEDS, int(guess) - 2), min(MOST_SEEDS, int(guess) + 40) + 1)
     freedom = n - 1 if paired else 2 * n - 2
     shift = effect * np.sqrt(n if paired else n / 2)
-    reached = stats.nct.sf(stats.t.ppf(1 - alpha / 2, freedom), freedom, shift) >= power
+    reached = noncentral_t_survival(t_quantile(1 - alpha / 2, freedom), freedom, shift) >= power
     return float(n[reached.argmax()]) if reached.any() else np.nan
 
 

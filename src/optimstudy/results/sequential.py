@@ -24,7 +24,8 @@ numpy and scipy.
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
+
+from optimstudy.results.distributions import noncentral_t_survival, t_quantile
 
 SHAPE = 0.25  # the boundary's shape: 0 is Pocock's, 0.5 O'Brien-Fleming's (chosen in docs/results.md)
 FIRST_LOOK = 3  # fewer paired seeds never decide (comparison.MIN_SEEDS)
@@ -111,6 +112,6 @@ def out_of_reach(mean, spread, seeds, alpha: float, budget: int, power: float = 
     never makes a verdict wrong: it only gives up on deciding it."""
     mean, spread, seeds = (np.asarray(x, dtype=float) for x in (mean, spread, seeds))
     with np.errstate(invalid="ignore", divide="ignore"):
-        top = np.abs(mean) + stats.t.ppf(0.9, seeds - 1) * spread / np.sqrt(seeds)
-        found = stats.nct.sf(stats.t.ppf(1 - alpha / 2, budget - 1), budget - 1, top / spread * np.sqrt(budget))
+        top = np.abs(mean) + t_quantile(0.9, seeds - 1) * spread / np.sqrt(seeds)
+        found = noncentral_t_survival(t_quantile(1 - alpha / 2, budget - 1), budget - 1, top / spread * np.sqrt(budget))
     return (seeds >= 2) & (spread > 0) & (found < power)
