@@ -115,3 +115,44 @@ def test_a_locked_sqlite_storage_is_waited_for_with_one_line(tmp_path):
     assert sweep.returncode == 0, err[-3000:]
     assert err.count("is locked by another process") == 1, err[-3000:]
     assert "OperationalError" not in err and "Traceback" not in err
+
+
+def test_a_trial_taken_by_a_worker_killed_before_it_marked_it_is_recovered_by_a_resume_at_once(tmp_path,
+                                                                                               monkeypatch):
+    """A worker killed between taking a trial (WAITING -> RUNNING, Queue.take's compare-and-set) and
+    marking it as its own (queue.mark_owner) leaves a RUNNING trial with no owner on record. A recovery
+    fails it once UNMARKED_GRACE_S has passed with no mark, and a resume started at once runs its
+    configuration; a trial whose live worker marks it within the grace is left running. (The kill -9
+    test above met this: its resume once left a configuration to a worker that was dead.)"""
+    import threading
+
+    from optimstudy.sweep import trials
+    from optimstudy.sweep.planning import plan
+    from optimstudy.sweep.queue import enqueue_missing, fail_if_running, mark_owner
+    from optimstudy.sweep.spec_reader import load_spec
+    from optimstudy.sweep.storages import open_storage, open_study
+
+    monkeypatch.setattr(trials, "UNMARKED_GRACE_S", 1.0)  # the rule, not its 5 s: a live worker marks in ms
+    path = write_tiny_spec(tmp_path, "unmarked", steps=20)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec, storage = load_spec(path), open_storage(url)
+    study = open_study(spec, storage, create=True)
+    enqueue_missing(study, plan(spec)[0], (spec.metric, spec.direction))
+    study_id = storage.get_study_id_from_name(spec.name)
+    killed, slow, killed_later = (storage.get_trial_id_from_study_id_trial_number(study_id, n) for n in range(3))
+    for trial_id in (killed, slow):
+        assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)  # taken, not yet marked
+    marking = threading.Timer(0.2, mark_owner, (storage, slow))  # a live worker that marks its trial late
+    marking.start()
+    changed = trials.recover_dead_trials(study, storage, None)
+    marking.join()
+    assert changed == ["trial 0: worker (unmarked) is gone; marked FAIL"]
+    assert storage.get_trial(killed).state == TrialState.FAIL and storage.get_trial(slow).state == TrialState.RUNNING
+    assert fail_if_running(storage, slow, "interrupted")  # that worker, stopped: its trial is queued again on resume
+
+    assert storage.set_trial_state_values(killed_later, state=TrialState.RUNNING)
+    resumed = in_process("sweep", path, "--storage", url, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "recovered: trial 2: worker (unmarked) is gone" in resumed.stderr, resumed.stderr[-3000:]
+    trials_now = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert len({t.user_attrs["optimstudy.key"] for t in trials_now if t.state == TrialState.COMPLETE}) == 4

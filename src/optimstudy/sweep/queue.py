@@ -11,6 +11,9 @@ every Optuna storage), so no configuration runs twice, even with workers on seve
 """
 import collections
 import json
+import os
+import socket
+import time
 
 import optuna
 from optuna.trial import TrialState, create_trial
@@ -157,13 +160,18 @@ class Queue:
 
     def _claim(self, number: int):
         """Trial `number` set RUNNING for this worker unless another took it first: (study, trial,
-        trial_id) or None. Interrupted before the trial runs, it is failed (queued again on resume)."""
+        trial_id) or None. Its owner is marked at once (mark_owner). Interrupted before the trial
+        runs, it is failed (queued again on resume)."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         try:
             if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                 return None
         except optuna.exceptions.UpdateFinishedTrialError:
             return None
+        try:
+            mark_owner(self.storage, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None  # failed meanwhile by a recovery that found it unmarked too long; it queued it again
         try:
             study = open_study(self.spec, self.storage, trial_number=number)  # its sampler sees every finished trial
             return study, trial_of(study, trial_id), trial_id
@@ -175,6 +183,14 @@ class Queue:
     def duplicate_of(self, study, number: int, key: str, started) -> int | None:
         """duplicate_of, for a configuration queued more than once (the only way to have a twin)."""
         return duplicate_of(study, number, key, started) if key in self.twinned else None
+
+
+def mark_owner(storage, trial_id: int) -> None:
+    """Mark a trial just taken as this process's: pid, host, then a first heartbeat. A recovery tells
+    a dead worker's trial from a live one's by them (trials.trial_is_dead); the heartbeat is written
+    last, so a trial without one may have no owner on record (trials.unmarked_trials_are_dead)."""
+    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+        storage.set_trial_user_attr(trial_id, name, value)
 
 
 def sibling_family(attrs: dict) -> str | None:

@@ -37,6 +37,7 @@ RDB_SCHEMES = ("postgresql", "sqlite", "mysql")
 
 HEARTBEAT_S = 10  # a running trial records a heartbeat this often
 STALE_AFTER_S = 60  # a trial on another machine with no heartbeat for this long is dead
+UNMARKED_GRACE_S = 5  # a trial taken but with no owner marked for this long is dead (a live worker: milliseconds)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

@@ -56,7 +56,14 @@ from optimstudy.sweep.queue import (
 )
 from optimstudy.sweep.spec import Spec
 from optimstudy.sweep.spec_reader import load_spec
-from optimstudy.sweep.storages import HEARTBEAT_S, STALE_AFTER_S, open_storage, open_study, planning_lock
+from optimstudy.sweep.storages import (
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    UNMARKED_GRACE_S,
+    open_storage,
+    open_study,
+    planning_lock,
+)
 from optimstudy.tag_names import (
     TAG_KIND,
     TAG_LR_SPACE,
@@ -149,6 +156,17 @@ def trial_is_dead(trial) -> bool:
     return beat is not None and time.time() - beat > STALE_AFTER_S
 
 
+def unmarked_trials_are_dead(study, unmarked: list[int]) -> list:
+    """Of the RUNNING trials numbered `unmarked`, which had no owner on record (no heartbeat), those
+    still without one after UNMARKED_GRACE_S: their worker died between taking the trial and marking
+    it (queue.mark_owner, the next writes), since a live one marks it within that time."""
+    if not unmarked:
+        return []
+    time.sleep(UNMARKED_GRACE_S)
+    return [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if trial.number in unmarked and "heartbeat" not in trial.user_attrs]
+
+
 def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
     """Fail RUNNING trials whose worker is gone and end their MLflow runs; returns what changed."""
     with warnings.catch_warnings():
@@ -156,12 +174,17 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
         optuna.storages.fail_stale_trials(study)  # RDB storages: Optuna's own heartbeats
     changed = []
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial_is_dead(trial):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
-                continue  # another process recovered it first
-            changed.append(f"trial {trial.number}: worker {trial.user_attrs.get('pid')} is gone; marked FAIL")
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    dead = [trial for trial in running if trial_is_dead(trial)]
+    dead += unmarked_trials_are_dead(study, [trial.number for trial in running
+                                             if trial not in dead and "heartbeat" not in trial.user_attrs])
+    for trial in dead:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
+            continue  # another process recovered it first
+        owner = trial.user_attrs.get("pid")
+        changed.append(f"trial {trial.number}: worker {owner if owner is not None else '(unmarked)'} is gone; "
+                       "marked FAIL")
     if tracking_uri:
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         run_ids = [t.user_attrs[RUN_ID] for t in failed if RUN_ID in t.user_attrs]
@@ -218,10 +241,8 @@ def trial_hooks(spec: Spec, trial, config) -> tuple:
 
 
 def start_trial(queue: Queue, study, trial, trial_id: int) -> bool:
-    """Mark a claimed trial as this process's (pid, host, heartbeat); False, and the trial FAILED, when
-    its configuration already ran in another trial (queued twice)."""
-    for name, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
-        trial.set_user_attr(name, value)
+    """Whether a claimed trial (its owner marked by Queue.take) is to run: False, and the trial
+    FAILED, when its configuration already ran in another trial (queued twice)."""
     other = queue.duplicate_of(study, trial.number, trial_key(trial.user_attrs),
                                queue.storage.get_trial(trial_id).datetime_start)
     if other is not None:
