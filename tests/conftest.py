@@ -80,3 +80,18 @@ def pytest_configure(config):
     interrupted: the Ctrl-C tests would fail for the way the suite was launched."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked `waits` spread evenly through the run rather than side by side. pytest-xdist
+    hands tests out in this order, one to each worker in turn, so two waiting tests next to each
+    other wait at once and leave a core idle; next to tests that compute, the wait costs nothing
+    (docs/performance.md: what it cost)."""
+    waiting = [item for item in items if item.get_closest_marker("waits")]
+    if not waiting:
+        return
+    others = [item for item in items if not item.get_closest_marker("waits")]
+    gap = len(others) / (len(waiting) + 1)
+    places = {round(gap * (index + 1)): item for index, item in enumerate(waiting)}
+    items[:] = [placed for position, item in enumerate(others)
+                for placed in ([places[position]] if position in places else []) + [item]]

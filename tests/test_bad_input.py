@@ -200,6 +200,7 @@ def trial_steps_stored(database: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.waits
 def test_mlflow_server_stopping_mid_sweep_is_said_and_retried(tmp_path):
     """Stop the server while a trial writes its steps: the sweep says so at once and keeps retrying;
     the server back on the same port, the sweep finishes every trial."""

@@ -16,6 +16,8 @@ from helpers import in_process, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.waits  # each waits out a timeout or a hung trial
+
 HANGING_MODULE = '''
 import os
 import signal
