@@ -176,8 +176,9 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
     study_id = storage.get_study_id_from_name(study.study_name)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [trial for trial in running if trial_is_dead(trial)]
+    found = {trial.number for trial in dead}
     dead += unmarked_trials_are_dead(study, [trial.number for trial in running
-                                             if trial not in dead and "heartbeat" not in trial.user_attrs])
+                                             if trial.number not in found and "heartbeat" not in trial.user_attrs])
     for trial in dead:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
