@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import in_process
 from torch import nn
 
 from optimstudy import RunConfig, UsageError, train
@@ -154,11 +155,9 @@ def test_a_split_optimizer_is_one_optimizer_to_schedules_and_checkpoints():
 
 
 @pytest.mark.slow
-def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path, tracking_uri, capsys,
-                                                       monkeypatch):
+def test_muon_runs_from_the_command_line_and_in_a_sweep(mnist_dir, tmp_path, tracking_uri, capsys, monkeypatch):
     from optimstudy.cli import main
 
-    env = {"OPTIMSTUDY_DATA_DIR": mnist_dir}
     # the two refusals in process (the command's code and message, without a process's start-up; what
     # `optimstudy` exits with is main()'s return, test_exit_codes.py runs such refusals as processes)
     monkeypatch.chdir(tmp_path)
@@ -172,9 +171,11 @@ def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path
     no_hidden = capsys.readouterr().err
     assert "no hidden matrices" in no_hidden and "Traceback" not in no_hidden, no_hidden
     assert not (tmp_path / "mlruns").exists()  # nothing written
-    result = cli("run", "--problem", "mnist_mlp", "--optimizer", "torch.optim:Muon", "--lr", "0.02", "--steps", "20",
-                 "--rest", "optimizer=adamw", "--rest", "lr=3e-4", "--rest", "betas=0.9,0.95",
-                 "--tracking-uri", tracking_uri, "--json", cwd=tmp_path, env=env, check_exit=0)
+    # the run and the sweep in process too: their subject is what Muon trains and records
+    result = in_process("run", "--problem", "mnist_mlp", "--optimizer", "torch.optim:Muon", "--lr", "0.02", "--steps",
+                        "20", "--rest", "optimizer=adamw", "--rest", "lr=3e-4", "--rest", "betas=0.9,0.95",
+                        "--tracking-uri", tracking_uri, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
     run_id = json.loads(result.stdout.strip().splitlines()[-1])["run_id"]
     from mlflow import MlflowClient
 
@@ -192,7 +193,8 @@ def test_muon_runs_from_the_command_line_and_in_a_sweep(cli, mnist_dir, tmp_path
         lr = [0.02]
         rest = { optimizer = "adam", lr = 1e-3 }
     """))
-    swept = cli("sweep", "muon.toml", "--json", cwd=tmp_path, env=env, check_exit=0)
+    swept = in_process("sweep", "muon.toml", "--json", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr[-3000:]
     summary = json.loads(swept.stdout.strip().splitlines()[-1])
     assert summary["trials"]["complete"] == 3 and summary["trials"]["failed"] == 0
     from optimstudy.tracking.reader import load_runs
@@ -217,7 +219,7 @@ def test_a_bad_rest_in_a_spec_names_its_key(tmp_path):
 # ---- learning-rate-free: one lr, no lr axis --------------------------------------------------
 
 @pytest.mark.slow
-def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(cli, tmp_path):
+def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(tmp_path):
     (tmp_path / "lr_free.toml").write_text(textwrap.dedent("""
         name = "lr-free"
         problem = "regression_mlp"
@@ -228,7 +230,8 @@ def test_prodigy_at_lr_1_runs_in_a_sweep_without_an_edge_warning(cli, tmp_path):
         [optimizers.adam]
         lr = [0.0001, 0.001]        # the best is the largest: an edge, warned about
     """))
-    result = cli("sweep", "lr_free.toml", "--json", cwd=tmp_path, check_exit=0)
+    result = in_process("sweep", "lr_free.toml", "--json", cwd=tmp_path)  # its subject is the study, not a process
+    assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["trials"]["complete"] == 3
     assert {row["optimizer"]: row["lr"] for row in summary["best"]} == {"prodigy": 1.0, "adam": 0.001}

@@ -51,7 +51,7 @@ def test_ui_with_an_unknown_experiment_exits_2_naming_the_known_ones(cli, tmp_pa
     assert "knwn" in result.stderr and "did you mean 'known'" in result.stderr
 
 
-def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(cli, tmp_path, tracking_uri):
+def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(tmp_path, tracking_uri):
     """The UI's run description shows the results layer's best configurations, the same ones
     the sweep's --json reports; the experiment's description is the spec's."""
     import json
@@ -62,7 +62,8 @@ def test_the_sweep_parent_run_describes_the_results_and_the_experiment_the_spec(
     spec.write_text('name = "noted"\ndescription = "SGD against Adam on linreg."\nproblem = "linreg"\n'
                     'steps = 40\nseeds = [0, 1]\n[optimizers.sgd]\nlr = [0.01, 0.1]\n'
                     '[optimizers.adam]\nlr = [0.01, 0.1]\n')
-    result = cli("sweep", spec, "--json", "--tracking-uri", tracking_uri, cwd=tmp_path, check_exit=0)
+    result = in_process("sweep", spec, "--json", "--tracking-uri", tracking_uri, cwd=tmp_path)  # its subject: notes
+    assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     client = MlflowClient(tracking_uri)
     note = client.get_run(summary["parent_run_id"]).data.tags[NOTE_TAG]

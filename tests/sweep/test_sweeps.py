@@ -208,9 +208,9 @@ def test_confirmation_trials_are_never_pruned(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_spec_name_is_its_study_identity(cli, tmp_path):
-    """The first sweep and the --restart (a new study) run in this process; the extension is a real
-    process, as `new_trials` counts the trials run by this command's processes (by pid)."""
+def test_a_spec_name_is_its_study_identity(tmp_path):
+    """Every sweep in this process: its subject is the study, and `new_trials` counts only the trials
+    each sweep ran, though the three share a pid."""
     body = GRID.replace("seeds = [0, 1]", "seeds = [0]").replace("[0.001, 0.01]", "[0.01]")
     spec = write_spec(tmp_path, "identity", body)
     first, _ = sweep_in_process(spec, tmp_path)
@@ -218,7 +218,7 @@ def test_a_spec_name_is_its_study_identity(cli, tmp_path):
 
     # an extension (a new lr, a new seed) is queued, recorded on the parent run and reported
     spec.write_text(spec.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace("[0.01]", "[0.01, 0.03]"))
-    extended, result = sweep(cli, spec, tmp_path)
+    extended, result = sweep_in_process(spec, tmp_path)
     assert extended["parent_run_id"] == first["parent_run_id"]
     assert extended["new_trials"] == 8 - 3 and extended["trials"]["complete"] == 8
     assert "added" in result.stderr and "optimizers.adam.lr 0.03" in result.stderr and "seeds 1" in result.stderr

@@ -50,10 +50,10 @@ def complete_configurations(folder) -> int:
 
 
 @pytest.mark.slow
-def test_a_journal_cut_mid_record_is_repaired_and_the_study_completes(copy, cli):
+def test_a_journal_cut_mid_record_is_repaired_and_the_study_completes(copy):
     whole = journal(copy).read_bytes()
     os.truncate(journal(copy), len(whole) - 40)  # as `truncate -s -40` (a full disk) leaves it
-    result = cli("sweep", "damaged.toml", cwd=copy)
+    result = in_process("sweep", "damaged.toml", cwd=copy)  # its subject is the repair, not a process
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "last record was cut off" in result.stderr and "complete records before it are kept" in result.stderr
     assert "study 'damaged': 4 trials" in result.stderr  # what was kept, said

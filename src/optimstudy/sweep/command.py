@@ -161,6 +161,7 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
     for line in skip_notes(skipped) + notes:
         print(f"note: {line}", file=sys.stderr)
     before = trial_counts(study)
+    finished_before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     if before["waiting"] == 0 and before["running"] == 0 and not spec.confirm_seeds and not spec.decide:
         print(f"sweep '{spec.name}': all {len(planned)} trials already done; nothing to run", file=sys.stderr)
     crew = Crew(spec, study, options.for_workers(spec, parent_run_id), options.workers, pool, options.restart_argv)
@@ -205,7 +206,10 @@ def _run(spec: Spec, planned, skipped, options: SweepOptions, pool) -> int:
                metrics={f"trials_{name}": value for name, value in final.items()})
     set_notes(tracking_uri, parent_run_id, study_note(outcome, spec.name, spec.description), spec.name,
               spec.description or f"optimstudy sweep of {markdown_text(spec.path)}")
-    new = sum(t.user_attrs.get("pid") in crew.pids for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    # finished by this command's processes since it started: by pid alone, an earlier sweep run in this
+    # same process (from Python: a notebook, a test) would count too
+    new = sum(t.user_attrs.get("pid") in crew.pids and t.number not in finished_before
+              for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     summary = outcome.summary.sort_values(["problem", "optimizer"], kind="stable").to_dict("records")
     verdicts = outcome.verdicts.to_dict("records")
     print(format_table(summary, verdicts, spec, outcome.answers.to_dict("records")))
