@@ -79,8 +79,9 @@ def median_interval(values, confidence: float = CONFIDENCE) -> tuple[float, floa
     n = len(values)
     if n < 2:
         return np.nan, np.nan, ""
-    k = int((binomial_cdf(np.arange(n + 1), n, 0.5) <= (1 - confidence) / 2).sum()) - 1  # the largest k with
-    # P(Binomial(n, 1/2) <= k) <= 2.5%: values[k]..values[n - 1 - k] then misses the median at most 5% of the time
+    # the largest k with P(Binomial(n, 1/2) <= k) <= 2.5%: values[k]..values[n - 1 - k] then misses the
+    # median at most 5% of the time
+    k = int((binomial_cdf(np.arange(n + 1), n, 0.5) <= (1 - confidence) / 2).sum()) - 1
     if k < 0:
         return float(values[0]), float(values[-1]), "range"
     return float(values[k]), float(values[n - 1 - k]), "order"
