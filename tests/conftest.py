@@ -83,15 +83,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order pytest-xdist hands tests out in, one to each worker in turn: the tests marked `long`
-    first, so that the run does not end with one worker busy on one of them and the other idle; and
-    those marked `waits` spread evenly through the rest rather than side by side, where two would wait
-    at once and leave a core idle, while next to a test that computes the wait costs nothing
-    (docs/performance.md: what each cost)."""
-    first = [item for item in items if item.get_closest_marker("long")]
-    waiting = [item for item in items if item.get_closest_marker("waits") and item not in first]
-    others = [item for item in items if item not in first and item not in waiting]
-    spread = list(others)
+    """The tests marked `waits` spread evenly through the run rather than side by side. pytest-xdist
+    hands tests out in this order, one to each worker in turn, so two waiting tests next to each
+    other wait at once and leave a core idle; next to tests that compute, the wait costs nothing
+    (docs/performance.md: what it cost)."""
+    waiting = [item for item in items if item.get_closest_marker("waits")]
+    spread = [item for item in items if not item.get_closest_marker("waits")]
+    others = len(spread)
     for index, item in reversed(list(enumerate(waiting))):  # from the back: the places ahead stay put
-        spread.insert(len(others) * (index + 1) // (len(waiting) + 1), item)
-    items[:] = first + spread
+        spread.insert(others * (index + 1) // (len(waiting) + 1), item)
+    items[:] = spread

@@ -401,7 +401,6 @@ def test_a_problem_factory_is_read_alike_by_the_run_and_by_the_report(scratch, m
 # ---- pytorch/examples' mnist recipe, as a spec, against the example's own loop -------------------
 
 @pytest.mark.slow
-@pytest.mark.long
 @pytest.mark.study
 def test_pytorch_mnist_example_matches_its_reference_loop(mnist_dir, tmp_path):
     """One epoch each on the whole fixture. Not on fewer images: on the first 4,000 (half) the two loops'

@@ -96,7 +96,6 @@ def mlflow_server(tmp_path, postgres_database):
 
 
 @pytest.mark.slow
-@pytest.mark.long
 @pytest.mark.postgres
 def test_two_machines_start_at_once_on_postgresql_and_an_mlflow_server(tmp_path, postgres_database, mlflow_server,
                                                                       cli):

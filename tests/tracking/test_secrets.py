@@ -106,7 +106,6 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.long
 @pytest.mark.postgres
 def test_the_store_password_appears_in_no_output_file_tag_or_command_line(tmp_path, private_databases):
     optuna_url, mlflow_url, password = private_databases
