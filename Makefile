@@ -28,8 +28,8 @@ demo: $(STAMP)
 # two pytest-xdist workers, one per core: the suite is CPU-bound (both cores 99% busy through a run,
 # /proc sampled), so three took as long as two (15:36 against 15:00 at 41945b0) and load the
 # timing of the signal and timeout tests more
-# PYTHONDONTWRITEBYTECODE emptied: the suite starts ~500 Python processes, and where the variable is set
-# (as in many container images) each compiled optimstudy's modules again (docs/performance.md)
+# PYTHONDONTWRITEBYTECODE emptied: the suite starts hundreds of Python processes, and where the variable
+# is set (as in many container images) each compiles optimstudy's modules again (docs/performance.md)
 test: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --durations=30
 
