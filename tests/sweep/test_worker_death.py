@@ -120,9 +120,10 @@ def test_a_locked_sqlite_storage_is_waited_for_with_one_line(tmp_path):
 def test_a_trial_taken_by_a_worker_killed_before_it_marked_it_is_recovered_by_a_resume_at_once(tmp_path,
                                                                                                monkeypatch):
     """A worker killed between taking a trial (WAITING -> RUNNING, Queue.take's compare-and-set) and
-    marking it as its own (queue.mark_owner) leaves a RUNNING trial with no owner on record. A recovery
-    fails it once UNMARKED_GRACE_S has passed with no mark, and a resume started at once runs its
-    configuration; a trial whose live worker marks it within the grace is left running. (The kill -9
+    marking it as its own (queue.mark_owner) leaves a RUNNING trial with no owner on record. A sweep's
+    start leaves it (another machine's worker may be marking it); a worker whose queue ran dry fails it
+    once UNMARKED_GRACE_S has passed with no mark, so a resume started at once runs its configuration;
+    a trial whose live worker marks it within the grace is left running. (The kill -9
     test above met this: its resume once left a configuration to a worker that was dead.)"""
     import threading
 
@@ -142,17 +143,21 @@ def test_a_trial_taken_by_a_worker_killed_before_it_marked_it_is_recovered_by_a_
     killed, slow, killed_later = (storage.get_trial_id_from_study_id_trial_number(study_id, n) for n in range(3))
     for trial_id in (killed, slow):
         assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)  # taken, not yet marked
+    started = time.monotonic()
+    assert trials.recover_dead_trials(study, storage, None) == []  # a sweep's start: no wait, nothing failed
+    assert time.monotonic() - started < 1.0
     marking = threading.Timer(0.2, mark_owner, (storage, slow))  # a live worker that marks its trial late
     marking.start()
-    changed = trials.recover_dead_trials(study, storage, None)
+    changed = trials.recover_dead_trials(study, storage, None, wait_for_unmarked=True)  # a worker's empty queue
     marking.join()
     assert changed == ["trial 0: worker (unmarked) is gone; marked FAIL"]
     assert storage.get_trial(killed).state == TrialState.FAIL and storage.get_trial(slow).state == TrialState.RUNNING
     assert fail_if_running(storage, slow, "interrupted")  # that worker, stopped: its trial is queued again on resume
 
     assert storage.set_trial_state_values(killed_later, state=TrialState.RUNNING)
-    resumed = in_process("sweep", path, "--storage", url, cwd=tmp_path)
+    resumed = in_process("sweep", path, "--storage", url, cwd=tmp_path)  # its queue runs dry, then it waits
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "recovered: trial 2: worker (unmarked) is gone" in resumed.stderr, resumed.stderr[-3000:]
+    assert storage.get_trial(killed_later).state == TrialState.FAIL
+    assert storage.get_trial(killed_later).user_attrs["optimstudy.error"] == "its worker died mid-trial"
     trials_now = optuna.load_study(study_name=spec.name, storage=url).trials
     assert len({t.user_attrs["optimstudy.key"] for t in trials_now if t.state == TrialState.COMPLETE}) == 4

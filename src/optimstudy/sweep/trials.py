@@ -167,8 +167,12 @@ def unmarked_trials_are_dead(study, unmarked: list[int]) -> list:
             if trial.number in unmarked and "heartbeat" not in trial.user_attrs]
 
 
-def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
-    """Fail RUNNING trials whose worker is gone and end their MLflow runs; returns what changed."""
+def recover_dead_trials(study, storage, tracking_uri: str | None, wait_for_unmarked: bool = False) -> list[str]:
+    """Fail RUNNING trials whose worker is gone and end their MLflow runs; returns what changed.
+
+    A trial with no owner marked yet is failed only `wait_for_unmarked` (unmarked_trials_are_dead: up
+    to UNMARKED_GRACE_S), which a worker asks for once its queue is empty: at a sweep's start, another
+    machine's worker may be marking the trial it just took, and waiting there would stall the sweep."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB storages: Optuna's own heartbeats
@@ -177,8 +181,9 @@ def recover_dead_trials(study, storage, tracking_uri: str | None) -> list[str]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [trial for trial in running if trial_is_dead(trial)]
     found = {trial.number for trial in dead}
-    dead += unmarked_trials_are_dead(study, [trial.number for trial in running
-                                             if trial.number not in found and "heartbeat" not in trial.user_attrs])
+    if wait_for_unmarked:
+        dead += unmarked_trials_are_dead(study, [trial.number for trial in running
+                                                 if trial.number not in found and "heartbeat" not in trial.user_attrs])
     for trial in dead:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if not fail_if_running(storage, trial_id, "its worker died mid-trial"):
@@ -440,8 +445,9 @@ def work(spec: Spec, options: WorkerOptions, on_trial_done=None, stop: threading
                 # another machine's worker may have died meanwhile: queue its trials again, or stop
                 with planning_lock(url, spec.name):
                     study = open_study(spec, storage)
-                    requeued = recover_dead_trials(study, storage, tracking_uri) and enqueue_missing(
-                        study, planned or plan(spec)[0], (spec.metric, spec.direction), skip=timed_out_keys(study))
+                    recovered = recover_dead_trials(study, storage, tracking_uri, wait_for_unmarked=True)
+                    requeued = recovered and enqueue_missing(study, planned or plan(spec)[0],
+                                                             (spec.metric, spec.direction), skip=timed_out_keys(study))
                 if requeued:
                     continue
                 return
